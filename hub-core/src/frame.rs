@@ -1,0 +1,169 @@
+//! Frames as they travel to clients.
+//!
+//! Every hub's response message has the same framework fields (see `hub.v1`):
+//! `id = 1`, `seq = 2`, `error = 3`, `control = 15`. That lets the runtime encode
+//! error and control frames for any hub without knowing its generated types, and
+//! lets a pre-encoded push carry a per-connection sequence number: protobuf merges
+//! concatenated encodings, so the writer appends `seq` (field 2) after the shared
+//! bytes instead of re-encoding the message for each recipient.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+
+use crate::proto;
+
+/// Field number of the call id in request and response frames.
+pub const FIELD_ID: u32 = 1;
+/// Field number of the push sequence number in response frames.
+pub const FIELD_SEQ: u32 = 2;
+/// Field number of the `hub.v1.Error` in response frames.
+pub const FIELD_ERROR: u32 = 3;
+/// Field number of the control message in request and response frames.
+pub const FIELD_CONTROL: u32 = 15;
+/// The first field number a hub may use for its own calls, replies and pushes.
+pub const FIRST_HUB_FIELD: u32 = 16;
+
+/// One encoded response frame on its way to one client.
+#[derive(Clone, Debug)]
+pub struct OutFrame {
+    /// The encoded response message, shared by every recipient of a broadcast.
+    pub bytes: Bytes,
+    /// Whether this is a push: pushes get a per-connection sequence number appended.
+    pub push: bool,
+    /// Pushes dropped just before this one on its connection (set by the outbox), so
+    /// the client sees the gap in sequence numbers.
+    pub skipped: u64,
+}
+
+impl OutFrame {
+    /// A push (broadcast or direct send).
+    pub fn push(bytes: Bytes) -> Self {
+        OutFrame {
+            bytes,
+            push: true,
+            skipped: 0,
+        }
+    }
+
+    /// A reply, error or control frame (no sequence number).
+    pub fn reply(bytes: Bytes) -> Self {
+        OutFrame {
+            bytes,
+            push: false,
+            skipped: 0,
+        }
+    }
+
+    /// The number of bytes this frame takes on the wire with sequence number `seq`.
+    pub fn encoded_len(&self, seq: u64) -> usize {
+        self.bytes.len() + if self.push { 1 + encoded_len_varint(seq) } else { 0 }
+    }
+
+    /// Writes the frame, appending `seq` (field 2) when it is a push.
+    pub fn write_to(&self, seq: u64, dst: &mut impl BufMut) {
+        dst.put_slice(&self.bytes);
+        if self.push {
+            encode_key(FIELD_SEQ, WireType::Varint, dst);
+            encode_varint(seq, dst);
+        }
+    }
+}
+
+fn frame_with(id: u64, field: u32, msg: &impl Message) -> Bytes {
+    let body = msg.encoded_len();
+    let mut buf = BytesMut::with_capacity(24 + body);
+    if id != 0 {
+        encode_key(FIELD_ID, WireType::Varint, &mut buf);
+        encode_varint(id, &mut buf);
+    }
+    encode_key(field, WireType::LengthDelimited, &mut buf);
+    encode_varint(body as u64, &mut buf);
+    // Cannot fail: the buffer was sized for the message.
+    let _ = msg.encode(&mut buf);
+    buf.freeze()
+}
+
+/// An error frame: `{id, error: {code, message}}`.
+pub fn error_frame(id: u64, code: tonic::Code, message: impl Into<String>) -> Bytes {
+    frame_with(
+        id,
+        FIELD_ERROR,
+        &proto::Error {
+            code: code as i32,
+            message: message.into(),
+        },
+    )
+}
+
+/// A control frame: `{control: ...}`.
+pub fn control_frame(kind: proto::server_control::Kind) -> Bytes {
+    frame_with(0, FIELD_CONTROL, &proto::ServerControl { kind: Some(kind) })
+}
+
+/// Field numbers present at the top level of an encoded message, in order.
+///
+/// Used to tell "a frame with a call this server does not know" (an unknown field
+/// number) from "a frame with no call at all". Stops at the first malformed key.
+pub fn top_level_fields(mut buf: &[u8]) -> Vec<u32> {
+    use prost::encoding::{DecodeContext, decode_key, skip_field};
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let Ok((tag, wire)) = decode_key(&mut buf) else {
+            break;
+        };
+        out.push(tag);
+        if skip_field(wire, tag, &mut buf, DecodeContext::default()).is_err() {
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in for a generated hub response: the framework fields plus a push case.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Resp {
+        #[prost(uint64, tag = "1")]
+        id: u64,
+        #[prost(uint64, tag = "2")]
+        seq: u64,
+        #[prost(message, optional, tag = "3")]
+        error: Option<proto::Error>,
+        #[prost(message, optional, tag = "15")]
+        control: Option<proto::ServerControl>,
+        #[prost(string, tag = "100")]
+        text: String,
+    }
+
+    #[test]
+    fn appended_seq_merges_into_the_message() {
+        let shared = Bytes::from(Resp { text: "hi".into(), ..Default::default() }.encode_to_vec());
+        let frame = OutFrame::push(shared);
+        let mut out = Vec::new();
+        frame.write_to(300, &mut out);
+        assert_eq!(out.len(), frame.encoded_len(300));
+        let back = Resp::decode(&out[..]).unwrap();
+        assert_eq!(back.seq, 300);
+        assert_eq!(back.text, "hi");
+    }
+
+    #[test]
+    fn generic_error_and_control_frames_decode_as_the_hub_type() {
+        let e = Resp::decode(error_frame(9, tonic::Code::NotFound, "nope")).unwrap();
+        assert_eq!(e.id, 9);
+        assert_eq!(e.error.unwrap(), proto::Error { code: 5, message: "nope".into() });
+        let c = Resp::decode(control_frame(proto::server_control::Kind::Ping(proto::Ping { nonce: 4, last_rtt_us: 0 }))).unwrap();
+        assert!(matches!(c.control.unwrap().kind, Some(proto::server_control::Kind::Ping(p)) if p.nonce == 4));
+    }
+
+    #[test]
+    fn lists_top_level_fields() {
+        let bytes = Resp { id: 1, text: "x".into(), ..Default::default() }.encode_to_vec();
+        assert_eq!(top_level_fields(&bytes), vec![1, 100]);
+        assert_eq!(top_level_fields(&[0xff]), Vec::<u32>::new());
+    }
+}

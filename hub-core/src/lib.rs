@@ -1,0 +1,41 @@
+//! Core types of the hub framework.
+//!
+//! This crate is what group providers and extension authors depend on. It holds:
+//!
+//! - [`ConnectionId`] and [`NodeId`]: who a frame goes to, unique across servers;
+//! - [`GroupName`]: a validated group (room) name;
+//! - [`Target`]: which members of a group receive a push (all, all except some, only some);
+//! - [`frame`]: the encoded frames that travel to clients ([`frame::OutFrame`]) and the
+//!   framework's own control and error frames, encoded without knowing the hub's types;
+//! - [`LocalGroups`]: the registry of this server's members of one hub, with
+//!   encode-once delivery into each member's bounded [`Outbox`];
+//! - [`GroupProvider`] and [`Backplane`]: how a hub's groups reach other servers
+//!   (in-memory, Redis, NATS);
+//! - [`HubMetrics`]: counters every part updates, so no failure is silent.
+//!
+//! The tonic service lives in `hub-server`; this crate has no server.
+
+pub mod frame;
+mod group;
+mod id;
+mod local;
+mod metrics;
+mod outbox;
+mod provider;
+mod target;
+
+/// The framework's protobuf types (`hub.v1`), generated from `proto/hub/v1/hub.proto`.
+pub mod proto {
+    #![allow(missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/hub.v1.rs"));
+}
+
+pub use group::{GroupName, InvalidGroupName, MAX_GROUP_NAME_BYTES};
+pub use id::{ConnectionId, NodeId, ParseConnectionIdError};
+pub use local::{Delivery, JoinOutcome, LeaveOutcome, LocalGroups, Member, MemberInfo};
+pub use metrics::{HubMetrics, MetricsSnapshot};
+pub use outbox::{CloseReason, Next, Outbox, OutboxReceiver, PushRejected, SlowConsumerPolicy};
+pub use provider::{
+    Backplane, BindContext, BoxFuture, GroupError, GroupProvider, LocalOnly, MemoryProvider,
+};
+pub use target::Target;

@@ -1,0 +1,204 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::{ConnectionId, GroupName, HubMetrics, InvalidGroupName, LocalGroups, MemberInfo, Target};
+
+/// A boxed, sendable future, as the object-safe provider traits return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a group operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// The group name is not valid.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidGroupName),
+    /// The connection is not connected (to this server, or, with a backplane, to any).
+    #[error("connection {0} is not connected")]
+    NotConnected(ConnectionId),
+    /// The backplane could not be reached or refused the operation.
+    #[error("{backplane} backplane unavailable: {message}")]
+    Unavailable {
+        /// Which backplane ("redis", "nats").
+        backplane: &'static str,
+        /// What failed.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The backplane did not answer in time.
+    #[error("{backplane} backplane timed out after {after:?} ({op})")]
+    Timeout {
+        /// Which backplane.
+        backplane: &'static str,
+        /// The operation.
+        op: &'static str,
+        /// The time limit.
+        after: Duration,
+    },
+}
+
+impl GroupError {
+    /// An [`GroupError::Unavailable`] with its source.
+    pub fn unavailable(
+        backplane: &'static str,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        GroupError::Unavailable {
+            backplane,
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+impl From<GroupError> for tonic::Status {
+    fn from(e: GroupError) -> Self {
+        let code = match &e {
+            GroupError::InvalidName(_) => tonic::Code::InvalidArgument,
+            GroupError::NotConnected(_) => tonic::Code::NotFound,
+            GroupError::Unavailable { .. } => tonic::Code::Unavailable,
+            GroupError::Timeout { .. } => tonic::Code::Unavailable,
+        };
+        tonic::Status::new(code, e.to_string())
+    }
+}
+
+/// What a provider gets when a hub is bound to it.
+#[derive(Clone, Debug)]
+pub struct BindContext {
+    /// The hub's full service name, e.g. `chat.v1.ChatHub` (a default channel prefix).
+    pub hub: &'static str,
+    /// The hub's local members on this server: deliver received envelopes here.
+    pub local: Arc<LocalGroups>,
+    /// The hub's counters: count backplane failures here.
+    pub metrics: Arc<HubMetrics>,
+}
+
+/// Where a hub's groups live: in this process only, or shared with other servers
+/// through a backplane. Chosen per hub when the hub service is built; a server-wide
+/// default can be set (`hub_server::Hubs`).
+///
+/// A provider may be shared by several hubs (one Redis connection, say); it is bound
+/// once per hub.
+pub trait GroupProvider: Send + Sync + 'static {
+    /// A short name for logs ("memory", "redis", "nats").
+    fn name(&self) -> &'static str;
+
+    /// Binds one hub: returns the backplane its groups use.
+    fn bind(&self, ctx: BindContext) -> Result<Arc<dyn Backplane>, GroupError>;
+}
+
+/// The per-hub driver between this server's [`LocalGroups`] and other servers.
+///
+/// The runtime always does the local part itself (registry, local delivery); a
+/// backplane only adds what crosses servers. Every method has a default that does
+/// nothing and returns `None` ("nothing to wait for"), which is exactly the in-memory
+/// behaviour, so a backplane overrides only what it needs:
+///
+/// - [`joined`](Backplane::joined) / [`left`](Backplane::left): subscribe to a group's
+///   channel on its first local member, unsubscribe on its last, keep presence;
+/// - [`publish`](Backplane::publish): send one encoded frame to the other servers;
+/// - [`member_count`](Backplane::member_count) / [`members`](Backplane::members):
+///   answer for every server.
+///
+/// Frames received from other servers go to [`LocalGroups::deliver`] /
+/// [`LocalGroups::deliver_to`] of the [`BindContext`].
+pub trait Backplane: Send + Sync + 'static {
+    /// A short name for logs and errors.
+    fn name(&self) -> &'static str;
+
+    /// A local connection joined `group`; `first` when it is the group's first member here.
+    fn joined<'a>(
+        &'a self,
+        group: &'a GroupName,
+        member: &'a MemberInfo,
+        first: bool,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        let _ = (group, member, first);
+        None
+    }
+
+    /// A local connection left `group` (or disconnected); `last` when no member is left here.
+    fn left<'a>(
+        &'a self,
+        group: &'a GroupName,
+        member: &'a MemberInfo,
+        last: bool,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        let _ = (group, member, last);
+        None
+    }
+
+    /// Sends an encoded frame to the selected members on the other servers: of `group`,
+    /// or, without a group, to the connections of a [`Target::Only`].
+    fn publish<'a>(
+        &'a self,
+        group: Option<&'a GroupName>,
+        target: &'a Target,
+        frame: &'a Bytes,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        let _ = (group, target, frame);
+        None
+    }
+
+    /// The number of members of `group` on every server.
+    fn member_count<'a>(
+        &'a self,
+        group: &'a GroupName,
+    ) -> Option<BoxFuture<'a, Result<u64, GroupError>>> {
+        let _ = group;
+        None
+    }
+
+    /// The members of `group` on every server.
+    fn members<'a>(
+        &'a self,
+        group: &'a GroupName,
+    ) -> Option<BoxFuture<'a, Result<Vec<MemberInfo>, GroupError>>> {
+        let _ = group;
+        None
+    }
+
+    /// The hub is shutting down: stop background work, drop presence entries.
+    fn shutdown(&self) -> Option<BoxFuture<'_, ()>> {
+        None
+    }
+}
+
+/// The backplane of the in-memory provider: nothing crosses servers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalOnly;
+
+impl Backplane for LocalOnly {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+}
+
+/// The in-memory group provider (the default): groups live in this process only.
+/// Right for a single server; behind a load balancer, use a Redis or NATS provider.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MemoryProvider;
+
+impl MemoryProvider {
+    /// The in-memory provider.
+    pub fn new() -> Self {
+        MemoryProvider
+    }
+}
+
+impl GroupProvider for MemoryProvider {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn bind(&self, _ctx: BindContext) -> Result<Arc<dyn Backplane>, GroupError> {
+        Ok(Arc::new(LocalOnly))
+    }
+}
