@@ -1,0 +1,202 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use hub_core::{GroupProvider, MemoryProvider, NodeId, SlowConsumerPolicy};
+
+/// Limits and timings of one hub. Every bound is documented with what happens when
+/// it is hit.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct HubConfig {
+    /// Frames a connection's outbound queue holds (replies, pushes, control). When it is
+    /// full, [`HubConfig::slow_consumer`] applies. Default 1024.
+    pub outbound_queue: usize,
+    /// What a full outbound queue does. Default: disconnect the client with
+    /// `RESOURCE_EXHAUSTED`.
+    pub slow_consumer: SlowConsumerPolicy,
+    /// The largest frame, in bytes, in either direction. A larger request frame ends the
+    /// stream with `RESOURCE_EXHAUSTED`; a larger reply becomes an error frame; a larger
+    /// push is refused to its sender (`PushError::TooLarge`). Default 1 MiB.
+    pub max_message_bytes: usize,
+    /// Calls a connection may have waiting behind the one running. One more gets an
+    /// error frame (`RESOURCE_EXHAUSTED`) at once; the connection stays up. Default 64.
+    pub max_queued_calls: usize,
+    /// How often the server pings each client (`ServerControl.ping`). `None`: never. Default 15 s.
+    pub heartbeat_interval: Option<Duration>,
+    /// A connection that sends nothing (no call, no pong) for this long is closed with
+    /// `UNAVAILABLE` ("heartbeat timeout"). Detects dead peers behind proxies that
+    /// answer HTTP/2 pings themselves. `None`: never. Default 45 s.
+    pub heartbeat_timeout: Option<Duration>,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            outbound_queue: 1024,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            max_message_bytes: 1024 * 1024,
+            max_queued_calls: 64,
+            heartbeat_interval: Some(Duration::from_secs(15)),
+            heartbeat_timeout: Some(Duration::from_secs(45)),
+        }
+    }
+}
+
+impl HubConfig {
+    /// Sets [`HubConfig::outbound_queue`].
+    pub fn outbound_queue(mut self, frames: usize) -> Self {
+        self.outbound_queue = frames.max(1);
+        self
+    }
+
+    /// Sets [`HubConfig::slow_consumer`].
+    pub fn slow_consumer(mut self, policy: SlowConsumerPolicy) -> Self {
+        self.slow_consumer = policy;
+        self
+    }
+
+    /// Sets [`HubConfig::max_message_bytes`].
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// Sets [`HubConfig::max_queued_calls`].
+    pub fn max_queued_calls(mut self, calls: usize) -> Self {
+        self.max_queued_calls = calls;
+        self
+    }
+
+    /// Sets [`HubConfig::heartbeat_interval`] and [`HubConfig::heartbeat_timeout`].
+    pub fn heartbeat(mut self, interval: Option<Duration>, timeout: Option<Duration>) -> Self {
+        self.heartbeat_interval = interval;
+        self.heartbeat_timeout = timeout;
+        self
+    }
+}
+
+/// Server-wide defaults shared by the hubs of one server: the group provider, the
+/// [`HubConfig`], the server's node id, and one shutdown switch for all of them.
+///
+/// ```
+/// use hub_server::{Hubs, HubConfig};
+/// # fn redis() -> hub_core::MemoryProvider { hub_core::MemoryProvider }
+/// // Every hub built with `hubs` uses this provider unless it picks its own.
+/// let hubs = Hubs::builder().default_groups(redis()).build();
+/// ```
+#[derive(Clone)]
+pub struct Hubs {
+    pub(crate) inner: Arc<HubsInner>,
+}
+
+pub(crate) struct HubsInner {
+    /// Identifies this server in connection ids and on backplanes.
+    pub(crate) node: NodeId,
+    /// The provider for hubs that do not choose one.
+    pub(crate) default_groups: Arc<dyn GroupProvider>,
+    /// The config for hubs that do not set one.
+    pub(crate) config: HubConfig,
+    /// Cancelled by [`Hubs::shutdown`]; every hub's own token is a child of it.
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
+    /// The hubs built from this, so shutdown can wait for their connections.
+    pub(crate) hubs: std::sync::Mutex<Vec<std::sync::Weak<crate::service::HubCore>>>,
+}
+
+impl std::fmt::Debug for Hubs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hubs")
+            .field("node", &self.inner.node)
+            .field("default_groups", &self.inner.default_groups.name())
+            .finish()
+    }
+}
+
+impl Default for Hubs {
+    fn default() -> Self {
+        Hubs::builder().build()
+    }
+}
+
+impl Hubs {
+    /// In-memory groups, default config, a random node id.
+    pub fn new() -> Self {
+        Hubs::default()
+    }
+
+    /// Starts a [`HubsBuilder`].
+    pub fn builder() -> HubsBuilder {
+        HubsBuilder {
+            node: None,
+            default_groups: Arc::new(MemoryProvider),
+            config: HubConfig::default(),
+        }
+    }
+
+    /// This server's node id.
+    pub fn node(&self) -> NodeId {
+        self.inner.node
+    }
+
+    /// Closes every connection of every hub built from this, with `reason`: each client
+    /// gets what is already queued for it, a `Goodbye` frame, and the status
+    /// `UNAVAILABLE`; new connections are refused. Resolves when all are closed or
+    /// `grace` has passed. Then stop the tonic server (`serve_with_shutdown`).
+    pub async fn shutdown(&self, reason: &str, grace: std::time::Duration) {
+        let hubs: Vec<_> = {
+            let list = self.inner.hubs.lock().unwrap_or_else(|e| e.into_inner());
+            list.iter().filter_map(|w| w.upgrade()).collect()
+        };
+        for hub in &hubs {
+            hub.begin_shutdown(reason);
+        }
+        self.inner.shutdown.cancel();
+        let all = futures_util::future::join_all(hubs.iter().map(|h| h.wait_closed()));
+        let _ = tokio::time::timeout(grace, all).await;
+    }
+}
+
+/// Builds [`Hubs`].
+pub struct HubsBuilder {
+    node: Option<NodeId>,
+    default_groups: Arc<dyn GroupProvider>,
+    config: HubConfig,
+}
+
+impl HubsBuilder {
+    /// The group provider of every hub that does not choose its own (e.g. Redis for all).
+    pub fn default_groups(mut self, provider: impl GroupProvider) -> Self {
+        self.default_groups = Arc::new(provider);
+        self
+    }
+
+    /// Like [`HubsBuilder::default_groups`], with a shared provider.
+    pub fn default_groups_arc(mut self, provider: Arc<dyn GroupProvider>) -> Self {
+        self.default_groups = provider;
+        self
+    }
+
+    /// The config of every hub that does not set its own.
+    pub fn config(mut self, config: HubConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// A fixed node id (the default is random).
+    pub fn node(mut self, node: NodeId) -> Self {
+        self.node = Some(node);
+        self
+    }
+
+    /// Builds it.
+    pub fn build(self) -> Hubs {
+        Hubs {
+            inner: Arc::new(HubsInner {
+                node: self.node.unwrap_or_else(NodeId::random),
+                default_groups: self.default_groups,
+                config: self.config,
+                shutdown: tokio_util::sync::CancellationToken::new(),
+                hubs: std::sync::Mutex::new(Vec::new()),
+            }),
+        }
+    }
+}

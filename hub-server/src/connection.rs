@@ -1,0 +1,321 @@
+//! The life of one connection: read frames, run calls in order, heartbeat, clean up.
+
+use std::collections::{HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use hub_core::frame::{FIELD_CONTROL, FIELD_ID, OutFrame, control_frame, error_frame, top_level_fields};
+use hub_core::proto::{self, client_control, server_control::Kind};
+use hub_core::{BoxFuture, CloseReason, HubMetrics, MemberInfo};
+use prost::Message;
+use tokio::time::Instant;
+use tonic::{Code, Streaming};
+use tracing::Instrument;
+
+use crate::context::ConnState;
+use crate::service::{HubCore, HubShared};
+use crate::{Context, DisconnectReason, Dispatch, Inbound};
+
+type Running = BoxFuture<'static, (u64, &'static str, Result<Result<Bytes, tonic::Status>, ()>)>;
+
+struct Conn<D: Dispatch> {
+    shared: Arc<HubShared<D>>,
+    state: Arc<ConnState>,
+    ctx: Context<D::Push>,
+    /// Calls waiting behind the running one, in arrival order.
+    queue: VecDeque<(u64, D::Call)>,
+    /// Ids of queued and running calls, to refuse duplicates.
+    in_flight: HashSet<u64>,
+    /// The call being run.
+    running: Option<Running>,
+    /// Last ping sent: nonce and when.
+    ping: Option<(u64, Instant)>,
+    /// Round trip of the last answered ping, in microseconds.
+    last_rtt_us: u64,
+}
+
+pub(crate) async fn run<D: Dispatch>(
+    shared: Arc<HubShared<D>>,
+    state: Arc<ConnState>,
+    mut inbound: Streaming<Bytes>,
+) {
+    let core = shared.core.clone();
+    let config = core.config.clone();
+    let mut conn = Conn {
+        ctx: Context::new(state.clone()),
+        shared,
+        state: state.clone(),
+        queue: VecDeque::new(),
+        in_flight: HashSet::new(),
+        running: None,
+        ping: None,
+        last_rtt_us: 0,
+    };
+    tracing::debug!("connected");
+    let mut closed = std::pin::pin!(state.outbox.closed());
+    let shutdown = core.shutdown.clone();
+    let mut shutdown = std::pin::pin!(shutdown.cancelled_owned());
+    let period = config.heartbeat_interval.unwrap_or(Duration::from_secs(3600));
+    let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut reading = true;
+
+    let reason = loop {
+        if !reading && conn.running.is_none() && conn.queue.is_empty() {
+            break DisconnectReason::ClientClosed;
+        }
+        tokio::select! {
+            biased;
+            _ = &mut closed => {
+                let r = state.outbox.close_reason();
+                break DisconnectReason::Server {
+                    code: r.as_ref().map_or(Code::Unavailable, |r| r.code),
+                    message: r.map(|r| r.message).unwrap_or_default(),
+                };
+            }
+            _ = &mut shutdown => {
+                let why = core.shutdown_reason.get().map_or("server shutting down", String::as_str);
+                state.outbox.close(CloseReason::draining(Code::Unavailable, why));
+            }
+            done = async { conn.running.as_mut().expect("guarded").await }, if conn.running.is_some() => {
+                conn.running = None;
+                conn.finish(done);
+                conn.start_next();
+            }
+            msg = inbound.message(), if reading => match msg {
+                Ok(Some(frame)) => {
+                    last_heard = Instant::now();
+                    conn.on_frame(frame);
+                }
+                Ok(None) => reading = false,
+                Err(status) => {
+                    reading = false;
+                    if let Some(reason) = stream_error(&status) {
+                        HubMetrics::incr(&core.metrics.frames_rejected);
+                        state.outbox.close(reason);
+                    } else {
+                        break DisconnectReason::Transport(status.message().to_owned());
+                    }
+                }
+            },
+            _ = ticker.tick(), if config.heartbeat_interval.is_some() => {
+                if let Some(timeout) = config.heartbeat_timeout
+                    && last_heard.elapsed() >= timeout
+                {
+                    HubMetrics::incr(&core.metrics.heartbeat_timeouts);
+                    state.outbox.close(CloseReason::new(
+                        Code::Unavailable,
+                        format!("heartbeat timeout: nothing received from the client for {timeout:?}"),
+                    ));
+                    continue;
+                }
+                conn.send_ping();
+            }
+        }
+    };
+
+    // End the outbound stream: after a clean client close, send what is queued and
+    // finish with OK; otherwise the first close reason set above stands.
+    state.outbox.close(CloseReason::draining(Code::Ok, ""));
+    tracing::debug!(%reason, "disconnected");
+    let hook = AssertUnwindSafe(conn.shared.dispatch.on_disconnect(conn.ctx.clone(), reason));
+    if hook.catch_unwind().await.is_err() {
+        tracing::error!("the hub's on_disconnect hook panicked");
+    }
+    leave_everything(&core, &state).await;
+    HubMetrics::incr(&core.metrics.connections_closed);
+}
+
+/// Removes a connection from the registry and tells the backplane about each group it left.
+pub(crate) async fn leave_everything(core: &HubCore, state: &ConnState) {
+    let left = core.local.unregister(state.id);
+    let info = MemberInfo {
+        connection: state.id,
+        user: state
+            .user
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_deref()
+            .map(str::to_owned),
+    };
+    for (group, last) in left {
+        if let Some(fut) = core.backplane.left(&group, &info, last)
+            && let Err(e) = fut.await
+        {
+            HubMetrics::incr(&core.metrics.backplane_errors);
+            tracing::warn!(%group, error = %e, "backplane leave failed");
+        }
+    }
+    core.conn_closed.notify_waiters();
+}
+
+/// A stream error the client caused (and should be told about), or `None` for a broken transport.
+fn stream_error(status: &tonic::Status) -> Option<CloseReason> {
+    match status.code() {
+        Code::OutOfRange | Code::ResourceExhausted => Some(CloseReason::new(
+            Code::ResourceExhausted,
+            format!("request frame too large: {}", status.message()),
+        )),
+        Code::InvalidArgument | Code::Internal if status.message().contains("decode") => Some(
+            CloseReason::new(Code::InvalidArgument, format!("bad request stream: {}", status.message())),
+        ),
+        _ => None,
+    }
+}
+
+impl<D: Dispatch> Conn<D> {
+    fn core(&self) -> &HubCore {
+        &self.shared.core
+    }
+
+    fn send(&self, frame: Bytes) {
+        // A full queue closes the connection (or is counted); the loop sees the close.
+        let _ = self.state.outbox.push(OutFrame::reply(frame));
+    }
+
+    fn reject(&self, id: u64, code: Code, message: String) {
+        HubMetrics::incr(&self.core().metrics.frames_rejected);
+        tracing::debug!(id, ?code, %message, "frame rejected");
+        self.send(error_frame(id, code, message));
+    }
+
+    fn on_frame(&mut self, frame: Bytes) {
+        let request = match D::Request::decode(frame.clone()) {
+            Ok(r) => r,
+            Err(e) => return self.reject(0, Code::InvalidArgument, format!("malformed frame: {e}")),
+        };
+        let Inbound { id, control, call } = D::split(request);
+        let had_control = control.is_some();
+        if let Some(c) = control {
+            self.on_control(c);
+        }
+        match call {
+            Some(call) => self.enqueue(id, call),
+            None if had_control => {}
+            None => {
+                let unknown = top_level_fields(&frame)
+                    .into_iter()
+                    .find(|f| *f != FIELD_ID && *f != FIELD_CONTROL);
+                match unknown {
+                    Some(field) => self.reject(
+                        id,
+                        Code::Unimplemented,
+                        format!(
+                            "unknown call (field {field}) for {}: the client's proto may be newer than the server's",
+                            D::SERVICE
+                        ),
+                    ),
+                    None => self.reject(id, Code::InvalidArgument, "frame carries no call".into()),
+                }
+            }
+        }
+    }
+
+    fn on_control(&mut self, control: proto::ClientControl) {
+        match control.kind {
+            Some(client_control::Kind::Pong(p)) => {
+                if let Some((nonce, sent)) = self.ping
+                    && nonce == p.nonce
+                {
+                    self.last_rtt_us = sent.elapsed().as_micros() as u64;
+                    self.ping = None;
+                }
+            }
+            Some(client_control::Kind::Ping(p)) => {
+                self.send(control_frame(Kind::Pong(proto::Pong { nonce: p.nonce })));
+            }
+            None => {}
+        }
+    }
+
+    fn send_ping(&mut self) {
+        let nonce = self.ping.map_or(1, |(n, _)| n + 1);
+        self.ping = Some((nonce, Instant::now()));
+        self.send(control_frame(Kind::Ping(proto::Ping {
+            nonce,
+            last_rtt_us: self.last_rtt_us,
+        })));
+    }
+
+    fn enqueue(&mut self, id: u64, call: D::Call) {
+        if id != 0 && self.in_flight.contains(&id) {
+            return self.reject(
+                id,
+                Code::AlreadyExists,
+                format!("call id {id} is already in flight on this connection"),
+            );
+        }
+        let max = self.core().config.max_queued_calls;
+        if self.running.is_some() && self.queue.len() >= max {
+            return self.reject(
+                id,
+                Code::ResourceExhausted,
+                format!("too many calls queued ({max}); wait for replies before sending more"),
+            );
+        }
+        if id != 0 {
+            self.in_flight.insert(id);
+        }
+        self.queue.push_back((id, call));
+        if self.running.is_none() {
+            self.start_next();
+        }
+    }
+
+    fn start_next(&mut self) {
+        let Some((id, call)) = self.queue.pop_front() else {
+            return;
+        };
+        let name = D::call_name(&call);
+        HubMetrics::incr(&self.core().metrics.calls);
+        let span = tracing::info_span!("call", call = name, id);
+        let fut = self.shared.dispatch.dispatch(self.ctx.clone(), id, call);
+        self.running = Some(Box::pin(
+            AssertUnwindSafe(fut)
+                .catch_unwind()
+                .map(move |r| (id, name, r.map_err(|_| ())))
+                .instrument(span),
+        ));
+    }
+
+    fn finish(&mut self, (id, name, result): (u64, &'static str, Result<Result<Bytes, tonic::Status>, ()>)) {
+        self.in_flight.remove(&id);
+        let metrics = &self.core().metrics;
+        match result {
+            Ok(Ok(reply)) => {
+                let max = self.core().config.max_message_bytes;
+                if id == 0 {
+                    // Fire-and-forget: no reply.
+                } else if reply.len() > max {
+                    HubMetrics::incr(&metrics.calls_failed);
+                    self.send(error_frame(
+                        id,
+                        Code::ResourceExhausted,
+                        format!("reply to `{name}` is {} bytes; the limit is {max}", reply.len()),
+                    ));
+                } else {
+                    self.send(reply);
+                }
+            }
+            Ok(Err(status)) => {
+                HubMetrics::incr(&metrics.calls_failed);
+                tracing::debug!(call = name, id, %status, "call failed");
+                // Sent for fire-and-forget calls too (with id 0), so failures are never silent.
+                self.send(error_frame(id, status.code(), status.message()));
+            }
+            Err(()) => {
+                HubMetrics::incr(&metrics.calls_failed);
+                tracing::error!(call = name, id, "hub handler panicked");
+                self.send(error_frame(
+                    id,
+                    Code::Internal,
+                    format!("the hub's `{name}` handler panicked"),
+                ));
+            }
+        }
+    }
+}

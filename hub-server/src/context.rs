@@ -1,0 +1,371 @@
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use hub_core::{
+    ConnectionId, Delivery, GroupError, GroupName, HubMetrics, MemberInfo, MetricsSnapshot, Outbox,
+    Target,
+};
+use tonic::metadata::MetadataMap;
+
+use crate::PushError;
+use crate::service::HubCore;
+
+/// What one connection carries for its whole life.
+pub(crate) struct ConnState {
+    /// The connection's id.
+    pub(crate) id: ConnectionId,
+    /// The hub it belongs to.
+    pub(crate) core: Arc<HubCore>,
+    /// Metadata of the `Connect` request (auth tokens, client version...).
+    pub(crate) metadata: MetadataMap,
+    /// Extensions of the `Connect` request, as tower layers and interceptors left them.
+    pub(crate) extensions: http::Extensions,
+    /// The peer's address, when the transport knows it.
+    pub(crate) remote_addr: Option<SocketAddr>,
+    /// The connection's outbound queue.
+    pub(crate) outbox: Outbox,
+    /// The user this connection acts as (`Context::set_user`).
+    pub(crate) user: Mutex<Option<Arc<str>>>,
+}
+
+/// The per-connection context a hub method gets: who is calling, the request
+/// metadata, the caller's push proxy, and the groups API.
+///
+/// `P` is the hub's generated push type (`FooHubPush`), so pushes are typed:
+/// `ctx.group("lobby")?.except([ctx.connection_id()]).on_message(msg).await?`.
+/// Cheap to clone; may be kept beyond the call (pushes to a gone connection fail
+/// with [`PushError::NotConnected`] or are dropped).
+pub struct Context<P> {
+    pub(crate) conn: Arc<ConnState>,
+    _push: PhantomData<fn() -> P>,
+}
+
+impl<P> Clone for Context<P> {
+    fn clone(&self) -> Self {
+        Context {
+            conn: self.conn.clone(),
+            _push: PhantomData,
+        }
+    }
+}
+
+impl<P> std::fmt::Debug for Context<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("hub", &self.conn.core.service)
+            .field("connection", &self.conn.id)
+            .field("user", &*self.conn.user.lock().unwrap_or_else(|e| e.into_inner()))
+            .finish()
+    }
+}
+
+impl<P: From<crate::Push>> Context<P> {
+    pub(crate) fn new(conn: Arc<ConnState>) -> Self {
+        Context {
+            conn,
+            _push: PhantomData,
+        }
+    }
+
+    /// The calling connection's id.
+    pub fn connection_id(&self) -> ConnectionId {
+        self.conn.id
+    }
+
+    /// The metadata of the `Connect` request (e.g. `authorization`).
+    pub fn metadata(&self) -> &MetadataMap {
+        &self.conn.metadata
+    }
+
+    /// The extensions of the `Connect` request (what auth layers inserted).
+    pub fn extensions(&self) -> &http::Extensions {
+        &self.conn.extensions
+    }
+
+    /// The peer's address, when known.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.conn.remote_addr
+    }
+
+    /// A handle on the whole hub (pushes to any group, counts, metrics).
+    pub fn hub(&self) -> HubHandle<P> {
+        HubHandle::new(self.conn.core.clone())
+    }
+
+    /// Pushes to the caller only.
+    pub fn caller(&self) -> P {
+        self.hub().connection(self.conn.id)
+    }
+
+    /// Pushes to the members of a group (refine with `.except(..)` / `.only(..)`).
+    pub fn group(&self, group: impl AsRef<str>) -> Result<P, GroupError> {
+        self.hub().group(group)
+    }
+
+    /// Pushes to one connection, on any server.
+    pub fn connection(&self, id: ConnectionId) -> P {
+        self.hub().connection(id)
+    }
+
+    /// Pushes to every connection acting as `user` (see [`Context::set_user`]), on any server.
+    pub fn user_push(&self, user: &str) -> Result<P, GroupError> {
+        self.hub().user(user)
+    }
+
+    /// The user this connection acts as.
+    pub fn user(&self) -> Option<Arc<str>> {
+        self.conn.user.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sets (or clears) the user this connection acts as. Members lists show it, and
+    /// [`Context::user_push`] reaches every connection of that user.
+    pub async fn set_user(&self, user: Option<&str>) -> Result<(), GroupError> {
+        let new_group = user.map(|u| GroupName::reserved("user", u)).transpose()?;
+        let old = {
+            let mut slot = self.conn.user.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *slot, user.map(Arc::from))
+        };
+        let core = &self.conn.core;
+        core.local.set_user(self.conn.id, user.map(Arc::from));
+        if let Some(old) = old {
+            let g = GroupName::reserved("user", &old)?;
+            core.leave(&g, self.conn.id, Some(old.to_string())).await?;
+        }
+        if let Some(g) = new_group {
+            core.join(&g, self.conn.id, user.map(str::to_owned)).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds the caller to a group. Returns the validated name. Joining twice is a no-op.
+    pub async fn join(&self, group: impl AsRef<str>) -> Result<GroupName, GroupError> {
+        let g = GroupName::new(group.as_ref())?;
+        let user = self.user().map(|u| u.to_string());
+        self.conn.core.join(&g, self.conn.id, user).await?;
+        Ok(g)
+    }
+
+    /// Removes the caller from a group. Returns whether it was a member.
+    pub async fn leave(&self, group: impl AsRef<str>) -> Result<bool, GroupError> {
+        let g = GroupName::new(group.as_ref())?;
+        let user = self.user().map(|u| u.to_string());
+        self.conn.core.leave(&g, self.conn.id, user).await
+    }
+
+    /// The groups the caller is in (reserved `$user/..` groups included).
+    pub fn groups(&self) -> Vec<GroupName> {
+        self.conn.core.local.groups_of(self.conn.id)
+    }
+
+    /// The number of members of a group, on every server.
+    pub async fn member_count(&self, group: impl AsRef<str>) -> Result<u64, GroupError> {
+        self.hub().member_count(group).await
+    }
+
+    /// The members of a group, on every server.
+    pub async fn members(&self, group: impl AsRef<str>) -> Result<Vec<MemberInfo>, GroupError> {
+        self.hub().members(group).await
+    }
+
+    /// Closes the caller's connection after what is queued for it, with status `code`
+    /// and `reason` (e.g. a kick).
+    pub fn close(&self, code: tonic::Code, reason: impl Into<String>) {
+        self.conn
+            .outbox
+            .close(hub_core::CloseReason::draining(code, reason));
+    }
+}
+
+/// A handle on one hub: pushes from outside calls (a game loop, a timer), member
+/// counts, metrics and shutdown. Get it from the hub service (`FooHubServer::handle`)
+/// or from [`Context::hub`].
+pub struct HubHandle<P> {
+    core: Arc<HubCore>,
+    _push: PhantomData<fn() -> P>,
+}
+
+impl<P> Clone for HubHandle<P> {
+    fn clone(&self) -> Self {
+        HubHandle {
+            core: self.core.clone(),
+            _push: PhantomData,
+        }
+    }
+}
+
+impl<P> std::fmt::Debug for HubHandle<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubHandle")
+            .field("hub", &self.core.service)
+            .field("groups", &self.core.backplane.name())
+            .finish()
+    }
+}
+
+impl<P: From<crate::Push>> HubHandle<P> {
+    pub(crate) fn new(core: Arc<HubCore>) -> Self {
+        HubHandle {
+            core,
+            _push: PhantomData,
+        }
+    }
+
+    /// Pushes to the members of a group.
+    pub fn group(&self, group: impl AsRef<str>) -> Result<P, GroupError> {
+        let g = GroupName::new(group.as_ref())?;
+        Ok(Push::new(self.core.clone(), Dest::Group(g, Target::All)).into())
+    }
+
+    /// Pushes to one connection, on any server.
+    pub fn connection(&self, id: ConnectionId) -> P {
+        self.connections([id])
+    }
+
+    /// Pushes to these connections, on any server.
+    pub fn connections(&self, ids: impl IntoIterator<Item = ConnectionId>) -> P {
+        Push::new(self.core.clone(), Dest::Connections(ids.into_iter().collect())).into()
+    }
+
+    /// Pushes to every connection acting as `user`.
+    pub fn user(&self, user: &str) -> Result<P, GroupError> {
+        let g = GroupName::reserved("user", user)?;
+        Ok(Push::new(self.core.clone(), Dest::Group(g, Target::All)).into())
+    }
+
+    /// The number of members of a group, on every server.
+    pub async fn member_count(&self, group: impl AsRef<str>) -> Result<u64, GroupError> {
+        let g = GroupName::new(group.as_ref())?;
+        self.core.member_count(&g).await
+    }
+
+    /// The members of a group, on every server.
+    pub async fn members(&self, group: impl AsRef<str>) -> Result<Vec<MemberInfo>, GroupError> {
+        let g = GroupName::new(group.as_ref())?;
+        self.core.members(&g).await
+    }
+
+    /// Connections open on this server.
+    pub fn connection_count(&self) -> usize {
+        self.core.local.connections()
+    }
+
+    /// The hub's counters on this server.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.core.metrics.snapshot()
+    }
+
+    /// The hub's counters, live.
+    pub fn metrics_handle(&self) -> Arc<HubMetrics> {
+        self.core.metrics.clone()
+    }
+
+    /// Closes this hub's connections as [`crate::Hubs::shutdown`] does for all hubs.
+    pub async fn shutdown(&self, reason: &str, grace: std::time::Duration) {
+        self.core.begin_shutdown(reason);
+        let _ = tokio::time::timeout(grace, self.core.wait_closed()).await;
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Dest {
+    Group(GroupName, Target),
+    Connections(Arc<[ConnectionId]>),
+}
+
+/// An untyped push: who receives it. Generated push types (`FooHubPush`) wrap it and
+/// add one method per push case, which encodes the frame once and calls
+/// [`Push::send_frame`].
+#[derive(Clone)]
+pub struct Push {
+    core: Arc<HubCore>,
+    dest: Dest,
+}
+
+impl std::fmt::Debug for Push {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Push").field("dest", &self.dest).finish()
+    }
+}
+
+impl Push {
+    pub(crate) fn new(core: Arc<HubCore>, dest: Dest) -> Self {
+        Push { core, dest }
+    }
+
+    /// Leaves these connections out (typically the caller: "everyone else in the room").
+    pub fn except(mut self, ids: impl IntoIterator<Item = ConnectionId>) -> Self {
+        let ids: Vec<ConnectionId> = ids.into_iter().collect();
+        self.dest = match self.dest {
+            Dest::Group(g, Target::All) => Dest::Group(g, Target::Except(ids.into())),
+            Dest::Group(g, Target::Except(old)) => {
+                Dest::Group(g, Target::Except(old.iter().copied().chain(ids).collect()))
+            }
+            Dest::Group(g, Target::Only(old)) => Dest::Group(
+                g,
+                Target::Only(old.iter().copied().filter(|c| !ids.contains(c)).collect()),
+            ),
+            Dest::Connections(old) => {
+                Dest::Connections(old.iter().copied().filter(|c| !ids.contains(c)).collect())
+            }
+        };
+        self
+    }
+
+    /// Keeps only these connections (of the group's members).
+    pub fn only(mut self, ids: impl IntoIterator<Item = ConnectionId>) -> Self {
+        let ids: Vec<ConnectionId> = ids.into_iter().collect();
+        self.dest = match self.dest {
+            Dest::Group(g, Target::All) => Dest::Group(g, Target::Only(ids.into())),
+            Dest::Group(g, Target::Except(old)) => Dest::Group(
+                g,
+                Target::Only(ids.into_iter().filter(|c| !old.contains(c)).collect()),
+            ),
+            Dest::Group(g, Target::Only(old)) => Dest::Group(
+                g,
+                Target::Only(old.iter().copied().filter(|c| ids.contains(c)).collect()),
+            ),
+            Dest::Connections(old) => {
+                Dest::Connections(old.iter().copied().filter(|c| ids.contains(c)).collect())
+            }
+        };
+        self
+    }
+
+    /// Sends one encoded response frame (a push: `id` 0, one `on_*` case set) to the
+    /// selected connections. The bytes are shared by every local recipient and
+    /// published once to the backplane; nothing is re-encoded.
+    pub async fn send_frame(&self, frame: Bytes) -> Result<Delivery, PushError> {
+        let core = &self.core;
+        if frame.len() > core.config.max_message_bytes {
+            return Err(PushError::TooLarge {
+                size: frame.len(),
+                max: core.config.max_message_bytes,
+            });
+        }
+        match &self.dest {
+            Dest::Group(g, target) => {
+                let mut d = core.local.deliver(g.as_str(), target, &frame);
+                if let Some(publish) = core.backplane.publish(Some(g), target, &frame) {
+                    core.published(publish.await, &mut d)?;
+                }
+                Ok(d)
+            }
+            Dest::Connections(ids) => {
+                let (mut d, missing) = core.local.deliver_to(ids, &frame);
+                if !missing.is_empty() {
+                    let target = Target::Only(missing.clone().into());
+                    match core.backplane.publish(None, &target, &frame) {
+                        Some(publish) => core.published(publish.await, &mut d)?,
+                        None if d.local == 0 && d.dropped == 0 => {
+                            return Err(PushError::NotConnected(missing[0]));
+                        }
+                        None => {}
+                    }
+                }
+                Ok(d)
+            }
+        }
+    }
+}

@@ -1,0 +1,508 @@
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::{Buf, Bytes};
+use futures_util::Stream;
+use hub_core::frame::{OutFrame, control_frame};
+use hub_core::proto::{self, server_control::Kind};
+use hub_core::{
+    Backplane, BindContext, ConnectionId, Delivery, GroupError, GroupName, GroupProvider,
+    HubMetrics, LocalGroups, Member, MemberInfo, Next, NodeId, Outbox, OutboxReceiver,
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{Body, BoxFuture, Service, StdError};
+use tonic::server::{Grpc, NamedService};
+use tonic::{Status, Streaming};
+use tracing::Instrument;
+
+use crate::context::ConnState;
+use crate::{Context, Dispatch, HubConfig, HubHandle, Hubs, PushError};
+
+/// The untyped part of a hub, shared by its connections, contexts and pushes.
+pub(crate) struct HubCore {
+    /// The full service name, for logs and the hello frame.
+    pub(crate) service: &'static str,
+    /// This server.
+    pub(crate) node: NodeId,
+    /// Local members and delivery.
+    pub(crate) local: Arc<LocalGroups>,
+    /// What crosses servers (nothing, for the in-memory provider).
+    pub(crate) backplane: Arc<dyn Backplane>,
+    /// Limits and timings.
+    pub(crate) config: HubConfig,
+    /// Counters.
+    pub(crate) metrics: Arc<HubMetrics>,
+    /// Cancelled when the hub (or the whole server) shuts down.
+    pub(crate) shutdown: CancellationToken,
+    /// Why it shut down, for the goodbye frames.
+    pub(crate) shutdown_reason: OnceLock<String>,
+    /// Source of connection ids.
+    pub(crate) next_conn: AtomicU64,
+    /// Pinged when a connection ends (shutdown waits on it).
+    pub(crate) conn_closed: Notify,
+}
+
+impl HubCore {
+    pub(crate) async fn join(
+        &self,
+        group: &GroupName,
+        id: ConnectionId,
+        user: Option<String>,
+    ) -> Result<(), GroupError> {
+        let outcome = self
+            .local
+            .join(group, id)
+            .ok_or(GroupError::NotConnected(id))?;
+        if outcome.added {
+            let info = MemberInfo {
+                connection: id,
+                user,
+            };
+            if let Some(fut) = self.backplane.joined(group, &info, outcome.first_local) {
+                if let Err(e) = fut.await {
+                    HubMetrics::incr(&self.metrics.backplane_errors);
+                    // Undo, so local state matches what other servers know.
+                    let left = self.local.leave(group, id);
+                    if let Some(fut) = self.backplane.left(group, &info, left.last_local) {
+                        let _ = fut.await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn leave(
+        &self,
+        group: &GroupName,
+        id: ConnectionId,
+        user: Option<String>,
+    ) -> Result<bool, GroupError> {
+        let outcome = self.local.leave(group, id);
+        if outcome.removed {
+            let info = MemberInfo {
+                connection: id,
+                user,
+            };
+            if let Some(fut) = self.backplane.left(group, &info, outcome.last_local) {
+                if let Err(e) = fut.await {
+                    HubMetrics::incr(&self.metrics.backplane_errors);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(outcome.removed)
+    }
+
+    pub(crate) async fn member_count(&self, group: &GroupName) -> Result<u64, GroupError> {
+        match self.backplane.member_count(group) {
+            Some(fut) => fut.await.inspect_err(|_| {
+                HubMetrics::incr(&self.metrics.backplane_errors);
+            }),
+            None => Ok(self.local.count(group.as_str()) as u64),
+        }
+    }
+
+    pub(crate) async fn members(&self, group: &GroupName) -> Result<Vec<MemberInfo>, GroupError> {
+        match self.backplane.members(group) {
+            Some(fut) => fut.await.inspect_err(|_| {
+                HubMetrics::incr(&self.metrics.backplane_errors);
+            }),
+            None => Ok(self.local.members(group.as_str())),
+        }
+    }
+
+    /// Books the outcome of a backplane publish.
+    pub(crate) fn published(
+        &self,
+        result: Result<(), GroupError>,
+        d: &mut Delivery,
+    ) -> Result<(), PushError> {
+        match result {
+            Ok(()) => {
+                HubMetrics::incr(&self.metrics.backplane_published);
+                d.published = true;
+                Ok(())
+            }
+            Err(source) => {
+                HubMetrics::incr(&self.metrics.backplane_publish_failures);
+                tracing::warn!(hub = self.service, error = %source, "publish to backplane failed");
+                Err(PushError::Backplane {
+                    delivery: *d,
+                    source,
+                })
+            }
+        }
+    }
+
+    pub(crate) fn begin_shutdown(&self, reason: &str) {
+        let _ = self.shutdown_reason.set(reason.to_owned());
+        self.shutdown.cancel();
+    }
+
+    pub(crate) async fn wait_closed(&self) {
+        loop {
+            let notified = self.conn_closed.notified();
+            if self.local.connections() == 0 {
+                break;
+            }
+            notified.await;
+        }
+        if let Some(fut) = self.backplane.shutdown() {
+            fut.await;
+        }
+    }
+}
+
+pub(crate) struct HubShared<D> {
+    pub(crate) dispatch: D,
+    pub(crate) core: Arc<HubCore>,
+}
+
+/// A hub as a tonic service: add it to `tonic::transport::Server` like any other
+/// (`.add_service(svc)`), under any tower layers. Generated `FooHubServer` types wrap it.
+pub struct HubService<D> {
+    shared: Arc<HubShared<D>>,
+}
+
+impl<D> Clone for HubService<D> {
+    fn clone(&self) -> Self {
+        HubService {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<D: Dispatch> std::fmt::Debug for HubService<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubService")
+            .field("hub", &D::SERVICE)
+            .field("groups", &self.shared.core.backplane.name())
+            .finish()
+    }
+}
+
+impl<D: Dispatch> HubService<D> {
+    /// A hub with in-memory groups and the default config.
+    pub fn new(dispatch: D) -> Self {
+        Self::builder(dispatch)
+            .build()
+            .expect("the in-memory provider cannot fail to bind")
+    }
+
+    /// Starts a builder to choose the provider, config or server-wide [`Hubs`].
+    pub fn builder(dispatch: D) -> HubServiceBuilder<D> {
+        HubServiceBuilder {
+            dispatch,
+            hubs: None,
+            groups: None,
+            config: None,
+        }
+    }
+
+    /// A handle for pushes outside calls, counts, metrics and shutdown.
+    pub fn handle(&self) -> HubHandle<D::Push> {
+        HubHandle::new(self.shared.core.clone())
+    }
+}
+
+/// Builds a [`HubService`].
+pub struct HubServiceBuilder<D> {
+    dispatch: D,
+    hubs: Option<Hubs>,
+    groups: Option<Arc<dyn GroupProvider>>,
+    config: Option<HubConfig>,
+}
+
+impl<D: Dispatch> HubServiceBuilder<D> {
+    /// Takes the server-wide defaults (provider, config, node id, shutdown) from `hubs`.
+    pub fn hubs(mut self, hubs: &Hubs) -> Self {
+        self.hubs = Some(hubs.clone());
+        self
+    }
+
+    /// This hub's group provider, overriding the server-wide default.
+    pub fn groups(mut self, provider: impl GroupProvider) -> Self {
+        self.groups = Some(Arc::new(provider));
+        self
+    }
+
+    /// Like [`HubServiceBuilder::groups`], with a shared provider.
+    pub fn groups_arc(mut self, provider: Arc<dyn GroupProvider>) -> Self {
+        self.groups = Some(provider);
+        self
+    }
+
+    /// This hub's config, overriding the server-wide default.
+    pub fn config(mut self, config: HubConfig) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Binds the hub to its provider and builds the service.
+    pub fn build(self) -> Result<HubService<D>, GroupError> {
+        let hubs = self.hubs.unwrap_or_default();
+        let provider = self
+            .groups
+            .unwrap_or_else(|| hubs.inner.default_groups.clone());
+        let config = self.config.unwrap_or_else(|| hubs.inner.config.clone());
+        let node = hubs.inner.node;
+        let local = Arc::new(LocalGroups::new(node));
+        let metrics = Arc::new(HubMetrics::default());
+        let backplane = provider.bind(BindContext {
+            hub: D::SERVICE,
+            local: local.clone(),
+            metrics: metrics.clone(),
+        })?;
+        let core = Arc::new(HubCore {
+            service: D::SERVICE,
+            node,
+            local,
+            backplane,
+            config,
+            metrics,
+            shutdown: hubs.inner.shutdown.child_token(),
+            shutdown_reason: OnceLock::new(),
+            next_conn: AtomicU64::new(0),
+            conn_closed: Notify::new(),
+        });
+        hubs.inner
+            .hubs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&core));
+        tracing::debug!(hub = D::SERVICE, groups = provider.name(), %node, "hub bound");
+        Ok(HubService {
+            shared: Arc::new(HubShared {
+                dispatch: self.dispatch,
+                core,
+            }),
+        })
+    }
+}
+
+impl<D: Dispatch> NamedService for HubService<D> {
+    const NAME: &'static str = D::SERVICE;
+}
+
+impl<D, B> Service<http::Request<B>> for HubService<D>
+where
+    D: Dispatch,
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != D::PATH {
+            let status = Status::unimplemented(format!(
+                "unknown method {}: the hub {} has one method, Connect",
+                req.uri().path(),
+                D::SERVICE
+            ));
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let max = shared.core.config.max_message_bytes;
+            let mut grpc = Grpc::new(ServerCodec).max_decoding_message_size(max);
+            Ok(grpc.streaming(ConnectSvc { shared }, req).await)
+        })
+    }
+}
+
+/// Writes pre-encoded frames (appending the push sequence number) and reads raw
+/// request frames, which the connection decodes itself so that a malformed frame
+/// gets an error frame instead of ending the stream.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServerCodec;
+
+/// A frame and its push sequence number, as the [`ServerCodec`] writes it.
+#[derive(Debug)]
+pub struct WriteItem {
+    frame: OutFrame,
+    seq: u64,
+}
+
+impl Codec for ServerCodec {
+    type Encode = WriteItem;
+    type Decode = Bytes;
+    type Encoder = ServerCodec;
+    type Decoder = ServerCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ServerCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ServerCodec
+    }
+}
+
+impl Encoder for ServerCodec {
+    type Item = WriteItem;
+    type Error = Status;
+
+    fn encode(&mut self, item: WriteItem, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(item.frame.encoded_len(item.seq));
+        item.frame.write_to(item.seq, dst);
+        Ok(())
+    }
+}
+
+impl Decoder for ServerCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        let n = src.remaining();
+        Ok(Some(src.copy_to_bytes(n)))
+    }
+}
+
+/// The response stream of one connection: its outbound queue, then a goodbye frame
+/// and the closing status.
+pub struct OutboundStream {
+    rx: OutboxReceiver,
+    /// The status to end with, after the goodbye frame went out.
+    ending: Option<Status>,
+    done: bool,
+}
+
+impl Stream for OutboundStream {
+    type Item = Result<WriteItem, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(status) = this.ending.take() {
+            this.done = true;
+            return Poll::Ready(Some(Err(status)));
+        }
+        match this.rx.poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Next::Frame(frame, seq))) => Poll::Ready(Some(Ok(WriteItem { frame, seq }))),
+            Poll::Ready(Some(Next::Close(reason))) if reason.code == tonic::Code::Ok => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Next::Close(reason))) => {
+                let goodbye = control_frame(Kind::Goodbye(proto::Goodbye {
+                    code: reason.code as i32,
+                    reason: reason.message.clone(),
+                }));
+                this.ending = Some(Status::new(reason.code, reason.message));
+                Poll::Ready(Some(Ok(WriteItem {
+                    frame: OutFrame::reply(goodbye),
+                    seq: 0,
+                })))
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+struct ConnectSvc<D> {
+    shared: Arc<HubShared<D>>,
+}
+
+impl<D: Dispatch> Service<tonic::Request<Streaming<Bytes>>> for ConnectSvc<D> {
+    type Response = tonic::Response<OutboundStream>;
+    type Error = Status;
+    type Future = BoxFuture<Self::Response, Status>;
+
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::Request<Streaming<Bytes>>) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(accept(shared, req))
+    }
+}
+
+async fn accept<D: Dispatch>(
+    shared: Arc<HubShared<D>>,
+    req: tonic::Request<Streaming<Bytes>>,
+) -> Result<tonic::Response<OutboundStream>, Status> {
+    let core = shared.core.clone();
+    if core.shutdown.is_cancelled() {
+        HubMetrics::incr(&core.metrics.connections_rejected);
+        return Err(Status::unavailable("server shutting down"));
+    }
+    let remote_addr = req.remote_addr();
+    let (metadata, extensions, inbound) = req.into_parts();
+    let id = ConnectionId {
+        node: core.node,
+        local: core.next_conn.fetch_add(1, Relaxed) + 1,
+    };
+    let config = &core.config;
+    let (outbox, rx) = Outbox::new(
+        config.outbound_queue,
+        config.slow_consumer,
+        core.metrics.clone(),
+    );
+    let hello = control_frame(Kind::Hello(proto::ConnectionInfo {
+        connection_id: id.to_string(),
+        server_id: core.node.to_string(),
+        hub: D::SERVICE.to_owned(),
+        heartbeat_interval_ms: config.heartbeat_interval.map_or(0, |d| d.as_millis() as u64),
+        heartbeat_timeout_ms: config.heartbeat_timeout.map_or(0, |d| d.as_millis() as u64),
+        max_message_bytes: config.max_message_bytes as u64,
+    }));
+    // First frame of the stream, so the client knows its id before any push.
+    let _ = outbox.push(OutFrame::reply(hello));
+    core.local.register(Member {
+        id,
+        user: None,
+        outbox: outbox.clone(),
+    });
+    let conn = Arc::new(ConnState {
+        id,
+        core: core.clone(),
+        metadata,
+        extensions,
+        remote_addr,
+        outbox,
+        user: Mutex::new(None),
+    });
+    let span = tracing::info_span!("connection", hub = D::SERVICE, conn = %id, peer = ?remote_addr);
+    let ctx = Context::<D::Push>::new(conn.clone());
+    let hook = std::panic::AssertUnwindSafe(shared.dispatch.on_connect(ctx.clone()));
+    let accepted = match futures_util::FutureExt::catch_unwind(hook)
+        .instrument(span.clone())
+        .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(Status::internal("the hub's on_connect hook panicked")),
+    };
+    if let Err(status) = accepted {
+        HubMetrics::incr(&core.metrics.connections_rejected);
+        tracing::debug!(parent: &span, %status, "connection refused by on_connect");
+        crate::connection::leave_everything(&core, &conn).await;
+        return Err(status);
+    }
+    HubMetrics::incr(&core.metrics.connections_opened);
+    tokio::spawn(crate::connection::run(shared, conn, inbound).instrument(span));
+    Ok(tonic::Response::new(OutboundStream {
+        rx,
+        ending: None,
+        done: false,
+    }))
+}
