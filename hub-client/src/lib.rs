@@ -27,6 +27,7 @@ use tonic::codegen::{Body, StdError};
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 
 pub use hub_core::proto::ConnectionInfo;
+pub use hub_core::{include_file_descriptor_set, include_proto};
 
 /// What generated code names. Not a stable API for hand-written code.
 #[doc(hidden)]
@@ -87,7 +88,7 @@ pub trait PushHandler<E>: Send + Sync + 'static {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
     /// The hub answered the call with an error: its status code and message.
-    #[error("hub returned {}: {}", .0.code(), .0.message())]
+    #[error("hub returned {:?}: {}", .0.code(), .0.message())]
     Status(tonic::Status),
     /// The connection could not be opened (transport error, or refused by the server).
     #[error("could not connect: {0}")]

@@ -39,3 +39,21 @@ pub use provider::{
     Backplane, BindContext, BoxFuture, GroupError, GroupProvider, LocalOnly, MemoryProvider,
 };
 pub use target::Target;
+
+/// Includes the code `hub-build` generated for a proto package:
+/// `pub mod chat { hub_server::include_proto!("chat.v1"); }`.
+#[macro_export]
+macro_rules! include_proto {
+    ($package:tt) => {
+        include!(concat!(env!("OUT_DIR"), concat!("/", $package, ".rs")));
+    };
+}
+
+/// The encoded `FileDescriptorSet` `hub-build` wrote, for gRPC server reflection:
+/// `tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(include_file_descriptor_set!())`.
+#[macro_export]
+macro_rules! include_file_descriptor_set {
+    () => {
+        include_bytes!(concat!(env!("OUT_DIR"), "/hub_descriptor.bin"))
+    };
+}

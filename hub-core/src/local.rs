@@ -28,7 +28,7 @@ pub struct MemberInfo {
 
 /// What a delivery did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[must_use]
+
 pub struct Delivery {
     /// Frames queued to local connections.
     pub local: u32,

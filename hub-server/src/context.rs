@@ -246,6 +246,12 @@ impl<P: From<crate::Push>> HubHandle<P> {
         self.core.members(&g).await
     }
 
+    /// The number of connections acting as `user`, on every server.
+    pub async fn user_connections(&self, user: &str) -> Result<u64, GroupError> {
+        let g = GroupName::reserved("user", user)?;
+        self.core.member_count(&g).await
+    }
+
     /// Connections open on this server.
     pub fn connection_count(&self) -> usize {
         self.core.local.connections()

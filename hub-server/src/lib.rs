@@ -62,6 +62,7 @@ pub use hub_core::{
     ConnectionId, Delivery, GroupError, GroupName, GroupProvider, MemberInfo, MemoryProvider,
     MetricsSnapshot, SlowConsumerPolicy,
 };
+pub use hub_core::{include_file_descriptor_set, include_proto};
 pub use service::{HubService, HubServiceBuilder, OutboundStream, ServerCodec, WriteItem};
 
 /// What generated code names. Not a stable API for hand-written code.

@@ -1,0 +1,140 @@
+//! The chat hub's implementation.
+//!
+//! State lives in the groups alone: the room is the connection's one group, the user
+//! name is the connection's user (`Context::set_user`), so it works the same with the
+//! in-memory, Redis and NATS providers, across servers.
+
+use hub_server::DisconnectReason;
+use tonic::Status;
+
+use crate::chat::chat_hub_server::{ChatHub, ChatHubContext};
+use crate::chat::{ChatMessage, JoinRequest, MembersReply, SayRequest, UserEvent, WhisperRequest};
+
+/// The longest user name, in bytes.
+pub const MAX_USER_NAME: usize = 64;
+
+/// The chat hub.
+#[derive(Debug, Default, Clone)]
+pub struct Chat;
+
+fn room_of(ctx: &ChatHubContext) -> Option<String> {
+    ctx.groups()
+        .into_iter()
+        .find(|g| !g.as_str().starts_with('$'))
+        .map(|g| g.to_string())
+}
+
+fn require_room(ctx: &ChatHubContext) -> Result<String, Status> {
+    room_of(ctx).ok_or_else(|| Status::failed_precondition("not in a room: call join first"))
+}
+
+fn user_of(ctx: &ChatHubContext) -> String {
+    ctx.user().map(|u| u.to_string()).unwrap_or_default()
+}
+
+async fn members_reply(ctx: &ChatHubContext, room: &str) -> Result<MembersReply, Status> {
+    let members = ctx.members(room).await?;
+    let count = members.len() as u64;
+    let mut names: Vec<String> = members.into_iter().filter_map(|m| m.user).collect();
+    names.sort();
+    Ok(MembersReply {
+        room: room.to_owned(),
+        members: names,
+        count,
+    })
+}
+
+async fn leave_room(ctx: &ChatHubContext, room: &str) -> Result<(), Status> {
+    ctx.leave(room).await?;
+    ctx.group(room)?
+        .on_leave(UserEvent {
+            room: room.to_owned(),
+            user: user_of(ctx),
+        })
+        .await?;
+    Ok(())
+}
+
+impl ChatHub for Chat {
+    async fn join(&self, ctx: &ChatHubContext, req: JoinRequest) -> Result<MembersReply, Status> {
+        let user = req.user.trim();
+        if user.is_empty() || user.len() > MAX_USER_NAME || user.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Status::invalid_argument(format!(
+                "user name must be 1 to {MAX_USER_NAME} bytes with no spaces or control characters"
+            )));
+        }
+        // Validate the room before changing anything.
+        hub_server::GroupName::new(&req.room).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Some(old) = room_of(ctx) {
+            if old == req.room && ctx.user().as_deref() == Some(user) {
+                return members_reply(ctx, &old).await;
+            }
+            leave_room(ctx, &old).await?;
+        }
+        ctx.set_user(Some(user)).await?;
+        ctx.join(&req.room).await?;
+        ctx.group(&req.room)?
+            .except([ctx.connection_id()])
+            .on_join(UserEvent {
+                room: req.room.clone(),
+                user: user.to_owned(),
+            })
+            .await?;
+        members_reply(ctx, &req.room).await
+    }
+
+    async fn leave(&self, ctx: &ChatHubContext) -> Result<(), Status> {
+        let room = require_room(ctx)?;
+        leave_room(ctx, &room).await
+    }
+
+    async fn say(&self, ctx: &ChatHubContext, req: SayRequest) -> Result<(), Status> {
+        let room = require_room(ctx)?;
+        ctx.group(&room)?
+            .except([ctx.connection_id()])
+            .on_message(ChatMessage {
+                room,
+                from: user_of(ctx),
+                text: req.text,
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn whisper(&self, ctx: &ChatHubContext, req: WhisperRequest) -> Result<(), Status> {
+        let room = require_room(ctx)?;
+        let target = ctx
+            .user_push(&req.user)
+            .map_err(|_| Status::invalid_argument(format!("not a user name: {:?}", req.user)))?;
+        if ctx.hub().user_connections(&req.user).await? == 0 {
+            return Err(Status::not_found(format!("no user named {:?} is connected", req.user)));
+        }
+        target
+            .on_whisper(ChatMessage {
+                room,
+                from: user_of(ctx),
+                text: req.text,
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn members(&self, ctx: &ChatHubContext) -> Result<MembersReply, Status> {
+        let room = require_room(ctx)?;
+        members_reply(ctx, &room).await
+    }
+
+    async fn on_disconnect(&self, ctx: &ChatHubContext, _reason: &DisconnectReason) {
+        if let Some(room) = room_of(ctx)
+            && let Ok(push) = ctx.group(&room)
+        {
+            let left = UserEvent {
+                room,
+                user: user_of(ctx),
+            };
+            if let Err(e) = push.except([ctx.connection_id()]).on_leave(left).await {
+                tracing::warn!(error = %e, "could not tell the room about a disconnect");
+            }
+        }
+    }
+}

@@ -1,0 +1,547 @@
+//! Emits the server and client code of a hub.
+
+use heck::ToSnakeCase;
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+
+use crate::model::Hub;
+
+pub(crate) struct Generator {
+    pub(crate) hubs: Vec<Hub>,
+    pub(crate) server: Option<String>,
+    pub(crate) client: Option<String>,
+}
+
+impl prost_build::ServiceGenerator for Generator {
+    fn generate(&mut self, service: prost_build::Service, buf: &mut String) {
+        let Some(hub) = self
+            .hubs
+            .iter()
+            .find(|h| h.package == service.package && h.name == service.proto_name)
+        else {
+            return;
+        };
+        let tokens = hub_tokens(hub, self.server.as_deref(), self.client.as_deref());
+        buf.push_str(&pretty(tokens));
+    }
+}
+
+pub(crate) fn pretty(tokens: TokenStream) -> String {
+    match syn::parse2::<syn::File>(tokens.clone()) {
+        Ok(file) => prettyplease::unparse(&file),
+        Err(_) => tokens.to_string(),
+    }
+}
+
+fn path(s: &str) -> TokenStream {
+    s.parse().expect("generated paths are valid Rust")
+}
+
+fn docs(lines: &[String]) -> TokenStream {
+    let lines = lines.iter().map(|l| format!(" {l}"));
+    quote! { #(#[doc = #lines])* }
+}
+
+fn ty(p: &Option<String>) -> TokenStream {
+    match p {
+        Some(p) => path(p),
+        None => quote!(()),
+    }
+}
+
+/// The server and client modules of one hub.
+pub(crate) fn hub_tokens(hub: &Hub, server: Option<&str>, client: Option<&str>) -> TokenStream {
+    let server = server.map(|rt| server_tokens(hub, &path(rt)));
+    let client = client.map(|rt| client_tokens(hub, &path(rt)));
+    quote! { #server #client }
+}
+
+fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
+    let snake = hub.name.to_snake_case();
+    let module = format_ident!("{}_server", snake);
+    let trait_name = format_ident!("{}", hub.name);
+    let server = format_ident!("{}Server", hub.name);
+    let builder = format_ident!("{}ServerBuilder", hub.name);
+    let push = format_ident!("{}Push", hub.name);
+    let context = format_ident!("{}Context", hub.name);
+    let handle = format_ident!("{}Handle", hub.name);
+    let full = hub.full_name();
+    let path_str = format!("/{full}/Connect");
+    let request = path(&hub.request);
+    let response = path(&hub.response);
+    let call_enum = path(&hub.call_enum);
+    let event_enum = path(&hub.event_enum);
+    let hub_doc = docs(&hub.doc);
+    let module_doc = format!(" Server side of the `{full}` hub.");
+    let trait_doc = format!(" The `{full}` hub: implement it, then serve it with [`{server}`].");
+
+    let methods = hub.calls.iter().map(|c| {
+        let name = format_ident!("{}", c.name);
+        let doc = docs(&c.doc);
+        let reply = ty(&c.reply);
+        let arg = c.request.as_ref().map(|r| {
+            let r = path(r);
+            quote!(, request: #r)
+        });
+        quote! {
+            #doc
+            fn #name(&self, ctx: &#context #arg)
+                -> impl ::core::future::Future<Output = ::core::result::Result<#reply, #rt::codegen::tonic::Status>> + Send;
+        }
+    });
+    let call_names = hub.calls.iter().map(|c| {
+        let v = format_ident!("{}", c.variant);
+        let n = &c.name;
+        quote!(#call_enum::#v(_) => #n,)
+    });
+    let dispatch_arms = hub.calls.iter().map(|c| {
+        let v = format_ident!("{}", c.variant);
+        let name = format_ident!("{}", c.name);
+        let (pat, call) = match c.request {
+            Some(_) => (quote!(request), quote!(hub.#name(&ctx, request).await?)),
+            None => (quote!(_), quote!(hub.#name(&ctx).await?)),
+        };
+        quote! {
+            #call_enum::#v(#pat) => {
+                ::std::boxed::Box::pin(async move {
+                    let reply = #call;
+                    Ok(#rt::codegen::encode(&#response {
+                        id,
+                        event: Some(#event_enum::#v(reply)),
+                        ..::core::default::Default::default()
+                    }))
+                })
+            }
+        }
+    });
+    let push_methods = hub.pushes.iter().map(|p| {
+        let v = format_ident!("{}", p.variant);
+        let name = format_ident!("{}", p.name);
+        let doc = docs(&p.doc);
+        let (arg, val) = match &p.message {
+            Some(m) => {
+                let m = path(m);
+                (quote!(message: #m), quote!(message))
+            }
+            None => (quote!(), quote!(())),
+        };
+        quote! {
+            #doc
+            ///
+            /// Encodes the push once and sends it to every selected connection.
+            pub async fn #name(&self, #arg) -> ::core::result::Result<#rt::Delivery, #rt::PushError> {
+                let frame = #rt::codegen::encode(&#response {
+                    event: Some(#event_enum::#v(#val)),
+                    ..::core::default::Default::default()
+                });
+                self.0.send_frame(frame).await
+            }
+        }
+    });
+
+    quote! {
+        #[doc = #module_doc]
+        pub mod #module {
+            #![allow(unused_variables, dead_code, missing_docs, clippy::let_unit_value, clippy::unit_arg)]
+
+            /// The per-call context of this hub: connection id, metadata, groups, typed pushes.
+            pub type #context = #rt::codegen::Context<#push>;
+            /// A handle on this hub for pushes from outside calls, counts, metrics and shutdown.
+            pub type #handle = #rt::codegen::HubHandle<#push>;
+
+            #[doc = #trait_doc]
+            #hub_doc
+            ///
+            /// Calls from one connection run one at a time, in order.
+            pub trait #trait_name: Send + Sync + 'static {
+                #(#methods)*
+
+                /// Called when a client connects, before any call. An error refuses the
+                /// connection with that status (e.g. `unauthenticated`).
+                fn on_connect(&self, ctx: &#context)
+                    -> impl ::core::future::Future<Output = ::core::result::Result<(), #rt::codegen::tonic::Status>> + Send {
+                    async { Ok(()) }
+                }
+
+                /// Called when a connection ends, while it is still in its groups.
+                fn on_disconnect(&self, ctx: &#context, reason: &#rt::DisconnectReason)
+                    -> impl ::core::future::Future<Output = ()> + Send {
+                    async {}
+                }
+            }
+
+            /// Typed pushes of this hub to a selection of connections.
+            #[derive(Clone, Debug)]
+            pub struct #push(#rt::codegen::Push);
+
+            impl ::core::convert::From<#rt::codegen::Push> for #push {
+                fn from(p: #rt::codegen::Push) -> Self {
+                    #push(p)
+                }
+            }
+
+            impl #push {
+                /// Leaves these connections out (typically the caller).
+                pub fn except(self, ids: impl IntoIterator<Item = #rt::ConnectionId>) -> Self {
+                    #push(self.0.except(ids))
+                }
+
+                /// Keeps only these connections.
+                pub fn only(self, ids: impl IntoIterator<Item = #rt::ConnectionId>) -> Self {
+                    #push(self.0.only(ids))
+                }
+
+                #(#push_methods)*
+            }
+
+            /// The hub as a tonic service.
+            pub struct #server<T> {
+                inner: #rt::codegen::HubService<Adapter<T>>,
+            }
+
+            impl<T: #trait_name> #server<T> {
+                /// Serves `hub` with in-memory groups and the default config.
+                pub fn new(hub: T) -> Self {
+                    Self::from_arc(::std::sync::Arc::new(hub))
+                }
+
+                /// Serves a shared `hub`.
+                pub fn from_arc(hub: ::std::sync::Arc<T>) -> Self {
+                    #server { inner: #rt::codegen::HubService::new(Adapter(hub)) }
+                }
+
+                /// Starts a builder (group provider, config, server-wide defaults).
+                pub fn builder(hub: T) -> #builder<T> {
+                    #builder { inner: #rt::codegen::HubService::builder(Adapter(::std::sync::Arc::new(hub))) }
+                }
+
+                /// A handle for pushes from outside calls, counts, metrics and shutdown.
+                pub fn handle(&self) -> #handle {
+                    self.inner.handle()
+                }
+            }
+
+            /// Builds a [`#server`].
+            pub struct #builder<T> {
+                inner: #rt::codegen::HubServiceBuilder<Adapter<T>>,
+            }
+
+            impl<T: #trait_name> #builder<T> {
+                /// Takes the server-wide defaults from `hubs`.
+                pub fn hubs(self, hubs: &#rt::Hubs) -> Self {
+                    #builder { inner: self.inner.hubs(hubs) }
+                }
+
+                /// This hub's group provider.
+                pub fn groups(self, provider: impl #rt::GroupProvider) -> Self {
+                    #builder { inner: self.inner.groups(provider) }
+                }
+
+                /// This hub's group provider, shared.
+                pub fn groups_arc(self, provider: ::std::sync::Arc<dyn #rt::GroupProvider>) -> Self {
+                    #builder { inner: self.inner.groups_arc(provider) }
+                }
+
+                /// This hub's config.
+                pub fn config(self, config: #rt::HubConfig) -> Self {
+                    #builder { inner: self.inner.config(config) }
+                }
+
+                /// Binds the hub to its group provider.
+                pub fn build(self) -> ::core::result::Result<#server<T>, #rt::GroupError> {
+                    Ok(#server { inner: self.inner.build()? })
+                }
+            }
+
+            impl<T> ::core::clone::Clone for #server<T> {
+                fn clone(&self) -> Self {
+                    #server { inner: self.inner.clone() }
+                }
+            }
+
+            impl<T> ::core::fmt::Debug for #server<T> {
+                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    f.write_str(#full)
+                }
+            }
+
+            impl<T: #trait_name> #rt::codegen::tonic::server::NamedService for #server<T> {
+                const NAME: &'static str = #full;
+            }
+
+            impl<T, B> #rt::codegen::tonic::codegen::Service<#rt::codegen::tonic::codegen::http::Request<B>> for #server<T>
+            where
+                T: #trait_name,
+                B: #rt::codegen::tonic::codegen::Body + Send + 'static,
+                B::Error: Into<#rt::codegen::tonic::codegen::StdError> + Send + 'static,
+            {
+                type Response = #rt::codegen::tonic::codegen::http::Response<#rt::codegen::tonic::body::Body>;
+                type Error = ::core::convert::Infallible;
+                type Future = #rt::codegen::tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+                fn poll_ready(&mut self, cx: &mut ::core::task::Context<'_>) -> ::core::task::Poll<::core::result::Result<(), Self::Error>> {
+                    #rt::codegen::tonic::codegen::Service::<#rt::codegen::tonic::codegen::http::Request<B>>::poll_ready(&mut self.inner, cx)
+                }
+
+                fn call(&mut self, req: #rt::codegen::tonic::codegen::http::Request<B>) -> Self::Future {
+                    self.inner.call(req)
+                }
+            }
+
+            #[doc(hidden)]
+            pub struct Adapter<T>(::std::sync::Arc<T>);
+
+            impl<T: #trait_name> #rt::codegen::Dispatch for Adapter<T> {
+                type Request = #request;
+                type Call = #call_enum;
+                type Push = #push;
+                const SERVICE: &'static str = #full;
+                const PATH: &'static str = #path_str;
+
+                fn split(request: #request) -> #rt::codegen::Inbound<#call_enum> {
+                    #rt::codegen::Inbound { id: request.id, control: request.control, call: request.call }
+                }
+
+                fn call_name(call: &#call_enum) -> &'static str {
+                    match call {
+                        #(#call_names)*
+                    }
+                }
+
+                fn dispatch(
+                    &self,
+                    ctx: #context,
+                    id: u64,
+                    call: #call_enum,
+                ) -> #rt::codegen::BoxFuture<'static, ::core::result::Result<#rt::codegen::Bytes, #rt::codegen::tonic::Status>> {
+                    let hub = self.0.clone();
+                    match call {
+                        #(#dispatch_arms)*
+                    }
+                }
+
+                fn on_connect(&self, ctx: #context) -> #rt::codegen::BoxFuture<'static, ::core::result::Result<(), #rt::codegen::tonic::Status>> {
+                    let hub = self.0.clone();
+                    ::std::boxed::Box::pin(async move { hub.on_connect(&ctx).await })
+                }
+
+                fn on_disconnect(&self, ctx: #context, reason: #rt::DisconnectReason) -> #rt::codegen::BoxFuture<'static, ()> {
+                    let hub = self.0.clone();
+                    ::std::boxed::Box::pin(async move { hub.on_disconnect(&ctx, &reason).await })
+                }
+            }
+        }
+    }
+}
+
+fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
+    let snake = hub.name.to_snake_case();
+    let module = format_ident!("{}_client", snake);
+    let client = format_ident!("{}Client", hub.name);
+    let receiver = format_ident!("{}Receiver", hub.name);
+    let full = hub.full_name();
+    let path_str = format!("/{full}/Connect");
+    let request = path(&hub.request);
+    let response = path(&hub.response);
+    let call_enum = path(&hub.call_enum);
+    let event_enum = path(&hub.event_enum);
+    let module_doc = format!(" Client side of the `{full}` hub.");
+    let client_doc = format!(" A typed client of the `{full}` hub: one stream, calls multiplexed by id.");
+    let hub_doc = docs(&hub.doc);
+
+    let call_methods = hub.calls.iter().map(|c| {
+        let v = format_ident!("{}", c.variant);
+        let name = format_ident!("{}", c.name);
+        let send_name = format_ident!("send_{}", c.name);
+        let doc = docs(&c.doc);
+        let reply = ty(&c.reply);
+        let n = &c.name;
+        let (arg, val) = match &c.request {
+            Some(r) => {
+                let r = path(r);
+                (quote!(request: #r), quote!(request))
+            }
+            None => (quote!(), quote!(())),
+        };
+        let send_doc = format!(" Sends `{n}` without waiting for a reply (fire-and-forget, call id 0). A failure comes back to the receiver's `on_error`.");
+        quote! {
+            #doc
+            pub async fn #name(&self, #arg) -> ::core::result::Result<#reply, #rt::ClientError> {
+                match self.inner.call(#call_enum::#v(#val)).await? {
+                    #event_enum::#v(reply) => Ok(reply),
+                    _ => Err(#rt::ClientError::UnexpectedReply(#n)),
+                }
+            }
+
+            #[doc = #send_doc]
+            pub async fn #send_name(&self, #arg) -> ::core::result::Result<(), #rt::ClientError> {
+                self.inner.send(#call_enum::#v(#val)).await
+            }
+        }
+    });
+    let receiver_methods = hub.pushes.iter().map(|p| {
+        let name = format_ident!("{}", p.name);
+        let doc = docs(&p.doc);
+        let arg = match &p.message {
+            Some(m) => {
+                let m = path(m);
+                quote!(message: #m)
+            }
+            None => quote!(message: ()),
+        };
+        quote! {
+            #doc
+            fn #name(&self, #arg) {}
+        }
+    });
+    let arc_methods = hub.pushes.iter().map(|p| {
+        let name = format_ident!("{}", p.name);
+        let arg = match &p.message {
+            Some(m) => {
+                let m = path(m);
+                quote!(message: #m)
+            }
+            None => quote!(message: ()),
+        };
+        quote! {
+            fn #name(&self, #arg) {
+                (**self).#name(message)
+            }
+        }
+    });
+    let push_arms = hub.pushes.iter().map(|p| {
+        let v = format_ident!("{}", p.variant);
+        let name = format_ident!("{}", p.name);
+        quote!(#event_enum::#v(m) => self.0.#name(m),)
+    });
+
+    quote! {
+        #[doc = #module_doc]
+        pub mod #module {
+            #![allow(unused_variables, dead_code, missing_docs, clippy::let_unit_value, clippy::unit_arg)]
+
+            /// Receives this hub's pushes. Methods are called in order on the client's
+            /// reader task: keep them quick, or forward to a channel. Every method has
+            /// an empty default.
+            pub trait #receiver: Send + Sync + 'static {
+                #(#receiver_methods)*
+
+                /// Called with the sequence number of each push, before its method.
+                /// A gap means pushes were dropped for this connection.
+                fn on_seq(&self, seq: u64) {}
+
+                /// An error frame not tied to a call (failed fire-and-forget call, bad frame).
+                fn on_error(&self, code: #rt::codegen::tonic::Code, message: &str) {}
+            }
+
+            /// A receiver that ignores every push.
+            impl #receiver for () {}
+
+            /// A shared receiver.
+            impl<R: #receiver + ?Sized> #receiver for ::std::sync::Arc<R> {
+                #(#arc_methods)*
+
+                fn on_seq(&self, seq: u64) {
+                    (**self).on_seq(seq)
+                }
+
+                fn on_error(&self, code: #rt::codegen::tonic::Code, message: &str) {
+                    (**self).on_error(code, message)
+                }
+            }
+
+            #[doc = #client_doc]
+            #hub_doc
+            #[derive(Clone, Debug)]
+            pub struct #client {
+                inner: #rt::HubClient<Spec>,
+            }
+
+            impl #client {
+                /// Connects over `channel` with the default options.
+                pub async fn connect(
+                    channel: #rt::codegen::tonic::transport::Channel,
+                    receiver: impl #receiver,
+                ) -> ::core::result::Result<Self, #rt::ClientError> {
+                    Self::connect_with(channel, #rt::ConnectOptions::default(), receiver).await
+                }
+
+                /// Connects over any tonic transport (e.g. a `Channel` wrapped in an
+                /// interceptor) with `options` (metadata, timeouts).
+                pub async fn connect_with<T>(
+                    service: T,
+                    options: #rt::ConnectOptions,
+                    receiver: impl #receiver,
+                ) -> ::core::result::Result<Self, #rt::ClientError>
+                where
+                    T: #rt::codegen::tonic::client::GrpcService<#rt::codegen::tonic::body::Body>,
+                    T::Error: Into<#rt::codegen::tonic::codegen::StdError>,
+                    T::ResponseBody: #rt::codegen::tonic::codegen::Body<Data = #rt::codegen::tonic::codegen::Bytes> + Send + 'static,
+                    <T::ResponseBody as #rt::codegen::tonic::codegen::Body>::Error: Into<#rt::codegen::tonic::codegen::StdError> + Send,
+                {
+                    let handler = ::std::sync::Arc::new(Handler(receiver));
+                    let inner = #rt::HubClient::connect(service, options, handler).await?;
+                    Ok(#client { inner })
+                }
+
+                /// The untyped client underneath (connection info, latency, closed, custom timeouts).
+                pub fn raw(&self) -> &#rt::HubClient<Spec> {
+                    &self.inner
+                }
+
+                /// This connection's id on the server.
+                pub fn connection_id(&self) -> &str {
+                    self.inner.connection_id()
+                }
+
+                /// The last measured round trip to the server.
+                pub fn latency(&self) -> Option<::std::time::Duration> {
+                    self.inner.latency()
+                }
+
+                /// Waits for the connection to end and tells why.
+                pub async fn closed(&self) -> #rt::DisconnectReason {
+                    self.inner.closed().await
+                }
+
+                #(#call_methods)*
+            }
+
+            #[doc(hidden)]
+            #[derive(Debug)]
+            pub struct Spec;
+
+            impl #rt::ClientSpec for Spec {
+                type Request = #request;
+                type Response = #response;
+                type Call = #call_enum;
+                type Event = #event_enum;
+                const PATH: &'static str = #path_str;
+
+                fn request(id: u64, call: Option<#call_enum>, control: Option<#rt::codegen::hub_v1::ClientControl>) -> #request {
+                    #request { id, call, control }
+                }
+
+                fn split(r: #response) -> #rt::ResponseParts<#event_enum> {
+                    #rt::ResponseParts { id: r.id, seq: r.seq, error: r.error, control: r.control, event: r.event }
+                }
+            }
+
+            struct Handler<R>(R);
+
+            impl<R: #receiver> #rt::PushHandler<#event_enum> for Handler<R> {
+                fn on_push(&self, seq: u64, event: #event_enum) {
+                    self.0.on_seq(seq);
+                    match event {
+                        #(#push_arms)*
+                        _ => {}
+                    }
+                }
+
+                fn on_error(&self, code: #rt::codegen::tonic::Code, message: &str) {
+                    self.0.on_error(code, message)
+                }
+            }
+        }
+    }
+}
