@@ -38,13 +38,11 @@ async fn provider(spec: &str) -> Result<Box<dyn GroupProvider>, Box<dyn std::err
     if spec == "memory" {
         return Ok(Box::new(MemoryProvider::new()));
     }
-    #[cfg(feature = "redis")]
     if spec.starts_with("redis://") || spec.starts_with("rediss://") {
-        return Ok(Box::new(hub_server::redis::RedisProvider::connect(spec).await?));
+        return Ok(Box::new(hub_redis::RedisProvider::connect(spec).await?));
     }
-    #[cfg(feature = "nats")]
     if spec.starts_with("nats://") || spec.starts_with("tls://") {
-        return Ok(Box::new(hub_server::nats::NatsProvider::connect(spec).await?));
+        return Ok(Box::new(hub_nats::NatsProvider::connect(spec).await?));
     }
     Err(format!("unsupported --groups {spec:?}: use memory, redis://HOST:PORT or nats://HOST:PORT").into())
 }

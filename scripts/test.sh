@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every check and test, installing what is missing first.
+# Usage: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo build (binaries used by process-level tests)"
+cargo build --workspace --bins
+echo "== cargo test"
+cargo test --workspace
+for extra in tests/python/run.sh scripts/grpcurl-smoke.sh; do
+  if [ -x "$extra" ]; then
+    echo "== $extra"
+    "$extra"
+  fi
+done
+echo "== all tests passed"

@@ -1,0 +1,445 @@
+//! Real `redis-server` and `nats-server` processes for tests.
+//!
+//! Each server gets a free loopback port and its own temporary directory, is
+//! waited for until it answers, and is killed when dropped. [`RedisServer::kill`]
+//! and [`RedisServer::restart`] (likewise for NATS) simulate an outage on the same
+//! port. Servers on the standard ports (6379, 4222) are never touched.
+//!
+//! The binaries must be installed (`scripts/test.sh` installs them); a missing
+//! binary is a panic with a clear message, never a skipped test.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+fn wait_for_port(port: u16, what: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("{what} on port {port} exited with {status}: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not listen on port {port} within 15 s");
+}
+
+fn binary(name: &str, candidates: &[&str]) -> PathBuf {
+    for c in candidates {
+        let p = Path::new(c);
+        if p.exists() {
+            return p.to_path_buf();
+        }
+    }
+    if let Ok(out) = Command::new("which").arg(name).output()
+        && out.status.success()
+    {
+        let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !p.is_empty() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("{name} not found: run scripts/test.sh, which installs it (apt-get install -y redis-server nats-server)")
+}
+
+fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// Where and how a redis-server runs.
+#[derive(Debug, Clone, Default)]
+struct RedisArgs {
+    cluster: bool,
+}
+
+/// A `redis-server` process on a free port.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    args: RedisArgs,
+}
+
+impl RedisServer {
+    /// Starts one server (no persistence).
+    pub fn start() -> Self {
+        Self::start_with(RedisArgs::default(), free_port())
+    }
+
+    fn start_with(args: RedisArgs, port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s = RedisServer {
+            child: None,
+            port,
+            dir,
+            args,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let bin = binary("redis-server", &["/usr/bin/redis-server", "/usr/local/bin/redis-server"]);
+        let mut cmd = Command::new(bin);
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if self.args.cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .arg("--cluster-config-file")
+                .arg(self.dir.path().join("nodes.conf"));
+        }
+        let mut child = cmd.spawn().expect("spawn redis-server");
+        wait_for_port(self.port, "redis-server", &mut child);
+        self.child = Some(child);
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (an outage). [`RedisServer::restart`] brings it back on the same port.
+    pub fn kill(&mut self) {
+        kill_child(&mut self.child);
+    }
+
+    /// Starts the server again on the same port (empty: nothing persisted).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Runs `redis-cli` against this server and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(binary("redis-cli", &["/usr/bin/redis-cli"]))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
+    }
+}
+
+/// A Redis Cluster of three masters on free ports, slots assigned.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers and joins them with `redis-cli --cluster create`.
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| RedisServer::start_with(RedisArgs { cluster: true }, free_port()))
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new(binary("redis-cli", &["/usr/bin/redis-cli"]))
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = RedisCluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let info = c.nodes[0].cli(&["cluster", "info"]);
+            if info.contains("cluster_state:ok") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "cluster did not become ok: {info}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    /// The nodes' URLs.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The nodes.
+    pub fn nodes(&mut self) -> &mut [RedisServer] {
+        &mut self.nodes
+    }
+}
+
+/// Options of a `nats-server`.
+#[derive(Debug, Clone, Default)]
+pub struct NatsOptions {
+    /// Require this user and password.
+    pub user: Option<(String, String)>,
+    /// Require this token.
+    pub token: Option<String>,
+}
+
+/// A `nats-server` process on a free port.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    options: NatsOptions,
+    /// Cluster: (name, this node's route port, every node's route port).
+    cluster: Option<(String, u16, Vec<u16>)>,
+}
+
+impl NatsServer {
+    /// Starts one server without auth.
+    pub fn start() -> Self {
+        Self::start_with(NatsOptions::default())
+    }
+
+    /// Starts one server with `options`.
+    pub fn start_with(options: NatsOptions) -> Self {
+        let mut s = NatsServer {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            options,
+            cluster: None,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let bin = binary("nats-server", &["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]);
+        let mut cmd = Command::new(bin);
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("-l")
+            .arg(self.dir.path().join("nats.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some((user, pass)) = &self.options.user {
+            cmd.args(["--user", user, "--pass", pass]);
+        }
+        if let Some(token) = &self.options.token {
+            cmd.args(["--auth", token]);
+        }
+        if let Some((name, route_port, all)) = &self.cluster {
+            let routes: Vec<String> = all
+                .iter()
+                .filter(|p| *p != route_port)
+                .map(|p| format!("nats-route://127.0.0.1:{p}"))
+                .collect();
+            cmd.args(["--cluster_name", name])
+                .args(["--cluster", &format!("nats://127.0.0.1:{route_port}")])
+                .args(["--routes", &routes.join(",")]);
+        }
+        let mut child = cmd.spawn().expect("spawn nats-server");
+        wait_for_port(self.port, "nats-server", &mut child);
+        self.child = Some(child);
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (an outage).
+    pub fn kill(&mut self) {
+        kill_child(&mut self.child);
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
+    }
+}
+
+/// Three `nats-server`s routed into one cluster.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts three nodes and waits until their routes are up.
+    pub fn start() -> Self {
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let nodes: Vec<NatsServer> = routes
+            .iter()
+            .map(|r| {
+                let mut s = NatsServer {
+                    child: None,
+                    port: free_port(),
+                    dir: tempfile::tempdir().expect("temp dir"),
+                    options: NatsOptions::default(),
+                    cluster: Some(("hub-test".into(), *r, routes.clone())),
+                };
+                s.spawn();
+                s
+            })
+            .collect();
+        // Routes connect asynchronously; give them a moment, then check every log says so.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let ready = nodes.iter().all(|n| {
+                std::fs::read_to_string(n.dir.path().join("nats.log"))
+                    .map(|log| log.matches("Route connection created").count() >= 2)
+                    .unwrap_or(false)
+            });
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "NATS cluster routes did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        NatsCluster { nodes }
+    }
+
+    /// The nodes' client URLs.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsServer::url).collect()
+    }
+
+    /// The nodes.
+    pub fn nodes(&mut self) -> &mut [NatsServer] {
+        &mut self.nodes
+    }
+}
+
+/// The workspace's target directory (for finding built binaries such as `chat-server`).
+pub fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target")
+}
+
+/// A built binary of the workspace (`chat-server`, `chat-client`), in the same
+/// profile as the running test. Build it first (`cargo build --workspace --bins`;
+/// `scripts/test.sh` does).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let p = target_dir().join(profile).join(name);
+    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins`", p.display());
+    p
+}
+
+/// A `chat-server` process on a free port.
+#[derive(Debug)]
+pub struct ChatServer {
+    child: Option<Child>,
+    addr: SocketAddr,
+}
+
+impl ChatServer {
+    /// Starts `chat-server --groups GROUPS` plus `extra` flags, and waits until it listens.
+    pub fn start(groups: &str, extra: &[&str]) -> Self {
+        let port = free_port();
+        let mut child = Command::new(workspace_bin("chat-server"))
+            .args(["--addr", &format!("127.0.0.1:{port}"), "--groups", groups])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn chat-server");
+        wait_for_port(port, "chat-server", &mut child);
+        ChatServer {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Kills it with SIGKILL (a crash: no cleanup).
+    pub fn kill(&mut self) {
+        kill_child(&mut self.child);
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for ChatServer {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_starts_restarts_and_stops() {
+        let mut r = RedisServer::start();
+        assert!(r.cli(&["ping"]).contains("PONG"));
+        r.kill();
+        assert!(TcpStream::connect(("127.0.0.1", r.port())).is_err());
+        r.restart();
+        assert!(r.cli(&["ping"]).contains("PONG"));
+    }
+
+    #[test]
+    fn nats_starts_and_restarts() {
+        let mut n = NatsServer::start();
+        assert!(TcpStream::connect(("127.0.0.1", n.port())).is_ok());
+        n.restart();
+        assert!(TcpStream::connect(("127.0.0.1", n.port())).is_ok());
+    }
+}

@@ -1,0 +1,174 @@
+//! Helpers shared by the integration tests: in-process chat servers on
+//! `127.0.0.1:0` and chat clients that record what they receive.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use examples::chat::chat_hub_client::{ChatHubClient, ChatHubReceiver};
+use examples::chat::chat_hub_server::{ChatHubHandle, ChatHubServer};
+use examples::chat::{ChatMessage, JoinRequest, UserEvent};
+use examples::chat_hub::Chat;
+use hub_server::{GroupProvider, HubConfig, Hubs};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// A chat hub served in this process on a free loopback port.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The hub's handle (metrics, counts, pushes).
+    pub handle: ChatHubHandle,
+    /// The server-wide hubs (shutdown).
+    pub hubs: Hubs,
+    task: JoinHandle<()>,
+}
+
+impl TestServer {
+    /// Serves the chat hub with in-memory groups and `config`.
+    pub async fn memory(config: HubConfig) -> Self {
+        Self::start(Arc::new(hub_server::MemoryProvider), config).await
+    }
+
+    /// Serves the chat hub with `provider` and `config`.
+    pub async fn start(provider: Arc<dyn GroupProvider>, config: HubConfig) -> Self {
+        let hubs = Hubs::builder().default_groups_arc(provider).config(config).build();
+        let svc = ChatHubServer::builder(Chat).hubs(&hubs).build().expect("bind hub");
+        let handle = svc.handle();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+        TestServer { addr, handle, hubs, task }
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving at once (no graceful shutdown): the closest to a crash in-process.
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A push a [`Recorder`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// `on_join`.
+    Join(UserEvent),
+    /// `on_leave`.
+    Leave(UserEvent),
+    /// `on_message`.
+    Message(ChatMessage),
+    /// `on_whisper`.
+    Whisper(ChatMessage),
+    /// An error frame.
+    Error(tonic::Code, String),
+}
+
+/// Records pushes and their sequence numbers.
+#[derive(Default)]
+pub struct Recorder {
+    /// What arrived, in order.
+    pub seen: Mutex<Vec<Seen>>,
+    /// Push sequence numbers, in order.
+    pub seqs: Mutex<Vec<u64>>,
+    notify: Notify,
+}
+
+impl Recorder {
+    fn push(&self, s: Seen) {
+        self.seen.lock().expect("lock").push(s);
+        self.notify.notify_waiters();
+    }
+
+    /// A copy of what arrived.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    /// Waits until at least `n` pushes arrived or `within` passed; returns what arrived.
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Seen> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.notify.notified();
+            let seen = self.seen();
+            if seen.len() >= n {
+                return seen;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.seen();
+            }
+        }
+    }
+
+    /// Waits `quiet` and returns what arrived (to check that nothing more does).
+    pub async fn settle(&self, quiet: Duration) -> Vec<Seen> {
+        tokio::time::sleep(quiet).await;
+        self.seen()
+    }
+}
+
+impl ChatHubReceiver for Recorder {
+    fn on_join(&self, m: UserEvent) {
+        self.push(Seen::Join(m));
+    }
+    fn on_leave(&self, m: UserEvent) {
+        self.push(Seen::Leave(m));
+    }
+    fn on_message(&self, m: ChatMessage) {
+        self.push(Seen::Message(m));
+    }
+    fn on_whisper(&self, m: ChatMessage) {
+        self.push(Seen::Whisper(m));
+    }
+    fn on_seq(&self, seq: u64) {
+        self.seqs.lock().expect("lock").push(seq);
+    }
+    fn on_error(&self, code: tonic::Code, message: &str) {
+        self.push(Seen::Error(code, message.to_owned()));
+    }
+}
+
+/// Connects a chat client to `url`, recording pushes.
+pub async fn client(url: &str) -> (ChatHubClient, Arc<Recorder>) {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let rec = Arc::new(Recorder::default());
+    let c = ChatHubClient::connect(channel, rec.clone()).await.expect("hub connect");
+    (c, rec)
+}
+
+/// Connects and joins `room` as `user`.
+pub async fn joined(url: &str, room: &str, user: &str) -> (ChatHubClient, Arc<Recorder>) {
+    let (c, rec) = client(url).await;
+    c.join(JoinRequest { room: room.into(), user: user.into() })
+        .await
+        .expect("join");
+    (c, rec)
+}
+
+/// A chat message as a [`Seen`].
+pub fn said(room: &str, from: &str, text: &str) -> Seen {
+    Seen::Message(ChatMessage { room: room.into(), from: from.into(), text: text.into() })
+}
+
+/// A join notice as a [`Seen`].
+pub fn join_notice(room: &str, user: &str) -> Seen {
+    Seen::Join(UserEvent { room: room.into(), user: user.into() })
+}
