@@ -58,13 +58,17 @@ async fn leave_room(ctx: &ChatHubContext, room: &str) -> Result<(), Status> {
 impl ChatHub for Chat {
     async fn join(&self, ctx: &ChatHubContext, req: JoinRequest) -> Result<MembersReply, Status> {
         let user = req.user.trim();
-        if user.is_empty() || user.len() > MAX_USER_NAME || user.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if user.is_empty()
+            || user.len() > MAX_USER_NAME
+            || user.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(Status::invalid_argument(format!(
                 "user name must be 1 to {MAX_USER_NAME} bytes with no spaces or control characters"
             )));
         }
         // Validate the room before changing anything.
-        hub_server::GroupName::new(&req.room).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        hub_server::GroupName::new(&req.room)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if let Some(old) = room_of(ctx) {
             if old == req.room && ctx.user().as_deref() == Some(user) {
                 return members_reply(ctx, &old).await;
@@ -107,7 +111,10 @@ impl ChatHub for Chat {
             .user_push(&req.user)
             .map_err(|_| Status::invalid_argument(format!("not a user name: {:?}", req.user)))?;
         if ctx.hub().user_connections(&req.user).await? == 0 {
-            return Err(Status::not_found(format!("no user named {:?} is connected", req.user)));
+            return Err(Status::not_found(format!(
+                "no user named {:?} is connected",
+                req.user
+            )));
         }
         target
             .on_whisper(ChatMessage {

@@ -346,7 +346,8 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
     let call_enum = path(&hub.call_enum);
     let event_enum = path(&hub.event_enum);
     let module_doc = format!(" Client side of the `{full}` hub.");
-    let client_doc = format!(" A typed client of the `{full}` hub: one stream, calls multiplexed by id.");
+    let client_doc =
+        format!(" A typed client of the `{full}` hub: one stream, calls multiplexed by id.");
     let hub_doc = docs(&hub.doc);
 
     let call_methods = hub.calls.iter().map(|c| {

@@ -147,7 +147,11 @@ impl Builder {
 
         let mut config = prost_build::Config::new();
         config.out_dir(&out_dir);
-        let rt = if self.server { &self.runtime_server } else { &self.runtime_client };
+        let rt = if self.server {
+            &self.runtime_server
+        } else {
+            &self.runtime_client
+        };
         config.extern_path(".hub.v1", format!("{rt}::codegen::hub_v1"));
         config.service_generator(Box::new(generate::Generator {
             hubs,
@@ -170,7 +174,9 @@ pub fn compile(
     protos: &[impl AsRef<Path>],
     includes: &[impl AsRef<Path>],
 ) -> Result<(prost_types::FileDescriptorSet, Vec<String>), Error> {
-    use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver};
+    use protox::file::{
+        ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver,
+    };
 
     struct BuiltIn;
     impl FileResolver for BuiltIn {

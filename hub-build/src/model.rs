@@ -72,17 +72,34 @@ pub struct PushCase {
 
 /// Names generated code defines on the server, client or push types; calls and pushes may not take them.
 const RESERVED: &[&str] = &[
-    "connect", "connect_with", "on_connect", "on_disconnect", "new", "builder", "handle",
-    "except", "only", "closed", "is_closed", "latency", "info", "connection_id", "raw",
-    "with_timeout", "on_error", "send_frame", "from_arc",
+    "connect",
+    "connect_with",
+    "on_connect",
+    "on_disconnect",
+    "new",
+    "builder",
+    "handle",
+    "except",
+    "only",
+    "closed",
+    "is_closed",
+    "latency",
+    "info",
+    "connection_id",
+    "raw",
+    "with_timeout",
+    "on_error",
+    "on_seq",
+    "send_frame",
+    "from_arc",
 ];
 
 const RUST_KEYWORDS: &[&str] = &[
     "as", "async", "await", "box", "break", "const", "continue", "crate", "dyn", "else", "enum",
-    "extern", "false", "fn", "for", "gen", "if", "impl", "in", "let", "loop", "match", "mod", "move",
-    "mut", "pub", "ref", "return", "self", "static", "struct", "super", "trait", "true", "type",
-    "unsafe", "use", "where", "while", "yield", "abstract", "become", "do", "final", "macro",
-    "override", "priv", "try", "typeof", "unsized", "virtual",
+    "extern", "false", "fn", "for", "gen", "if", "impl", "in", "let", "loop", "match", "mod",
+    "move", "mut", "pub", "ref", "return", "self", "static", "struct", "super", "trait", "true",
+    "type", "unsafe", "use", "where", "while", "yield", "abstract", "become", "do", "final",
+    "macro", "override", "priv", "try", "typeof", "unsized", "virtual",
 ];
 
 struct MsgInfo<'a> {
@@ -112,7 +129,11 @@ pub(crate) fn hubs(fds: &FileDescriptorSet, targets: &[String]) -> Result<Vec<Hu
         }
     }
     let mut out = Vec::new();
-    for file in fds.file.iter().filter(|f| targets.iter().any(|t| t == f.name())) {
+    for file in fds
+        .file
+        .iter()
+        .filter(|f| targets.iter().any(|t| t == f.name()))
+    {
         for (si, service) in file.service.iter().enumerate() {
             out.push(hub(file, si, service, &messages)?);
         }
@@ -159,8 +180,16 @@ fn doc(file: &FileDescriptorProto, path: &[i32]) -> Vec<String> {
     info.location
         .iter()
         .find(|l| l.path == path)
-        .and_then(|l| l.leading_comments.as_deref().or(l.trailing_comments.as_deref()))
-        .map(|c| c.lines().map(|l| l.strip_prefix(' ').unwrap_or(l).trim_end().to_owned()).collect())
+        .and_then(|l| {
+            l.leading_comments
+                .as_deref()
+                .or(l.trailing_comments.as_deref())
+        })
+        .map(|c| {
+            c.lines()
+                .map(|l| l.strip_prefix(' ').unwrap_or(l).trim_end().to_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -170,9 +199,18 @@ fn rust_path(info: &MsgInfo<'_>, from: &str) -> String {
     if info.package == from {
         parts.push("super".into());
     } else {
-        let depth = if from.is_empty() { 0 } else { from.split('.').count() };
+        let depth = if from.is_empty() {
+            0
+        } else {
+            from.split('.').count()
+        };
         parts.extend(std::iter::repeat_n("super".to_owned(), depth + 1));
-        parts.extend(info.package.split('.').filter(|s| !s.is_empty()).map(|s| s.to_snake_case()));
+        parts.extend(
+            info.package
+                .split('.')
+                .filter(|s| !s.is_empty())
+                .map(|s| s.to_snake_case()),
+        );
     }
     let (name, outer) = info.path.split_last().expect("a message has a name");
     parts.extend(outer.iter().map(|o| o.to_snake_case()));
@@ -201,7 +239,10 @@ fn hub(
     };
     let shape = "a hub service has exactly one method: `rpc Connect(stream FooRequest) returns (stream FooResponse);`";
     let [method] = service.method.as_slice() else {
-        return Err(err(&full, format!("{shape} (found {} methods)", service.method.len())));
+        return Err(err(
+            &full,
+            format!("{shape} (found {} methods)", service.method.len()),
+        ));
     };
     let m_el = format!("{full}.{}", method.name());
     if method.name() != "Connect" || !method.client_streaming() || !method.server_streaming() {
@@ -218,34 +259,68 @@ fn hub(
     let resp_el = method.output_type().trim_start_matches('.').to_owned();
 
     expect_field(req, &req_el, "id", 1, Type::Uint64, None)?;
-    expect_field(req, &req_el, "control", 15, Type::Message, Some(".hub.v1.ClientControl"))?;
+    expect_field(
+        req,
+        &req_el,
+        "control",
+        15,
+        Type::Message,
+        Some(".hub.v1.ClientControl"),
+    )?;
     expect_field(resp, &resp_el, "id", 1, Type::Uint64, None)?;
     expect_field(resp, &resp_el, "seq", 2, Type::Uint64, None)?;
-    expect_field(resp, &resp_el, "error", 3, Type::Message, Some(".hub.v1.Error"))?;
-    expect_field(resp, &resp_el, "control", 15, Type::Message, Some(".hub.v1.ServerControl"))?;
+    expect_field(
+        resp,
+        &resp_el,
+        "error",
+        3,
+        Type::Message,
+        Some(".hub.v1.Error"),
+    )?;
+    expect_field(
+        resp,
+        &resp_el,
+        "control",
+        15,
+        Type::Message,
+        Some(".hub.v1.ServerControl"),
+    )?;
 
     let req_cases = oneof_cases(req, &req_el, "call", &["id", "control"])?;
     let resp_cases = oneof_cases(resp, &resp_el, "event", &["id", "seq", "error", "control"])?;
 
-    let payload = |f: &FieldDescriptorProto, el: &str| -> Result<(Option<String>, Vec<String>), Error> {
+    let payload = |f: &FieldDescriptorProto,
+                   el: &str|
+     -> Result<(Option<String>, Vec<String>), Error> {
         if f.r#type() != Type::Message {
-            return Err(err(el, "a call, reply or push case must be a message (use google.protobuf.Empty for none)"));
+            return Err(err(
+                el,
+                "a call, reply or push case must be a message (use google.protobuf.Empty for none)",
+            ));
         }
         if f.type_name() == ".google.protobuf.Empty" {
             return Ok((None, Vec::new()));
         }
         if f.type_name().starts_with(".google.protobuf.") {
-            return Err(err(el, format!(
-                "{} cannot be a case type: wrap it in a message of your own (only google.protobuf.Empty is allowed)",
-                f.type_name()
-            )));
+            return Err(err(
+                el,
+                format!(
+                    "{} cannot be a case type: wrap it in a message of your own (only google.protobuf.Empty is allowed)",
+                    f.type_name()
+                ),
+            ));
         }
         let info = lookup(f.type_name(), el)?;
         Ok((Some(rust_path(info, &package)), Vec::new()))
     };
     let check_name = |name: &str, el: &str| -> Result<(), Error> {
         if RUST_KEYWORDS.contains(&name) || RESERVED.contains(&name) {
-            return Err(err(el, format!("`{name}` is reserved (a Rust keyword or a generated method name); rename the case")));
+            return Err(err(
+                el,
+                format!(
+                    "`{name}` is reserved (a Rust keyword or a generated method name); rename the case"
+                ),
+            ));
         }
         Ok(())
     };
@@ -254,19 +329,32 @@ fn hub(
     for (i, f) in &req_cases {
         let el = format!("{req_el}.call.{}", f.name());
         if f.name().starts_with("on_") {
-            return Err(err(el, "call names must not start with `on_` (that prefix marks pushes)"));
+            return Err(err(
+                el,
+                "call names must not start with `on_` (that prefix marks pushes)",
+            ));
         }
         check_name(f.name(), &el)?;
         let (request, _) = payload(f, &el)?;
         let Some((_, r)) = resp_cases.iter().find(|(_, r)| r.name() == f.name()) else {
             return Err(err(
                 &el,
-                format!("no reply case `{}` in {resp_el}.event: every call needs a reply case with the same name and number", f.name()),
+                format!(
+                    "no reply case `{}` in {resp_el}.event: every call needs a reply case with the same name and number",
+                    f.name()
+                ),
             ));
         };
         let r_el = format!("{resp_el}.event.{}", r.name());
         if r.number() != f.number() {
-            return Err(err(r_el, format!("the reply case must have the call's field number {} (found {})", f.number(), r.number())));
+            return Err(err(
+                r_el,
+                format!(
+                    "the reply case must have the call's field number {} (found {})",
+                    f.number(),
+                    r.number()
+                ),
+            ));
         }
         let (reply, _) = payload(r, &r_el)?;
         let mut loc = req.loc.clone();
@@ -280,7 +368,24 @@ fn hub(
         });
     }
     if calls.is_empty() {
-        return Err(err(format!("{req_el}.call"), "a hub needs at least one call"));
+        return Err(err(
+            format!("{req_el}.call"),
+            "a hub needs at least one call",
+        ));
+    }
+    // Each call `x` also gets a client method `send_x` (fire-and-forget).
+    for c in &calls {
+        if let Some(base) = c.name.strip_prefix("send_")
+            && calls.iter().any(|o| o.name == base)
+        {
+            return Err(err(
+                format!("{req_el}.call.{}", c.name),
+                format!(
+                    "`{}` clashes with the client method `send_{base}` generated for the call `{base}`; rename one of them",
+                    c.name
+                ),
+            ));
+        }
     }
     let mut pushes = Vec::new();
     for (i, f) in &resp_cases {
@@ -361,14 +466,20 @@ fn oneof_cases<'a>(
             if f.number() < 16 {
                 return Err(err(
                     format!("{el}.{oneof}.{}", f.name()),
-                    format!("field number {} is reserved for the framework (use 16 and up)", f.number()),
+                    format!(
+                        "field number {} is reserved for the framework (use 16 and up)",
+                        f.number()
+                    ),
                 ));
             }
             cases.push((i, f));
         } else if !framework.contains(&f.name()) {
             return Err(err(
                 format!("{el}.{}", f.name()),
-                format!("a hub frame has only the framework fields ({}) and `oneof {oneof}`", framework.join(", ")),
+                format!(
+                    "a hub frame has only the framework fields ({}) and `oneof {oneof}`",
+                    framework.join(", ")
+                ),
             ));
         }
     }

@@ -32,7 +32,9 @@ pub use hub_core::{include_file_descriptor_set, include_proto};
 /// What generated code names. Not a stable API for hand-written code.
 #[doc(hidden)]
 pub mod codegen {
-    pub use crate::{ClientError, ClientSpec, ConnectOptions, HubClient, PushHandler, ResponseParts};
+    pub use crate::{
+        ClientError, ClientSpec, ConnectOptions, HubClient, PushHandler, ResponseParts,
+    };
     pub use hub_core::proto as hub_v1;
     pub use tonic;
 }
@@ -51,7 +53,11 @@ pub trait ClientSpec: Send + Sync + 'static {
     const PATH: &'static str;
 
     /// Builds a request frame.
-    fn request(id: u64, call: Option<Self::Call>, control: Option<proto::ClientControl>) -> Self::Request;
+    fn request(
+        id: u64,
+        call: Option<Self::Call>,
+        control: Option<proto::ClientControl>,
+    ) -> Self::Request;
 
     /// Splits a response frame.
     fn split(response: Self::Response) -> ResponseParts<Self::Event>;
@@ -105,11 +111,13 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The gRPC status code behind the error.
+    /// The gRPC status code behind the error. Never `Ok`: a call cut short by a
+    /// connection that ended cleanly (status `Ok`) did not complete, which is `Unavailable`.
     pub fn code(&self) -> tonic::Code {
         match self {
             ClientError::Status(s) | ClientError::Connect(s) => s.code(),
             ClientError::Timeout(_) => tonic::Code::DeadlineExceeded,
+            ClientError::Disconnected(r) if r.code == tonic::Code::Ok => tonic::Code::Unavailable,
             ClientError::Disconnected(r) => r.code,
             ClientError::UnexpectedReply(_) => tonic::Code::Internal,
         }
@@ -149,6 +157,11 @@ pub struct ConnectOptions {
     pub dead_after: Option<Duration>,
     /// Frames the client may queue for sending before calls wait. Default 256.
     pub send_queue: usize,
+    /// The largest frame the client accepts from the server, in bytes. A larger one
+    /// ends the connection (`OUT_OF_RANGE`), so make it at least the server's
+    /// `max_message_bytes` (its hello says it). Default 4 MiB, tonic's default, four
+    /// times the server's default.
+    pub max_message_bytes: usize,
 }
 
 impl Default for ConnectOptions {
@@ -160,6 +173,7 @@ impl Default for ConnectOptions {
             ping_interval: Some(Duration::from_secs(10)),
             dead_after: None,
             send_queue: 256,
+            max_message_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -167,9 +181,11 @@ impl Default for ConnectOptions {
 impl ConnectOptions {
     /// Adds an ASCII metadata entry (an invalid value is refused).
     pub fn metadata(mut self, key: &'static str, value: &str) -> Result<Self, ClientError> {
-        let v: AsciiMetadataValue = value
-            .parse()
-            .map_err(|_| ClientError::Connect(tonic::Status::invalid_argument(format!("invalid metadata value for {key}"))))?;
+        let v: AsciiMetadataValue = value.parse().map_err(|_| {
+            ClientError::Connect(tonic::Status::invalid_argument(format!(
+                "invalid metadata value for {key}"
+            )))
+        })?;
         self.metadata.insert(key, v);
         Ok(self)
     }
@@ -189,6 +205,12 @@ impl ConnectOptions {
     /// Sets [`ConnectOptions::dead_after`].
     pub fn dead_after(mut self, after: Option<Duration>) -> Self {
         self.dead_after = after;
+        self
+    }
+
+    /// Sets [`ConnectOptions::max_message_bytes`].
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
         self
     }
 }
@@ -250,10 +272,14 @@ impl<S: ClientSpec> HubClient<S> {
         <T::ResponseBody as Body>::Error: Into<StdError> + Send,
     {
         let (tx, rx) = mpsc::channel::<S::Request>(options.send_queue.max(1));
-        let mut grpc = tonic::client::Grpc::new(service);
-        grpc.ready()
-            .await
-            .map_err(|e| ClientError::Connect(tonic::Status::unavailable(format!("service not ready: {}", e.into()))))?;
+        let mut grpc =
+            tonic::client::Grpc::new(service).max_decoding_message_size(options.max_message_bytes);
+        grpc.ready().await.map_err(|e| {
+            ClientError::Connect(tonic::Status::unavailable(format!(
+                "service not ready: {}",
+                e.into()
+            )))
+        })?;
         let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         *request.metadata_mut() = options.metadata.clone();
         let path = http::uri::PathAndQuery::from_static(S::PATH);
@@ -261,14 +287,20 @@ impl<S: ClientSpec> HubClient<S> {
         let open = grpc.streaming(request, path, codec);
         let mut stream = tokio::time::timeout(options.connect_timeout, open)
             .await
-            .map_err(|_| ClientError::Connect(tonic::Status::deadline_exceeded("no response to Connect")))?
+            .map_err(|_| {
+                ClientError::Connect(tonic::Status::deadline_exceeded("no response to Connect"))
+            })?
             .map_err(ClientError::Connect)?
             .into_inner();
         let first = tokio::time::timeout(options.connect_timeout, stream.message())
             .await
-            .map_err(|_| ClientError::Connect(tonic::Status::deadline_exceeded("no hello from the server")))?
+            .map_err(|_| {
+                ClientError::Connect(tonic::Status::deadline_exceeded("no hello from the server"))
+            })?
             .map_err(ClientError::Connect)?
-            .ok_or_else(|| ClientError::Connect(tonic::Status::unavailable("stream ended before hello")))?;
+            .ok_or_else(|| {
+                ClientError::Connect(tonic::Status::unavailable("stream ended before hello"))
+            })?;
         let info = match S::split(first).control.and_then(|c| c.kind) {
             Some(server_control::Kind::Hello(info)) => info,
             _ => {
@@ -284,7 +316,8 @@ impl<S: ClientSpec> HubClient<S> {
             latency: Mutex::new(None),
         });
         let dead_after = options.dead_after.or_else(|| {
-            (info.heartbeat_interval_ms > 0).then(|| Duration::from_millis(info.heartbeat_interval_ms * 3))
+            (info.heartbeat_interval_ms > 0)
+                .then(|| Duration::from_millis(info.heartbeat_interval_ms * 3))
         });
         let reader = Reader::<S> {
             shared: shared.clone(),
@@ -315,7 +348,11 @@ impl<S: ClientSpec> HubClient<S> {
 
     /// The last measured round-trip time to the server, if any.
     pub fn latency(&self) -> Option<Duration> {
-        *self.shared.latency.lock().unwrap_or_else(|e| e.into_inner())
+        *self
+            .shared
+            .latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether the connection has ended.
@@ -350,21 +387,32 @@ impl<S: ClientSpec> HubClient<S> {
         let id = self.next_id.fetch_add(1, Relaxed) + 1;
         let (reply_tx, reply_rx) = oneshot::channel();
         {
-            let mut pending = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             match pending.as_mut() {
                 Some(p) => p.insert(id, reply_tx),
                 None => return Err(ClientError::Disconnected(self.reason())),
             };
         }
         let forget = |shared: &Shared<S>| {
-            if let Some(p) = shared.pending.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            if let Some(p) = shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+            {
                 p.remove(&id);
             }
         };
         let started = Instant::now();
         let send = self.tx.send(S::request(id, Some(call), None));
         let sent = match timeout {
-            Some(t) => tokio::time::timeout(t, send).await.map_err(|_| ClientError::Timeout(t)),
+            Some(t) => tokio::time::timeout(t, send)
+                .await
+                .map_err(|_| ClientError::Timeout(t)),
             None => Ok(send.await),
         };
         match sent {
@@ -379,13 +427,15 @@ impl<S: ClientSpec> HubClient<S> {
             }
         }
         let reply = match timeout {
-            Some(t) => match tokio::time::timeout(t.saturating_sub(started.elapsed()), reply_rx).await {
-                Ok(r) => r,
-                Err(_) => {
-                    forget(&self.shared);
-                    return Err(ClientError::Timeout(t));
+            Some(t) => {
+                match tokio::time::timeout(t.saturating_sub(started.elapsed()), reply_rx).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        forget(&self.shared);
+                        return Err(ClientError::Timeout(t));
+                    }
                 }
-            },
+            }
             None => reply_rx.await,
         };
         reply.unwrap_or_else(|_| Err(ClientError::Disconnected(self.reason())))
@@ -419,9 +469,17 @@ struct Reader<S: ClientSpec> {
 
 impl<S: ClientSpec> Reader<S> {
     async fn run(self, mut stream: tonic::Streaming<S::Response>) {
-        let period = self.ping_interval.unwrap_or(Duration::from_secs(3600));
+        // Never a zero period: `interval` panics on it.
+        let min = Duration::from_millis(1);
+        let period = self
+            .ping_interval
+            .unwrap_or(Duration::from_secs(3600))
+            .max(min);
         let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
-        let check = self.dead_after.map_or(Duration::from_secs(3600), |d| d / 4);
+        let check = self
+            .dead_after
+            .map_or(Duration::from_secs(3600), |d| d / 4)
+            .max(min);
         let mut watchdog = tokio::time::interval_at(Instant::now() + check, check);
         let mut last_heard = Instant::now();
         let mut ping: Option<(u64, Instant)> = None;
@@ -461,7 +519,11 @@ impl<S: ClientSpec> Reader<S> {
         };
         tracing::debug!(%reason, "hub connection ended");
         let pending = {
-            let mut slot = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut slot = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             self.shared.closed.send_replace(Some(reason.clone()));
             slot.take()
         };
@@ -472,7 +534,11 @@ impl<S: ClientSpec> Reader<S> {
 
     fn control(&self, kind: client_control::Kind) {
         if let Some(tx) = self.tx.upgrade() {
-            let _ = tx.try_send(S::request(0, None, Some(proto::ClientControl { kind: Some(kind) })));
+            let _ = tx.try_send(S::request(
+                0,
+                None,
+                Some(proto::ClientControl { kind: Some(kind) }),
+            ));
         }
     }
 
@@ -492,7 +558,11 @@ impl<S: ClientSpec> Reader<S> {
                     if let Some((nonce, sent)) = *ping
                         && nonce == p.nonce
                     {
-                        *self.shared.latency.lock().unwrap_or_else(|e| e.into_inner()) = Some(sent.elapsed());
+                        *self
+                            .shared
+                            .latency
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()) = Some(sent.elapsed());
                         *ping = None;
                     }
                 }
@@ -527,9 +597,93 @@ impl<S: ClientSpec> Reader<S> {
             };
             let _ = waiter.send(result);
         } else if let Some(e) = parts.error {
-            self.handler.on_error(tonic::Code::from_i32(e.code), &e.message);
+            self.handler
+                .on_error(tonic::Code::from_i32(e.code), &e.message);
         } else if let Some(event) = parts.event {
             self.handler.on_push(parts.seq, event);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn reason(code: Code, message: &str) -> DisconnectReason {
+        DisconnectReason {
+            code,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn error_codes() {
+        let cases = [
+            (
+                ClientError::Status(tonic::Status::not_found("x")),
+                Code::NotFound,
+            ),
+            (
+                ClientError::Status(tonic::Status::internal("panicked")),
+                Code::Internal,
+            ),
+            (
+                ClientError::Connect(tonic::Status::permission_denied("no")),
+                Code::PermissionDenied,
+            ),
+            (
+                ClientError::Connect(tonic::Status::unavailable("refused")),
+                Code::Unavailable,
+            ),
+            (
+                ClientError::Timeout(Duration::from_millis(5)),
+                Code::DeadlineExceeded,
+            ),
+            (
+                ClientError::Disconnected(reason(Code::ResourceExhausted, "outbound queue full")),
+                Code::ResourceExhausted,
+            ),
+            (
+                ClientError::Disconnected(reason(Code::Unavailable, "server shutting down")),
+                Code::Unavailable,
+            ),
+            (ClientError::UnexpectedReply("join"), Code::Internal),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.code(), code, "{err}");
+        }
+    }
+
+    #[test]
+    fn an_error_is_never_ok() {
+        // The server ended the stream cleanly while a call waited for its reply.
+        let err = ClientError::Disconnected(reason(Code::Ok, "the server closed the stream"));
+        assert_eq!(err.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn errors_say_what_happened() {
+        let shown = ClientError::Status(tonic::Status::not_found("no such room")).to_string();
+        assert!(
+            shown.contains("NotFound") && shown.contains("no such room"),
+            "{shown}"
+        );
+        let shown = ClientError::Disconnected(reason(Code::Unavailable, "maintenance")).to_string();
+        assert!(shown.contains("maintenance"), "{shown}");
+        let shown = ClientError::Timeout(Duration::from_secs(2)).to_string();
+        assert!(shown.contains("2s"), "{shown}");
+    }
+
+    #[test]
+    fn invalid_metadata_is_refused() {
+        let err = ConnectOptions::default()
+            .metadata("x-user", "caf\u{e9}\n")
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let ok = ConnectOptions::default()
+            .metadata("x-user", "alice")
+            .unwrap();
+        assert_eq!(ok.metadata.get("x-user").unwrap(), "alice");
     }
 }

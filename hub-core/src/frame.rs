@@ -57,7 +57,12 @@ impl OutFrame {
 
     /// The number of bytes this frame takes on the wire with sequence number `seq`.
     pub fn encoded_len(&self, seq: u64) -> usize {
-        self.bytes.len() + if self.push { 1 + encoded_len_varint(seq) } else { 0 }
+        self.bytes.len()
+            + if self.push {
+                1 + encoded_len_varint(seq)
+            } else {
+                0
+            }
     }
 
     /// Writes the frame, appending `seq` (field 2) when it is a push.
@@ -141,7 +146,13 @@ mod tests {
 
     #[test]
     fn appended_seq_merges_into_the_message() {
-        let shared = Bytes::from(Resp { text: "hi".into(), ..Default::default() }.encode_to_vec());
+        let shared = Bytes::from(
+            Resp {
+                text: "hi".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
         let frame = OutFrame::push(shared);
         let mut out = Vec::new();
         frame.write_to(300, &mut out);
@@ -155,14 +166,33 @@ mod tests {
     fn generic_error_and_control_frames_decode_as_the_hub_type() {
         let e = Resp::decode(error_frame(9, tonic::Code::NotFound, "nope")).unwrap();
         assert_eq!(e.id, 9);
-        assert_eq!(e.error.unwrap(), proto::Error { code: 5, message: "nope".into() });
-        let c = Resp::decode(control_frame(proto::server_control::Kind::Ping(proto::Ping { nonce: 4, last_rtt_us: 0 }))).unwrap();
-        assert!(matches!(c.control.unwrap().kind, Some(proto::server_control::Kind::Ping(p)) if p.nonce == 4));
+        assert_eq!(
+            e.error.unwrap(),
+            proto::Error {
+                code: 5,
+                message: "nope".into()
+            }
+        );
+        let c = Resp::decode(control_frame(proto::server_control::Kind::Ping(
+            proto::Ping {
+                nonce: 4,
+                last_rtt_us: 0,
+            },
+        )))
+        .unwrap();
+        assert!(
+            matches!(c.control.unwrap().kind, Some(proto::server_control::Kind::Ping(p)) if p.nonce == 4)
+        );
     }
 
     #[test]
     fn lists_top_level_fields() {
-        let bytes = Resp { id: 1, text: "x".into(), ..Default::default() }.encode_to_vec();
+        let bytes = Resp {
+            id: 1,
+            text: "x".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
         assert_eq!(top_level_fields(&bytes), vec![1, 100]);
         assert_eq!(top_level_fields(&[0xff]), Vec::<u32>::new());
     }

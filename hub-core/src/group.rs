@@ -130,7 +130,14 @@ mod tests {
 
     #[test]
     fn valid_names() {
-        for n in ["lobby", "room-1", "a", "zone:eu/42", "ünïcødé", &"x".repeat(128)] {
+        for n in [
+            "lobby",
+            "room-1",
+            "a",
+            "zone:eu/42",
+            "ünïcødé",
+            &"x".repeat(128),
+        ] {
             assert_eq!(GroupName::new(n).unwrap().as_str(), n);
         }
     }
@@ -138,11 +145,26 @@ mod tests {
     #[test]
     fn invalid_names() {
         assert_eq!(GroupName::new(""), Err(InvalidGroupName::Empty));
-        assert_eq!(GroupName::new(&"x".repeat(129)), Err(InvalidGroupName::TooLong(129)));
-        assert!(matches!(GroupName::new("a b"), Err(InvalidGroupName::BadCharacter(_))));
-        assert!(matches!(GroupName::new("a\nb"), Err(InvalidGroupName::BadCharacter(_))));
-        assert!(matches!(GroupName::new("a\u{0}"), Err(InvalidGroupName::BadCharacter(_))));
-        assert!(matches!(GroupName::new("$user/x"), Err(InvalidGroupName::Reserved(_))));
+        assert_eq!(
+            GroupName::new(&"x".repeat(129)),
+            Err(InvalidGroupName::TooLong(129))
+        );
+        assert!(matches!(
+            GroupName::new("a b"),
+            Err(InvalidGroupName::BadCharacter(_))
+        ));
+        assert!(matches!(
+            GroupName::new("a\nb"),
+            Err(InvalidGroupName::BadCharacter(_))
+        ));
+        assert!(matches!(
+            GroupName::new("a\u{0}"),
+            Err(InvalidGroupName::BadCharacter(_))
+        ));
+        assert!(matches!(
+            GroupName::new("$user/x"),
+            Err(InvalidGroupName::Reserved(_))
+        ));
     }
 
     #[test]

@@ -90,7 +90,14 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for s in ["", "-", "abc-1", "00000000deadbeef-", "00000000deadbeef-x", "zzzzzzzzzzzzzzzz-1"] {
+        for s in [
+            "",
+            "-",
+            "abc-1",
+            "00000000deadbeef-",
+            "00000000deadbeef-x",
+            "zzzzzzzzzzzzzzzz-1",
+        ] {
             assert!(s.parse::<ConnectionId>().is_err(), "{s:?} parsed");
         }
     }

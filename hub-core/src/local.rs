@@ -168,7 +168,13 @@ impl LocalGroups {
             if let Some(list) = s.groups.get_mut(&g) {
                 *list = list
                     .iter()
-                    .map(|m| if m.id == id { member.clone() } else { m.clone() })
+                    .map(|m| {
+                        if m.id == id {
+                            member.clone()
+                        } else {
+                            m.clone()
+                        }
+                    })
                     .collect();
             }
         }
@@ -191,9 +197,16 @@ impl LocalGroups {
         }
         entry.groups.push(group.clone());
         let member = entry.member.clone();
-        let list = s.groups.entry(group.clone()).or_insert_with(|| Arc::from([]));
+        let list = s
+            .groups
+            .entry(group.clone())
+            .or_insert_with(|| Arc::from([]));
         let first_local = list.is_empty();
-        *list = list.iter().cloned().chain(std::iter::once(member)).collect();
+        *list = list
+            .iter()
+            .cloned()
+            .chain(std::iter::once(member))
+            .collect();
         Some(JoinOutcome {
             added: true,
             first_local,
@@ -339,16 +352,30 @@ mod tests {
     use std::future::poll_fn;
 
     fn member(reg: &LocalGroups, n: u64) -> (ConnectionId, OutboxReceiver) {
-        let id = ConnectionId { node: reg.node(), local: n };
-        let (outbox, rx) = Outbox::new(8, SlowConsumerPolicy::Disconnect, Arc::new(HubMetrics::default()));
-        reg.register(Member { id, user: None, outbox });
+        let id = ConnectionId {
+            node: reg.node(),
+            local: n,
+        };
+        let (outbox, rx) = Outbox::new(
+            8,
+            SlowConsumerPolicy::Disconnect,
+            Arc::new(HubMetrics::default()),
+        );
+        reg.register(Member {
+            id,
+            user: None,
+            outbox,
+        });
         (id, rx)
     }
 
     async fn got(rx: &mut OutboxReceiver) -> bool {
-        tokio::time::timeout(std::time::Duration::from_millis(20), poll_fn(|cx| rx.poll_next(cx)))
-            .await
-            .is_ok_and(|n| matches!(n, Some(Next::Frame(..))))
+        tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            poll_fn(|cx| rx.poll_next(cx)),
+        )
+        .await
+        .is_ok_and(|n| matches!(n, Some(Next::Frame(..))))
     }
 
     #[tokio::test]
@@ -357,9 +384,27 @@ mod tests {
         let g = GroupName::new("room").unwrap();
         let (a, mut ra) = member(&reg, 1);
         let (b, mut rb) = member(&reg, 2);
-        assert_eq!(reg.join(&g, a), Some(JoinOutcome { added: true, first_local: true }));
-        assert_eq!(reg.join(&g, b), Some(JoinOutcome { added: true, first_local: false }));
-        assert_eq!(reg.join(&g, b), Some(JoinOutcome { added: false, first_local: false }));
+        assert_eq!(
+            reg.join(&g, a),
+            Some(JoinOutcome {
+                added: true,
+                first_local: true
+            })
+        );
+        assert_eq!(
+            reg.join(&g, b),
+            Some(JoinOutcome {
+                added: true,
+                first_local: false
+            })
+        );
+        assert_eq!(
+            reg.join(&g, b),
+            Some(JoinOutcome {
+                added: false,
+                first_local: false
+            })
+        );
         assert_eq!(reg.count("room"), 2);
 
         let frame = Bytes::from_static(b"hello");
@@ -368,8 +413,20 @@ mod tests {
         assert!(!got(&mut ra).await);
         assert!(got(&mut rb).await);
 
-        assert_eq!(reg.leave(&g, a), LeaveOutcome { removed: true, last_local: false });
-        assert_eq!(reg.leave(&g, a), LeaveOutcome { removed: false, last_local: false });
+        assert_eq!(
+            reg.leave(&g, a),
+            LeaveOutcome {
+                removed: true,
+                last_local: false
+            }
+        );
+        assert_eq!(
+            reg.leave(&g, a),
+            LeaveOutcome {
+                removed: false,
+                last_local: false
+            }
+        );
         assert_eq!(reg.unregister(b), vec![(g.clone(), true)]);
         assert_eq!(reg.count("room"), 0);
         assert!(reg.groups().is_empty());
@@ -379,7 +436,10 @@ mod tests {
     async fn direct_sends_report_missing_connections() {
         let reg = LocalGroups::new(NodeId(1));
         let (a, mut ra) = member(&reg, 1);
-        let gone = ConnectionId { node: NodeId(1), local: 99 };
+        let gone = ConnectionId {
+            node: NodeId(1),
+            local: 99,
+        };
         let (d, missing) = reg.deliver_to(&[a, gone], &Bytes::from_static(b"x"));
         assert_eq!(d.local, 1);
         assert_eq!(missing, vec![gone]);
@@ -390,6 +450,15 @@ mod tests {
     fn join_of_unknown_connection_is_refused() {
         let reg = LocalGroups::new(NodeId(1));
         let g = GroupName::new("room").unwrap();
-        assert_eq!(reg.join(&g, ConnectionId { node: NodeId(1), local: 5 }), None);
+        assert_eq!(
+            reg.join(
+                &g,
+                ConnectionId {
+                    node: NodeId(1),
+                    local: 5
+                }
+            ),
+            None
+        );
     }
 }

@@ -22,7 +22,8 @@ pub enum SlowConsumerPolicy {
     Disconnect,
     /// Drop the push and count it (`pushes_dropped`). The client sees a gap in the
     /// push sequence numbers. Replies are never dropped: a full queue on a reply
-    /// closes the connection as with `Disconnect`.
+    /// closes the connection as with `Disconnect`. (Under either policy, heartbeat
+    /// pings and pongs that find the queue full are skipped: see [`Outbox::offer`].)
     DropNewest,
 }
 
@@ -85,6 +86,17 @@ struct Shared {
     metrics: Arc<HubMetrics>,
 }
 
+impl Shared {
+    /// Whether [`Outbox::close`] was called. `close` sets the reason before it cancels
+    /// `closed`, so this is true no later than the token; it is one atomic load,
+    /// where `CancellationToken::is_cancelled` takes a mutex: it runs once per frame
+    /// and recipient of every broadcast.
+    #[inline]
+    fn closing(&self) -> bool {
+        self.reason.get().is_some()
+    }
+}
+
 /// The sending side of one connection's bounded outbound queue. Cheap to clone.
 ///
 /// Senders never wait: [`Outbox::push`] either queues the frame or applies the
@@ -131,7 +143,7 @@ impl Outbox {
 
     /// Queues a frame without waiting.
     pub fn push(&self, mut frame: OutFrame) -> Result<(), PushRejected> {
-        if self.0.closed.is_cancelled() {
+        if self.0.closing() {
             return Err(PushRejected::Closed);
         }
         let push = frame.push;
@@ -164,6 +176,25 @@ impl Outbox {
         }
     }
 
+    /// Queues a frame the connection can do without (a heartbeat ping, a pong) if
+    /// there is room, without applying the [`SlowConsumerPolicy`] when there is not:
+    /// a full queue returns [`PushRejected::Full`] and changes nothing. Otherwise a
+    /// heartbeat meeting the queue of a slow reader would close a connection the
+    /// policy means to keep (`DropNewest`).
+    pub fn offer(&self, frame: OutFrame) -> Result<(), PushRejected> {
+        if self.0.closing() {
+            return Err(PushRejected::Closed);
+        }
+        match self.0.tx.try_send(frame) {
+            Ok(()) => {
+                HubMetrics::incr(&self.0.metrics.frames_queued);
+                Ok(())
+            }
+            Err(TrySendError::Closed(_)) => Err(PushRejected::Closed),
+            Err(TrySendError::Full(_)) => Err(PushRejected::Full),
+        }
+    }
+
     /// Asks the connection to end. Returns `false` if it was already ending (the first reason wins).
     pub fn close(&self, reason: CloseReason) -> bool {
         if self.0.reason.set(reason).is_ok() {
@@ -176,7 +207,7 @@ impl Outbox {
 
     /// Whether the connection is ending.
     pub fn is_closed(&self) -> bool {
-        self.0.closed.is_cancelled() || self.0.tx.is_closed()
+        self.0.closing() || self.0.tx.is_closed()
     }
 
     /// Why the connection is ending, if it is.
@@ -213,11 +244,23 @@ pub struct OutboxReceiver {
 impl OutboxReceiver {
     /// The next frame, or the close reason, or `None` once every sender is gone.
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Next>> {
-        if self.closing.is_none() && self.cancelled.as_mut().poll(cx).is_ready() {
-            let reason = self.shared.reason.get().cloned().unwrap_or_else(|| {
-                CloseReason::new(tonic::Code::Unavailable, "connection closed")
-            });
-            self.closing = Some(reason);
+        // The close flag is checked with one atomic load before each frame; the
+        // cancellation future (which takes a lock when polled) is only polled to
+        // register for a wake-up once the queue is empty.
+        if self.closing.is_none() && self.shared.closing() {
+            self.start_closing();
+        }
+        if self.closing.is_none() {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(frame)) => return Poll::Ready(Some(self.number(frame))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    if self.cancelled.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    self.start_closing();
+                }
+            }
         }
         if let Some(reason) = &self.closing {
             if reason.drain
@@ -227,11 +270,17 @@ impl OutboxReceiver {
             }
             return Poll::Ready(self.closing.take().map(Next::Close));
         }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(frame)) => Poll::Ready(Some(self.number(frame))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
+        Poll::Ready(None)
+    }
+
+    fn start_closing(&mut self) {
+        let reason = self
+            .shared
+            .reason
+            .get()
+            .cloned()
+            .unwrap_or_else(|| CloseReason::new(tonic::Code::Unavailable, "connection closed"));
+        self.closing = Some(reason);
     }
 
     fn number(&mut self, frame: OutFrame) -> Next {
@@ -284,6 +333,36 @@ mod tests {
         tx.push(frame()).unwrap();
         assert!(matches!(next(&mut rx).await, Some(Next::Frame(_, 3))));
         assert_eq!(metrics.snapshot().pushes_dropped, 1);
+    }
+
+    #[tokio::test]
+    async fn an_offer_to_a_full_queue_changes_nothing() {
+        for policy in [
+            SlowConsumerPolicy::Disconnect,
+            SlowConsumerPolicy::DropNewest,
+        ] {
+            let metrics = Arc::new(HubMetrics::default());
+            let (tx, mut rx) = Outbox::new(1, policy, metrics.clone());
+            tx.push(frame()).unwrap();
+            assert_eq!(
+                tx.offer(OutFrame::reply(Bytes::from_static(b"ping"))),
+                Err(PushRejected::Full)
+            );
+            assert!(!tx.is_closed(), "{policy:?}");
+            assert!(matches!(next(&mut rx).await, Some(Next::Frame(_, 1))));
+            tx.offer(OutFrame::reply(Bytes::from_static(b"ping")))
+                .unwrap();
+            assert!(matches!(next(&mut rx).await, Some(Next::Frame(_, 0))));
+            // Nothing was counted as dropped: the next push is not numbered past a gap.
+            tx.push(frame()).unwrap();
+            assert!(matches!(next(&mut rx).await, Some(Next::Frame(_, 2))));
+            let m = metrics.snapshot();
+            assert_eq!(
+                (m.pushes_dropped, m.slow_consumer_disconnects),
+                (0, 0),
+                "{policy:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::{ConnectionId, GroupName, HubMetrics, InvalidGroupName, LocalGroups, MemberInfo, Target};
+use crate::{
+    ConnectionId, GroupName, HubMetrics, InvalidGroupName, LocalGroups, MemberInfo, Target,
+};
 
 /// A boxed, sendable future, as the object-safe provider traits return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

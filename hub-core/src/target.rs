@@ -62,7 +62,10 @@ mod tests {
     use crate::NodeId;
 
     fn id(n: u64) -> ConnectionId {
-        ConnectionId { node: NodeId(7), local: n }
+        ConnectionId {
+            node: NodeId(7),
+            local: n,
+        }
     }
 
     #[test]
@@ -76,7 +79,11 @@ mod tests {
 
     #[test]
     fn wire_round_trip() {
-        for t in [Target::All, Target::Except(Arc::from([id(1), id(2)])), Target::Only(Arc::from([id(3)]))] {
+        for t in [
+            Target::All,
+            Target::Except(Arc::from([id(1), id(2)])),
+            Target::Only(Arc::from([id(3)])),
+        ] {
             assert_eq!(Target::from_proto(Some(&t.to_proto())), t);
         }
     }

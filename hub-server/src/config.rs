@@ -16,7 +16,10 @@ pub struct HubConfig {
     pub slow_consumer: SlowConsumerPolicy,
     /// The largest frame, in bytes, in either direction. A larger request frame ends the
     /// stream with `RESOURCE_EXHAUSTED`; a larger reply becomes an error frame; a larger
-    /// push is refused to its sender (`PushError::TooLarge`). Default 1 MiB.
+    /// push (with room for the sequence number each copy gets) is refused to its sender
+    /// (`PushError::TooLarge`). Default 1 MiB. Clients
+    /// must accept frames this large (`hub_client::ConnectOptions::max_message_bytes`,
+    /// default 4 MiB); the hello frame tells them the limit.
     pub max_message_bytes: usize,
     /// Calls a connection may have waiting behind the one running. One more gets an
     /// error frame (`RESOURCE_EXHAUSTED`) at once; the connection stays up. Default 64.
@@ -25,7 +28,9 @@ pub struct HubConfig {
     pub heartbeat_interval: Option<Duration>,
     /// A connection that sends nothing (no call, no pong) for this long is closed with
     /// `UNAVAILABLE` ("heartbeat timeout"). Detects dead peers behind proxies that
-    /// answer HTTP/2 pings themselves. `None`: never. Default 45 s.
+    /// answer HTTP/2 pings themselves. Checked every `heartbeat_interval` (every quarter
+    /// of the timeout when the server does not ping; the client's own pings then keep
+    /// it alive). `None`: never. Default 45 s.
     pub heartbeat_timeout: Option<Duration>,
 }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use hub_core::frame::{FIELD_CONTROL, FIELD_ID, OutFrame, control_frame, error_frame, top_level_fields};
+use hub_core::frame::{
+    FIELD_CONTROL, FIELD_ID, OutFrame, control_frame, error_frame, top_level_fields,
+};
 use hub_core::proto::{self, client_control, server_control::Kind};
 use hub_core::{BoxFuture, CloseReason, HubMetrics, MemberInfo};
 use prost::Message;
@@ -58,7 +60,14 @@ pub(crate) async fn run<D: Dispatch>(
     let mut closed = std::pin::pin!(state.outbox.closed());
     let shutdown = core.shutdown.clone();
     let mut shutdown = std::pin::pin!(shutdown.cancelled_owned());
-    let period = config.heartbeat_interval.unwrap_or(Duration::from_secs(3600));
+    // Ping every `heartbeat_interval`; without pings, still check the timeout (a
+    // client's own pings keep it alive). Never a zero period: `interval` panics on it.
+    let heartbeat = config.heartbeat_interval.is_some() || config.heartbeat_timeout.is_some();
+    let period = config
+        .heartbeat_interval
+        .or(config.heartbeat_timeout.map(|t| t / 4))
+        .unwrap_or(Duration::from_secs(3600))
+        .max(Duration::from_millis(1));
     let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
@@ -66,7 +75,16 @@ pub(crate) async fn run<D: Dispatch>(
 
     let reason = loop {
         if !reading && conn.running.is_none() && conn.queue.is_empty() {
-            break DisconnectReason::ClientClosed;
+            // Reading may have stopped because the server closed the stream (a frame
+            // too large, a broken request stream): that reason, not a clean client
+            // close, is what `on_disconnect` must see.
+            break match state.outbox.close_reason() {
+                Some(r) => DisconnectReason::Server {
+                    code: r.code,
+                    message: r.message,
+                },
+                None => DisconnectReason::ClientClosed,
+            };
         }
         tokio::select! {
             biased;
@@ -102,7 +120,7 @@ pub(crate) async fn run<D: Dispatch>(
                     }
                 }
             },
-            _ = ticker.tick(), if config.heartbeat_interval.is_some() => {
+            _ = ticker.tick(), if heartbeat => {
                 if let Some(timeout) = config.heartbeat_timeout
                     && last_heard.elapsed() >= timeout
                 {
@@ -113,7 +131,9 @@ pub(crate) async fn run<D: Dispatch>(
                     ));
                     continue;
                 }
-                conn.send_ping();
+                if config.heartbeat_interval.is_some() {
+                    conn.send_ping();
+                }
             }
         }
     };
@@ -154,16 +174,25 @@ pub(crate) async fn leave_everything(core: &HubCore, state: &ConnState) {
 }
 
 /// A stream error the client caused (and should be told about), or `None` for a broken transport.
+///
+/// tonic's request decoder makes its errors (frame too large, a compressed-flag it
+/// cannot honour, a frame cut short by the end of the stream) from the bytes the
+/// client sent, with no error source; errors of the transport underneath (h2, hyper)
+/// always carry their source. Only the first kind is worth a goodbye: after the
+/// second there is no one left to read it.
 fn stream_error(status: &tonic::Status) -> Option<CloseReason> {
+    if std::error::Error::source(status).is_some() {
+        return None;
+    }
     match status.code() {
         Code::OutOfRange | Code::ResourceExhausted => Some(CloseReason::new(
             Code::ResourceExhausted,
             format!("request frame too large: {}", status.message()),
         )),
-        Code::InvalidArgument | Code::Internal if status.message().contains("decode") => Some(
-            CloseReason::new(Code::InvalidArgument, format!("bad request stream: {}", status.message())),
-        ),
-        _ => None,
+        _ => Some(CloseReason::new(
+            Code::InvalidArgument,
+            format!("bad request stream: {}", status.message()),
+        )),
     }
 }
 
@@ -186,7 +215,9 @@ impl<D: Dispatch> Conn<D> {
     fn on_frame(&mut self, frame: Bytes) {
         let request = match D::Request::decode(frame.clone()) {
             Ok(r) => r,
-            Err(e) => return self.reject(0, Code::InvalidArgument, format!("malformed frame: {e}")),
+            Err(e) => {
+                return self.reject(0, Code::InvalidArgument, format!("malformed frame: {e}"));
+            }
         };
         let Inbound { id, control, call } = D::split(request);
         let had_control = control.is_some();
@@ -226,7 +257,9 @@ impl<D: Dispatch> Conn<D> {
                 }
             }
             Some(client_control::Kind::Ping(p)) => {
-                self.send(control_frame(Kind::Pong(proto::Pong { nonce: p.nonce })));
+                // Optional, like our own pings: not worth closing a slow reader over.
+                let pong = control_frame(Kind::Pong(proto::Pong { nonce: p.nonce }));
+                let _ = self.state.outbox.offer(OutFrame::reply(pong));
             }
             None => {}
         }
@@ -234,11 +267,16 @@ impl<D: Dispatch> Conn<D> {
 
     fn send_ping(&mut self) {
         let nonce = self.ping.map_or(1, |(n, _)| n + 1);
-        self.ping = Some((nonce, Instant::now()));
-        self.send(control_frame(Kind::Ping(proto::Ping {
+        let ping = control_frame(Kind::Ping(proto::Ping {
             nonce,
             last_rtt_us: self.last_rtt_us,
-        })));
+        }));
+        // A ping only asks for an answer; liveness is judged by what the client sends.
+        // When the queue is full (a slow reader), skip it: sending it as a reply would
+        // apply the slow-consumer policy and close even a `DropNewest` connection.
+        if self.state.outbox.offer(OutFrame::reply(ping)).is_ok() {
+            self.ping = Some((nonce, Instant::now()));
+        }
     }
 
     fn enqueue(&mut self, id: u64, call: D::Call) {
@@ -282,7 +320,10 @@ impl<D: Dispatch> Conn<D> {
         ));
     }
 
-    fn finish(&mut self, (id, name, result): (u64, &'static str, Result<Result<Bytes, tonic::Status>, ()>)) {
+    fn finish(
+        &mut self,
+        (id, name, result): (u64, &'static str, Result<Result<Bytes, tonic::Status>, ()>),
+    ) {
         self.in_flight.remove(&id);
         let metrics = &self.core().metrics;
         match result {
@@ -295,7 +336,10 @@ impl<D: Dispatch> Conn<D> {
                     self.send(error_frame(
                         id,
                         Code::ResourceExhausted,
-                        format!("reply to `{name}` is {} bytes; the limit is {max}", reply.len()),
+                        format!(
+                            "reply to `{name}` is {} bytes; the limit is {max}",
+                            reply.len()
+                        ),
                     ));
                 } else {
                     self.send(reply);

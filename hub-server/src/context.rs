@@ -56,7 +56,10 @@ impl<P> std::fmt::Debug for Context<P> {
         f.debug_struct("Context")
             .field("hub", &self.conn.core.service)
             .field("connection", &self.conn.id)
-            .field("user", &*self.conn.user.lock().unwrap_or_else(|e| e.into_inner()))
+            .field(
+                "user",
+                &*self.conn.user.lock().unwrap_or_else(|e| e.into_inner()),
+            )
             .finish()
     }
 }
@@ -116,7 +119,11 @@ impl<P: From<crate::Push>> Context<P> {
 
     /// The user this connection acts as.
     pub fn user(&self) -> Option<Arc<str>> {
-        self.conn.user.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.conn
+            .user
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Sets (or clears) the user this connection acts as. Members lists show it, and
@@ -225,7 +232,11 @@ impl<P: From<crate::Push>> HubHandle<P> {
 
     /// Pushes to these connections, on any server.
     pub fn connections(&self, ids: impl IntoIterator<Item = ConnectionId>) -> P {
-        Push::new(self.core.clone(), Dest::Connections(ids.into_iter().collect())).into()
+        Push::new(
+            self.core.clone(),
+            Dest::Connections(ids.into_iter().collect()),
+        )
+        .into()
     }
 
     /// Pushes to every connection acting as `user`.
@@ -273,6 +284,9 @@ impl<P: From<crate::Push>> HubHandle<P> {
         let _ = tokio::time::timeout(grace, self.core.wait_closed()).await;
     }
 }
+
+/// The most bytes the writer appends to a push: `seq` (field 2) as a varint.
+const SEQ_SUFFIX_BYTES: usize = 11;
 
 #[derive(Clone, Debug)]
 pub(crate) enum Dest {
@@ -344,10 +358,17 @@ impl Push {
     /// published once to the backplane; nothing is re-encoded.
     pub async fn send_frame(&self, frame: Bytes) -> Result<Delivery, PushError> {
         let core = &self.core;
-        if frame.len() > core.config.max_message_bytes {
+        // Each recipient's writer appends the push sequence number (a key byte and up
+        // to ten varint bytes), so leave room for it: a client whose limit equals the
+        // server's must be able to read every frame.
+        let max = core
+            .config
+            .max_message_bytes
+            .saturating_sub(SEQ_SUFFIX_BYTES);
+        if frame.len() > max {
             return Err(PushError::TooLarge {
                 size: frame.len(),
-                max: core.config.max_message_bytes,
+                max,
             });
         }
         match &self.dest {
@@ -373,5 +394,188 @@ impl Push {
                 Ok(d)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::{Arc, OnceLock};
+
+    use hub_core::{ConnectionId, GroupName, HubMetrics, LocalGroups, LocalOnly, NodeId, Target};
+    use tokio::sync::Notify;
+    use tokio_util::sync::CancellationToken;
+
+    use super::{Dest, Push};
+    use crate::HubConfig;
+    use crate::service::HubCore;
+
+    fn core() -> Arc<HubCore> {
+        let node = NodeId(1);
+        Arc::new(HubCore {
+            service: "test.v1.Test",
+            node,
+            local: Arc::new(LocalGroups::new(node)),
+            backplane: Arc::new(LocalOnly),
+            config: HubConfig::default(),
+            metrics: Arc::new(HubMetrics::default()),
+            shutdown: CancellationToken::new(),
+            shutdown_reason: OnceLock::new(),
+            next_conn: AtomicU64::new(0),
+            conn_closed: Notify::new(),
+        })
+    }
+
+    /// Connection `n` of a universe of four.
+    fn id(n: u64) -> ConnectionId {
+        ConnectionId {
+            node: NodeId(1),
+            local: n,
+        }
+    }
+
+    fn ids(mask: u8) -> Vec<ConnectionId> {
+        (0..4).filter(|n| mask & (1 << n) != 0).map(id).collect()
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Op {
+        Except(u8),
+        Only(u8),
+    }
+
+    fn apply(push: Push, op: Op) -> Push {
+        match op {
+            Op::Except(m) => push.except(ids(m)),
+            Op::Only(m) => push.only(ids(m)),
+        }
+    }
+
+    /// Whether connection `n` receives the push, from the push's destination.
+    fn receives(push: &Push, n: u64) -> bool {
+        match &push.dest {
+            Dest::Group(_, target) => target.selects(&id(n)),
+            Dest::Connections(list) => list.contains(&id(n)),
+        }
+    }
+
+    /// The selection as sets: `except(X)` removes X, `only(Y)` keeps Y.
+    fn expected(start: u8, ops: &[Op]) -> u8 {
+        ops.iter().fold(start, |sel, op| match op {
+            Op::Except(m) => sel & !m,
+            Op::Only(m) => sel & m,
+        })
+    }
+
+    fn check(start: Push, start_mask: u8, ops: &[Op]) {
+        let push = ops.iter().fold(start, |p, op| apply(p, *op));
+        let want = expected(start_mask, ops);
+        for n in 0..4 {
+            assert_eq!(
+                receives(&push, n),
+                want & (1 << n) != 0,
+                "connection {n} after {ops:?} from {start_mask:04b}"
+            );
+        }
+    }
+
+    /// Every sequence of up to three `except`/`only` steps, on a group and on a
+    /// connection list, selects exactly what the set algebra says.
+    #[test]
+    fn except_and_only_compose_like_sets() {
+        let core = core();
+        let group = GroupName::new("room").expect("valid");
+        let masks = 0..16u8;
+        let steps: Vec<Op> = masks
+            .clone()
+            .flat_map(|m| [Op::Except(m), Op::Only(m)])
+            .collect();
+        let mut sequences: Vec<Vec<Op>> = steps.iter().map(|s| vec![*s]).collect();
+        for a in &steps {
+            for b in &steps {
+                sequences.push(vec![*a, *b]);
+            }
+        }
+        for a in [Op::Except(0b0011), Op::Only(0b0110)] {
+            for b in &steps {
+                for c in [
+                    Op::Except(0b1000),
+                    Op::Only(0b0101),
+                    Op::Except(0),
+                    Op::Only(0b1111),
+                ] {
+                    sequences.push(vec![a, *b, c]);
+                }
+            }
+        }
+        for ops in &sequences {
+            let on_group = Push::new(core.clone(), Dest::Group(group.clone(), Target::All));
+            check(on_group, 0b1111, ops);
+            for start in masks.clone() {
+                let on_list = Push::new(core.clone(), Dest::Connections(ids(start).into()));
+                check(on_list, start, ops);
+            }
+        }
+    }
+
+    #[test]
+    fn composition_keeps_the_group_and_the_simplest_target() {
+        let core = core();
+        let g = GroupName::new("room").expect("valid");
+        let push = Push::new(core.clone(), Dest::Group(g.clone(), Target::All));
+        let except = push.clone().except([id(0)]).except([id(1)]);
+        assert!(
+            matches!(&except.dest, Dest::Group(name, Target::Except(x)) if *name == g && x[..] == [id(0), id(1)])
+        );
+        let only = push.clone().except([id(0)]).only([id(0), id(2)]);
+        assert!(
+            matches!(&only.dest, Dest::Group(name, Target::Only(x)) if *name == g && x[..] == [id(2)])
+        );
+        let none = push.only([id(1)]).only([id(2)]);
+        assert!(matches!(&none.dest, Dest::Group(_, Target::Only(x)) if x.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_push_is_refused_before_anything_is_sent() {
+        let core = core();
+        // The limit leaves room for the sequence number each recipient's copy gets.
+        let max = core.config.max_message_bytes - super::SEQ_SUFFIX_BYTES;
+        let push = Push::new(
+            core,
+            Dest::Group(GroupName::new("room").expect("valid"), Target::All),
+        );
+        let err = push
+            .send_frame(bytes::Bytes::from(vec![0u8; max + 1]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, crate::PushError::TooLarge { size, max: m } if size == max + 1 && m == max)
+        );
+        assert!(
+            push.send_frame(bytes::Bytes::from(vec![0u8; max]))
+                .await
+                .is_ok()
+        );
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::ResourceExhausted
+        );
+        // Nobody is connected: an empty group is not an error, a missing connection is.
+        assert_eq!(
+            push.send_frame(bytes::Bytes::from_static(b"x"))
+                .await
+                .unwrap()
+                .local,
+            0
+        );
+        let direct = Push::new(push.core.clone(), Dest::Connections(Arc::from([id(3)])));
+        let err = direct
+            .send_frame(bytes::Bytes::from_static(b"x"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, crate::PushError::NotConnected(c) if c == id(3)),
+            "{err:?}"
+        );
     }
 }

@@ -49,7 +49,8 @@ pub trait Dispatch: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Bytes, tonic::Status>>;
 
     /// Runs the hub's `on_connect` hook. An error refuses the connection with that status.
-    fn on_connect(&self, ctx: Context<Self::Push>) -> BoxFuture<'static, Result<(), tonic::Status>>;
+    fn on_connect(&self, ctx: Context<Self::Push>)
+    -> BoxFuture<'static, Result<(), tonic::Status>>;
 
     /// Runs the hub's `on_disconnect` hook (the connection is still in its groups).
     fn on_disconnect(

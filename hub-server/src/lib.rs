@@ -53,7 +53,6 @@ mod dispatch;
 mod error;
 mod service;
 
-
 pub use config::{HubConfig, Hubs, HubsBuilder};
 pub use context::{Context, HubHandle, Push};
 pub use dispatch::{Dispatch, Inbound};

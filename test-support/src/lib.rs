@@ -54,7 +54,9 @@ fn binary(name: &str, candidates: &[&str]) -> PathBuf {
             return PathBuf::from(p);
         }
     }
-    panic!("{name} not found: run scripts/test.sh, which installs it (apt-get install -y redis-server nats-server)")
+    panic!(
+        "{name} not found: run scripts/test.sh, which installs it (apt-get install -y redis-server nats-server)"
+    )
 }
 
 fn kill_child(child: &mut Option<Child>) {
@@ -98,7 +100,10 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let bin = binary("redis-server", &["/usr/bin/redis-server", "/usr/local/bin/redis-server"]);
+        let bin = binary(
+            "redis-server",
+            &["/usr/bin/redis-server", "/usr/local/bin/redis-server"],
+        );
         let mut cmd = Command::new(bin);
         cmd.arg("--port")
             .arg(self.port.to_string())
@@ -167,7 +172,10 @@ impl RedisCluster {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| RedisServer::start_with(RedisArgs { cluster: true }, free_port()))
             .collect();
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let out = Command::new(binary("redis-cli", &["/usr/bin/redis-cli"]))
             .args(["--cluster", "create"])
             .args(&addrs)
@@ -186,7 +194,10 @@ impl RedisCluster {
             if info.contains("cluster_state:ok") {
                 break;
             }
-            assert!(Instant::now() < deadline, "cluster did not become ok: {info}");
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not become ok: {info}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         c
@@ -243,7 +254,14 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
-        let bin = binary("nats-server", &["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]);
+        let bin = binary(
+            "nats-server",
+            &[
+                "/usr/sbin/nats-server",
+                "/usr/bin/nats-server",
+                "/usr/local/bin/nats-server",
+            ],
+        );
         let mut cmd = Command::new(bin);
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-l")
@@ -334,7 +352,10 @@ impl NatsCluster {
             if ready {
                 break;
             }
-            assert!(Instant::now() < deadline, "NATS cluster routes did not come up");
+            assert!(
+                Instant::now() < deadline,
+                "NATS cluster routes did not come up"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         NatsCluster { nodes }
@@ -356,16 +377,26 @@ pub fn target_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         return PathBuf::from(dir);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target")
 }
 
 /// A built binary of the workspace (`chat-server`, `chat-client`), in the same
 /// profile as the running test. Build it first (`cargo build --workspace --bins`;
 /// `scripts/test.sh` does).
 pub fn workspace_bin(name: &str) -> PathBuf {
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let p = target_dir().join(profile).join(name);
-    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins`", p.display());
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --workspace --bins`",
+        p.display()
+    );
     p
 }
 

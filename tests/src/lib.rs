@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: in-process chat servers on
-//! `127.0.0.1:0` and chat clients that record what they receive.
+//! `127.0.0.1:0` and chat clients that record what they receive; the probe hub
+//! ([`probe`]) and a raw client for bad-input tests ([`raw`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,9 @@ use examples::chat_hub::Chat;
 use hub_server::{GroupProvider, HubConfig, Hubs};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+
+pub mod probe;
+pub mod raw;
 
 /// A chat hub served in this process on a free loopback port.
 pub struct TestServer {
@@ -32,10 +36,18 @@ impl TestServer {
 
     /// Serves the chat hub with `provider` and `config`.
     pub async fn start(provider: Arc<dyn GroupProvider>, config: HubConfig) -> Self {
-        let hubs = Hubs::builder().default_groups_arc(provider).config(config).build();
-        let svc = ChatHubServer::builder(Chat).hubs(&hubs).build().expect("bind hub");
+        let hubs = Hubs::builder()
+            .default_groups_arc(provider)
+            .config(config)
+            .build();
+        let svc = ChatHubServer::builder(Chat)
+            .hubs(&hubs)
+            .build()
+            .expect("bind hub");
         let handle = svc.handle();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
@@ -43,7 +55,12 @@ impl TestServer {
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await;
         });
-        TestServer { addr, handle, hubs, task }
+        TestServer {
+            addr,
+            handle,
+            hubs,
+            task,
+        }
     }
 
     /// `http://ADDR`.
@@ -150,25 +167,37 @@ pub async fn client(url: &str) -> (ChatHubClient, Arc<Recorder>) {
         .await
         .expect("connect");
     let rec = Arc::new(Recorder::default());
-    let c = ChatHubClient::connect(channel, rec.clone()).await.expect("hub connect");
+    let c = ChatHubClient::connect(channel, rec.clone())
+        .await
+        .expect("hub connect");
     (c, rec)
 }
 
 /// Connects and joins `room` as `user`.
 pub async fn joined(url: &str, room: &str, user: &str) -> (ChatHubClient, Arc<Recorder>) {
     let (c, rec) = client(url).await;
-    c.join(JoinRequest { room: room.into(), user: user.into() })
-        .await
-        .expect("join");
+    c.join(JoinRequest {
+        room: room.into(),
+        user: user.into(),
+    })
+    .await
+    .expect("join");
     (c, rec)
 }
 
 /// A chat message as a [`Seen`].
 pub fn said(room: &str, from: &str, text: &str) -> Seen {
-    Seen::Message(ChatMessage { room: room.into(), from: from.into(), text: text.into() })
+    Seen::Message(ChatMessage {
+        room: room.into(),
+        from: from.into(),
+        text: text.into(),
+    })
 }
 
 /// A join notice as a [`Seen`].
 pub fn join_notice(room: &str, user: &str) -> Seen {
-    Seen::Join(UserEvent { room: room.into(), user: user.into() })
+    Seen::Join(UserEvent {
+        room: room.into(),
+        user: user.into(),
+    })
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use examples::chat::chat_hub_client::{ChatHubClient, ChatHubReceiver};
-use examples::chat::{ChatMessage, JoinRequest, MembersReply, SayRequest, UserEvent, WhisperRequest};
+use examples::chat::{
+    ChatMessage, JoinRequest, MembersReply, SayRequest, UserEvent, WhisperRequest,
+};
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -72,12 +74,18 @@ impl Printer {
 
 impl ChatHubReceiver for Printer {
     fn on_join(&self, m: UserEvent) {
-        self.out(json!({"push": "on_join", "room": m.room, "user": m.user}), format!("* {} joined {}", m.user, m.room));
+        self.out(
+            json!({"push": "on_join", "room": m.room, "user": m.user}),
+            format!("* {} joined {}", m.user, m.room),
+        );
         self.got();
     }
 
     fn on_leave(&self, m: UserEvent) {
-        self.out(json!({"push": "on_leave", "room": m.room, "user": m.user}), format!("* {} left {}", m.user, m.room));
+        self.out(
+            json!({"push": "on_leave", "room": m.room, "user": m.user}),
+            format!("* {} left {}", m.user, m.room),
+        );
         self.got();
     }
 
@@ -98,22 +106,36 @@ impl ChatHubReceiver for Printer {
     }
 
     fn on_error(&self, code: tonic::Code, message: &str) {
-        self.out(json!({"error": format!("{code:?}"), "message": message}), format!("! {code:?}: {message}"));
+        self.out(
+            json!({"error": format!("{code:?}"), "message": message}),
+            format!("! {code:?}: {message}"),
+        );
     }
 }
 
 fn members_out(p: &Printer, what: &str, r: &MembersReply) {
     p.out(
         json!({"reply": what, "room": r.room, "members": r.members, "count": r.count}),
-        format!("{what} {}: {} member(s): {}", r.room, r.count, r.members.join(", ")),
+        format!(
+            "{what} {}: {} member(s): {}",
+            r.room,
+            r.count,
+            r.members.join(", ")
+        ),
     );
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let url = if args.addr.contains("://") { args.addr.clone() } else { format!("http://{}", args.addr) };
-    let channel = tonic::transport::Endpoint::from_shared(url)?.connect().await?;
+    let url = if args.addr.contains("://") {
+        args.addr.clone()
+    } else {
+        format!("http://{}", args.addr)
+    };
+    let channel = tonic::transport::Endpoint::from_shared(url)?
+        .connect()
+        .await?;
     let printer = Arc::new(Printer {
         json: args.json,
         received: AtomicUsize::new(0),
@@ -126,7 +148,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let joined = client
-        .join(JoinRequest { room: args.room.clone(), user: args.user.clone() })
+        .join(JoinRequest {
+            room: args.room.clone(),
+            user: args.user.clone(),
+        })
         .await?;
     members_out(&printer, "joined", &joined);
 
@@ -139,9 +164,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     for w in &args.whisper {
         let (user, text) = w.split_once(':').ok_or("--whisper takes USER:TEXT")?;
-        match client.whisper(WhisperRequest { user: user.into(), text: text.into() }).await {
-            Ok(()) => printer.out(json!({"whispered": user, "text": text}), format!("> (to {user}) {text}")),
-            Err(e) => printer.out(json!({"error": format!("{:?}", e.code()), "message": e.to_string()}), format!("! {e}")),
+        match client
+            .whisper(WhisperRequest {
+                user: user.into(),
+                text: text.into(),
+            })
+            .await
+        {
+            Ok(()) => printer.out(
+                json!({"whispered": user, "text": text}),
+                format!("> (to {user}) {text}"),
+            ),
+            Err(e) => printer.out(
+                json!({"error": format!("{:?}", e.code()), "message": e.to_string()}),
+                format!("! {e}"),
+            ),
         }
     }
     if args.members {

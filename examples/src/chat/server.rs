@@ -44,7 +44,10 @@ async fn provider(spec: &str) -> Result<Box<dyn GroupProvider>, Box<dyn std::err
     if spec.starts_with("nats://") || spec.starts_with("tls://") {
         return Ok(Box::new(hub_nats::NatsProvider::connect(spec).await?));
     }
-    Err(format!("unsupported --groups {spec:?}: use memory, redis://HOST:PORT or nats://HOST:PORT").into())
+    Err(
+        format!("unsupported --groups {spec:?}: use memory, redis://HOST:PORT or nats://HOST:PORT")
+            .into(),
+    )
 }
 
 fn secs(s: u64) -> Option<Duration> {
@@ -86,15 +89,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     let local = listener.local_addr()?;
-    println!("chat-server listening on {local} (groups: {}, node {})", args.groups, hubs.node());
+    println!(
+        "chat-server listening on {local} (groups: {}, node {})",
+        args.groups,
+        hubs.node()
+    );
 
     let shutdown_hubs = hubs.clone();
     let shutdown = async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
-        health
-            .set_not_serving::<ChatHubServer<Chat>>()
-            .await;
+        health.set_not_serving::<ChatHubServer<Chat>>().await;
         shutdown_hubs
             .shutdown("server shutting down", Duration::from_secs(5))
             .await;
@@ -104,7 +109,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(chat)
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
         .await?;
     Ok(())
 }
@@ -112,13 +120,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

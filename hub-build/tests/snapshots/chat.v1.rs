@@ -1,0 +1,657 @@
+/// Server side of the `chat.v1.ChatHub` hub.
+pub mod chat_hub_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::let_unit_value,
+        clippy::unit_arg
+    )]
+    /// The per-call context of this hub: connection id, metadata, groups, typed pushes.
+    pub type ChatHubContext = ::hub_server::codegen::Context<ChatHubPush>;
+    /// A handle on this hub for pushes from outside calls, counts, metrics and shutdown.
+    pub type ChatHubHandle = ::hub_server::codegen::HubHandle<ChatHubPush>;
+    /// The `chat.v1.ChatHub` hub: implement it, then serve it with [`ChatHubServer`].
+    /// A chat lobby: join a room, talk to everyone in it, whisper to one user.
+    ///
+    /// Calls from one connection run one at a time, in order.
+    pub trait ChatHub: Send + Sync + 'static {
+        /// Join a room under a user name; replies with the room's members.
+        fn join(
+            &self,
+            ctx: &ChatHubContext,
+            request: super::JoinRequest,
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<
+                super::MembersReply,
+                ::hub_server::codegen::tonic::Status,
+            >,
+        > + Send;
+        /// Leave the current room.
+        fn leave(
+            &self,
+            ctx: &ChatHubContext,
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<(), ::hub_server::codegen::tonic::Status>,
+        > + Send;
+        /// Say something to every other member of the room.
+        fn say(
+            &self,
+            ctx: &ChatHubContext,
+            request: super::SayRequest,
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<(), ::hub_server::codegen::tonic::Status>,
+        > + Send;
+        /// Say something to one user's connections only.
+        fn whisper(
+            &self,
+            ctx: &ChatHubContext,
+            request: super::WhisperRequest,
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<(), ::hub_server::codegen::tonic::Status>,
+        > + Send;
+        /// List the room's members.
+        fn members(
+            &self,
+            ctx: &ChatHubContext,
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<
+                super::MembersReply,
+                ::hub_server::codegen::tonic::Status,
+            >,
+        > + Send;
+        /// Called when a client connects, before any call. An error refuses the
+        /// connection with that status (e.g. `unauthenticated`).
+        fn on_connect(
+            &self,
+            ctx: &ChatHubContext,
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<(), ::hub_server::codegen::tonic::Status>,
+        > + Send {
+            async { Ok(()) }
+        }
+        /// Called when a connection ends, while it is still in its groups.
+        fn on_disconnect(
+            &self,
+            ctx: &ChatHubContext,
+            reason: &::hub_server::DisconnectReason,
+        ) -> impl ::core::future::Future<Output = ()> + Send {
+            async {}
+        }
+    }
+    /// Typed pushes of this hub to a selection of connections.
+    #[derive(Clone, Debug)]
+    pub struct ChatHubPush(::hub_server::codegen::Push);
+    impl ::core::convert::From<::hub_server::codegen::Push> for ChatHubPush {
+        fn from(p: ::hub_server::codegen::Push) -> Self {
+            ChatHubPush(p)
+        }
+    }
+    impl ChatHubPush {
+        /// Leaves these connections out (typically the caller).
+        pub fn except(
+            self,
+            ids: impl IntoIterator<Item = ::hub_server::ConnectionId>,
+        ) -> Self {
+            ChatHubPush(self.0.except(ids))
+        }
+        /// Keeps only these connections.
+        pub fn only(
+            self,
+            ids: impl IntoIterator<Item = ::hub_server::ConnectionId>,
+        ) -> Self {
+            ChatHubPush(self.0.only(ids))
+        }
+        /// Push: someone joined the room.
+        ///
+        /// Encodes the push once and sends it to every selected connection.
+        pub async fn on_join(
+            &self,
+            message: super::UserEvent,
+        ) -> ::core::result::Result<::hub_server::Delivery, ::hub_server::PushError> {
+            let frame = ::hub_server::codegen::encode(
+                &super::ChatResponse {
+                    event: Some(super::chat_response::Event::OnJoin(message)),
+                    ..::core::default::Default::default()
+                },
+            );
+            self.0.send_frame(frame).await
+        }
+        /// Push: someone left the room.
+        ///
+        /// Encodes the push once and sends it to every selected connection.
+        pub async fn on_leave(
+            &self,
+            message: super::UserEvent,
+        ) -> ::core::result::Result<::hub_server::Delivery, ::hub_server::PushError> {
+            let frame = ::hub_server::codegen::encode(
+                &super::ChatResponse {
+                    event: Some(super::chat_response::Event::OnLeave(message)),
+                    ..::core::default::Default::default()
+                },
+            );
+            self.0.send_frame(frame).await
+        }
+        /// Push: a message said in the room.
+        ///
+        /// Encodes the push once and sends it to every selected connection.
+        pub async fn on_message(
+            &self,
+            message: super::ChatMessage,
+        ) -> ::core::result::Result<::hub_server::Delivery, ::hub_server::PushError> {
+            let frame = ::hub_server::codegen::encode(
+                &super::ChatResponse {
+                    event: Some(super::chat_response::Event::OnMessage(message)),
+                    ..::core::default::Default::default()
+                },
+            );
+            self.0.send_frame(frame).await
+        }
+        /// Push: a message whispered to this user.
+        ///
+        /// Encodes the push once and sends it to every selected connection.
+        pub async fn on_whisper(
+            &self,
+            message: super::ChatMessage,
+        ) -> ::core::result::Result<::hub_server::Delivery, ::hub_server::PushError> {
+            let frame = ::hub_server::codegen::encode(
+                &super::ChatResponse {
+                    event: Some(super::chat_response::Event::OnWhisper(message)),
+                    ..::core::default::Default::default()
+                },
+            );
+            self.0.send_frame(frame).await
+        }
+    }
+    /// The hub as a tonic service.
+    pub struct ChatHubServer<T> {
+        inner: ::hub_server::codegen::HubService<Adapter<T>>,
+    }
+    impl<T: ChatHub> ChatHubServer<T> {
+        /// Serves `hub` with in-memory groups and the default config.
+        pub fn new(hub: T) -> Self {
+            Self::from_arc(::std::sync::Arc::new(hub))
+        }
+        /// Serves a shared `hub`.
+        pub fn from_arc(hub: ::std::sync::Arc<T>) -> Self {
+            ChatHubServer {
+                inner: ::hub_server::codegen::HubService::new(Adapter(hub)),
+            }
+        }
+        /// Starts a builder (group provider, config, server-wide defaults).
+        pub fn builder(hub: T) -> ChatHubServerBuilder<T> {
+            ChatHubServerBuilder {
+                inner: ::hub_server::codegen::HubService::builder(
+                    Adapter(::std::sync::Arc::new(hub)),
+                ),
+            }
+        }
+        /// A handle for pushes from outside calls, counts, metrics and shutdown.
+        pub fn handle(&self) -> ChatHubHandle {
+            self.inner.handle()
+        }
+    }
+    /// Builds a [`#server`].
+    pub struct ChatHubServerBuilder<T> {
+        inner: ::hub_server::codegen::HubServiceBuilder<Adapter<T>>,
+    }
+    impl<T: ChatHub> ChatHubServerBuilder<T> {
+        /// Takes the server-wide defaults from `hubs`.
+        pub fn hubs(self, hubs: &::hub_server::Hubs) -> Self {
+            ChatHubServerBuilder {
+                inner: self.inner.hubs(hubs),
+            }
+        }
+        /// This hub's group provider.
+        pub fn groups(self, provider: impl ::hub_server::GroupProvider) -> Self {
+            ChatHubServerBuilder {
+                inner: self.inner.groups(provider),
+            }
+        }
+        /// This hub's group provider, shared.
+        pub fn groups_arc(
+            self,
+            provider: ::std::sync::Arc<dyn ::hub_server::GroupProvider>,
+        ) -> Self {
+            ChatHubServerBuilder {
+                inner: self.inner.groups_arc(provider),
+            }
+        }
+        /// This hub's config.
+        pub fn config(self, config: ::hub_server::HubConfig) -> Self {
+            ChatHubServerBuilder {
+                inner: self.inner.config(config),
+            }
+        }
+        /// Binds the hub to its group provider.
+        pub fn build(
+            self,
+        ) -> ::core::result::Result<ChatHubServer<T>, ::hub_server::GroupError> {
+            Ok(ChatHubServer {
+                inner: self.inner.build()?,
+            })
+        }
+    }
+    impl<T> ::core::clone::Clone for ChatHubServer<T> {
+        fn clone(&self) -> Self {
+            ChatHubServer {
+                inner: self.inner.clone(),
+            }
+        }
+    }
+    impl<T> ::core::fmt::Debug for ChatHubServer<T> {
+        fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+            f.write_str("chat.v1.ChatHub")
+        }
+    }
+    impl<T: ChatHub> ::hub_server::codegen::tonic::server::NamedService
+    for ChatHubServer<T> {
+        const NAME: &'static str = "chat.v1.ChatHub";
+    }
+    impl<
+        T,
+        B,
+    > ::hub_server::codegen::tonic::codegen::Service<
+        ::hub_server::codegen::tonic::codegen::http::Request<B>,
+    > for ChatHubServer<T>
+    where
+        T: ChatHub,
+        B: ::hub_server::codegen::tonic::codegen::Body + Send + 'static,
+        B::Error: Into<::hub_server::codegen::tonic::codegen::StdError> + Send + 'static,
+    {
+        type Response = ::hub_server::codegen::tonic::codegen::http::Response<
+            ::hub_server::codegen::tonic::body::Body,
+        >;
+        type Error = ::core::convert::Infallible;
+        type Future = ::hub_server::codegen::tonic::codegen::BoxFuture<
+            Self::Response,
+            Self::Error,
+        >;
+        fn poll_ready(
+            &mut self,
+            cx: &mut ::core::task::Context<'_>,
+        ) -> ::core::task::Poll<::core::result::Result<(), Self::Error>> {
+            ::hub_server::codegen::tonic::codegen::Service::<
+                ::hub_server::codegen::tonic::codegen::http::Request<B>,
+            >::poll_ready(&mut self.inner, cx)
+        }
+        fn call(
+            &mut self,
+            req: ::hub_server::codegen::tonic::codegen::http::Request<B>,
+        ) -> Self::Future {
+            self.inner.call(req)
+        }
+    }
+    #[doc(hidden)]
+    pub struct Adapter<T>(::std::sync::Arc<T>);
+    impl<T: ChatHub> ::hub_server::codegen::Dispatch for Adapter<T> {
+        type Request = super::ChatRequest;
+        type Call = super::chat_request::Call;
+        type Push = ChatHubPush;
+        const SERVICE: &'static str = "chat.v1.ChatHub";
+        const PATH: &'static str = "/chat.v1.ChatHub/Connect";
+        fn split(
+            request: super::ChatRequest,
+        ) -> ::hub_server::codegen::Inbound<super::chat_request::Call> {
+            ::hub_server::codegen::Inbound {
+                id: request.id,
+                control: request.control,
+                call: request.call,
+            }
+        }
+        fn call_name(call: &super::chat_request::Call) -> &'static str {
+            match call {
+                super::chat_request::Call::Join(_) => "join",
+                super::chat_request::Call::Leave(_) => "leave",
+                super::chat_request::Call::Say(_) => "say",
+                super::chat_request::Call::Whisper(_) => "whisper",
+                super::chat_request::Call::Members(_) => "members",
+            }
+        }
+        fn dispatch(
+            &self,
+            ctx: ChatHubContext,
+            id: u64,
+            call: super::chat_request::Call,
+        ) -> ::hub_server::codegen::BoxFuture<
+            'static,
+            ::core::result::Result<
+                ::hub_server::codegen::Bytes,
+                ::hub_server::codegen::tonic::Status,
+            >,
+        > {
+            let hub = self.0.clone();
+            match call {
+                super::chat_request::Call::Join(request) => {
+                    ::std::boxed::Box::pin(async move {
+                        let reply = hub.join(&ctx, request).await?;
+                        Ok(
+                            ::hub_server::codegen::encode(
+                                &super::ChatResponse {
+                                    id,
+                                    event: Some(super::chat_response::Event::Join(reply)),
+                                    ..::core::default::Default::default()
+                                },
+                            ),
+                        )
+                    })
+                }
+                super::chat_request::Call::Leave(_) => {
+                    ::std::boxed::Box::pin(async move {
+                        let reply = hub.leave(&ctx).await?;
+                        Ok(
+                            ::hub_server::codegen::encode(
+                                &super::ChatResponse {
+                                    id,
+                                    event: Some(super::chat_response::Event::Leave(reply)),
+                                    ..::core::default::Default::default()
+                                },
+                            ),
+                        )
+                    })
+                }
+                super::chat_request::Call::Say(request) => {
+                    ::std::boxed::Box::pin(async move {
+                        let reply = hub.say(&ctx, request).await?;
+                        Ok(
+                            ::hub_server::codegen::encode(
+                                &super::ChatResponse {
+                                    id,
+                                    event: Some(super::chat_response::Event::Say(reply)),
+                                    ..::core::default::Default::default()
+                                },
+                            ),
+                        )
+                    })
+                }
+                super::chat_request::Call::Whisper(request) => {
+                    ::std::boxed::Box::pin(async move {
+                        let reply = hub.whisper(&ctx, request).await?;
+                        Ok(
+                            ::hub_server::codegen::encode(
+                                &super::ChatResponse {
+                                    id,
+                                    event: Some(super::chat_response::Event::Whisper(reply)),
+                                    ..::core::default::Default::default()
+                                },
+                            ),
+                        )
+                    })
+                }
+                super::chat_request::Call::Members(_) => {
+                    ::std::boxed::Box::pin(async move {
+                        let reply = hub.members(&ctx).await?;
+                        Ok(
+                            ::hub_server::codegen::encode(
+                                &super::ChatResponse {
+                                    id,
+                                    event: Some(super::chat_response::Event::Members(reply)),
+                                    ..::core::default::Default::default()
+                                },
+                            ),
+                        )
+                    })
+                }
+            }
+        }
+        fn on_connect(
+            &self,
+            ctx: ChatHubContext,
+        ) -> ::hub_server::codegen::BoxFuture<
+            'static,
+            ::core::result::Result<(), ::hub_server::codegen::tonic::Status>,
+        > {
+            let hub = self.0.clone();
+            ::std::boxed::Box::pin(async move { hub.on_connect(&ctx).await })
+        }
+        fn on_disconnect(
+            &self,
+            ctx: ChatHubContext,
+            reason: ::hub_server::DisconnectReason,
+        ) -> ::hub_server::codegen::BoxFuture<'static, ()> {
+            let hub = self.0.clone();
+            ::std::boxed::Box::pin(async move { hub.on_disconnect(&ctx, &reason).await })
+        }
+    }
+}
+/// Client side of the `chat.v1.ChatHub` hub.
+pub mod chat_hub_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::let_unit_value,
+        clippy::unit_arg
+    )]
+    /// Receives this hub's pushes. Methods are called in order on the client's
+    /// reader task: keep them quick, or forward to a channel. Every method has
+    /// an empty default.
+    pub trait ChatHubReceiver: Send + Sync + 'static {
+        /// Push: someone joined the room.
+        fn on_join(&self, message: super::UserEvent) {}
+        /// Push: someone left the room.
+        fn on_leave(&self, message: super::UserEvent) {}
+        /// Push: a message said in the room.
+        fn on_message(&self, message: super::ChatMessage) {}
+        /// Push: a message whispered to this user.
+        fn on_whisper(&self, message: super::ChatMessage) {}
+        /// Called with the sequence number of each push, before its method.
+        /// A gap means pushes were dropped for this connection.
+        fn on_seq(&self, seq: u64) {}
+        /// An error frame not tied to a call (failed fire-and-forget call, bad frame).
+        fn on_error(&self, code: ::hub_client::codegen::tonic::Code, message: &str) {}
+    }
+    /// A receiver that ignores every push.
+    impl ChatHubReceiver for () {}
+    /// A shared receiver.
+    impl<R: ChatHubReceiver + ?Sized> ChatHubReceiver for ::std::sync::Arc<R> {
+        fn on_join(&self, message: super::UserEvent) {
+            (**self).on_join(message)
+        }
+        fn on_leave(&self, message: super::UserEvent) {
+            (**self).on_leave(message)
+        }
+        fn on_message(&self, message: super::ChatMessage) {
+            (**self).on_message(message)
+        }
+        fn on_whisper(&self, message: super::ChatMessage) {
+            (**self).on_whisper(message)
+        }
+        fn on_seq(&self, seq: u64) {
+            (**self).on_seq(seq)
+        }
+        fn on_error(&self, code: ::hub_client::codegen::tonic::Code, message: &str) {
+            (**self).on_error(code, message)
+        }
+    }
+    /// A typed client of the `chat.v1.ChatHub` hub: one stream, calls multiplexed by id.
+    /// A chat lobby: join a room, talk to everyone in it, whisper to one user.
+    #[derive(Clone, Debug)]
+    pub struct ChatHubClient {
+        inner: ::hub_client::HubClient<Spec>,
+    }
+    impl ChatHubClient {
+        /// Connects over `channel` with the default options.
+        pub async fn connect(
+            channel: ::hub_client::codegen::tonic::transport::Channel,
+            receiver: impl ChatHubReceiver,
+        ) -> ::core::result::Result<Self, ::hub_client::ClientError> {
+            Self::connect_with(
+                    channel,
+                    ::hub_client::ConnectOptions::default(),
+                    receiver,
+                )
+                .await
+        }
+        /// Connects over any tonic transport (e.g. a `Channel` wrapped in an
+        /// interceptor) with `options` (metadata, timeouts).
+        pub async fn connect_with<T>(
+            service: T,
+            options: ::hub_client::ConnectOptions,
+            receiver: impl ChatHubReceiver,
+        ) -> ::core::result::Result<Self, ::hub_client::ClientError>
+        where
+            T: ::hub_client::codegen::tonic::client::GrpcService<
+                ::hub_client::codegen::tonic::body::Body,
+            >,
+            T::Error: Into<::hub_client::codegen::tonic::codegen::StdError>,
+            T::ResponseBody: ::hub_client::codegen::tonic::codegen::Body<
+                    Data = ::hub_client::codegen::tonic::codegen::Bytes,
+                > + Send + 'static,
+            <T::ResponseBody as ::hub_client::codegen::tonic::codegen::Body>::Error: Into<
+                    ::hub_client::codegen::tonic::codegen::StdError,
+                > + Send,
+        {
+            let handler = ::std::sync::Arc::new(Handler(receiver));
+            let inner = ::hub_client::HubClient::connect(service, options, handler)
+                .await?;
+            Ok(ChatHubClient { inner })
+        }
+        /// The untyped client underneath (connection info, latency, closed, custom timeouts).
+        pub fn raw(&self) -> &::hub_client::HubClient<Spec> {
+            &self.inner
+        }
+        /// This connection's id on the server.
+        pub fn connection_id(&self) -> &str {
+            self.inner.connection_id()
+        }
+        /// The last measured round trip to the server.
+        pub fn latency(&self) -> Option<::std::time::Duration> {
+            self.inner.latency()
+        }
+        /// Waits for the connection to end and tells why.
+        pub async fn closed(&self) -> ::hub_client::DisconnectReason {
+            self.inner.closed().await
+        }
+        /// Join a room under a user name; replies with the room's members.
+        pub async fn join(
+            &self,
+            request: super::JoinRequest,
+        ) -> ::core::result::Result<super::MembersReply, ::hub_client::ClientError> {
+            match self.inner.call(super::chat_request::Call::Join(request)).await? {
+                super::chat_response::Event::Join(reply) => Ok(reply),
+                _ => Err(::hub_client::ClientError::UnexpectedReply("join")),
+            }
+        }
+        /// Sends `join` without waiting for a reply (fire-and-forget, call id 0). A failure comes back to the receiver's `on_error`.
+        pub async fn send_join(
+            &self,
+            request: super::JoinRequest,
+        ) -> ::core::result::Result<(), ::hub_client::ClientError> {
+            self.inner.send(super::chat_request::Call::Join(request)).await
+        }
+        /// Leave the current room.
+        pub async fn leave(
+            &self,
+        ) -> ::core::result::Result<(), ::hub_client::ClientError> {
+            match self.inner.call(super::chat_request::Call::Leave(())).await? {
+                super::chat_response::Event::Leave(reply) => Ok(reply),
+                _ => Err(::hub_client::ClientError::UnexpectedReply("leave")),
+            }
+        }
+        /// Sends `leave` without waiting for a reply (fire-and-forget, call id 0). A failure comes back to the receiver's `on_error`.
+        pub async fn send_leave(
+            &self,
+        ) -> ::core::result::Result<(), ::hub_client::ClientError> {
+            self.inner.send(super::chat_request::Call::Leave(())).await
+        }
+        /// Say something to every other member of the room.
+        pub async fn say(
+            &self,
+            request: super::SayRequest,
+        ) -> ::core::result::Result<(), ::hub_client::ClientError> {
+            match self.inner.call(super::chat_request::Call::Say(request)).await? {
+                super::chat_response::Event::Say(reply) => Ok(reply),
+                _ => Err(::hub_client::ClientError::UnexpectedReply("say")),
+            }
+        }
+        /// Sends `say` without waiting for a reply (fire-and-forget, call id 0). A failure comes back to the receiver's `on_error`.
+        pub async fn send_say(
+            &self,
+            request: super::SayRequest,
+        ) -> ::core::result::Result<(), ::hub_client::ClientError> {
+            self.inner.send(super::chat_request::Call::Say(request)).await
+        }
+        /// Say something to one user's connections only.
+        pub async fn whisper(
+            &self,
+            request: super::WhisperRequest,
+        ) -> ::core::result::Result<(), ::hub_client::ClientError> {
+            match self.inner.call(super::chat_request::Call::Whisper(request)).await? {
+                super::chat_response::Event::Whisper(reply) => Ok(reply),
+                _ => Err(::hub_client::ClientError::UnexpectedReply("whisper")),
+            }
+        }
+        /// Sends `whisper` without waiting for a reply (fire-and-forget, call id 0). A failure comes back to the receiver's `on_error`.
+        pub async fn send_whisper(
+            &self,
+            request: super::WhisperRequest,
+        ) -> ::core::result::Result<(), ::hub_client::ClientError> {
+            self.inner.send(super::chat_request::Call::Whisper(request)).await
+        }
+        /// List the room's members.
+        pub async fn members(
+            &self,
+        ) -> ::core::result::Result<super::MembersReply, ::hub_client::ClientError> {
+            match self.inner.call(super::chat_request::Call::Members(())).await? {
+                super::chat_response::Event::Members(reply) => Ok(reply),
+                _ => Err(::hub_client::ClientError::UnexpectedReply("members")),
+            }
+        }
+        /// Sends `members` without waiting for a reply (fire-and-forget, call id 0). A failure comes back to the receiver's `on_error`.
+        pub async fn send_members(
+            &self,
+        ) -> ::core::result::Result<(), ::hub_client::ClientError> {
+            self.inner.send(super::chat_request::Call::Members(())).await
+        }
+    }
+    #[doc(hidden)]
+    #[derive(Debug)]
+    pub struct Spec;
+    impl ::hub_client::ClientSpec for Spec {
+        type Request = super::ChatRequest;
+        type Response = super::ChatResponse;
+        type Call = super::chat_request::Call;
+        type Event = super::chat_response::Event;
+        const PATH: &'static str = "/chat.v1.ChatHub/Connect";
+        fn request(
+            id: u64,
+            call: Option<super::chat_request::Call>,
+            control: Option<::hub_client::codegen::hub_v1::ClientControl>,
+        ) -> super::ChatRequest {
+            super::ChatRequest {
+                id,
+                call,
+                control,
+            }
+        }
+        fn split(
+            r: super::ChatResponse,
+        ) -> ::hub_client::ResponseParts<super::chat_response::Event> {
+            ::hub_client::ResponseParts {
+                id: r.id,
+                seq: r.seq,
+                error: r.error,
+                control: r.control,
+                event: r.event,
+            }
+        }
+    }
+    struct Handler<R>(R);
+    impl<R: ChatHubReceiver> ::hub_client::PushHandler<super::chat_response::Event>
+    for Handler<R> {
+        fn on_push(&self, seq: u64, event: super::chat_response::Event) {
+            self.0.on_seq(seq);
+            match event {
+                super::chat_response::Event::OnJoin(m) => self.0.on_join(m),
+                super::chat_response::Event::OnLeave(m) => self.0.on_leave(m),
+                super::chat_response::Event::OnMessage(m) => self.0.on_message(m),
+                super::chat_response::Event::OnWhisper(m) => self.0.on_whisper(m),
+                _ => {}
+            }
+        }
+        fn on_error(&self, code: ::hub_client::codegen::tonic::Code, message: &str) {
+            self.0.on_error(code, message)
+        }
+    }
+}
