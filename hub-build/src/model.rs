@@ -92,6 +92,7 @@ const RESERVED: &[&str] = &[
     "on_seq",
     "send_frame",
     "from_arc",
+    "clone",
 ];
 
 const RUST_KEYWORDS: &[&str] = &[

@@ -102,7 +102,15 @@ pub(crate) async fn run<D: Dispatch>(
             done = async { conn.running.as_mut().expect("guarded").await }, if conn.running.is_some() => {
                 conn.running = None;
                 conn.finish(done);
-                conn.start_next();
+                if !conn.apply_kick() {
+                    conn.start_next();
+                }
+            }
+            _ = state.kicked.notified() => {
+                // During a call, the kick waits for its reply (checked when it finishes).
+                if conn.running.is_none() {
+                    conn.apply_kick();
+                }
             }
             msg = inbound.message(), if reading => match msg {
                 Ok(Some(frame)) => {
@@ -199,6 +207,19 @@ fn stream_error(status: &tonic::Status) -> Option<CloseReason> {
 impl<D: Dispatch> Conn<D> {
     fn core(&self) -> &HubCore {
         &self.shared.core
+    }
+
+    /// Applies a close asked for by `Context::close`, if any.
+    fn apply_kick(&mut self) -> bool {
+        let kick = self.state.kick.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match kick {
+            Some(reason) => {
+                self.queue.clear();
+                self.state.outbox.close(reason);
+                true
+            }
+            None => false,
+        }
     }
 
     fn send(&self, frame: Bytes) {

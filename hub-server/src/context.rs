@@ -28,6 +28,11 @@ pub(crate) struct ConnState {
     pub(crate) outbox: Outbox,
     /// The user this connection acts as (`Context::set_user`).
     pub(crate) user: Mutex<Option<Arc<str>>>,
+    /// A close asked for by `Context::close`, applied by the connection task once the
+    /// running call (if any) has sent its reply.
+    pub(crate) kick: Mutex<Option<hub_core::CloseReason>>,
+    /// Wakes the connection task when `kick` is set.
+    pub(crate) kicked: tokio::sync::Notify,
 }
 
 /// The per-connection context a hub method gets: who is calling, the request
@@ -176,12 +181,17 @@ impl<P: From<crate::Push>> Context<P> {
         self.hub().members(group).await
     }
 
-    /// Closes the caller's connection after what is queued for it, with status `code`
-    /// and `reason` (e.g. a kick).
+    /// Closes the caller's connection with status `code` and `reason` (e.g. a kick).
+    /// Called during a call, the close happens after that call's reply; the client gets
+    /// what is already queued for it, a goodbye with the reason, then the status.
+    /// Calls it sent after this one are not run.
     pub fn close(&self, code: tonic::Code, reason: impl Into<String>) {
-        self.conn
-            .outbox
-            .close(hub_core::CloseReason::draining(code, reason));
+        let mut kick = self.conn.kick.lock().unwrap_or_else(|e| e.into_inner());
+        if kick.is_none() {
+            *kick = Some(hub_core::CloseReason::draining(code, reason));
+        }
+        drop(kick);
+        self.conn.kicked.notify_one();
     }
 }
 

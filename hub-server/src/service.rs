@@ -512,6 +512,8 @@ async fn accept<D: Dispatch>(
         remote_addr,
         outbox,
         user: Mutex::new(None),
+        kick: Mutex::new(None),
+        kicked: Notify::new(),
     });
     let span = tracing::info_span!("connection", hub = D::SERVICE, conn = %id, peer = ?remote_addr);
     let ctx = Context::<D::Push>::new(conn.clone());

@@ -610,12 +610,13 @@ async fn the_hub_can_close_a_connection_with_a_reason() {
         })
         .await
         .unwrap();
-    let _ = a
-        .close(CloseRequest {
-            code: Code::PermissionDenied as i32,
-            reason: "kicked".into(),
-        })
-        .await;
+    // The call that asks for the close still gets its reply.
+    a.close(CloseRequest {
+        code: Code::PermissionDenied as i32,
+        reason: "kicked".into(),
+    })
+    .await
+    .expect("the close call is answered before the stream ends");
     let reason = tokio::time::timeout(WAIT, a.closed())
         .await
         .expect("closed");
@@ -641,12 +642,12 @@ async fn the_hub_can_close_a_connection_with_a_reason() {
 
     // A clean close still tells why; a call after it is unavailable, not "OK".
     let (b, _) = probe_client(&server.url()).await;
-    let _ = b
-        .close(CloseRequest {
-            code: Code::Ok as i32,
-            reason: "game over".into(),
-        })
-        .await;
+    b.close(CloseRequest {
+        code: Code::Ok as i32,
+        reason: "game over".into(),
+    })
+    .await
+    .expect("the close call is answered before the stream ends");
     let reason = tokio::time::timeout(WAIT, b.closed())
         .await
         .expect("closed");
