@@ -1,18 +1,281 @@
-//! Redis group provider (work in progress).
+//! Redis group provider for the hub framework: the groups of a hub shared by every
+//! hub server connected to one Redis (or one Redis Cluster).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use hub_redis::RedisProvider;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // The simplest form: every hub built from `hubs` shares its groups through Redis.
+//! let redis = RedisProvider::connect("redis://127.0.0.1:6379").await?;
+//! let hubs = hub_server::Hubs::builder().default_groups(redis).build();
+//!
+//! // With options: a prefix per application, tighter deadlines.
+//! let redis = RedisProvider::builder()
+//!     .url("redis://127.0.0.1:6379")
+//!     .prefix("mygame")
+//!     .publish_timeout(Duration::from_millis(500))
+//!     .presence_ttl(Duration::from_secs(15))
+//!     .connect()
+//!     .await?;
+//!
+//! // Redis Cluster with sharded pub/sub (SPUBLISH/SSUBSCRIBE).
+//! let cluster = RedisProvider::builder()
+//!     .cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
+//!     .sharded(true)
+//!     .connect()
+//!     .await?;
+//! # let _ = (hubs, redis, cluster);
+//! # Ok(()) }
+//! ```
+//!
+//! A server only ever receives the traffic of groups it has members in: it subscribes
+//! to a group's channel when the group's first local member joins and unsubscribes
+//! when the last one leaves. A broadcast is encoded once by its sender and crosses
+//! Redis as one `PUBLISH`, whatever the number of members and servers; the receiving
+//! servers forward the same bytes to their members without decoding them.
+//!
+//! # How it works
+//!
+//! ## Channels
+//!
+//! Every name starts with the hub's *base*, `{prefix}:{hub}`, where `prefix` defaults
+//! to `hub` and `hub` is the hub's full service name, e.g. `hub:chat.v1.ChatHub`.
+//! Give each application sharing one Redis its own [prefix](RedisProviderBuilder::prefix);
+//! hubs never collide since the hub name is always part of the base.
+//!
+//! | channel | what goes there |
+//! | --- | --- |
+//! | `{base}:g:{group}` | pushes to a group (`lobby`, or `$user/alice` for a user's connections) |
+//! | `{base}:node:{node}` | pushes to named connections of one server (`ConnectionId`s carry their server's `NodeId`) |
+//!
+//! Each server subscribes to its own node channel for as long as it runs, and to a
+//! group channel while it has members in the group. With [sharded](RedisProviderBuilder::sharded)
+//! pub/sub the same names are used with `SPUBLISH`/`SSUBSCRIBE`, so Redis Cluster
+//! spreads the groups over its shards instead of sending every message to every node.
+//!
+//! ## Envelope
+//!
+//! A message is one protobuf `hub.v1.Envelope` (see `hub-core/proto/hub/v1/hub.proto`):
+//! `version` = 1, `origin` = the sending server's node id (16 hex digits), `group`
+//! (empty on a node channel), `target` (all / all except these connection ids / only
+//! these), and `frame`, one encoded response frame of the hub, delivered to each
+//! selected member byte for byte. A server skips envelopes of its own origin (it
+//! already delivered locally). An envelope that does not decode, has another version,
+//! or names another group than its channel is dropped and counted in
+//! `backplane_malformed`. A process in any language can push to a group by publishing
+//! such an envelope.
+//!
+//! ## Presence keys
+//!
+//! Member counts and member lists cover every server. Each server registers an
+//! *incarnation* `{node}:{inc}` (node id, then 8 hex digits) and refreshes it every
+//! [`presence_ttl`](RedisProviderBuilder::presence_ttl)/3:
+//!
+//! | key | type | content |
+//! | --- | --- | --- |
+//! | `{base}:nodes` | sorted set | live incarnations, scored with their expiry (Redis server time, ms) |
+//! | `{base}:count:{g:GROUP}` | hash | incarnation → number of members of the group on that server |
+//! | `{base}:members:{g:GROUP}` | hash | connection id → `{inc}` or `{inc}\|{user}` |
+//! | `{base}:node:{node}:{inc}:groups` | set | groups an incarnation has members in (for clean-up) |
+//! | `{base}:purge:{node}:{inc}` | string | short-lived lock of the server cleaning up after a dead one |
+//!
+//! A group's two hashes share the `{g:GROUP}` hash tag, so a Lua script updates both
+//! atomically, in Redis Cluster too. A count reads the count hash and the live set
+//! (two requests in one round trip) and adds the live servers' numbers, so it costs
+//! O(servers), not O(members); a member list reads the members hash. This server's
+//! own members always come from its local registry.
+//!
+//! **A crashed server's members stop being counted within `presence_ttl`** (default
+//! 10 s) of its last heartbeat, because queries only count incarnations whose expiry
+//! is in the future; no clean-up has to run first. A live server then deletes the dead
+//! incarnation's entries in the background. A server that missed its own heartbeats
+//! (Redis unreachable for longer than the TTL) registers a new incarnation and
+//! rewrites its entries, so it is counted again.
+//!
+//! # Guarantees
+//!
+//! - **Delivery across servers is at-most-once.** Redis pub/sub keeps nothing: a
+//!   message published while a server is disconnected, or just before a server's
+//!   subscription to the group is active, is not delivered there, and is not retried.
+//!   Clients that must not miss anything need their own recovery (e.g. a sequence
+//!   number and a fetch of what was missed).
+//! - Within one group, pushes from one sender arrive in the order they were sent.
+//! - A join ([`Backplane::joined`]) resolves once this
+//!   server's subscription to the group is confirmed by Redis (for every join, not
+//!   only the group's first here), so a push sent after a join returned reaches the
+//!   new member.
+//! - Bounded queues: publishes wait in a queue of
+//!   [`publish_queue`](RedisProviderBuilder::publish_queue) entries (full: a publish
+//!   waits for room within its timeout); subscription requests in one of 1024 (full:
+//!   a join waits within the command timeout).
+//! - Every publish gets its own result: `Ok` once Redis accepted it, or
+//!   `GroupError::Unavailable` / `GroupError::Timeout`. The runtime returns that to
+//!   the caller and counts it (`backplane_publish_failures`).
+//!
+//! # Faults
+//!
+//! When Redis goes away, hub servers keep running and serve their local members.
+//! Publishes, joins and counts fail at once with `GroupError::Unavailable` (within the
+//! [publish](RedisProviderBuilder::publish_timeout) or
+//! [command](RedisProviderBuilder::command_timeout) timeout when Redis hangs instead
+//! of closing connections). The provider reconnects with exponential backoff
+//! ([`reconnect_backoff`](RedisProviderBuilder::reconnect_backoff), with jitter),
+//! then resubscribes its node channel and every group that still has local members,
+//! and registers its presence again (a restarted Redis is empty), before reporting
+//! itself up: broadcasts flow again without a restart. A half-open connection is
+//! detected by a `PING` on the subscriber connection at every heartbeat, and at every
+//! heartbeat the subscriptions are also checked against the local registry (a group
+//! whose last member left while Redis was away is unsubscribed then).
+//!
+//! Counters in the hub's `HubMetrics`: `backplane_received` (envelopes delivered
+//! here), `backplane_malformed`, `backplane_reconnects`, and `backplane_errors` for
+//! failures of background work (connect attempts, heartbeats, clean-up); failures
+//! returned to the runtime are counted by the runtime.
+//!
+//! # Performance
+//!
+//! Publishes from all connections of a hub go through a bounded queue
+//! ([`publish_queue`](RedisProviderBuilder::publish_queue)) to one publisher task,
+//! which sends them as pipelines of up to [`max_batch`](RedisProviderBuilder::max_batch)
+//! commands, several pipelines in flight. Received messages are delivered on the
+//! connection's reader without another queue (delivery never waits: it only queues
+//! into each member's bounded outbox).
+//!
+//! # Connections
+//!
+//! Each hub bound to a provider opens two connections (per cluster node with Redis
+//! Cluster): one for commands and publishes, one for subscriptions. Both speak RESP3,
+//! so Redis 6 or newer is required. Bind the provider inside a Tokio runtime.
+
+mod backplane;
+mod conn;
+mod envelope;
+mod keys;
+mod link;
+mod presence;
+mod publish;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use hub_core::{Backplane, BindContext, GroupError, GroupProvider};
-use std::sync::Arc;
 
-/// Groups shared by every hub server connected to one Redis.
+use crate::conn::{Deployment, resp3};
+pub use crate::envelope::ENVELOPE_VERSION;
+
+/// The options of a provider, validated.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// Where Redis is.
+    pub(crate) deployment: Deployment,
+    /// `SPUBLISH`/`SSUBSCRIBE` instead of `PUBLISH`/`SUBSCRIBE`.
+    pub(crate) sharded: bool,
+    /// The first part of every channel and key.
+    pub(crate) prefix: String,
+    /// Deadline of joins, leaves, counts, subscriptions, heartbeats.
+    pub(crate) command_timeout: Duration,
+    /// Deadline of a publish, queueing included.
+    pub(crate) publish_timeout: Duration,
+    /// Deadline of opening a connection.
+    pub(crate) connect_timeout: Duration,
+    /// How long a server's presence lives without a heartbeat.
+    pub(crate) presence_ttl: Duration,
+    /// First reconnect delay.
+    pub(crate) backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub(crate) backoff_max: Duration,
+    /// Publishes waiting for the publisher, at most.
+    pub(crate) publish_queue: usize,
+    /// Commands per pipeline, at most.
+    pub(crate) max_batch: usize,
+}
+
+impl Config {
+    /// How often presence is refreshed (and the subscriber connection pinged).
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
+        (self.presence_ttl / 3).max(Duration::from_millis(50))
+    }
+}
+
+/// Why a provider could not be built or could not reach Redis.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// Neither a URL, a client nor cluster nodes were given.
+    #[error("no Redis address: give a URL, a redis::Client or cluster nodes")]
+    NoAddress,
+    /// A URL did not parse.
+    #[error("invalid Redis address {address:?}: {source}")]
+    InvalidAddress {
+        /// The address as given.
+        address: String,
+        /// Why it is invalid.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// An option is out of range or inconsistent.
+    #[error("invalid Redis provider option: {0}")]
+    InvalidOption(String),
+    /// Redis refused or failed the first connection.
+    #[error("cannot reach Redis at {address}: {source}")]
+    Unreachable {
+        /// Where.
+        address: String,
+        /// What failed.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// Redis did not answer the first connection in time.
+    #[error("Redis at {address} did not answer within {after:?}")]
+    Timeout {
+        /// Where.
+        address: String,
+        /// The connect timeout.
+        after: Duration,
+    },
+}
+
+impl From<ConnectError> for GroupError {
+    fn from(e: ConnectError) -> Self {
+        GroupError::unavailable("redis", "cannot set up the Redis provider", e)
+    }
+}
+
+/// Groups shared by every hub server connected to one Redis or Redis Cluster.
+///
+/// Cheap to clone; one provider can serve several hubs (each gets its own channels,
+/// keys and connections). See the [crate docs](crate) for the channels, keys and
+/// guarantees.
 #[derive(Debug, Clone)]
 pub struct RedisProvider {
-    url: String,
+    /// The validated options, shared by every hub bound to this provider.
+    config: Arc<Config>,
 }
 
 impl RedisProvider {
-    /// Connects to Redis at `url`.
-    pub async fn connect(url: &str) -> Result<Self, GroupError> {
-        Ok(RedisProvider { url: url.to_owned() })
+    /// Connects to the Redis server at `url` (`redis://[user:password@]host:port[/db]`,
+    /// or `rediss://` for TLS if the `redis` crate was built with TLS) with the default
+    /// options, and checks that it answers.
+    pub async fn connect(url: &str) -> Result<Self, ConnectError> {
+        Self::builder().url(url).connect().await
+    }
+
+    /// Starts a builder for the other options.
+    pub fn builder() -> RedisProviderBuilder {
+        RedisProviderBuilder::default()
+    }
+
+    /// The channel and key prefix (see [`RedisProviderBuilder::prefix`]).
+    pub fn prefix(&self) -> &str {
+        &self.config.prefix
+    }
+
+    /// Whether sharded pub/sub is used.
+    pub fn is_sharded(&self) -> bool {
+        self.config.sharded
     }
 }
 
@@ -21,11 +284,236 @@ impl GroupProvider for RedisProvider {
         "redis"
     }
 
-    fn bind(&self, _ctx: BindContext) -> Result<Arc<dyn Backplane>, GroupError> {
-        Err(GroupError::Unavailable {
-            backplane: "redis",
-            message: format!("not implemented yet ({})", self.url),
+    fn bind(&self, ctx: BindContext) -> Result<Arc<dyn Backplane>, GroupError> {
+        Ok(Arc::new(backplane::RedisBackplane::start(
+            self.config.clone(),
+            ctx,
+        )?))
+    }
+}
+
+/// Where the builder connects.
+#[derive(Debug, Clone)]
+enum Source {
+    Url(String),
+    Client(redis::Client),
+    Cluster(Vec<String>),
+}
+
+/// Builds a [`RedisProvider`]. Every option has a default; only the address is needed.
+#[derive(Debug, Clone)]
+pub struct RedisProviderBuilder {
+    source: Option<Source>,
+    sharded: bool,
+    prefix: String,
+    command_timeout: Duration,
+    publish_timeout: Duration,
+    connect_timeout: Duration,
+    presence_ttl: Duration,
+    backoff: (Duration, Duration),
+    publish_queue: usize,
+    max_batch: usize,
+}
+
+impl Default for RedisProviderBuilder {
+    fn default() -> Self {
+        RedisProviderBuilder {
             source: None,
+            sharded: false,
+            prefix: "hub".to_owned(),
+            command_timeout: Duration::from_secs(2),
+            publish_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(3),
+            presence_ttl: Duration::from_secs(10),
+            backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+            publish_queue: 16 * 1024,
+            max_batch: 128,
+        }
+    }
+}
+
+impl RedisProviderBuilder {
+    /// One Redis server: `redis://[user:password@]host:port[/db]`.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.source = Some(Source::Url(url.into()));
+        self
+    }
+
+    /// One Redis server, from an existing client (its address, database, credentials
+    /// and TLS settings are used; the protocol is switched to RESP3).
+    pub fn client(mut self, client: redis::Client) -> Self {
+        self.source = Some(Source::Client(client));
+        self
+    }
+
+    /// A Redis Cluster, from the URLs of some of its nodes (credentials in the URLs).
+    pub fn cluster<I, S>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.source = Some(Source::Cluster(nodes.into_iter().map(Into::into).collect()));
+        self
+    }
+
+    /// Sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7+): each group's messages go
+    /// to the shard owning its channel only, so pub/sub scales with the cluster.
+    /// Needs [`cluster`](Self::cluster). Default off.
+    pub fn sharded(mut self, sharded: bool) -> Self {
+        self.sharded = sharded;
+        self
+    }
+
+    /// The first part of every channel and key; the hub's name follows it. Default
+    /// `hub` (giving `hub:chat.v1.ChatHub:…`). Use one per application sharing a
+    /// Redis. Must be non-empty, without whitespace, `{` or `}`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Deadline of joins, leaves, member counts and lists, subscriptions and
+    /// heartbeats. Default 2 s.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Deadline of one publish, from the call to Redis's answer (waiting for room in
+    /// the publish queue included). Default 2 s.
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
+    /// Deadline of opening a connection (and, before the first connection is up, of
+    /// operations waiting for it). Default 3 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a server's members keep being counted after its last heartbeat
+    /// (heartbeats run every TTL/3). This bounds how long a crashed server's members
+    /// linger in counts. Default 10 s; at least 300 ms.
+    pub fn presence_ttl(mut self, ttl: Duration) -> Self {
+        self.presence_ttl = ttl;
+        self
+    }
+
+    /// The first and the longest delay between reconnect attempts (doubling, ±25%
+    /// jitter). Default 100 ms and 5 s.
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff = (min, max);
+        self
+    }
+
+    /// Publishes that may wait for the publisher task. When full, a publish waits for
+    /// room, within its timeout. Default 16384.
+    pub fn publish_queue(mut self, capacity: usize) -> Self {
+        self.publish_queue = capacity;
+        self
+    }
+
+    /// The most commands in one pipeline. Default 128.
+    pub fn max_batch(mut self, commands: usize) -> Self {
+        self.max_batch = commands;
+        self
+    }
+
+    /// Validates the options. Opens no connection: each hub connects when bound.
+    pub fn build(self) -> Result<RedisProvider, ConnectError> {
+        let parse = |url: &str| {
+            redis::IntoConnectionInfo::into_connection_info(url).map_err(|source| {
+                ConnectError::InvalidAddress {
+                    address: url.to_owned(),
+                    source,
+                }
+            })
+        };
+        let deployment = match self.source.ok_or(ConnectError::NoAddress)? {
+            Source::Url(url) => Deployment::Single(resp3(parse(&url)?)),
+            Source::Client(client) => {
+                Deployment::Single(resp3(client.get_connection_info().clone()))
+            }
+            Source::Cluster(nodes) if nodes.is_empty() => return Err(ConnectError::NoAddress),
+            Source::Cluster(nodes) => Deployment::Cluster(
+                nodes
+                    .iter()
+                    .map(|n| parse(n).map(resp3))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        let invalid = |m: &str| Err(ConnectError::InvalidOption(m.to_owned()));
+        if self.sharded && !matches!(deployment, Deployment::Cluster(_)) {
+            return invalid(
+                "sharded pub/sub needs Redis Cluster: give the nodes with `cluster(..)`",
+            );
+        }
+        if self.prefix.is_empty()
+            || self
+                .prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
+        {
+            return invalid("the prefix must be non-empty, without whitespace, '{' or '}'");
+        }
+        let zero = Duration::ZERO;
+        if self.command_timeout == zero
+            || self.publish_timeout == zero
+            || self.connect_timeout == zero
+        {
+            return invalid("timeouts must be positive");
+        }
+        if self.presence_ttl < Duration::from_millis(300) {
+            return invalid("the presence TTL must be at least 300 ms");
+        }
+        let (backoff_min, backoff_max) = self.backoff;
+        if backoff_min == zero || backoff_max < backoff_min {
+            return invalid("the reconnect backoff needs 0 < min <= max");
+        }
+        if self.publish_queue == 0 || self.max_batch == 0 {
+            return invalid("the publish queue and batch size must be at least 1");
+        }
+        Ok(RedisProvider {
+            config: Arc::new(Config {
+                deployment,
+                sharded: self.sharded,
+                prefix: self.prefix,
+                command_timeout: self.command_timeout,
+                publish_timeout: self.publish_timeout,
+                connect_timeout: self.connect_timeout,
+                presence_ttl: self.presence_ttl,
+                backoff_min,
+                backoff_max,
+                publish_queue: self.publish_queue,
+                max_batch: self.max_batch,
+            }),
         })
+    }
+
+    /// Validates the options and checks that Redis answers (a connection and a
+    /// `PING`), so a wrong address fails at start-up rather than at the first join.
+    pub async fn connect(self) -> Result<RedisProvider, ConnectError> {
+        let provider = self.build()?;
+        let cfg = &provider.config;
+        let address = cfg.deployment.describe();
+        let check = async {
+            let conn = conn::open(
+                &cfg.deployment,
+                cfg.connect_timeout,
+                |_: redis::PushInfo| Ok::<(), ()>(()),
+            )
+            .await?;
+            conn.ping().await
+        };
+        match tokio::time::timeout(cfg.connect_timeout + cfg.command_timeout, check).await {
+            Ok(Ok(())) => Ok(provider),
+            Ok(Err(source)) => Err(ConnectError::Unreachable { address, source }),
+            Err(_) => Err(ConnectError::Timeout {
+                address,
+                after: cfg.connect_timeout + cfg.command_timeout,
+            }),
+        }
     }
 }

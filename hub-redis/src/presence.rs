@@ -1,0 +1,616 @@
+//! Who is a member where: the presence keys, kept so that a crashed server's members
+//! stop being counted within the presence TTL.
+//!
+//! Every server registers an *incarnation* `{node}:{inc}` in the sorted set
+//! `{base}:nodes`, scored with its expiry time (Redis server time, ms) and refreshed
+//! every TTL/3. Member entries carry the incarnation that wrote them, and queries
+//! only count entries whose incarnation is live, so a dead server's entries stop
+//! counting as soon as its score passes, whether or not anyone cleaned them up yet.
+//!
+//! An incarnation that expired is never revived: a server that finds it missed its
+//! heartbeats (or reconnects) registers a new one and rewrites its entries. Clean-up
+//! of a dead incarnation (by any live server) deletes only that incarnation's entries,
+//! so it cannot race with the server coming back.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+use std::sync::atomic::Ordering::Relaxed;
+
+use futures_util::{StreamExt, TryStreamExt};
+use hub_core::{ConnectionId, GroupError, GroupName, MemberInfo};
+use redis::{Script, Value};
+
+use crate::backplane::Shared;
+use crate::conn::Conn;
+use crate::keys::incarnation;
+
+/// Adds or refreshes a member. KEYS: count, members. ARGV: node, connection, value.
+static JOIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local old = redis.call('HGET', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+local inc = string.sub(ARGV[3], 1, 8)
+if old then
+  local oinc = string.sub(old, 1, 8)
+  if oinc == inc then return 0 end
+  local f = ARGV[1] .. ':' .. oinc
+  if redis.call('HINCRBY', KEYS[1], f, -1) <= 0 then redis.call('HDEL', KEYS[1], f) end
+end
+redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':' .. inc, 1)
+return 1
+",
+    )
+});
+
+/// Removes a member. KEYS: count, members. ARGV: node, connection.
+static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local old = redis.call('HGET', KEYS[2], ARGV[2])
+if not old then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[2])
+local f = ARGV[1] .. ':' .. string.sub(old, 1, 8)
+if redis.call('HINCRBY', KEYS[1], f, -1) <= 0 then redis.call('HDEL', KEYS[1], f) end
+return 1
+",
+    )
+});
+
+/// Replaces every entry of one server in one group by the given members.
+/// KEYS: count, members. ARGV: node, inc, then connection/value pairs.
+static REPLACE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local np = ARGV[1] .. '-'
+local cp = ARGV[1] .. ':'
+for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if string.sub(f, 1, #np) == np then redis.call('HDEL', KEYS[2], f) end
+end
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, #cp) == cp then redis.call('HDEL', KEYS[1], f) end
+end
+local n = 0
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  n = n + 1
+end
+if n > 0 then redis.call('HSET', KEYS[1], cp .. ARGV[2], n) end
+return n
+",
+    )
+});
+
+/// Deletes the entries of one dead incarnation in one group.
+/// KEYS: count, members. ARGV: node, inc.
+static PURGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local np = ARGV[1] .. '-'
+redis.call('HDEL', KEYS[1], ARGV[1] .. ':' .. ARGV[2])
+local all = redis.call('HGETALL', KEYS[2])
+local n = 0
+for i = 1, #all, 2 do
+  if string.sub(all[i], 1, #np) == np and string.sub(all[i + 1], 1, 8) == ARGV[2] then
+    redis.call('HDEL', KEYS[2], all[i])
+    n = n + 1
+  end
+end
+return n
+",
+    )
+});
+
+/// Registers an incarnation as live. KEYS: nodes. ARGV: incarnation, ttl ms.
+static REGISTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return now
+",
+    )
+});
+
+/// Extends a live incarnation; an expired one stays dead. Returns {1 if it was live,
+/// up to 16 dead incarnations}. KEYS: nodes. ARGV: incarnation, ttl ms.
+static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local alive = 0
+if old and tonumber(old) >= now then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  alive = 1
+end
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, 16)
+return {alive, dead}
+",
+    )
+});
+
+/// The live incarnations. KEYS: nodes.
+static LIVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+",
+    )
+});
+
+/// Forgets an incarnation if it is (still) expired. KEYS: nodes. ARGV: incarnation.
+static FORGET_DEAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) < now then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+",
+    )
+});
+
+/// The current registration of this server.
+#[derive(Debug, Default)]
+pub(crate) struct Registration {
+    /// The live incarnation number, 0 before the first registration.
+    pub(crate) inc: u32,
+}
+
+/// A member entry's value: the incarnation (8 hex digits), then `|user` if it has one.
+pub(crate) fn entry_value(inc: u32, user: Option<&str>) -> String {
+    match user {
+        Some(u) => format!("{inc:08x}|{u}"),
+        None => format!("{inc:08x}"),
+    }
+}
+
+/// Reads an entry value: (incarnation digits, user).
+pub(crate) fn parse_entry(value: &str) -> Option<(&str, Option<&str>)> {
+    let inc = value.get(..8)?;
+    match value.get(8..)? {
+        "" => Some((inc, None)),
+        rest => Some((inc, Some(rest.strip_prefix('|')?))),
+    }
+}
+
+/// Registers a new incarnation and writes every local member under it, then drops
+/// what the previous incarnation left. Holds the registration lock throughout, so no
+/// join or leave interleaves with the rewrite.
+pub(crate) async fn register(shared: &Shared, cmd: &Conn) -> Result<(), GroupError> {
+    let mut reg = shared.presence.write().await;
+    let old = reg.inc;
+    let inc = shared.next_inc.fetch_add(1, Relaxed);
+    let me = incarnation(shared.node, inc);
+    let timeout = shared.cfg.command_timeout;
+    let ttl = shared.cfg.presence_ttl.as_millis() as u64;
+    let mut c = cmd.clone();
+    shared
+        .timed(
+            "register",
+            timeout,
+            REGISTER
+                .key(shared.keys.nodes())
+                .arg(&me)
+                .arg(ttl)
+                .invoke_async::<Value>(&mut c),
+        )
+        .await?;
+
+    let groups = shared.local.groups();
+    let set = shared.keys.node_groups(shared.node, inc);
+    if !groups.is_empty() {
+        let mut sadd = redis::cmd("SADD");
+        sadd.arg(&set);
+        for g in &groups {
+            sadd.arg(g.as_str());
+        }
+        shared
+            .timed("register", timeout, sadd.query_async::<Value>(&mut c))
+            .await?;
+    }
+    futures_util::stream::iter(groups.iter().cloned())
+        .map(|g| replace(shared, cmd, g, inc))
+        .buffer_unordered(64)
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    if old != 0 {
+        // Whatever the previous incarnation had and this one does not.
+        let old_set = shared.keys.node_groups(shared.node, old);
+        let before: Vec<String> = shared
+            .timed(
+                "register",
+                timeout,
+                redis::cmd("SMEMBERS").arg(&old_set).query_async(&mut c),
+            )
+            .await?;
+        let now: HashSet<&str> = groups.iter().map(GroupName::as_str).collect();
+        let stale: Vec<GroupName> = before
+            .iter()
+            .filter(|g| !now.contains(g.as_str()))
+            .filter_map(|g| GroupName::from_wire(g).ok())
+            .collect();
+        futures_util::stream::iter(stale)
+            .map(|g| replace(shared, cmd, g, inc))
+            .buffer_unordered(64)
+            .try_collect::<Vec<()>>()
+            .await?;
+        shared
+            .timed(
+                "register",
+                timeout,
+                redis::cmd("DEL").arg(&old_set).query_async::<Value>(&mut c),
+            )
+            .await?;
+        shared
+            .timed(
+                "register",
+                timeout,
+                redis::cmd("ZREM")
+                    .arg(shared.keys.nodes())
+                    .arg(incarnation(shared.node, old))
+                    .query_async::<Value>(&mut c),
+            )
+            .await?;
+    }
+    reg.inc = inc;
+    tracing::debug!(hub = shared.hub, incarnation = %me, groups = groups.len(), "presence registered");
+    Ok(())
+}
+
+/// Rewrites this server's entries of one group from the local registry.
+async fn replace(
+    shared: &Shared,
+    cmd: &Conn,
+    group: GroupName,
+    inc: u32,
+) -> Result<(), GroupError> {
+    let members = shared.local.members(group.as_str());
+    let mut inv = REPLACE.key(shared.keys.count(group.as_str()));
+    inv.key(shared.keys.members(group.as_str()))
+        .arg(shared.node.to_string())
+        .arg(format!("{inc:08x}"));
+    for m in &members {
+        inv.arg(m.connection.to_string())
+            .arg(entry_value(inc, m.user.as_deref()));
+    }
+    let mut c = cmd.clone();
+    shared
+        .timed(
+            "register",
+            shared.cfg.command_timeout,
+            inv.invoke_async::<Value>(&mut c),
+        )
+        .await?;
+    Ok(())
+}
+
+/// What a heartbeat found.
+#[derive(Debug)]
+pub(crate) struct Beat {
+    /// This server's incarnation was still live (else it must register a new one).
+    pub(crate) alive: bool,
+    /// Expired incarnations waiting for clean-up.
+    pub(crate) dead: Vec<String>,
+}
+
+/// Extends this server's incarnation.
+pub(crate) async fn heartbeat(shared: &Shared, cmd: &Conn) -> Result<Beat, GroupError> {
+    let inc = shared.registration("heartbeat").await?.inc;
+    let ttl = shared.cfg.presence_ttl.as_millis() as u64;
+    let mut c = cmd.clone();
+    let (alive, dead): (i64, Vec<String>) = shared
+        .timed(
+            "heartbeat",
+            shared.cfg.command_timeout,
+            HEARTBEAT
+                .key(shared.keys.nodes())
+                .arg(incarnation(shared.node, inc))
+                .arg(ttl)
+                .invoke_async(&mut c),
+        )
+        .await?;
+    Ok(Beat {
+        alive: alive == 1,
+        dead,
+    })
+}
+
+/// Records a local join.
+pub(crate) async fn join(
+    shared: &Shared,
+    group: &GroupName,
+    member: &MemberInfo,
+    first: bool,
+) -> Result<(), GroupError> {
+    // The connection first: the first registration takes the lock exclusively.
+    let cmd = shared.conn("join").await?;
+    let reg = shared.registration("join").await?;
+    let timeout = shared.cfg.command_timeout;
+    let mut c1 = cmd.clone();
+    let mut c2 = cmd;
+    let add = async {
+        if first {
+            redis::cmd("SADD")
+                .arg(shared.keys.node_groups(shared.node, reg.inc))
+                .arg(group.as_str())
+                .query_async::<Value>(&mut c1)
+                .await?;
+        }
+        Ok::<_, redis::RedisError>(())
+    };
+    let mut inv = JOIN.key(shared.keys.count(group.as_str()));
+    inv.key(shared.keys.members(group.as_str()))
+        .arg(shared.node.to_string())
+        .arg(member.connection.to_string())
+        .arg(entry_value(reg.inc, member.user.as_deref()));
+    let entry = inv.invoke_async::<Value>(&mut c2);
+    shared
+        .timed("join", timeout, async {
+            futures_util::try_join!(add, entry)
+        })
+        .await?;
+    Ok(())
+}
+
+/// Records a local leave.
+pub(crate) async fn leave(
+    shared: &Shared,
+    group: &GroupName,
+    member: &MemberInfo,
+    last: bool,
+) -> Result<(), GroupError> {
+    let cmd = shared.conn("leave").await?;
+    let reg = shared.registration("leave").await?;
+    let mut c1 = cmd.clone();
+    let mut c2 = cmd;
+    let mut inv = LEAVE.key(shared.keys.count(group.as_str()));
+    inv.key(shared.keys.members(group.as_str()))
+        .arg(shared.node.to_string())
+        .arg(member.connection.to_string());
+    let entry = inv.invoke_async::<Value>(&mut c1);
+    let remove = async {
+        // A join may have made the group non-empty again meanwhile; then keep it listed.
+        if last && shared.local.count(group.as_str()) == 0 {
+            redis::cmd("SREM")
+                .arg(shared.keys.node_groups(shared.node, reg.inc))
+                .arg(group.as_str())
+                .query_async::<Value>(&mut c2)
+                .await?;
+        }
+        Ok::<_, redis::RedisError>(())
+    };
+    shared
+        .timed("leave", shared.cfg.command_timeout, async {
+            futures_util::try_join!(entry, remove)
+        })
+        .await?;
+    Ok(())
+}
+
+/// The live incarnations and one hash of a group, read together.
+async fn read_group<T: redis::FromRedisValue>(
+    shared: &Shared,
+    key: String,
+    op: &'static str,
+) -> Result<(HashSet<String>, T), GroupError> {
+    let cmd = shared.conn(op).await?;
+    let mut c1 = cmd.clone();
+    let mut c2 = cmd;
+    let live = LIVE.key(shared.keys.nodes());
+    let live = live.invoke_async::<Vec<String>>(&mut c1);
+    let mut hgetall = redis::cmd("HGETALL");
+    hgetall.arg(key);
+    let hash = hgetall.query_async::<T>(&mut c2);
+    let (live, hash) = shared
+        .timed(op, shared.cfg.command_timeout, async {
+            futures_util::try_join!(live, hash)
+        })
+        .await?;
+    Ok((live.into_iter().collect(), hash))
+}
+
+/// Members of `group` on every live server: this server's from the local registry,
+/// the others' from Redis.
+pub(crate) async fn count(shared: &Shared, group: &GroupName) -> Result<u64, GroupError> {
+    let (live, counts): (_, HashMap<String, i64>) =
+        read_group(shared, shared.keys.count(group.as_str()), "member_count").await?;
+    let me = shared.origin.as_str();
+    let remote: i64 = counts
+        .iter()
+        .filter(|(inc, _)| !inc.starts_with(me) && live.contains(*inc))
+        .map(|(_, n)| (*n).max(0))
+        .sum();
+    Ok(shared.local.count(group.as_str()) as u64 + remote as u64)
+}
+
+/// The members of `group` on every live server, sorted by connection id.
+pub(crate) async fn members(
+    shared: &Shared,
+    group: &GroupName,
+) -> Result<Vec<MemberInfo>, GroupError> {
+    let (live, entries): (_, HashMap<String, String>) =
+        read_group(shared, shared.keys.members(group.as_str()), "members").await?;
+    let mut out = shared.local.members(group.as_str());
+    for (conn, value) in &entries {
+        let Ok(id) = conn.parse::<ConnectionId>() else {
+            continue;
+        };
+        if id.node == shared.node {
+            continue;
+        }
+        let Some((inc, user)) = parse_entry(value) else {
+            continue;
+        };
+        if live.contains(&format!("{}:{inc}", id.node)) {
+            out.push(MemberInfo {
+                connection: id,
+                user: user.map(str::to_owned),
+            });
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Cleans up after dead incarnations (one live server does each, under a lock).
+pub(crate) async fn purge(
+    shared: &Shared,
+    cmd: &Conn,
+    dead: Vec<String>,
+) -> Result<(), GroupError> {
+    let timeout = shared.cfg.command_timeout;
+    let mut c = cmd.clone();
+    for who in dead {
+        let Some((node, inc)) = who.split_once(':') else {
+            continue;
+        };
+        let Ok(node_id) = u64::from_str_radix(node, 16) else {
+            continue;
+        };
+        let Ok(inc_n) = u32::from_str_radix(inc, 16) else {
+            continue;
+        };
+        let lock: Option<String> = shared
+            .timed(
+                "purge",
+                timeout,
+                redis::cmd("SET")
+                    .arg(shared.keys.purge_lock(&who))
+                    .arg(shared.origin.as_str())
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(60_000)
+                    .query_async(&mut c),
+            )
+            .await?;
+        if lock.is_none() {
+            continue;
+        }
+        let set = shared.keys.node_groups(hub_core::NodeId(node_id), inc_n);
+        let groups: Vec<String> = shared
+            .timed(
+                "purge",
+                timeout,
+                redis::cmd("SMEMBERS").arg(&set).query_async(&mut c),
+            )
+            .await?;
+        futures_util::stream::iter(groups)
+            .map(|g| {
+                let mut c = cmd.clone();
+                async move {
+                    let mut inv = PURGE.key(shared.keys.count(&g));
+                    inv.key(shared.keys.members(&g)).arg(node).arg(inc);
+                    shared
+                        .timed("purge", timeout, inv.invoke_async::<Value>(&mut c))
+                        .await
+                }
+            })
+            .buffer_unordered(64)
+            .try_collect::<Vec<_>>()
+            .await?;
+        shared
+            .timed(
+                "purge",
+                timeout,
+                redis::cmd("DEL").arg(&set).query_async::<Value>(&mut c),
+            )
+            .await?;
+        shared
+            .timed(
+                "purge",
+                timeout,
+                FORGET_DEAD
+                    .key(shared.keys.nodes())
+                    .arg(&who)
+                    .invoke_async::<Value>(&mut c),
+            )
+            .await?;
+        tracing::info!(hub = shared.hub, incarnation = %who, "cleaned up the presence entries of a dead server");
+    }
+    Ok(())
+}
+
+/// Removes every entry of this server (graceful shutdown).
+pub(crate) async fn unregister(shared: &Shared) -> Result<(), GroupError> {
+    let mut reg = shared.presence.write().await;
+    if reg.inc == 0 {
+        return Ok(());
+    }
+    let cmd = shared.conn("unregister").await?;
+    let mut c = cmd.clone();
+    let timeout = shared.cfg.command_timeout;
+    let set = shared.keys.node_groups(shared.node, reg.inc);
+    let mut groups: Vec<String> = shared
+        .timed(
+            "unregister",
+            timeout,
+            redis::cmd("SMEMBERS").arg(&set).query_async(&mut c),
+        )
+        .await?;
+    groups.extend(shared.local.groups().iter().map(|g| g.to_string()));
+    groups.sort();
+    groups.dedup();
+    let node = shared.node.to_string();
+    futures_util::stream::iter(groups)
+        .map(|g| {
+            let mut c = cmd.clone();
+            let node = &node;
+            async move {
+                // REPLACE with no members: drops this server's entries of the group.
+                let mut inv = REPLACE.key(shared.keys.count(&g));
+                inv.key(shared.keys.members(&g)).arg(node).arg("00000000");
+                shared
+                    .timed("unregister", timeout, inv.invoke_async::<Value>(&mut c))
+                    .await
+            }
+        })
+        .buffer_unordered(64)
+        .try_collect::<Vec<_>>()
+        .await?;
+    shared
+        .timed(
+            "unregister",
+            timeout,
+            redis::cmd("DEL").arg(&set).query_async::<Value>(&mut c),
+        )
+        .await?;
+    shared
+        .timed(
+            "unregister",
+            timeout,
+            redis::cmd("ZREM")
+                .arg(shared.keys.nodes())
+                .arg(incarnation(shared.node, reg.inc))
+                .query_async::<Value>(&mut c),
+        )
+        .await?;
+    reg.inc = 0;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_values_round_trip() {
+        assert_eq!(entry_value(0x2a, None), "0000002a");
+        assert_eq!(entry_value(0x2a, Some("al|ice")), "0000002a|al|ice");
+        assert_eq!(parse_entry("0000002a"), Some(("0000002a", None)));
+        assert_eq!(
+            parse_entry("0000002a|al|ice"),
+            Some(("0000002a", Some("al|ice")))
+        );
+        assert_eq!(parse_entry("0000002a|"), Some(("0000002a", Some(""))));
+        assert_eq!(parse_entry("0000002ax"), None);
+        assert_eq!(parse_entry("short"), None);
+    }
+}

@@ -1,0 +1,112 @@
+//! The publisher: drains queued publishes into pipelines, several in flight, and
+//! answers each caller on its own.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use hub_core::GroupError;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backplane::{BACKPLANE, Link, Shared, redis_error, unavailable};
+use crate::conn::Conn;
+
+/// Pipelines sent and not yet answered, at most. Keeps Redis busy while the previous
+/// batch's replies are on their way; ordering is kept because a caller's next publish
+/// starts only after its previous one was answered, and a connection writes requests
+/// in the order they were made.
+const MAX_IN_FLIGHT: usize = 4;
+
+/// One queued publish.
+pub(crate) struct PubReq {
+    /// The channel.
+    pub(crate) channel: String,
+    /// The encoded envelope.
+    pub(crate) payload: Bytes,
+    /// The caller's answer.
+    pub(crate) done: oneshot::Sender<Result<(), GroupError>>,
+}
+
+/// Runs until the backplane is cancelled.
+pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<PubReq>) {
+    let max_batch = shared.cfg.max_batch;
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled() => break,
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            req = rx.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
+                let Some(first) = req else { break };
+                let mut batch = Vec::with_capacity(max_batch.min(64));
+                batch.push(first);
+                while batch.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                }
+                let conn = match &*shared.link.borrow() {
+                    Link::Up { cmd } => Some(cmd.clone()),
+                    _ => None,
+                };
+                match conn {
+                    Some(conn) => in_flight.push(send(shared.clone(), conn, batch)),
+                    None => {
+                        for r in batch {
+                            let _ = r.done.send(Err(unavailable("publish: not connected to Redis")));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    rx.close();
+    while let Ok(r) = rx.try_recv() {
+        let _ = r
+            .done
+            .send(Err(unavailable("publish: the hub is shut down")));
+    }
+}
+
+/// Sends one batch as pipelined `PUBLISH` (or `SPUBLISH`) commands and answers every caller.
+async fn send(shared: Arc<Shared>, conn: Conn, batch: Vec<PubReq>) {
+    let name = if shared.cfg.sharded {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
+    };
+    let mut commands = Vec::with_capacity(batch.len());
+    let mut answers = Vec::with_capacity(batch.len());
+    for r in batch {
+        let mut cmd = redis::cmd(name);
+        cmd.arg(&r.channel).arg(&r.payload[..]);
+        commands.push((r.channel.into_bytes(), cmd));
+        answers.push(Some(r.done));
+    }
+    let after = shared.cfg.publish_timeout;
+    match tokio::time::timeout(after, conn.run_pipelined(commands)).await {
+        Ok(results) => {
+            for (indices, result) in results {
+                if let Err(e) = &result {
+                    tracing::debug!(hub = shared.hub, error = %e, commands = indices.len(), "publish pipeline failed");
+                }
+                for i in indices {
+                    if let Some(done) = answers.get_mut(i).and_then(Option::take) {
+                        let _ = done.send(result.clone().map_err(|e| redis_error("publish", e)));
+                    }
+                }
+            }
+        }
+        Err(_) => {
+            for done in answers.into_iter().flatten() {
+                let _ = done.send(Err(GroupError::Timeout {
+                    backplane: BACKPLANE,
+                    op: "publish",
+                    after,
+                }));
+            }
+        }
+    }
+}
