@@ -35,6 +35,9 @@ struct Conn<D: Dispatch> {
     running: Option<Running>,
     /// Last ping sent: nonce and when.
     ping: Option<(u64, Instant)>,
+    /// Nonce of the last ping sent (each ping gets a new one, so a late pong cannot
+    /// match a newer ping).
+    nonce: u64,
     /// Round trip of the last answered ping, in microseconds.
     last_rtt_us: u64,
 }
@@ -54,6 +57,7 @@ pub(crate) async fn run<D: Dispatch>(
         in_flight: HashSet::new(),
         running: None,
         ping: None,
+        nonce: 0,
         last_rtt_us: 0,
     };
     tracing::debug!("connected");
@@ -211,7 +215,12 @@ impl<D: Dispatch> Conn<D> {
 
     /// Applies a close asked for by `Context::close`, if any.
     fn apply_kick(&mut self) -> bool {
-        let kick = self.state.kick.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let kick = self
+            .state
+            .kick
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         match kick {
             Some(reason) => {
                 self.queue.clear();
@@ -287,7 +296,8 @@ impl<D: Dispatch> Conn<D> {
     }
 
     fn send_ping(&mut self) {
-        let nonce = self.ping.map_or(1, |(n, _)| n + 1);
+        self.nonce += 1;
+        let nonce = self.nonce;
         let ping = control_frame(Kind::Ping(proto::Ping {
             nonce,
             last_rtt_us: self.last_rtt_us,

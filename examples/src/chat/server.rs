@@ -96,6 +96,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let shutdown_hubs = hubs.clone();
+    let (begun_tx, begun_rx) = tokio::sync::oneshot::channel();
     let shutdown = async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
@@ -103,8 +104,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         shutdown_hubs
             .shutdown("server shutting down", Duration::from_secs(5))
             .await;
+        let _ = begun_tx.send(());
     };
-    tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -112,8 +114,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
             shutdown,
-        )
-        .await?;
+        );
+    // tonic's graceful shutdown waits for every open stream, including ones that are
+    // not hubs (a reflection stream grpcurl keeps open until its stdin ends); the hubs
+    // are drained by then, so give the rest a bounded grace.
+    tokio::select! {
+        served = serve => served?,
+        _ = async {
+            if begun_rx.await.is_ok() {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => tracing::warn!("streams still open 5 s after shutdown; exiting anyway"),
+    }
     Ok(())
 }
 
