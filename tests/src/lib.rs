@@ -68,7 +68,8 @@ impl TestServer {
         format!("http://{}", self.addr)
     }
 
-    /// Stops serving at once (no graceful shutdown): the closest to a crash in-process.
+    /// Stops accepting connections. Connections already open keep being served by
+    /// their own tasks: for a crash, use [`CrashableServer`].
     pub fn abort(&self) {
         self.task.abort();
     }
@@ -77,6 +78,53 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A [`TestServer`] on a tokio runtime of its own, so that a test can crash it:
+/// [`CrashableServer::crash`] stops every task of that server at once (gRPC,
+/// connections, hub, backplane), with no clean-up at all, as a killed process would.
+pub struct CrashableServer {
+    server: TestServer,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl CrashableServer {
+    /// Starts the chat hub with the provider `make_provider` builds (on the new runtime).
+    pub async fn start<F, Fut>(make_provider: F, config: HubConfig) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Arc<dyn GroupProvider>>,
+    {
+        tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let server = runtime.block_on(async {
+                let provider = make_provider().await;
+                TestServer::start(provider, config).await
+            });
+            CrashableServer { server, runtime }
+        })
+        .await
+        .expect("start crashable server")
+    }
+
+    /// Crashes it.
+    pub fn crash(self) {
+        let CrashableServer { server, runtime } = self;
+        runtime.shutdown_background();
+        // Its serve task died with the runtime; nothing left to abort.
+        std::mem::forget(server);
+    }
+}
+
+impl std::ops::Deref for CrashableServer {
+    type Target = TestServer;
+    fn deref(&self) -> &TestServer {
+        &self.server
     }
 }
 

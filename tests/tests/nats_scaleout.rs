@@ -12,7 +12,7 @@ use examples::chat::{ChatMessage, SayRequest, WhisperRequest};
 use hub_nats::{NatsError, NatsProvider};
 use hub_server::{ConnectionId, HubConfig};
 use test_support::{ChatServer, NatsCluster, NatsOptions, NatsServer};
-use tests::{Recorder, Seen, TestServer, join_notice, joined, said};
+use tests::{CrashableServer, Recorder, Seen, TestServer, join_notice, joined, said};
 use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -315,43 +315,21 @@ async fn member_counts_add_up_across_servers() {
     }
 }
 
-/// A hub server in its own runtime, so that it can crash: dropping the runtime stops
-/// every task of it at once (gRPC, hub, NATS connection), with no cleanup at all.
-struct Crashable {
-    server: TestServer,
-    runtime: tokio::runtime::Runtime,
-}
-
-impl Crashable {
-    async fn start(url: String) -> Self {
-        tokio::task::spawn_blocking(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            let server = runtime.block_on(async { hub(provider(&url).await).await });
-            Crashable { server, runtime }
-        })
-        .await
-        .expect("start crashable server")
-    }
-
-    fn crash(self) {
-        self.runtime.shutdown_background();
-    }
-}
-
 #[tokio::test]
 async fn a_crashed_servers_members_vanish() {
     let nats = NatsServer::start();
     let a = hub(provider(&nats.url()).await).await;
     let b = hub(provider(&nats.url()).await).await;
-    let c = Crashable::start(nats.url()).await;
+    let url = nats.url();
+    let c = CrashableServer::start(
+        move || async move { Arc::new(provider(&url).await) as Arc<dyn hub_server::GroupProvider> },
+        HubConfig::default(),
+    )
+    .await;
     let (alice, alice_rx) = joined(&a.url(), "room", "alice").await;
     let (_bob, bob_rx) = joined(&b.url(), "room", "bob").await;
-    let (_carol, _) = joined(&c.server.url(), "room", "carol").await;
-    let (_cy, _) = joined(&c.server.url(), "room", "cy").await;
+    let (_carol, _) = joined(&c.url(), "room", "carol").await;
+    let (_cy, _) = joined(&c.url(), "room", "cy").await;
     count_becomes(&a, "room", 4).await;
     count_becomes(&b, "room", 4).await;
     assert_eq!(alice_rx.wait_for(3, WAIT).await.len(), 3);

@@ -10,7 +10,7 @@ use hub_core::ConnectionId;
 use hub_redis::RedisProvider;
 use hub_server::{GroupProvider, HubConfig};
 use test_support::{ChatServer, RedisCluster, RedisServer};
-use tests::{Seen, TestServer, join_notice, joined, said};
+use tests::{CrashableServer, Seen, TestServer, join_notice, joined, said};
 use tokio::time::{Instant, sleep};
 
 /// Generous: the machine is shared and slow at times.
@@ -287,23 +287,14 @@ async fn a_crashed_servers_members_expire() {
     let a = server(&redis).await;
     // Server B runs on a runtime of its own, so it can die without any clean-up.
     let url = redis.url();
-    let (b_runtime, b) = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let b = rt.block_on(TestServer::start(provider(&url), HubConfig::default()));
-        (rt, b)
-    })
-    .join()
-    .expect("server B");
+    let b =
+        CrashableServer::start(move || async move { provider(&url) }, HubConfig::default()).await;
     let (alice, _) = joined(&a.url(), "lobby", "alice").await;
     let (_bob, _) = joined(&b.url(), "lobby", "bob").await;
     assert_eq!(alice.members().await.expect("members").count, 2);
 
     // The crash: every task of server B stops at once, nothing is cleaned up.
-    b_runtime.shutdown_background();
+    b.crash();
     let crashed = Instant::now();
     eventually("bob no longer counted", || async {
         a.handle.member_count("lobby").await.ok() == Some(1)
@@ -327,7 +318,6 @@ async fn a_crashed_servers_members_expire() {
             && redis.cli(&["ZCARD", "hub:chat.v1.ChatHub:nodes"]).trim() == "1"
     })
     .await;
-    drop(b);
 }
 
 #[tokio::test]
