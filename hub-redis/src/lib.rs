@@ -109,9 +109,12 @@
 //!   [`publish_queue`](RedisProviderBuilder::publish_queue) entries (full: a publish
 //!   waits for room within its timeout); subscription requests in one of 1024 (full:
 //!   a join waits within the command timeout).
-//! - Every publish gets its own result: `Ok` once Redis accepted it, or
-//!   `GroupError::Unavailable` / `GroupError::Timeout`. The runtime returns that to
-//!   the caller and counts it (`backplane_publish_failures`).
+//! - Every publish gets its own result: `Ok` once it is queued for the pipeline while
+//!   Redis is up (or, with [`confirm_publishes`](RedisProviderBuilder::confirm_publishes),
+//!   once Redis accepted it), or `GroupError::Unavailable` / `GroupError::Timeout`. The
+//!   runtime returns that to the caller and counts it (`backplane_publish_failures`).
+//!   A failure of a publish already resolved (the connection breaks before Redis
+//!   answers) is counted there too and logged.
 //!
 //! # Faults
 //!
@@ -191,6 +194,8 @@ pub(crate) struct Config {
     pub(crate) publish_queue: usize,
     /// Commands per pipeline, at most.
     pub(crate) max_batch: usize,
+    /// A publish resolves on Redis's answer (true) or once queued for the pipeline (false).
+    pub(crate) confirm_publishes: bool,
 }
 
 impl Config {
@@ -313,6 +318,7 @@ pub struct RedisProviderBuilder {
     backoff: (Duration, Duration),
     publish_queue: usize,
     max_batch: usize,
+    confirm_publishes: bool,
 }
 
 impl Default for RedisProviderBuilder {
@@ -328,6 +334,7 @@ impl Default for RedisProviderBuilder {
             backoff: (Duration::from_millis(100), Duration::from_secs(5)),
             publish_queue: 16 * 1024,
             max_batch: 128,
+            confirm_publishes: false,
         }
     }
 }
@@ -415,6 +422,20 @@ impl RedisProviderBuilder {
         self
     }
 
+    /// When a publish resolves. Default `false`: once it is queued for the publisher
+    /// while the connection to Redis is up (as a NATS publish resolves once buffered by
+    /// the client). A failure after that (the connection breaks before Redis answers,
+    /// the pipeline times out) is counted in `backplane_publish_failures` and logged,
+    /// not returned. `true`: a publish resolves on Redis's answer, so the caller learns
+    /// of every failure, but a connection's calls (which run in order) are then paced
+    /// by a Redis round trip per broadcast. Either way, a publish while Redis is known
+    /// to be down fails at once with `GroupError::Unavailable`, and delivery is
+    /// at-most-once.
+    pub fn confirm_publishes(mut self, confirm: bool) -> Self {
+        self.confirm_publishes = confirm;
+        self
+    }
+
     /// The most commands in one pipeline. Default 128.
     pub fn max_batch(mut self, commands: usize) -> Self {
         self.max_batch = commands;
@@ -488,6 +509,7 @@ impl RedisProviderBuilder {
                 backoff_max,
                 publish_queue: self.publish_queue,
                 max_batch: self.max_batch,
+                confirm_publishes: self.confirm_publishes,
             }),
         })
     }

@@ -6,16 +6,17 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use hub_core::GroupError;
+use hub_core::{GroupError, HubMetrics};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backplane::{BACKPLANE, Link, Shared, redis_error, unavailable};
 use crate::conn::Conn;
 
 /// Pipelines sent and not yet answered, at most. Keeps Redis busy while the previous
-/// batch's replies are on their way; ordering is kept because a caller's next publish
-/// starts only after its previous one was answered, and a connection writes requests
-/// in the order they were made.
+/// batch's replies are on their way. Ordering is kept: batches are taken from the
+/// queue in order, each pipeline future is first polled (and so handed to the
+/// connection, which writes requests in the order they were made) in the order it was
+/// pushed.
 const MAX_IN_FLIGHT: usize = 4;
 
 /// One queued publish.
@@ -94,19 +95,39 @@ async fn send(shared: Arc<Shared>, conn: Conn, batch: Vec<PubReq>) {
                 }
                 for i in indices {
                     if let Some(done) = answers.get_mut(i).and_then(Option::take) {
-                        let _ = done.send(result.clone().map_err(|e| redis_error("publish", e)));
+                        answer(
+                            &shared,
+                            done,
+                            result.clone().map_err(|e| redis_error("publish", e)),
+                        );
                     }
                 }
             }
         }
         Err(_) => {
             for done in answers.into_iter().flatten() {
-                let _ = done.send(Err(GroupError::Timeout {
+                let timeout = GroupError::Timeout {
                     backplane: BACKPLANE,
                     op: "publish",
                     after,
-                }));
+                };
+                answer(&shared, done, Err(timeout));
             }
         }
+    }
+}
+
+/// Answers a caller; a failure nobody waits for (publishes resolved once queued) is
+/// counted and logged here instead, so it is never silent.
+fn answer(
+    shared: &Shared,
+    done: oneshot::Sender<Result<(), GroupError>>,
+    result: Result<(), GroupError>,
+) {
+    if let Err(Err(e)) = done.send(result)
+        && !shared.cfg.confirm_publishes
+    {
+        HubMetrics::incr(&shared.metrics.backplane_publish_failures);
+        tracing::warn!(hub = shared.hub, error = %e, "publish failed after it was queued");
     }
 }

@@ -642,3 +642,59 @@ async fn leaves_during_an_outage_are_caught_up_after_it() {
         .collect();
     assert_eq!(users, ["bob"]);
 }
+
+/// A Redis that stops answering (not gone: `CLIENT PAUSE`) makes publishes time out.
+/// With confirmed publishes the caller gets the timeout; with publishes resolved once
+/// queued (the default) the caller got `Ok` and the failure is counted instead. Never
+/// silent either way.
+#[tokio::test]
+async fn a_stalled_redis_is_reported_in_both_publish_modes() {
+    for confirm in [true, false] {
+        let redis = RedisServer::start();
+        let p = RedisProvider::builder()
+            .url(redis.url())
+            .publish_timeout(Duration::from_millis(300))
+            .confirm_publishes(confirm)
+            .build()
+            .expect("provider");
+        let (a, b) = (Node::bind(&p), Node::bind(&p));
+        let (_a1, _ra1) = a.join(1, "ann", "room").await;
+        let (_b1, mut rb1) = b.join(1, "bob", "room").await;
+        a.publish("room", Target::All, &frame("before"))
+            .await
+            .expect("publish");
+        assert_eq!(next_frame(&mut rb1, WAIT).await, Some(frame("before")));
+
+        assert!(
+            redis
+                .cli(&["CLIENT", "PAUSE", "1500", "ALL"])
+                .contains("OK")
+        );
+        let stalled = a.publish("room", Target::All, &frame("stalled")).await;
+        if confirm {
+            assert!(
+                matches!(stalled, Err(GroupError::Timeout { op: "publish", .. })),
+                "{stalled:?}"
+            );
+        } else {
+            assert!(stalled.is_ok(), "resolved once queued: {stalled:?}");
+            eventually("the late failure is counted", || async {
+                a.metrics.snapshot().backplane_publish_failures == 1
+            })
+            .await;
+        }
+        // Once Redis answers again, publishes flow.
+        sleep(Duration::from_millis(1600)).await;
+        a.publish("room", Target::All, &frame("after"))
+            .await
+            .expect("publish after the pause");
+        let mut got = Vec::new();
+        while let Some(f) = next_frame(&mut rb1, Duration::from_secs(3)).await {
+            got.push(f.clone());
+            if f == frame("after") {
+                break;
+            }
+        }
+        assert_eq!(got.last(), Some(&frame("after")), "confirm={confirm}");
+    }
+}
