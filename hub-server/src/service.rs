@@ -366,11 +366,11 @@ impl Encoder for ServerCodec {
 }
 
 /// tonic's per-stream encode and decode buffers. tonic allocates 8 KiB for each when
-/// a stream opens, which is most of what an idle hub connection costs; hub frames
-/// are small, and a buffer grows when a batch or a frame needs more. 1 KiB each
-/// measured 35.5 -> 23 KiB of server memory per idle connection (10,000
-/// connections, `hub-bench conns`). The yield threshold stays tonic's (32 KiB):
-/// frames queued together still go out in one write.
+/// a stream opens, a large part of what an idle hub connection costs; hub frames are
+/// small, and a buffer grows when a batch or a frame needs more. 1 KiB each measured
+/// 35.4 -> 29.5 KiB of server RSS per idle connection (10,000 connections,
+/// `hub-bench conns`; the rest is mostly h2's own buffers). The yield threshold stays
+/// tonic's (32 KiB): frames queued together still go out in one write.
 fn codec_buffers() -> BufferSettings {
     BufferSettings::new(1024, 32 * 1024)
 }

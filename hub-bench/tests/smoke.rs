@@ -1,0 +1,119 @@
+//! Runs each workload once at a tiny size with the in-memory provider, so the bench
+//! binary keeps working. No timing is asserted: only that each run completes and
+//! prints the JSON fields the compare script reads.
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_hub-bench"))
+        .args(args)
+        .output()
+        .expect("run hub-bench");
+    assert!(
+        out.status.success(),
+        "hub-bench {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().expect("one JSON line");
+    serde_json::from_str(line).expect("valid JSON")
+}
+
+#[test]
+fn fanout_hub_memory_and_raw_complete() {
+    for (kind, client) in [("hub", "hub"), ("hub", "raw"), ("raw", "raw")] {
+        let v = bench(&[
+            "fanout",
+            "--kind",
+            kind,
+            "--client",
+            client,
+            "--servers",
+            "1",
+            "--groups",
+            "memory",
+            "--clients",
+            "5",
+            "--broadcasts",
+            "20",
+            "--window",
+            "4",
+            "--payload",
+            "16",
+            "--deadline-s",
+            "30",
+        ]);
+        assert_eq!(v["complete"], true, "{kind}: {v}");
+        assert_eq!(v["client"], client, "{kind}: {v}");
+        assert_eq!(v["broadcasts_completed"], 20, "{kind}: {v}");
+        assert_eq!(v["deliveries"], 100, "{kind}: {v}");
+        assert_eq!(v["deliveries_seen"], 100, "{kind}: {v}");
+        assert!(v["p99_ms"].is_number(), "{kind}: {v}");
+        assert!(
+            v["server_cpu_s_per_million_deliveries"].is_number(),
+            "{kind}: {v}"
+        );
+    }
+}
+
+#[test]
+fn fanout_refuses_memory_groups_across_servers() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hub-bench"))
+        .args([
+            "fanout",
+            "--servers",
+            "2",
+            "--groups",
+            "memory",
+            "--clients",
+            "2",
+            "--broadcasts",
+            "2",
+        ])
+        .output()
+        .expect("run hub-bench");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("do not cross servers"));
+}
+
+#[test]
+fn calls_hub_and_raw_answer() {
+    for (kind, client) in [("hub", "hub"), ("hub", "raw"), ("raw", "raw")] {
+        let v = bench(&[
+            "calls",
+            "--kind",
+            kind,
+            "--client",
+            client,
+            "--clients",
+            "2",
+            "--in-flight",
+            "2",
+            "--secs",
+            "0.3",
+        ]);
+        assert!(v["calls"].as_u64().is_some_and(|n| n > 0), "{kind}: {v}");
+        assert_eq!(v["client"], client, "{kind}: {v}");
+        assert!(v["p50_ms"].is_number(), "{kind}: {v}");
+    }
+}
+
+#[test]
+fn conns_hub_and_raw_connect() {
+    for kind in ["hub", "raw"] {
+        let v = bench(&[
+            "conns",
+            "--kind",
+            kind,
+            "--conns",
+            "20",
+            "--client-procs",
+            "2",
+            "--deadline-s",
+            "60",
+        ]);
+        assert_eq!(v["connected"], 20, "{kind}: {v}");
+        assert_eq!(v["failed"], 0, "{kind}: {v}");
+        assert!(v["server_kib_per_conn"].is_number(), "{kind}: {v}");
+    }
+}

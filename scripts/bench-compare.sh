@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Runs the hub benchmarks next to their raw tonic baselines and the peers
+# (socket.io and socketioxide with their Redis adapters, shared/peers/run.sh), in
+# interleaved rounds, and prints a table of medians with the ratios the targets in
+# BENCHMARKS.md are stated in.
+#
+# Usage: scripts/bench-compare.sh
+# Environment (defaults in brackets):
+#   ROUNDS [3]        rounds; each runs every fan-out and calls workload once
+#   CLIENTS [200] BROADCASTS [2000] WINDOW [32] PAYLOAD [64]   the fan-out (the peers' defaults)
+#   CALL_SECS [5]     seconds of each calls run
+#   CONNS [10000]     idle connections (0: skip the conns workload)
+#   PEERS [../shared/peers/run.sh]   the peers' script ("" or SKIP_PEERS=1: skip)
+#   OUT [target/bench-compare]       where results.jsonl and table.md go
+# Needs redis-server and nats-server (scripts/install-deps.sh), and node/npm for the peers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS="${ROUNDS:-3}"; C="${CLIENTS:-200}"; M="${BROADCASTS:-2000}"; W="${WINDOW:-32}"; P="${PAYLOAD:-64}"
+CALL_SECS="${CALL_SECS:-5}"; CONNS="${CONNS:-10000}"
+PEERS="${PEERS-$(cd .. && pwd)/shared/peers/run.sh}"; [ -n "${SKIP_PEERS:-}" ] && PEERS=""
+OUT="${OUT:-target/bench-compare}"; mkdir -p "$OUT"
+results="$OUT/results.jsonl"; : > "$results"
+
+cargo build --release -q -p hub-bench
+B=target/release/hub-bench
+
+# run LABEL ARGS...: one bench run, its JSON line tagged with LABEL.
+run() {
+  local label="$1"; shift
+  local line
+  if line=$(timeout 900 "$B" "$@"); then
+    python3 -c 'import json,sys; d=json.loads(sys.argv[2]); d["label"]=sys.argv[1]; print(json.dumps(d))' "$label" "$line" >> "$results"
+    echo "  $label: $line" >&2
+  else
+    echo "  $label: FAILED ($B $*)" >&2
+  fi
+}
+
+fan=(--clients "$C" --broadcasts "$M" --window "$W" --payload "$P")
+for r in $(seq 1 "$ROUNDS"); do
+  echo "== round $r/$ROUNDS" >&2
+  run fanout-raw            fanout --kind raw --servers 1 "${fan[@]}"
+  run fanout-hub-memory     fanout --kind hub --servers 1 --groups memory "${fan[@]}"
+  run fanout-hub-memory-rawclient fanout --kind hub --client raw --servers 1 --groups memory "${fan[@]}"
+  run fanout-hub-redis      fanout --kind hub --servers 2 --groups redis "${fan[@]}"
+  run fanout-hub-nats       fanout --kind hub --servers 2 --groups nats "${fan[@]}"
+  # Not the peers' workload: the hub broadcasts from a spawned task, so the publisher
+  # is not paced by the Redis round trip (see BENCHMARKS.md, "What the profiles say").
+  run fanout-hub-redis-detached fanout --kind hub --servers 2 --groups redis --detach-publish "${fan[@]}"
+  if [ -n "$PEERS" ]; then
+    # run.sh prints one line per peer; a peer that hangs (its bench has no deadline
+    # while connecting) is cut by the timeout, and the lines printed so far are kept.
+    peers_out=$(timeout "${PEERS_TIMEOUT:-300}" bash "$PEERS" "$C" "$M" "$W" 2>/dev/null) \
+      || echo "  peers: run.sh failed or timed out; keeping the lines it printed" >&2
+    while IFS= read -r line; do
+      case "$line" in "{"*) ;; *) continue ;; esac
+      python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["label"]="peer:"+d["peer"]; d["workload"]="fanout"; print(json.dumps(d))' "$line" >> "$results"
+      echo "  peer: $line" >&2
+    done <<< "$peers_out"
+  fi
+  run calls-raw calls --kind raw --secs "$CALL_SECS"
+  run calls-hub calls --kind hub --secs "$CALL_SECS"
+  run calls-hub-rawclient calls --kind hub --client raw --secs "$CALL_SECS"
+done
+if [ "$CONNS" -gt 0 ]; then
+  run conns-raw conns --kind raw --conns "$CONNS"
+  run conns-hub conns --kind hub --conns "$CONNS"
+fi
+
+python3 - "$results" > "$OUT/table.md" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = {}
+for d in rows:
+    by.setdefault(d["label"], []).append(d)
+
+def med(label, key):
+    vals = [d[key] for d in by.get(label, []) if d.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+def fmt(x, nd=2):
+    if x is None: return "–"
+    if isinstance(x, float) and abs(x) >= 1000: return f"{x:,.0f}"
+    return f"{x:,.{nd}f}" if isinstance(x, float) else f"{x:,}"
+
+print(f"Medians of {max((len(v) for v in by.values()), default=0)} rounds.\n")
+print("| fan-out | servers | deliveries/s | p50 ms | p99 ms | server CPU s / M deliveries | complete |")
+print("|---|---|---|---|---|---|---|")
+fan_labels = [l for l in by if by[l][0].get("workload") == "fanout"]
+for l in fan_labels:
+    d0 = by[l][0]
+    complete = sum(1 for d in by[l] if d.get("complete")) 
+    print(f"| {d0['peer']} | {d0['servers']} | {fmt(med(l,'deliveries_per_sec'))} | {fmt(med(l,'p50_ms'))} | {fmt(med(l,'p99_ms'))} | {fmt(med(l,'server_cpu_s_per_million_deliveries'))} | {complete}/{len(by[l])} |")
+print()
+if "calls-hub" in by or "calls-raw" in by:
+    print("| calls | clients × in flight | calls/s | p50 ms | p99 ms | server CPU s / M calls |")
+    print("|---|---|---|---|---|---|")
+    for l in ("calls-raw", "calls-hub", "calls-hub-rawclient"):
+        if l in by:
+            d0 = by[l][0]
+            print(f"| {d0['peer']} | {d0['clients']} × {d0['in_flight']} | {fmt(med(l,'calls_per_sec'))} | {fmt(med(l,'p50_ms'))} | {fmt(med(l,'p99_ms'))} | {fmt(med(l,'server_cpu_s_per_million_calls'))} |")
+    print()
+if "conns-hub" in by or "conns-raw" in by:
+    print("| idle connections | connected | server KiB / connection |")
+    print("|---|---|---|")
+    for l in ("conns-raw", "conns-hub"):
+        if l in by:
+            d0 = by[l][0]
+            print(f"| {d0['peer']} | {d0['connected']:,} | {fmt(med(l,'server_kib_per_conn'))} |")
+    print()
+
+peers = [l for l in by if l.startswith("peer:")]
+best_peer = max(peers, key=lambda l: med(l, "deliveries_per_sec") or 0, default=None)
+def ratio(a, b):
+    return None if a is None or b in (None, 0) else a / b
+targets = []
+targets.append(("in-memory fan-out ≥ 85% of raw tonic fan-out (deliveries/s)",
+    ratio(med("fanout-hub-memory","deliveries_per_sec"), med("fanout-raw","deliveries_per_sec")), 0.85, ">="))
+targets.append(("  same, both with the raw tonic client (server-side cost only)",
+    ratio(med("fanout-hub-memory-rawclient","deliveries_per_sec"), med("fanout-raw","deliveries_per_sec")), 0.85, ">="))
+targets.append(("Redis 2-server fan-out: server CPU ≤ 1.0 s per million deliveries",
+    med("fanout-hub-redis","server_cpu_s_per_million_deliveries"), 1.0, "<="))
+targets.append((f"Redis 2-server fan-out ≥ 3× the better peer ({by[best_peer][0]['peer'] if best_peer else '–'}) deliveries/s",
+    ratio(med("fanout-hub-redis","deliveries_per_sec"), med(best_peer,"deliveries_per_sec") if best_peer else None), 3.0, ">="))
+targets.append(("  (experiment: Redis with the publish detached from the call) server CPU s / M",
+    med("fanout-hub-redis-detached","server_cpu_s_per_million_deliveries"), None, ""))
+targets.append(("  (experiment: Redis with the publish detached from the call) deliveries/s × the better peer",
+    ratio(med("fanout-hub-redis-detached","deliveries_per_sec"), med(best_peer,"deliveries_per_sec") if best_peer else None), None, ""))
+targets.append(("hub calls ≥ 90% of raw bidi echo (calls/s)",
+    ratio(med("calls-hub","calls_per_sec"), med("calls-raw","calls_per_sec")), 0.90, ">="))
+targets.append(("  same, both with the raw tonic client (server-side cost only)",
+    ratio(med("calls-hub-rawclient","calls_per_sec"), med("calls-raw","calls_per_sec")), 0.90, ">="))
+conns_n = by.get("conns-hub", [{}])[0].get("conns")
+targets.append((f"≤ 16 KiB server memory per idle connection at {conns_n or '–'} connections",
+    med("conns-hub","server_kib_per_conn"), 16.0, "<="))
+targets.append(("  (raw tonic, for reference: KiB per idle connection)", med("conns-raw","server_kib_per_conn"), None, ""))
+print("| target | measured | goal | met |")
+print("|---|---|---|---|")
+for name, val, goal, op in targets:
+    if goal is None:
+        shown = f"{val:.2f}×" if val is not None and "×" in name else fmt(val)
+        print(f"| {name} | {shown} | – | – |"); continue
+    met = "–" if val is None else ("yes" if (val >= goal if op == ">=" else val <= goal) else "**no**")
+    shown = fmt(val, 2) if op == "<=" else (f"{val:.2f}×" if val is not None else "–")
+    print(f"| {name} | {shown} | {op} {goal} | {met} |")
+PY
+cat "$OUT/table.md"
