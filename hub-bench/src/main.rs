@@ -19,9 +19,6 @@ mod raw;
 mod stats;
 
 /// Generated code of `proto/bench/v1/bench.proto`.
-// The generated receiver matches on a hub's push cases; with one push case that
-// reads as a single-arm match to clippy (a hub-build matter, not this crate's).
-#[allow(clippy::single_match)]
 mod bench {
     hub_server::include_proto!("bench.v1");
 }

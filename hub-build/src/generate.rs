@@ -142,7 +142,7 @@ fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
     quote! {
         #[doc = #module_doc]
         pub mod #module {
-            #![allow(unused_variables, dead_code, missing_docs, clippy::let_unit_value, clippy::unit_arg)]
+            #![allow(unused_variables, dead_code, missing_docs, clippy::let_unit_value, clippy::unit_arg, clippy::single_match, clippy::match_single_binding)]
 
             /// The per-call context of this hub: connection id, metadata, groups, typed pushes.
             pub type #context = #rt::codegen::Context<#push>;
@@ -419,7 +419,7 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
     quote! {
         #[doc = #module_doc]
         pub mod #module {
-            #![allow(unused_variables, dead_code, missing_docs, clippy::let_unit_value, clippy::unit_arg)]
+            #![allow(unused_variables, dead_code, missing_docs, clippy::let_unit_value, clippy::unit_arg, clippy::single_match, clippy::match_single_binding)]
 
             /// Receives this hub's pushes. Methods are called in order on the client's
             /// reader task: keep them quick, or forward to a channel. Every method has

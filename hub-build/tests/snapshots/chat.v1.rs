@@ -5,7 +5,9 @@ pub mod chat_hub_server {
         dead_code,
         missing_docs,
         clippy::let_unit_value,
-        clippy::unit_arg
+        clippy::unit_arg,
+        clippy::single_match,
+        clippy::match_single_binding
     )]
     /// The per-call context of this hub: connection id, metadata, groups, typed pushes.
     pub type ChatHubContext = ::hub_server::codegen::Context<ChatHubPush>;
@@ -421,7 +423,9 @@ pub mod chat_hub_client {
         dead_code,
         missing_docs,
         clippy::let_unit_value,
-        clippy::unit_arg
+        clippy::unit_arg,
+        clippy::single_match,
+        clippy::match_single_binding
     )]
     /// Receives this hub's pushes. Methods are called in order on the client's
     /// reader task: keep them quick, or forward to a channel. Every method has
