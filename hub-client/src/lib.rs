@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use hub_core::proto::{self, client_control, server_control};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -407,38 +408,28 @@ impl<S: ClientSpec> HubClient<S> {
                 p.remove(&id);
             }
         };
-        let started = Instant::now();
-        let send = self.tx.send(S::request(id, Some(call), None));
-        let sent = match timeout {
-            Some(t) => tokio::time::timeout(t, send)
+        // One timer for the whole call: queueing the frame and waiting for the reply.
+        let exchange = async {
+            if self
+                .tx
+                .send(S::request(id, Some(call), None))
                 .await
-                .map_err(|_| ClientError::Timeout(t)),
-            None => Ok(send.await),
-        };
-        match sent {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
+                .is_err()
+            {
                 forget(&self.shared);
                 return Err(ClientError::Disconnected(self.reason()));
             }
-            Err(e) => {
-                forget(&self.shared);
-                return Err(e);
-            }
-        }
-        let reply = match timeout {
-            Some(t) => {
-                match tokio::time::timeout(t.saturating_sub(started.elapsed()), reply_rx).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        forget(&self.shared);
-                        return Err(ClientError::Timeout(t));
-                    }
-                }
-            }
-            None => reply_rx.await,
+            reply_rx
+                .await
+                .unwrap_or_else(|_| Err(ClientError::Disconnected(self.reason())))
         };
-        reply.unwrap_or_else(|_| Err(ClientError::Disconnected(self.reason())))
+        match timeout {
+            Some(t) => tokio::time::timeout(t, exchange).await.unwrap_or_else(|_| {
+                forget(&self.shared);
+                Err(ClientError::Timeout(t))
+            }),
+            None => exchange.await,
+        }
     }
 
     /// Sends a fire-and-forget call (id 0): no reply; a failure comes back as an
@@ -449,6 +440,23 @@ impl<S: ClientSpec> HubClient<S> {
             .await
             .map_err(|_| ClientError::Disconnected(self.reason()))
     }
+}
+
+/// Why the stream ended, from what its last read returned (`Ok(Some(_))` never comes here).
+fn end_reason<T>(
+    end: Result<Option<T>, tonic::Status>,
+    goodbye: &mut Option<DisconnectReason>,
+) -> DisconnectReason {
+    goodbye.take().unwrap_or_else(|| match end {
+        Err(status) => DisconnectReason {
+            code: status.code(),
+            message: status.message().to_owned(),
+        },
+        Ok(_) => DisconnectReason {
+            code: tonic::Code::Ok,
+            message: "the server closed the stream".into(),
+        },
+    })
 }
 
 fn gone() -> DisconnectReason {
@@ -481,33 +489,50 @@ impl<S: ClientSpec> Reader<S> {
             .map_or(Duration::from_secs(3600), |d| d / 4)
             .max(min);
         let mut watchdog = tokio::time::interval_at(Instant::now() + check, check);
-        let mut last_heard = Instant::now();
+        // Liveness without a clock read per frame: frames set `heard`; the watchdog
+        // notes when it last saw `heard` set, and gives up once that is too long ago.
+        let mut heard = false;
+        let mut alive_at = Instant::now();
         let mut ping: Option<(u64, Instant)> = None;
+        // Each ping gets a new nonce, so a late pong cannot match a newer ping.
+        let mut nonce = 0u64;
         let mut goodbye: Option<DisconnectReason> = None;
         let reason = loop {
             tokio::select! {
                 msg = stream.message() => match msg {
                     Ok(Some(frame)) => {
-                        last_heard = Instant::now();
+                        heard = true;
                         self.on_frame(frame, &mut ping, &mut goodbye);
+                        // Frames already received are handled here, not one pass of the
+                        // select (and its timers) each; a bounded batch keeps timers fair.
+                        let mut ended = None;
+                        for _ in 0..64 {
+                            match stream.message().now_or_never() {
+                                Some(Ok(Some(frame))) => self.on_frame(frame, &mut ping, &mut goodbye),
+                                Some(end) => {
+                                    ended = Some(end);
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        if let Some(end) = ended {
+                            break end_reason(end, &mut goodbye);
+                        }
                     }
-                    Ok(None) => break goodbye.take().unwrap_or(DisconnectReason {
-                        code: tonic::Code::Ok,
-                        message: "the server closed the stream".into(),
-                    }),
-                    Err(status) => break goodbye.take().unwrap_or(DisconnectReason {
-                        code: status.code(),
-                        message: status.message().to_owned(),
-                    }),
+                    end => break end_reason(end, &mut goodbye),
                 },
                 _ = ticker.tick(), if self.ping_interval.is_some() => {
-                    let nonce = ping.map_or(1, |(n, _)| n + 1);
+                    nonce += 1;
                     ping = Some((nonce, Instant::now()));
                     self.control(client_control::Kind::Ping(proto::Ping { nonce, last_rtt_us: 0 }));
                 }
                 _ = watchdog.tick(), if self.dead_after.is_some() => {
+                    if std::mem::take(&mut heard) {
+                        alive_at = Instant::now();
+                    }
                     if let Some(limit) = self.dead_after
-                        && last_heard.elapsed() > limit
+                        && alive_at.elapsed() > limit
                     {
                         break DisconnectReason {
                             code: tonic::Code::Unavailable,
