@@ -20,7 +20,7 @@ for _ in $(seq 1 100); do
 done
 
 echo "--- bob joins 'lobby' and listens"
-"$client" --addr "$addr" --user bob --room lobby --listen 5 --wait-for 3 | sed -u 's/^/[bob]   /' &
+"$client" --addr "$addr" --user bob --room lobby --listen 3 | sed -u 's/^/[bob]   /' &
 bob=$!
 sleep 1
 echo "--- alice joins, says hello, whispers to bob, lists members"
