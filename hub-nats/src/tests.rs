@@ -274,15 +274,8 @@ async fn nothing(rx: &mut OutboxReceiver) {
 }
 
 /// Waits until `check` holds (polling), or fails with `what`.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT * 2;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
+    test_support::eventually(what, WAIT * 2, check).await
 }
 
 /// Waits until every server knows every other (so roll calls stop early).

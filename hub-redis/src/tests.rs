@@ -125,24 +125,13 @@ fn frame(text: &str) -> Bytes {
     Bytes::from(text.as_bytes().to_vec())
 }
 
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        sleep(Duration::from_millis(50)).await;
-    }
+async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
+    test_support::eventually(what, WAIT, check).await
 }
 
+/// `PUBSUB NUMSUB`; `u64::MAX` (never expected) while Redis cannot answer.
 fn numsub(redis: &RedisServer, channel: &str) -> u64 {
-    let out = redis.cli(&["PUBSUB", "NUMSUB", channel]);
-    out.lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(u64::MAX)
+    redis.numsub(channel).unwrap_or(u64::MAX)
 }
 
 #[tokio::test]

@@ -143,6 +143,15 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Subscribers of `channel` (`PUBSUB NUMSUB`), or `None` if the answer cannot be
+    /// read (the server is down).
+    pub fn numsub(&self, channel: &str) -> Option<u64> {
+        self.cli(&["PUBSUB", "NUMSUB", channel])
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+    }
+
     /// Runs `redis-cli` against this server and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new(binary("redis-cli", &["/usr/bin/redis-cli"]))
@@ -369,6 +378,19 @@ impl NatsCluster {
     /// The nodes.
     pub fn nodes(&mut self) -> &mut [NatsServer] {
         &mut self.nodes
+    }
+}
+
+/// Polls `check` every 50 ms until it holds; panics with `what` if it does not
+/// within `within`.
+pub async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

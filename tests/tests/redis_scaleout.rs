@@ -37,25 +37,13 @@ fn conn_id(client: &examples::chat::chat_hub_client::ChatHubClient) -> Connectio
     client.connection_id().parse().expect("connection id")
 }
 
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        sleep(Duration::from_millis(50)).await;
-    }
+async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
+    test_support::eventually(what, WAIT, check).await
 }
 
 /// Subscribers of a channel, as Redis counts them.
 fn numsub(redis: &RedisServer, channel: &str) -> u64 {
-    let out = redis.cli(&["PUBSUB", "NUMSUB", channel]);
-    out.lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .expect("PUBSUB NUMSUB answer")
+    redis.numsub(channel).expect("PUBSUB NUMSUB answer")
 }
 
 fn leave_notice(room: &str, user: &str) -> Seen {
