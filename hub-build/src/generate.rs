@@ -383,13 +383,8 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
     let receiver_methods = hub.pushes.iter().map(|p| {
         let name = format_ident!("{}", p.name);
         let doc = docs(&p.doc);
-        let arg = match &p.message {
-            Some(m) => {
-                let m = path(m);
-                quote!(message: #m)
-            }
-            None => quote!(message: ()),
-        };
+        let message = ty(&p.message);
+        let arg = quote!(message: #message);
         quote! {
             #doc
             fn #name(&self, #arg) {}
@@ -397,13 +392,8 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
     });
     let arc_methods = hub.pushes.iter().map(|p| {
         let name = format_ident!("{}", p.name);
-        let arg = match &p.message {
-            Some(m) => {
-                let m = path(m);
-                quote!(message: #m)
-            }
-            None => quote!(message: ()),
-        };
+        let message = ty(&p.message);
+        let arg = quote!(message: #message);
         quote! {
             fn #name(&self, #arg) {
                 (**self).#name(message)
