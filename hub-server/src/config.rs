@@ -103,6 +103,8 @@ pub(crate) struct HubsInner {
     pub(crate) config: HubConfig,
     /// Cancelled by [`Hubs::shutdown`]; every hub's own token is a child of it.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
+    /// How hubs that do not choose their own learn who a connection is.
+    pub(crate) identity: crate::identity::IdentityConfig,
     /// The hubs built from this, so shutdown can wait for their connections.
     pub(crate) hubs: std::sync::Mutex<Vec<std::sync::Weak<crate::service::HubCore>>>,
 }
@@ -134,6 +136,7 @@ impl Hubs {
             node: None,
             default_groups: Arc::new(MemoryProvider),
             config: HubConfig::default(),
+            identity: Default::default(),
         }
     }
 
@@ -165,6 +168,8 @@ pub struct HubsBuilder {
     node: Option<NodeId>,
     default_groups: Arc<dyn GroupProvider>,
     config: HubConfig,
+    /// Set by `identity` / `require_identity` (in `identity.rs`).
+    pub(crate) identity: crate::identity::IdentityConfig,
 }
 
 impl HubsBuilder {
@@ -199,6 +204,7 @@ impl HubsBuilder {
                 node: self.node.unwrap_or_else(NodeId::random),
                 default_groups: self.default_groups,
                 config: self.config,
+                identity: self.identity,
                 shutdown: tokio_util::sync::CancellationToken::new(),
                 hubs: std::sync::Mutex::new(Vec::new()),
             }),

@@ -51,6 +51,7 @@ mod connection;
 mod context;
 mod dispatch;
 mod error;
+pub mod identity;
 mod service;
 
 pub use config::{HubConfig, Hubs, HubsBuilder};
@@ -58,10 +59,11 @@ pub use context::{Context, HubHandle, Push};
 pub use dispatch::{Dispatch, Inbound};
 pub use error::{DisconnectReason, PushError};
 pub use hub_core::{
-    ConnectionId, Delivery, GroupError, GroupName, GroupProvider, MemberInfo, MemoryProvider,
-    MetricsSnapshot, SlowConsumerPolicy,
+    ConnectionId, Delivery, GroupError, GroupName, GroupProvider, InvalidGroupName, MemberInfo,
+    MemoryProvider, MetricsSnapshot, SlowConsumerPolicy,
 };
 pub use hub_core::{include_file_descriptor_set, include_proto};
+pub use identity::{BearerToken, FromExtensions, Identity, IdentityProvider};
 pub use service::{HubService, HubServiceBuilder, OutboundStream, ServerCodec, WriteItem};
 
 /// What generated code names. Not a stable API for hand-written code.
