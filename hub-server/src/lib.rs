@@ -51,9 +51,10 @@ mod connection;
 mod context;
 mod dispatch;
 mod error;
+mod inbound;
 mod service;
 
-pub use config::{HubConfig, Hubs, HubsBuilder};
+pub use config::{DEFAULT_MAX_OUTBOUND_BYTES, HubConfig, Hubs, HubsBuilder, RateLimit};
 pub use context::{Context, HubHandle, Push};
 pub use dispatch::{Dispatch, Inbound};
 pub use error::{DisconnectReason, PushError};
