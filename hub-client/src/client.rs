@@ -221,6 +221,17 @@ impl<S: ClientSpec> HubClient<S> {
         }
     }
 
+    /// How many calls wait for their reply.
+    #[cfg(test)]
+    pub(crate) fn pending_calls(&self) -> usize {
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, |p| p.len())
+    }
+
     /// Sends a fire-and-forget call (id 0): no reply; a failure comes back as an
     /// error frame to [`PushHandler::on_error`].
     pub async fn send(&self, call: S::Call) -> Result<(), ClientError> {

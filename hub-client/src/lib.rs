@@ -24,6 +24,8 @@ mod error;
 mod options;
 mod shared;
 mod spec;
+#[cfg(test)]
+mod tests;
 
 pub use client::HubClient;
 pub use error::{ClientError, DisconnectReason};
