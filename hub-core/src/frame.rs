@@ -255,9 +255,15 @@ mod tests {
         );
         let e = Resp::decode(call_error_frame(0, 18, tonic::Code::Aborted, "x")).unwrap();
         let err = e.error.unwrap();
-        assert_eq!((e.id, err.scope(), err.call), (0, proto::ErrorScope::Call, 18));
+        assert_eq!(
+            (e.id, err.scope(), err.call),
+            (0, proto::ErrorScope::Call, 18)
+        );
         let e = Resp::decode(frame_error_frame(7, 0, tonic::Code::AlreadyExists, "x")).unwrap();
-        assert_eq!((e.id, e.error.unwrap().scope()), (7, proto::ErrorScope::Frame));
+        assert_eq!(
+            (e.id, e.error.unwrap().scope()),
+            (7, proto::ErrorScope::Frame)
+        );
         let c = Resp::decode(control_frame(proto::server_control::Kind::Ping(
             proto::Ping {
                 nonce: 4,
@@ -288,7 +294,9 @@ mod tests {
         );
         assert_eq!(request_head(&[0xff]), RequestHead::default());
         // id 9, a control message, call 16 with a body, then call 17: the last wins.
-        let frame = [0x08, 0x09, 0x7a, 0x00, 0x82, 0x01, 0x01, 0x00, 0x8a, 0x01, 0x00];
+        let frame = [
+            0x08, 0x09, 0x7a, 0x00, 0x82, 0x01, 0x01, 0x00, 0x8a, 0x01, 0x00,
+        ];
         assert_eq!(
             request_head(&frame),
             RequestHead {

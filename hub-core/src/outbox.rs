@@ -340,7 +340,10 @@ impl Shared {
     }
 
     fn now_nanos(&self) -> u64 {
-        (Instant::now().saturating_duration_since(self.epoch).as_nanos() as u64).saturating_add(1)
+        (Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_nanos() as u64)
+            .saturating_add(1)
     }
 }
 
@@ -536,10 +539,7 @@ impl Outbox {
     fn behind_too_long(&self) -> bool {
         let s = &*self.0;
         let now = s.now_nanos();
-        let since = match s
-            .behind_since
-            .compare_exchange(0, now, Relaxed, Relaxed)
-        {
+        let since = match s.behind_since.compare_exchange(0, now, Relaxed, Relaxed) {
             Ok(_) => {
                 HubMetrics::incr(&s.metrics.slow_consumer_behind);
                 s.went_behind.notify_one();
@@ -766,7 +766,10 @@ impl Drop for OutboxReceiver {
         // No writer is left: end the connection and free what it will never send.
         let s = &*self.shared;
         if s.reason
-            .set(CloseReason::new(tonic::Code::Unavailable, "connection closed"))
+            .set(CloseReason::new(
+                tonic::Code::Unavailable,
+                "connection closed",
+            ))
             .is_ok()
         {
             s.closed.cancel();
@@ -907,7 +910,10 @@ mod tests {
         assert_eq!(tx.enforce_grace(), None);
         assert!(!tx.is_closed());
         let m = metrics.snapshot();
-        assert_eq!((m.slow_consumer_behind, m.slow_consumer_disconnects), (1, 0));
+        assert_eq!(
+            (m.slow_consumer_behind, m.slow_consumer_disconnects),
+            (1, 0)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -934,7 +940,9 @@ mod tests {
         assert!(tx.is_closed());
         // Freed at once, though the writer never read.
         assert_eq!((tx.queued_bytes(), budget.used()), (0, 0));
-        assert!(matches!(next(&mut rx).await, Some(Next::Close(r)) if r.code == tonic::Code::ResourceExhausted));
+        assert!(
+            matches!(next(&mut rx).await, Some(Next::Close(r)) if r.code == tonic::Code::ResourceExhausted)
+        );
         assert_eq!(metrics.snapshot().slow_consumer_disconnects, 1);
     }
 

@@ -62,7 +62,8 @@ fn quota(per_second: u32, burst: u32) -> Quota {
 
 impl InboundLimits {
     pub(crate) fn new(config: &HubConfig) -> Self {
-        let bucket = |l: RateLimit| Bucket::direct_with_clock(quota(l.per_second, l.burst), TokioClock);
+        let bucket =
+            |l: RateLimit| Bucket::direct_with_clock(quota(l.per_second, l.burst), TokioClock);
         let max_frame = u32::try_from(config.max_message_bytes).unwrap_or(u32::MAX);
         InboundLimits {
             frames: config.inbound_calls.map(|l| (bucket(l), l)),

@@ -325,7 +325,11 @@ async fn a_fire_and_forget_failure_is_an_error_frame_with_id_0() {
     raw.send(vec![0x9a, 0x06, 0x00]).await;
     let r = next_event(&mut raw).await;
     let e = Frame::of(&r).error.expect("error");
-    assert_eq!((r.id, e.scope(), e.call), (0, ErrorScope::Call, 99), "{r:?}");
+    assert_eq!(
+        (r.id, e.scope(), e.call),
+        (0, ErrorScope::Call, 99),
+        "{r:?}"
+    );
     raw.send(Vec::new()).await;
     let r = next_event(&mut raw).await;
     let e = Frame::of(&r).error.expect("error");

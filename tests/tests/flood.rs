@@ -93,7 +93,10 @@ async fn read_slowly(
             .expect("the victim got nothing in time");
         let r = match r {
             Ok(Some(r)) => r,
-            other => panic!("the victim's stream ended: {other:?} after {} notes", texts.len()),
+            other => panic!(
+                "the victim's stream ended: {other:?} after {} notes",
+                texts.len()
+            ),
         };
         let f = Frame::of(&r);
         if f.is_chatter() {
@@ -215,7 +218,13 @@ async fn a_whisper_flood_closes_the_flooder_not_its_slow_victim() {
     assert_eq!((m.flood_disconnects, m.slow_consumer_disconnects), (1, 0));
     assert!(m.inbound_rate_limited > 100, "{m:?}");
     assert!(refusals <= 101, "{refusals}");
-    assert!(server.state.disconnects().iter().all(|(c, _)| *c != victim_id));
+    assert!(
+        server
+            .state
+            .disconnects()
+            .iter()
+            .all(|(c, _)| *c != victim_id)
+    );
     assert_eq!(server.handle.connection_count(), 1);
 }
 
@@ -365,29 +374,52 @@ async fn a_member_briefly_behind_catches_up_and_misses_nothing() {
         assert_eq!(r.seq, texts.len() as u64 + 1);
         texts.push(note.text);
     }
-    assert_eq!(
-        texts,
-        (0..sent).map(|n| n.to_string()).collect::<Vec<_>>()
-    );
+    assert_eq!(texts, (0..sent).map(|n| n.to_string()).collect::<Vec<_>>());
     // Past the grace, it is still connected: a call still gets its answer.
     tokio::time::sleep(GRACE + Duration::from_millis(500)).await;
     raw.send(frame(2, Call::Count(group("g")))).await;
     let r = next_event(&mut raw).await;
-    assert!(matches!(r.event, Some(Event::Count(ref c)) if c.count == 1), "{r:?}");
+    assert!(
+        matches!(r.event, Some(Event::Count(ref c)) if c.count == 1),
+        "{r:?}"
+    );
     let m = server.handle.metrics();
-    assert_eq!((m.slow_consumer_behind, m.slow_consumer_disconnects), (1, 0));
+    assert_eq!(
+        (m.slow_consumer_behind, m.slow_consumer_disconnects),
+        (1, 0)
+    );
     assert!(server.state.disconnects().iter().all(|(c, _)| *c != id));
 }
 
-/// A member that stopped reading is closed once the grace is over, though nothing is
-/// pushed to it any more; what was queued for it is freed without being read.
+/// A member that stopped reading stays over its budget while pushes trickle in, far
+/// below the hard limit, and is closed once the grace is over; what was queued for it
+/// is freed without being read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_stopped_reading_is_closed_after_the_grace() {
-    let server = ProbeServer::start(graced()).await;
+    let server = ProbeServer::start(graced().outbound_queue(64)).await;
     let (mut raw, id) = member(&server).await;
+    let mut n = push_until_behind(&server, 0).await;
     let started = tokio::time::Instant::now();
-    push_until_behind(&server, 0).await;
-    let reason = server.state.wait_disconnect(&id, WAIT).await;
+    // One small push every 100 ms: 20 within the grace, the hard limit is 64 more.
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = server
+                .handle
+                .group("g")
+                .unwrap()
+                .on_note(Note {
+                    text: n.to_string(),
+                    ..Default::default()
+                })
+                .await;
+            n += 1;
+        }
+    };
+    let reason = tokio::select! {
+        r = server.state.wait_disconnect(&id, WAIT) => r,
+        _ = trickle => unreachable!(),
+    };
     let waited = started.elapsed();
     assert!(
         matches!(&reason, Some(DisconnectReason::Server { code: Code::ResourceExhausted, message }) if message.contains("for 2s")),
