@@ -35,7 +35,7 @@ pub struct ResponseParts<E> {
     /// The push sequence number, or 0.
     pub seq: u64,
     /// The error, if the frame is one.
-    pub error: Option<proto::Error>,
+    pub error: Option<proto::CallError>,
     /// The control message, if any.
     pub control: Option<proto::ServerControl>,
     /// The reply or push.

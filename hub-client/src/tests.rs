@@ -44,7 +44,7 @@ struct Resp {
     #[prost(uint64, tag = "2")]
     seq: u64,
     #[prost(message, optional, tag = "3")]
-    error: Option<proto::Error>,
+    error: Option<proto::CallError>,
     #[prost(message, optional, tag = "15")]
     control: Option<proto::ServerControl>,
     #[prost(string, optional, tag = "16")]
@@ -178,7 +178,7 @@ impl ServerEnd {
     fn error(&self, id: u64, code: Code, message: &str) {
         self.send(Resp {
             id,
-            error: Some(proto::Error {
+            error: Some(proto::CallError {
                 code: code as i32,
                 message: message.into(),
                 ..Default::default()
