@@ -68,10 +68,14 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// An identity for `user_id`. The id must be usable as a group name part (1 to a
-    /// few hundred bytes, no whitespace or control characters), since every
-    /// connection of a user is reachable as one group.
+    /// An identity for `user_id`. The id must be usable as a group name part (not
+    /// empty, `$user/<id>` at most [`hub_core::MAX_GROUP_NAME_BYTES`] bytes, no
+    /// whitespace or control characters), since every connection of a user is
+    /// reachable as one group.
     pub fn new(user_id: &str) -> Result<Self, InvalidGroupName> {
+        if user_id.is_empty() {
+            return Err(InvalidGroupName::Empty);
+        }
         GroupName::reserved("user", user_id)?;
         Ok(Identity {
             user_id: Arc::from(user_id),
