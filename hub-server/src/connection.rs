@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use hub_core::frame::{
-    FIELD_CONTROL, FIELD_ID, OutFrame, control_frame, error_frame, top_level_fields,
+    FIELD_CONTROL, FIELD_ID, MAX_SAFE_INTEGER, OutFrame, clamp_safe, control_frame, error_frame,
+    top_level_fields,
 };
 use hub_core::proto::{self, client_control, server_control::Kind};
 use hub_core::{BoxFuture, CloseReason, HubMetrics, MemberInfo};
@@ -282,9 +283,17 @@ impl<D: Dispatch> Conn<D> {
                 if let Some((nonce, sent)) = self.ping
                     && nonce == p.nonce
                 {
-                    self.last_rtt_us = sent.elapsed().as_micros() as u64;
+                    self.last_rtt_us = clamp_safe(sent.elapsed().as_micros());
                     self.ping = None;
                 }
+            }
+            Some(client_control::Kind::Ping(p)) if p.nonce > MAX_SAFE_INTEGER => {
+                // Echoing it would put a number above 2^53-1 on the wire.
+                self.reject(
+                    0,
+                    Code::InvalidArgument,
+                    format!("ping nonce {} is above 2^53-1; no pong sent", p.nonce),
+                );
             }
             Some(client_control::Kind::Ping(p)) => {
                 // Optional, like our own pings: not worth closing a slow reader over.
@@ -311,6 +320,15 @@ impl<D: Dispatch> Conn<D> {
     }
 
     fn enqueue(&mut self, id: u64, call: D::Call) {
+        if id > MAX_SAFE_INTEGER {
+            // Answered with id 0: no frame from the server carries a number above
+            // 2^53-1, so a JavaScript client can decode every one of them.
+            return self.reject(
+                0,
+                Code::InvalidArgument,
+                format!("call id {id} is above 2^53-1 (the largest call id); the call was not run"),
+            );
+        }
         if id != 0 && self.in_flight.contains(&id) {
             return self.reject(
                 id,
