@@ -199,21 +199,27 @@ async fn call_ids_above_2_pow_53_are_refused_and_not_run() {
         raw.send(sleep(id, "too big")).await;
         // Answered with id 0: the server never sends a number above 2^53-1.
         let message = expect_error(&mut raw, 0, Code::InvalidArgument).await;
-        assert!(message.contains(&id.to_string()) && message.contains("2^53"), "{message}");
+        assert!(
+            message.contains(&id.to_string()) && message.contains("2^53"),
+            "{message}"
+        );
     }
     // A client ping whose nonce could not be echoed within the range.
-    raw.send(ProbeRequest {
-        id: 0,
-        control: Some(hub_core::proto::ClientControl {
-            kind: Some(hub_core::proto::client_control::Kind::Ping(
-                hub_core::proto::Ping {
-                    nonce: max + 1,
-                    last_rtt_us: 0,
-                },
-            )),
-        }),
-        call: None,
-    }.encode_to_vec())
+    raw.send(
+        ProbeRequest {
+            id: 0,
+            control: Some(hub_core::proto::ClientControl {
+                kind: Some(hub_core::proto::client_control::Kind::Ping(
+                    hub_core::proto::Ping {
+                        nonce: max + 1,
+                        last_rtt_us: 0,
+                    },
+                )),
+            }),
+            call: None,
+        }
+        .encode_to_vec(),
+    )
     .await;
     let message = expect_error(&mut raw, 0, Code::InvalidArgument).await;
     assert!(message.contains("nonce"), "{message}");
