@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Checks the wire contract (buf.yaml): `buf lint`, and `buf breaking` against
-# proto/wire-baseline.json, the contract as released.
+# proto/wire-baseline.json, the contract as last recorded (see buf.yaml).
 # Usage: scripts/proto-check.sh                    lint and breaking check
-#        scripts/proto-check.sh --update-baseline  rewrite the baseline from proto/ (a
-#                                                  deliberate change of the contract)
+#        scripts/proto-check.sh --update-baseline  record the baseline again (after the
+#                                                  contract grew on purpose)
 # buf comes from the npm registry (@bufbuild/buf, pinned by examples/typescript's
 # package-lock.json); it is installed there if missing.
 set -euo pipefail
