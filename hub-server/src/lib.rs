@@ -67,11 +67,16 @@ pub use service::{HubService, HubServiceBuilder, OutboundStream, ServerCodec, Wr
 /// What generated code names. Not a stable API for hand-written code.
 #[doc(hidden)]
 pub mod codegen {
+    pub use crate::{
+        ConnectionId, Delivery, DisconnectReason, GroupError, GroupProvider, HubConfig, Hubs,
+        PushError,
+    };
     pub use crate::{Context, Dispatch, HubHandle, HubService, HubServiceBuilder, Inbound, Push};
     pub use bytes::Bytes;
     pub use hub_core::BoxFuture;
     pub use hub_core::proto as hub_v1;
     pub use prost;
+    pub use prost_types;
     pub use tonic;
     pub use tower;
 
