@@ -89,14 +89,16 @@ fn frame_with(id: u64, field: u32, msg: &impl Message) -> Bytes {
     buf.freeze()
 }
 
-/// An error frame: `{id, error: {code, message}}`.
+/// An error frame: `{id, error: {code, message}}`. The message is cut to
+/// [`crate::quote::MAX_ERROR_MESSAGE_BYTES`], so an error frame never grows with
+/// what a handler put in it.
 pub fn error_frame(id: u64, code: tonic::Code, message: impl Into<String>) -> Bytes {
     frame_with(
         id,
         FIELD_ERROR,
         &proto::Error {
             code: code as i32,
-            message: message.into(),
+            message: crate::quote::bound_message(message.into()),
         },
     )
 }

@@ -14,13 +14,24 @@ pub struct HubConfig {
     /// What a full outbound queue does. Default: disconnect the client with
     /// `RESOURCE_EXHAUSTED`.
     pub slow_consumer: SlowConsumerPolicy,
-    /// The largest frame, in bytes, in either direction. A larger request frame ends the
-    /// stream with `RESOURCE_EXHAUSTED`; a larger reply becomes an error frame; a larger
-    /// push (with room for the sequence number each copy gets) is refused to its sender
-    /// (`PushError::TooLarge`). Default 1 MiB. Clients
-    /// must accept frames this large (`hub_client::ConnectOptions::max_message_bytes`,
-    /// default 4 MiB); the hello frame tells them the limit.
+    /// The largest frame, in bytes, in either direction (sent frames: unless
+    /// [`HubConfig::max_outbound_message_bytes`] says otherwise). A larger request frame
+    /// ends the stream with `RESOURCE_EXHAUSTED`; a larger reply becomes an error frame;
+    /// a larger push (with room for the sequence number each copy gets) is refused to
+    /// its sender (`PushError::TooLarge`), both with `OUT_OF_RANGE`. Default 1 MiB.
+    /// Clients must accept frames this large
+    /// (`hub_client::ConnectOptions::max_message_bytes`, default 4 MiB); the hello frame
+    /// tells them the limit.
     pub max_message_bytes: usize,
+    /// The largest frame, in bytes, the server sends, if it differs from
+    /// [`HubConfig::max_message_bytes`] (`None`, the default: the same). The hello
+    /// advertises it (`max_outbound_message_bytes`); a reply over it becomes an error
+    /// frame and a push over it (with room for its sequence number) is refused to its
+    /// sender, both with `OUT_OF_RANGE` (not worth retrying) and counted in
+    /// `frames_too_large`. Error and goodbye messages are cut to
+    /// [`hub_core::quote::MAX_ERROR_MESSAGE_BYTES`]. Stock gRPC clients receive up to
+    /// 4 MiB unless told otherwise: keep it at or below that.
+    pub max_outbound_message_bytes: Option<usize>,
     /// Calls a connection may have waiting behind the one running. One more gets an
     /// error frame (`RESOURCE_EXHAUSTED`) at once; the connection stays up. Default 64.
     pub max_queued_calls: usize,
@@ -40,6 +51,7 @@ impl Default for HubConfig {
             outbound_queue: 1024,
             slow_consumer: SlowConsumerPolicy::Disconnect,
             max_message_bytes: 1024 * 1024,
+            max_outbound_message_bytes: None,
             max_queued_calls: 64,
             heartbeat_interval: Some(Duration::from_secs(15)),
             heartbeat_timeout: Some(Duration::from_secs(45)),
@@ -64,6 +76,19 @@ impl HubConfig {
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
         self
+    }
+
+    /// Sets [`HubConfig::max_outbound_message_bytes`].
+    pub fn max_outbound_message_bytes(mut self, bytes: Option<usize>) -> Self {
+        self.max_outbound_message_bytes = bytes;
+        self
+    }
+
+    /// The largest frame the server sends: [`HubConfig::max_outbound_message_bytes`],
+    /// or [`HubConfig::max_message_bytes`] when that is not set.
+    pub fn outbound_limit(&self) -> usize {
+        self.max_outbound_message_bytes
+            .unwrap_or(self.max_message_bytes)
     }
 
     /// Sets [`HubConfig::max_queued_calls`].
