@@ -564,10 +564,7 @@ mod tests {
                 .await
                 .is_ok()
         );
-        assert_eq!(
-            tonic::Status::from(err).code(),
-            tonic::Code::OutOfRange
-        );
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::OutOfRange);
         // Nobody is connected: an empty group is not an error, a missing connection is.
         assert_eq!(
             push.send_frame(bytes::Bytes::from_static(b"x"))

@@ -85,6 +85,7 @@ async fn a_megabyte_of_control_characters_gives_a_small_error_frame() {
     ))
     .await;
     let (size, message) = expect_error(&mut raw, 1, Code::InvalidArgument).await;
+    println!("error frame for a 1 MB connection id of \\x01: {size} bytes");
     assert!(size <= 300, "{size} bytes: {message}");
     assert!(message.contains("…(1000000 bytes)"), "{message}");
     still_works(&mut raw, 2).await;
@@ -132,6 +133,10 @@ async fn a_megabyte_user_name_in_a_chat_whisper_gives_a_small_error() {
         panic!("{err:?}");
     };
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    println!(
+        "chat whisper error for a 1 MB user name: {} bytes of message",
+        status.message().len()
+    );
     assert!(status.message().len() <= 300, "{}", status.message().len());
     assert!(status.message().contains("…(1000000 bytes)"), "{status:?}");
     // The connection is still usable.
