@@ -61,6 +61,21 @@ counters! {
     backplane_reconnects,
     /// Backplane operations other than publish that failed (subscribe, presence, counts).
     backplane_errors,
+    /// Times a connection's outbound queue went over its budget (`HubConfig::outbound_queue`,
+    /// `outbound_queue_bytes`): the start of its grace period. Closes that follow are in
+    /// `slow_consumer_disconnects`.
+    slow_consumer_behind,
+    /// Pushes that met the server-wide outbound byte budget (`HubsBuilder::max_outbound_bytes`)
+    /// at a connection holding more than its share (the policy applied to it).
+    outbound_total_hits,
+    /// Inbound frames refused by a connection's rate limits (`HubConfig::inbound_calls`,
+    /// `inbound_bytes`); each got `RESOURCE_EXHAUSTED`.
+    inbound_rate_limited,
+    /// Connections closed for going on past their rate limits (`HubConfig::flood_refusals`).
+    flood_disconnects,
+    /// Times a connection stopped reading calls because its replies waited to be written
+    /// (replies are backpressure).
+    reads_paused,
     /// Replies and pushes refused because they were larger than the largest frame the
     /// server sends (`max_outbound_message_bytes` in the hello); the caller got `OUT_OF_RANGE`.
     frames_too_large,

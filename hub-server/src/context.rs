@@ -431,6 +431,7 @@ mod tests {
             shutdown_reason: OnceLock::new(),
             next_conn: AtomicU64::new(0),
             conn_closed: Notify::new(),
+            outbound: Arc::new(hub_core::OutboundBudget::unlimited()),
         })
     }
 

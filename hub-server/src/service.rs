@@ -44,6 +44,8 @@ pub(crate) struct HubCore {
     pub(crate) next_conn: AtomicU64,
     /// Pinged when a connection ends (shutdown waits on it).
     pub(crate) conn_closed: Notify,
+    /// The server-wide budget of bytes queued to clients.
+    pub(crate) outbound: Arc<hub_core::OutboundBudget>,
 }
 
 impl HubCore {
@@ -276,6 +278,7 @@ impl<D: Dispatch> HubServiceBuilder<D> {
             shutdown_reason: OnceLock::new(),
             next_conn: AtomicU64::new(0),
             conn_closed: Notify::new(),
+            outbound: hubs.inner.outbound.clone(),
         });
         hubs.inner
             .hubs
@@ -490,10 +493,11 @@ async fn accept<D: Dispatch>(
         local: core.next_conn.fetch_add(1, Relaxed) + 1,
     };
     let config = &core.config;
-    let (outbox, rx) = Outbox::new(
-        config.outbound_queue,
+    let (outbox, rx) = Outbox::with_limits(
+        config.outbox_limits(),
         config.slow_consumer,
         core.metrics.clone(),
+        core.outbound.clone(),
     );
     let hello = control_frame(Kind::Hello(proto::ConnectionInfo {
         connection_id: id.to_string(),
