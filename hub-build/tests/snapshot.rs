@@ -153,7 +153,7 @@ fn the_built_in_hub_proto_is_hub_cores() {
         .expect("hub-core's hub.proto");
     assert!(
         core == hub_build::HUB_PROTO,
-        "hub-build/proto/hub/v1/hub.proto differs from hub-core/proto/hub/v1/hub.proto: copy it"
+        "hub-build/proto/hub/v1/hub.proto differs from hub-core's: cp hub-core/proto/hub/v1/hub.proto hub-build/proto/hub/v1/"
     );
 }
 
