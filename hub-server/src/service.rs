@@ -101,6 +101,12 @@ impl HubCore {
         Ok(outcome.removed)
     }
 
+    /// The largest frame this hub sends (replies, pushes with their sequence number),
+    /// as the hello advertises it.
+    pub(crate) fn max_outbound(&self) -> usize {
+        self.config.outbound_limit()
+    }
+
     pub(crate) async fn member_count(&self, group: &GroupName) -> Result<u64, GroupError> {
         match self.backplane.member_count(group) {
             Some(fut) => fut.await.inspect_err(|_| {
@@ -311,7 +317,7 @@ where
         if req.uri().path() != D::PATH {
             let status = Status::unimplemented(format!(
                 "unknown method {}: the hub {} has one method, Connect",
-                req.uri().path(),
+                hub_core::quote::quote(req.uri().path()),
                 D::SERVICE
             ));
             return Box::pin(async move { Ok(status.into_http()) });
@@ -427,15 +433,17 @@ impl Stream for OutboundStream {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Next::Close(reason))) => {
+                // A hub may close with any text (`Context::close`): bounded, so neither
+                // the goodbye frame nor the status trailer grows with it.
+                let message = hub_core::quote::bound_message(reason.message);
                 let goodbye = control_frame(Kind::Goodbye(proto::Goodbye {
                     code: reason.code as i32,
-                    reason: reason.message.clone(),
+                    reason: message.clone(),
                 }));
                 // A clean close with a reason (`Context::close(Code::Ok, "done")`)
                 // still says why, then ends with OK.
                 this.ending = Some(
-                    (reason.code != tonic::Code::Ok)
-                        .then(|| Status::new(reason.code, reason.message)),
+                    (reason.code != tonic::Code::Ok).then(|| Status::new(reason.code, message)),
                 );
                 Poll::Ready(Some(Ok(WriteItem {
                     frame: OutFrame::reply(goodbye),
@@ -502,6 +510,7 @@ async fn accept<D: Dispatch>(
             .heartbeat_timeout
             .map_or(0, |d| clamp_safe(d.as_millis())),
         max_message_bytes: clamp_safe(config.max_message_bytes as u128),
+        max_outbound_message_bytes: clamp_safe(core.max_outbound() as u128),
     }));
     // First frame of the stream, so the client knows its id before any push.
     let _ = outbox.push(OutFrame::reply(hello));
@@ -533,6 +542,7 @@ async fn accept<D: Dispatch>(
     };
     if let Err(status) = accepted {
         HubMetrics::incr(&core.metrics.connections_rejected);
+        let status = Status::new(status.code(), hub_core::quote::bound_str(status.message()));
         tracing::debug!(parent: &span, %status, "connection refused by on_connect");
         crate::connection::leave_everything(&core, &conn).await;
         return Err(status);
