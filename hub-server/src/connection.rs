@@ -19,8 +19,8 @@ use tonic::{Code, Streaming};
 use tracing::Instrument;
 
 use crate::context::ConnState;
+use crate::hub::{HubCore, HubShared};
 use crate::inbound::{InboundLimits, Verdict};
-use crate::service::{HubCore, HubShared};
 use crate::{Context, DisconnectReason, Dispatch, Inbound};
 
 /// What a finished call hands back: its id, call case, name, and its outcome (`Err(())`: it panicked).

@@ -10,7 +10,7 @@ use hub_core::{
 use tonic::metadata::MetadataMap;
 
 use crate::PushError;
-use crate::service::HubCore;
+use crate::hub::HubCore;
 
 /// What one connection carries for its whole life.
 pub(crate) struct ConnState {
@@ -416,7 +416,7 @@ mod tests {
 
     use super::{Dest, Push};
     use crate::HubConfig;
-    use crate::service::HubCore;
+    use crate::hub::HubCore;
 
     fn core() -> Arc<HubCore> {
         let node = NodeId(1);
