@@ -10,11 +10,14 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo doc (warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 echo "== cargo build (binaries used by process-level tests)"
 cargo build --workspace --bins
 echo "== cargo test"
 cargo test --workspace
-for extra in tests/python/run.sh scripts/grpcurl-smoke.sh; do
+for extra in scripts/proto-check.sh tests/python/run.sh examples/typescript/run.sh examples/go/run.sh \
+  scripts/grpcurl-smoke.sh; do
   if [ -x "$extra" ]; then
     echo "== $extra"
     "$extra"

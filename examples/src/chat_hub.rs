@@ -7,6 +7,7 @@
 //! itself: whoever a connection is, its says, whispers and leaves are from that user.
 
 use hub_server::DisconnectReason;
+use hub_server::quote::quote;
 use tonic::Status;
 
 use crate::chat::chat_hub_server::{ChatHub, ChatHubContext};
@@ -100,13 +101,13 @@ impl ChatHub for Chat {
 
     async fn whisper(&self, ctx: &ChatHubContext, req: WhisperRequest) -> Result<(), Status> {
         let room = require_room(ctx)?;
-        let target = ctx
-            .user(&req.user)
-            .map_err(|_| Status::invalid_argument(format!("not a user name: {:?}", req.user)))?;
+        let target = ctx.user(&req.user).map_err(|_| {
+            Status::invalid_argument(format!("not a user name: {}", quote(&req.user)))
+        })?;
         if ctx.hub().user_connections(&req.user).await? == 0 {
             return Err(Status::not_found(format!(
-                "no user named {:?} is connected",
-                req.user
+                "no user named {} is connected",
+                quote(&req.user)
             )));
         }
         target

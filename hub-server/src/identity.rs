@@ -51,7 +51,7 @@ use tonic::Status;
 use tonic::metadata::MetadataMap;
 
 use crate::context::ConnState;
-use crate::service::HubCore;
+use crate::hub::HubCore;
 use crate::{HubServiceBuilder, HubsBuilder};
 
 /// The authenticated identity of a connection: a user id, and optionally what the
