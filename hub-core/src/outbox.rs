@@ -307,6 +307,7 @@ impl Shared {
     #[inline]
     fn taken(&self, frame: &OutFrame) {
         let cost = frame.bytes.len() + FRAME_OVERHEAD;
+        self.metrics.queued_bytes.decrement(cost as f64);
         if frame.push {
             let frames = self.push_frames.fetch_sub(1, Relaxed) - 1;
             let bytes = self.push_bytes.fetch_sub(cost, Relaxed) - cost;
@@ -477,6 +478,7 @@ impl Outbox {
             frame.skipped = s.dropped.swap(0, Relaxed);
         }
         s.budget.add(FRAME_OVERHEAD);
+        s.metrics.queued_bytes.increment(cost as f64);
         s.queue.push(frame);
         s.waker.wake();
         HubMetrics::incr(&s.metrics.frames_queued);
@@ -494,6 +496,7 @@ impl Outbox {
         s.reply_frames.fetch_add(1, Relaxed);
         s.reply_bytes.fetch_add(cost, Relaxed);
         s.budget.add(cost);
+        s.metrics.queued_bytes.increment(cost as f64);
         s.queue.push(frame);
         s.waker.wake();
         HubMetrics::incr(&s.metrics.frames_queued);
@@ -644,6 +647,9 @@ impl Outbox {
         frame.push = false;
         frame.control = true;
         s.budget.add(frame.bytes.len() + FRAME_OVERHEAD);
+        s.metrics
+            .queued_bytes
+            .increment((frame.bytes.len() + FRAME_OVERHEAD) as f64);
         s.queue.push(frame);
         s.waker.wake();
         HubMetrics::incr(&s.metrics.frames_queued);
