@@ -96,7 +96,9 @@ fn frame_with(id: u64, field: u32, msg: &impl Message) -> Bytes {
 }
 
 /// An error frame: `{id, error: {code, message}}`, without a scope. The server sends
-/// [`call_error_frame`] and [`frame_error_frame`].
+/// [`call_error_frame`] and [`frame_error_frame`]. Every error frame's message is cut to
+/// [`crate::quote::MAX_ERROR_MESSAGE_BYTES`], so it never grows with what a handler
+/// put in it.
 pub fn error_frame(id: u64, code: tonic::Code, message: impl Into<String>) -> Bytes {
     scoped_error_frame(id, proto::ErrorScope::Unspecified, 0, code, message)
 }
@@ -136,7 +138,7 @@ fn scoped_error_frame(
         FIELD_ERROR,
         &proto::CallError {
             code: code as i32,
-            message: message.into(),
+            message: crate::quote::bound_message(message.into()),
             scope: scope as i32,
             call,
         },

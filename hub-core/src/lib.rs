@@ -11,7 +11,8 @@
 //!   encode-once delivery into each member's bounded [`Outbox`];
 //! - [`GroupProvider`] and [`Backplane`]: how a hub's groups reach other servers
 //!   (in-memory, Redis, NATS);
-//! - [`HubMetrics`]: counters every part updates, so no failure is silent.
+//! - [`HubMetrics`]: counters every part updates, so no failure is silent;
+//! - [`quote`]: bounded quoting of client input in error messages.
 //!
 //! The tonic service lives in `hub-server`; this crate has no server.
 
@@ -22,6 +23,7 @@ mod local;
 mod metrics;
 mod outbox;
 mod provider;
+pub mod quote;
 mod target;
 
 /// The framework's protobuf types (`hub.v1`), generated from `proto/hub/v1/hub.proto`.
@@ -33,7 +35,7 @@ pub mod proto {
 pub use group::{GroupName, InvalidGroupName, MAX_GROUP_NAME_BYTES};
 pub use id::{ConnectionId, NodeId, ParseConnectionIdError};
 pub use local::{Delivery, JoinOutcome, LeaveOutcome, LocalGroups, Member, MemberInfo};
-pub use metrics::{HubMetrics, MetricsSnapshot};
+pub use metrics::{HubMetrics, MetricsSnapshot, TransportMetrics, TransportSnapshot};
 pub use outbox::{
     CloseReason, FRAME_OVERHEAD, HARD_LIMIT_FACTOR, Next, OutboundBudget, Outbox, OutboxLimits,
     OutboxReceiver, PushRejected, SlowConsumerPolicy,

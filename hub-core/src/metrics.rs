@@ -76,6 +76,9 @@ counters! {
     /// Times a connection stopped reading calls because its replies waited to be written
     /// (replies are backpressure).
     reads_paused,
+    /// Replies and pushes refused because they were larger than the largest frame the
+    /// server sends (`max_outbound_message_bytes` in the hello); the caller got `OUT_OF_RANGE`.
+    frames_too_large,
 }
 
 impl HubMetrics {
@@ -83,5 +86,46 @@ impl HubMetrics {
     #[inline]
     pub fn incr(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+}
+
+/// Counters of a server's connections as `hub_server::transport` serves them (the
+/// TCP and HTTP/2 level, below any hub): what its limits refused or closed.
+#[derive(Debug, Default)]
+pub struct TransportMetrics {
+    /// TCP connections accepted.
+    pub connections_accepted: AtomicU64,
+    /// Connections closed because they opened no request within the handshake
+    /// timeout, or had none open for the idle timeout.
+    pub idle_closed: AtomicU64,
+    /// Accept failures that paused the accept loop (out of file descriptors or
+    /// memory), each followed by a back-off instead of an immediate retry.
+    pub accept_errors: AtomicU64,
+    /// Requests (hub streams and any other gRPC call) opened on these connections.
+    pub requests: AtomicU64,
+}
+
+/// A copy of [`TransportMetrics`] at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TransportSnapshot {
+    /// See [`TransportMetrics::connections_accepted`].
+    pub connections_accepted: u64,
+    /// See [`TransportMetrics::idle_closed`].
+    pub idle_closed: u64,
+    /// See [`TransportMetrics::accept_errors`].
+    pub accept_errors: u64,
+    /// See [`TransportMetrics::requests`].
+    pub requests: u64,
+}
+
+impl TransportMetrics {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> TransportSnapshot {
+        TransportSnapshot {
+            connections_accepted: self.connections_accepted.load(Relaxed),
+            idle_closed: self.idle_closed.load(Relaxed),
+            accept_errors: self.accept_errors.load(Relaxed),
+            requests: self.requests.load(Relaxed),
+        }
     }
 }

@@ -31,13 +31,24 @@ pub struct HubConfig {
     /// What a queue over budget does. Default: disconnect the client with
     /// `RESOURCE_EXHAUSTED` after the grace (see [`SlowConsumerPolicy`]).
     pub slow_consumer: SlowConsumerPolicy,
-    /// The largest frame, in bytes, in either direction. A larger request frame ends the
-    /// stream with `RESOURCE_EXHAUSTED`; a larger reply becomes an error frame; a larger
-    /// push (with room for the sequence number each copy gets) is refused to its sender
-    /// (`PushError::TooLarge`). Default 1 MiB. Clients
-    /// must accept frames this large (`hub_client::ConnectOptions::max_message_bytes`,
-    /// default 4 MiB); the hello frame tells them the limit.
+    /// The largest frame, in bytes, in either direction (sent frames: unless
+    /// [`HubConfig::max_outbound_message_bytes`] says otherwise). A larger request frame
+    /// ends the stream with `RESOURCE_EXHAUSTED`; a larger reply becomes an error frame;
+    /// a larger push (with room for the sequence number each copy gets) is refused to
+    /// its sender (`PushError::TooLarge`), both with `OUT_OF_RANGE`. Default 1 MiB.
+    /// Clients must accept frames this large
+    /// (`hub_client::ConnectOptions::max_message_bytes`, default 4 MiB); the hello frame
+    /// tells them the limit.
     pub max_message_bytes: usize,
+    /// The largest frame, in bytes, the server sends, if it differs from
+    /// [`HubConfig::max_message_bytes`] (`None`, the default: the same). The hello
+    /// advertises it (`max_outbound_message_bytes`); a reply over it becomes an error
+    /// frame and a push over it (with room for its sequence number) is refused to its
+    /// sender, both with `OUT_OF_RANGE` (not worth retrying) and counted in
+    /// `frames_too_large`. Error and goodbye messages are cut to
+    /// [`hub_core::quote::MAX_ERROR_MESSAGE_BYTES`]. Stock gRPC clients receive up to
+    /// 4 MiB unless told otherwise: keep it at or below that.
+    pub max_outbound_message_bytes: Option<usize>,
     /// Calls a connection may have waiting behind the one running. One more gets an
     /// error frame (`RESOURCE_EXHAUSTED`) at once; the connection stays up (counted in
     /// `frames_rejected`). Replies are backpressure: while this many replies (or
@@ -99,6 +110,7 @@ impl Default for HubConfig {
             slow_consumer_grace: Duration::from_secs(5),
             slow_consumer: SlowConsumerPolicy::Disconnect,
             max_message_bytes: 1024 * 1024,
+            max_outbound_message_bytes: None,
             max_queued_calls: 64,
             inbound_calls: Some(RateLimit::new(200, 400)),
             inbound_bytes: Some(RateLimit::new(512 * 1024, 2 * 1024 * 1024)),
@@ -127,6 +139,19 @@ impl HubConfig {
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
         self
+    }
+
+    /// Sets [`HubConfig::max_outbound_message_bytes`].
+    pub fn max_outbound_message_bytes(mut self, bytes: Option<usize>) -> Self {
+        self.max_outbound_message_bytes = bytes;
+        self
+    }
+
+    /// The largest frame the server sends: [`HubConfig::max_outbound_message_bytes`],
+    /// or [`HubConfig::max_message_bytes`] when that is not set.
+    pub fn outbound_limit(&self) -> usize {
+        self.max_outbound_message_bytes
+            .unwrap_or(self.max_message_bytes)
     }
 
     /// Sets [`HubConfig::max_queued_calls`].
@@ -209,7 +234,7 @@ pub(crate) struct HubsInner {
     /// Cancelled by [`Hubs::shutdown`]; every hub's own token is a child of it.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
     /// The hubs built from this, so shutdown can wait for their connections.
-    pub(crate) hubs: std::sync::Mutex<Vec<std::sync::Weak<crate::service::HubCore>>>,
+    pub(crate) hubs: std::sync::Mutex<Vec<std::sync::Weak<crate::hub::HubCore>>>,
     /// Bytes queued to the clients of every hub built from this, and their limit.
     pub(crate) outbound: Arc<OutboundBudget>,
 }

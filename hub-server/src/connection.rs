@@ -19,8 +19,8 @@ use tonic::{Code, Streaming};
 use tracing::Instrument;
 
 use crate::context::ConnState;
+use crate::hub::{HubCore, HubShared};
 use crate::inbound::{InboundLimits, Verdict};
-use crate::service::{HubCore, HubShared};
 use crate::{Context, DisconnectReason, Dispatch, Inbound};
 
 /// What a finished call hands back: its id, call case, name, and its outcome (`Err(())`: it panicked).
@@ -444,15 +444,16 @@ impl<D: Dispatch> Conn<D> {
         let metrics = &self.core().metrics;
         match result {
             Ok(Ok(reply)) => {
-                let max = self.core().config.max_message_bytes;
+                let max = self.core().max_outbound();
                 if id == 0 {
                     // Fire-and-forget: no reply.
                 } else if reply.len() > max {
                     HubMetrics::incr(&metrics.calls_failed);
+                    HubMetrics::incr(&metrics.frames_too_large);
                     self.send(call_error_frame(
                         id,
                         field,
-                        Code::ResourceExhausted,
+                        Code::OutOfRange,
                         format!(
                             "reply to `{name}` is {} bytes; the limit is {max}",
                             reply.len()

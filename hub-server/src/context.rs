@@ -10,7 +10,7 @@ use hub_core::{
 use tonic::metadata::MetadataMap;
 
 use crate::PushError;
-use crate::service::HubCore;
+use crate::hub::HubCore;
 
 /// What one connection carries for its whole life.
 pub(crate) struct ConnState {
@@ -371,11 +371,9 @@ impl Push {
         // Each recipient's writer appends the push sequence number (a key byte and up
         // to ten varint bytes), so leave room for it: a client whose limit equals the
         // server's must be able to read every frame.
-        let max = core
-            .config
-            .max_message_bytes
-            .saturating_sub(SEQ_SUFFIX_BYTES);
+        let max = core.max_outbound().saturating_sub(SEQ_SUFFIX_BYTES);
         if frame.len() > max {
+            HubMetrics::incr(&core.metrics.frames_too_large);
             return Err(PushError::TooLarge {
                 size: frame.len(),
                 max,
@@ -418,7 +416,7 @@ mod tests {
 
     use super::{Dest, Push};
     use crate::HubConfig;
-    use crate::service::HubCore;
+    use crate::hub::HubCore;
 
     fn core() -> Arc<HubCore> {
         let node = NodeId(1);
@@ -567,10 +565,7 @@ mod tests {
                 .await
                 .is_ok()
         );
-        assert_eq!(
-            tonic::Status::from(err).code(),
-            tonic::Code::ResourceExhausted
-        );
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::OutOfRange);
         // Nobody is connected: an empty group is not an error, a missing connection is.
         assert_eq!(
             push.send_frame(bytes::Bytes::from_static(b"x"))

@@ -53,6 +53,13 @@
 //! drains every connection: queued frames, a `Goodbye` with the reason, status
 //! `UNAVAILABLE`.
 //!
+//! # Serving on the internet
+//!
+//! [`transport::Transport`] builds the `tonic::transport::Server` and the accept
+//! loop with limits for untrusted clients: a handshake and idle timeout for
+//! connections without requests, HTTP/2 keepalive, a cap on concurrent streams per
+//! connection, and an accept loop that backs off when out of file descriptors.
+//!
 //! [`HubMetrics`]: hub_core::HubMetrics
 
 mod config;
@@ -60,13 +67,16 @@ mod connection;
 mod context;
 mod dispatch;
 mod error;
+mod hub;
 mod inbound;
 mod service;
+pub mod transport;
 
 pub use config::{DEFAULT_MAX_OUTBOUND_BYTES, HubConfig, Hubs, HubsBuilder, RateLimit};
 pub use context::{Context, HubHandle, Push};
 pub use dispatch::{Dispatch, Inbound};
 pub use error::{DisconnectReason, PushError};
+pub use hub_core::quote;
 pub use hub_core::{
     ConnectionId, Delivery, GroupError, GroupName, GroupProvider, MemberInfo, MemoryProvider,
     MetricsSnapshot, SlowConsumerPolicy,
@@ -77,11 +87,16 @@ pub use service::{HubService, HubServiceBuilder, OutboundStream, ServerCodec, Wr
 /// What generated code names. Not a stable API for hand-written code.
 #[doc(hidden)]
 pub mod codegen {
+    pub use crate::{
+        ConnectionId, Delivery, DisconnectReason, GroupError, GroupProvider, HubConfig, Hubs,
+        PushError,
+    };
     pub use crate::{Context, Dispatch, HubHandle, HubService, HubServiceBuilder, Inbound, Push};
     pub use bytes::Bytes;
     pub use hub_core::BoxFuture;
     pub use hub_core::proto as hub_v1;
     pub use prost;
+    pub use prost_types;
     pub use tonic;
     pub use tower;
 

@@ -8,11 +8,10 @@ use futures_util::Stream;
 use hub_core::frame::{OutFrame, control_frame};
 use hub_core::proto::{self, server_control::Kind};
 use hub_core::{
-    Backplane, BindContext, ConnectionId, Delivery, GroupError, GroupName, GroupProvider,
-    HubMetrics, LocalGroups, Member, MemberInfo, Next, NodeId, Outbox, OutboxReceiver,
+    BindContext, ConnectionId, GroupError, GroupProvider, HubMetrics, LocalGroups, Member, Next,
+    Outbox, OutboxReceiver,
 };
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, Service, StdError};
 use tonic::server::{Grpc, NamedService};
@@ -20,151 +19,8 @@ use tonic::{Status, Streaming};
 use tracing::Instrument;
 
 use crate::context::ConnState;
-use crate::{Context, Dispatch, HubConfig, HubHandle, Hubs, PushError};
-
-/// The untyped part of a hub, shared by its connections, contexts and pushes.
-pub(crate) struct HubCore {
-    /// The full service name, for logs and the hello frame.
-    pub(crate) service: &'static str,
-    /// This server.
-    pub(crate) node: NodeId,
-    /// Local members and delivery.
-    pub(crate) local: Arc<LocalGroups>,
-    /// What crosses servers (nothing, for the in-memory provider).
-    pub(crate) backplane: Arc<dyn Backplane>,
-    /// Limits and timings.
-    pub(crate) config: HubConfig,
-    /// Counters.
-    pub(crate) metrics: Arc<HubMetrics>,
-    /// Cancelled when the hub (or the whole server) shuts down.
-    pub(crate) shutdown: CancellationToken,
-    /// Why it shut down, for the goodbye frames.
-    pub(crate) shutdown_reason: OnceLock<String>,
-    /// Source of connection ids.
-    pub(crate) next_conn: AtomicU64,
-    /// Pinged when a connection ends (shutdown waits on it).
-    pub(crate) conn_closed: Notify,
-    /// The server-wide budget of bytes queued to clients.
-    pub(crate) outbound: Arc<hub_core::OutboundBudget>,
-}
-
-impl HubCore {
-    pub(crate) async fn join(
-        &self,
-        group: &GroupName,
-        id: ConnectionId,
-        user: Option<String>,
-    ) -> Result<(), GroupError> {
-        let outcome = self
-            .local
-            .join(group, id)
-            .ok_or(GroupError::NotConnected(id))?;
-        if outcome.added {
-            let info = MemberInfo {
-                connection: id,
-                user,
-            };
-            if let Some(fut) = self.backplane.joined(group, &info, outcome.first_local) {
-                if let Err(e) = fut.await {
-                    HubMetrics::incr(&self.metrics.backplane_errors);
-                    // Undo, so local state matches what other servers know.
-                    let left = self.local.leave(group, id);
-                    if let Some(fut) = self.backplane.left(group, &info, left.last_local) {
-                        let _ = fut.await;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn leave(
-        &self,
-        group: &GroupName,
-        id: ConnectionId,
-        user: Option<String>,
-    ) -> Result<bool, GroupError> {
-        let outcome = self.local.leave(group, id);
-        if outcome.removed {
-            let info = MemberInfo {
-                connection: id,
-                user,
-            };
-            if let Some(fut) = self.backplane.left(group, &info, outcome.last_local) {
-                if let Err(e) = fut.await {
-                    HubMetrics::incr(&self.metrics.backplane_errors);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(outcome.removed)
-    }
-
-    pub(crate) async fn member_count(&self, group: &GroupName) -> Result<u64, GroupError> {
-        match self.backplane.member_count(group) {
-            Some(fut) => fut.await.inspect_err(|_| {
-                HubMetrics::incr(&self.metrics.backplane_errors);
-            }),
-            None => Ok(self.local.count(group.as_str()) as u64),
-        }
-    }
-
-    pub(crate) async fn members(&self, group: &GroupName) -> Result<Vec<MemberInfo>, GroupError> {
-        match self.backplane.members(group) {
-            Some(fut) => fut.await.inspect_err(|_| {
-                HubMetrics::incr(&self.metrics.backplane_errors);
-            }),
-            None => Ok(self.local.members(group.as_str())),
-        }
-    }
-
-    /// Books the outcome of a backplane publish.
-    pub(crate) fn published(
-        &self,
-        result: Result<(), GroupError>,
-        d: &mut Delivery,
-    ) -> Result<(), PushError> {
-        match result {
-            Ok(()) => {
-                HubMetrics::incr(&self.metrics.backplane_published);
-                d.published = true;
-                Ok(())
-            }
-            Err(source) => {
-                HubMetrics::incr(&self.metrics.backplane_publish_failures);
-                tracing::warn!(hub = self.service, error = %source, "publish to backplane failed");
-                Err(PushError::Backplane {
-                    delivery: *d,
-                    source,
-                })
-            }
-        }
-    }
-
-    pub(crate) fn begin_shutdown(&self, reason: &str) {
-        let _ = self.shutdown_reason.set(reason.to_owned());
-        self.shutdown.cancel();
-    }
-
-    pub(crate) async fn wait_closed(&self) {
-        loop {
-            let notified = self.conn_closed.notified();
-            if self.local.connections() == 0 {
-                break;
-            }
-            notified.await;
-        }
-        if let Some(fut) = self.backplane.shutdown() {
-            fut.await;
-        }
-    }
-}
-
-pub(crate) struct HubShared<D> {
-    pub(crate) dispatch: D,
-    pub(crate) core: Arc<HubCore>,
-}
+use crate::hub::{HubCore, HubShared};
+use crate::{Context, Dispatch, HubConfig, HubHandle, Hubs};
 
 /// A hub as a tonic service: add it to `tonic::transport::Server` like any other
 /// (`.add_service(svc)`), under any tower layers. Generated `FooHubServer` types wrap it.
@@ -311,7 +167,7 @@ where
         if req.uri().path() != D::PATH {
             let status = Status::unimplemented(format!(
                 "unknown method {}: the hub {} has one method, Connect",
-                req.uri().path(),
+                hub_core::quote::quote(req.uri().path()),
                 D::SERVICE
             ));
             return Box::pin(async move { Ok(status.into_http()) });
@@ -427,15 +283,17 @@ impl Stream for OutboundStream {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Next::Close(reason))) => {
+                // A hub may close with any text (`Context::close`): bounded, so neither
+                // the goodbye frame nor the status trailer grows with it.
+                let message = hub_core::quote::bound_message(reason.message);
                 let goodbye = control_frame(Kind::Goodbye(proto::Goodbye {
                     code: reason.code as i32,
-                    reason: reason.message.clone(),
+                    reason: message.clone(),
                 }));
                 // A clean close with a reason (`Context::close(Code::Ok, "done")`)
                 // still says why, then ends with OK.
                 this.ending = Some(
-                    (reason.code != tonic::Code::Ok)
-                        .then(|| Status::new(reason.code, reason.message)),
+                    (reason.code != tonic::Code::Ok).then(|| Status::new(reason.code, message)),
                 );
                 Poll::Ready(Some(Ok(WriteItem {
                     frame: OutFrame::reply(goodbye),
@@ -500,6 +358,7 @@ async fn accept<D: Dispatch>(
             .map_or(0, |d| d.as_millis() as u64),
         heartbeat_timeout_ms: config.heartbeat_timeout.map_or(0, |d| d.as_millis() as u64),
         max_message_bytes: config.max_message_bytes as u64,
+        max_outbound_message_bytes: core.max_outbound() as u64,
     }));
     // First frame of the stream, so the client knows its id before any push.
     let _ = outbox.push(OutFrame::reply(hello));
@@ -531,6 +390,7 @@ async fn accept<D: Dispatch>(
     };
     if let Err(status) = accepted {
         HubMetrics::incr(&core.metrics.connections_rejected);
+        let status = Status::new(status.code(), hub_core::quote::bound_str(status.message()));
         tracing::debug!(parent: &span, %status, "connection refused by on_connect");
         crate::connection::leave_everything(&core, &conn).await;
         return Err(status);
