@@ -5,7 +5,7 @@ use std::task::{Context as TaskContext, Poll};
 
 use bytes::{Buf, Bytes};
 use futures_util::Stream;
-use hub_core::frame::{OutFrame, control_frame};
+use hub_core::frame::{OutFrame, clamp_safe, control_frame};
 use hub_core::proto::{self, server_control::Kind};
 use hub_core::{
     BindContext, ConnectionId, GroupError, GroupProvider, HubMetrics, LocalGroups, Member, Next,
@@ -355,10 +355,12 @@ async fn accept<D: Dispatch>(
         hub: D::SERVICE.to_owned(),
         heartbeat_interval_ms: config
             .heartbeat_interval
-            .map_or(0, |d| d.as_millis() as u64),
-        heartbeat_timeout_ms: config.heartbeat_timeout.map_or(0, |d| d.as_millis() as u64),
-        max_message_bytes: config.max_message_bytes as u64,
-        max_outbound_message_bytes: core.max_outbound() as u64,
+            .map_or(0, |d| clamp_safe(d.as_millis())),
+        heartbeat_timeout_ms: config
+            .heartbeat_timeout
+            .map_or(0, |d| clamp_safe(d.as_millis())),
+        max_message_bytes: clamp_safe(config.max_message_bytes as u128),
+        max_outbound_message_bytes: clamp_safe(core.max_outbound() as u128),
     }));
     // First frame of the stream, so the client knows its id before any push.
     let _ = outbox.push(OutFrame::reply(hello));
