@@ -318,8 +318,8 @@ impl Shared {
                 self.behind_since.store(0, Relaxed);
             }
             // A push's bytes count in the server budget through `Outbox::account`
-            // (once per buffer); only its overhead is counted per queue.
-            self.budget.sub(FRAME_OVERHEAD);
+            // (once per buffer), not per queue: no shared counter is touched per
+            // recipient of a broadcast.
         } else if frame.control {
             self.control_frames.fetch_sub(1, Relaxed);
             self.budget.sub(cost);
@@ -433,7 +433,8 @@ impl Outbox {
     /// Makes `frame` count in this outbox's server budget while any clone of it lives.
     /// Call it once per buffer before handing clones to many outboxes of the same
     /// server (a broadcast): its bytes then count once, as memory does. A push whose
-    /// buffer was not accounted counts only its per-frame overhead in the total.
+    /// buffer was not accounted does not count in the total (only in its queue's
+    /// budget); per-frame overhead is bounded by the per-connection limits.
     pub fn account(&self, frame: &Bytes) -> Bytes {
         self.0.budget.add(frame.len());
         Bytes::from_owner(Accounted {
@@ -477,7 +478,6 @@ impl Outbox {
         if s.policy == SlowConsumerPolicy::DropNewest {
             frame.skipped = s.dropped.swap(0, Relaxed);
         }
-        s.budget.add(FRAME_OVERHEAD);
         s.metrics.queued_bytes.increment(cost as f64);
         s.queue.push(frame);
         s.waker.wake();
@@ -521,7 +521,7 @@ impl Outbox {
             )
         } else {
             format!(
-                "outbound queue full ({} frames, {} bytes): the client is not reading fast enough",
+                "outbound queue full: {HARD_LIMIT_FACTOR} times its budget of {} frames or {} bytes; the client is not reading fast enough",
                 s.limits.frames, s.limits.bytes
             )
         };
