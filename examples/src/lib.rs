@@ -19,6 +19,7 @@ pub mod login {
 
 pub mod auth;
 pub mod chat_hub;
+pub mod metrics;
 
 /// The encoded descriptors of the chat hub's protos, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = hub_server::include_file_descriptor_set!();

@@ -195,11 +195,13 @@ pub(crate) async fn run<D: Dispatch>(
     }
     leave_everything(&core, &state).await;
     HubMetrics::incr(&core.metrics.connections_closed);
+    core.metrics.connections.decrement(1.0);
 }
 
 /// Removes a connection from the registry and tells the backplane about each group it left.
 pub(crate) async fn leave_everything(core: &HubCore, state: &ConnState) {
     let left = core.local.unregister(state.id);
+    core.count_groups();
     let info = MemberInfo {
         connection: state.id,
         user: state
@@ -457,10 +459,14 @@ impl<D: Dispatch> Conn<D> {
         HubMetrics::incr(&self.core().metrics.calls);
         let span = tracing::info_span!("call", call = name, id);
         let fut = self.shared.dispatch.dispatch(self.ctx.clone(), id, call);
+        let (metrics, started) = (self.core().metrics.clone(), Instant::now());
         self.running = Some(Box::pin(
             AssertUnwindSafe(fut)
                 .catch_unwind()
-                .map(move |r| (id, field, name, r.map_err(|_| ())))
+                .map(move |r| {
+                    metrics.call_seconds.record(started.elapsed());
+                    (id, field, name, r.map_err(|_| ()))
+                })
                 .instrument(span),
         ));
     }

@@ -405,17 +405,21 @@ impl Push {
         match &self.dest {
             Dest::Group(g, target) => {
                 let mut d = core.local.deliver(g.as_str(), target, &frame);
+                core.metrics.push_fanout.record(f64::from(d.local));
                 if let Some(publish) = core.backplane.publish(Some(g), target, &frame) {
-                    core.published(publish.await, &mut d)?;
+                    core.published(timed(&core.metrics, publish).await, &mut d)?;
                 }
                 Ok(d)
             }
             Dest::Connections(ids) => {
                 let (mut d, missing) = core.local.deliver_to(ids, &frame);
+                core.metrics.push_fanout.record(f64::from(d.local));
                 if !missing.is_empty() {
                     let target = Target::Only(missing.clone().into());
                     match core.backplane.publish(None, &target, &frame) {
-                        Some(publish) => core.published(publish.await, &mut d)?,
+                        Some(publish) => {
+                            core.published(timed(&core.metrics, publish).await, &mut d)?
+                        }
                         None if d.local == 0 && d.dropped == 0 => {
                             return Err(PushError::NotConnected(missing[0]));
                         }
@@ -426,6 +430,14 @@ impl Push {
             }
         }
     }
+}
+
+/// Runs a backplane publish, recording how long it took to resolve.
+async fn timed<T>(metrics: &HubMetrics, publish: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let result = publish.await;
+    metrics.backplane_publish_seconds.record(started.elapsed());
+    result
 }
 
 #[cfg(test)]

@@ -52,6 +52,7 @@ impl HubCore {
             .local
             .join(group, id)
             .ok_or(GroupError::NotConnected(id))?;
+        self.count_groups();
         if outcome.added {
             let info = MemberInfo {
                 connection: id,
@@ -62,6 +63,7 @@ impl HubCore {
                     HubMetrics::incr(&self.metrics.backplane_errors);
                     // Undo, so local state matches what other servers know.
                     let left = self.local.leave(group, id);
+                    self.count_groups();
                     if let Some(fut) = self.backplane.left(group, &info, left.last_local) {
                         let _ = fut.await;
                     }
@@ -79,6 +81,7 @@ impl HubCore {
         user: Option<String>,
     ) -> Result<bool, GroupError> {
         let outcome = self.local.leave(group, id);
+        self.count_groups();
         if outcome.removed {
             let info = MemberInfo {
                 connection: id,
@@ -116,6 +119,11 @@ impl HubCore {
             }),
             None => Ok(self.local.members(group.as_str())),
         }
+    }
+
+    /// Sets the groups gauge from the registry (after a join or leave).
+    pub(crate) fn count_groups(&self) {
+        self.metrics.groups.set(self.local.group_count() as f64);
     }
 
     /// Books the outcome of a backplane publish.

@@ -115,7 +115,7 @@ impl<D: Dispatch> HubServiceBuilder<D> {
         let config = self.config.unwrap_or_else(|| hubs.inner.config.clone());
         let node = hubs.inner.node;
         let local = Arc::new(LocalGroups::new(node));
-        let metrics = Arc::new(HubMetrics::default());
+        let metrics = Arc::new(HubMetrics::for_hub(D::SERVICE));
         let backplane = provider.bind(BindContext {
             hub: D::SERVICE,
             local: local.clone(),
@@ -427,6 +427,7 @@ async fn accept<D: Dispatch>(
         return Err(status);
     }
     HubMetrics::incr(&core.metrics.connections_opened);
+    core.metrics.connections.increment(1.0);
     tokio::spawn(crate::connection::run(shared, conn, inbound).instrument(span));
     Ok(tonic::Response::new(OutboundStream {
         rx,
