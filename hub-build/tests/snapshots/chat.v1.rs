@@ -246,7 +246,10 @@ pub mod chat_hub_server {
             }
         }
         /// How this hub learns who a connection is (see `hub_server::identity`).
-        pub fn identity(self, provider: impl ::hub_server::IdentityProvider) -> Self {
+        pub fn identity(
+            self,
+            provider: impl ::hub_server::codegen::IdentityProvider,
+        ) -> Self {
             ChatHubServerBuilder {
                 inner: self.inner.identity(provider),
             }
