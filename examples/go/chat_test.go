@@ -1,5 +1,5 @@
 // The chat hub from Go, with code from stock protoc-gen-go and protoc-gen-go-grpc
-// (Debian's packages), against a real chat-server: hello, join, say, whisper,
+// (Debian's packages), against a real chat-server: login, hello, join, say, whisper,
 // error codes, heartbeats answered, a client ping, a clean close.
 // Run with: examples/go/run.sh  (it generates the code into a temp GOPATH first)
 package hubtest
@@ -21,6 +21,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -101,7 +102,20 @@ type client struct {
 	sendMu  sync.Mutex
 }
 
-func connect(t *testing.T, addr string) *client {
+// login logs in as user (chat.v1.ChatLogin/Login on conn) and returns a context
+// whose metadata carries the token for Connect: `authorization: Bearer <token>`.
+func login(t *testing.T, ctx context.Context, conn *grpc.ClientConn, user string) context.Context {
+	t.Helper()
+	callCtx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	reply, err := chat.NewChatLoginClient(conn).Login(callCtx, &chat.LoginRequest{User: user})
+	if err != nil {
+		t.Fatalf("login as %s: %v", user, err)
+	}
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+reply.GetToken())
+}
+
+func connect(t *testing.T, addr, user string) *client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
@@ -109,7 +123,7 @@ func connect(t *testing.T, addr string) *client {
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}
-	stream, err := chat.NewChatHubClient(conn).Connect(context.Background())
+	stream, err := chat.NewChatHubClient(conn).Connect(login(t, context.Background(), conn, user))
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
@@ -231,7 +245,7 @@ func unique(prefix string) string {
 
 func TestHelloJoinSayWhisper(t *testing.T) {
 	addr := chatServer(t, "--heartbeat-interval", "7", "--heartbeat-timeout", "21")
-	alice, bob := connect(t, addr), connect(t, addr)
+	alice, bob := connect(t, addr, "alice"), connect(t, addr, "bob")
 	if alice.info.Hub != "chat.v1.ChatHub" || alice.info.HeartbeatIntervalMs != 7000 ||
 		alice.info.HeartbeatTimeoutMs != 21000 || alice.info.ConnectionId == bob.info.ConnectionId {
 		t.Fatalf("hello: %v / %v", alice.info, bob.info)
@@ -244,10 +258,10 @@ func TestHelloJoinSayWhisper(t *testing.T) {
 		t.Fatalf("say before join: %v", r)
 	}
 
-	if m := alice.call(t, &chat.JoinRequest{Room: room, User: "alice"}).GetJoin(); m.GetCount() != 1 {
+	if m := alice.call(t, &chat.JoinRequest{Room: room}).GetJoin(); m.GetCount() != 1 {
 		t.Fatalf("alice joined: %v", m)
 	}
-	if m := bob.call(t, &chat.JoinRequest{Room: room, User: "bob"}).GetJoin(); fmt.Sprint(m.GetMembers()) != "[alice bob]" {
+	if m := bob.call(t, &chat.JoinRequest{Room: room}).GetJoin(); fmt.Sprint(m.GetMembers()) != "[alice bob]" {
 		t.Fatalf("bob joined: %v", m)
 	}
 	p := alice.nextPush(t)
@@ -281,8 +295,8 @@ func TestHelloJoinSayWhisper(t *testing.T) {
 
 func TestHeartbeatsAndPings(t *testing.T) {
 	addr := chatServer(t, "--heartbeat-interval", "1", "--heartbeat-timeout", "3")
-	c := connect(t, addr)
-	c.call(t, &chat.JoinRequest{Room: unique("room"), User: "patient"})
+	c := connect(t, addr, "patient")
+	c.call(t, &chat.JoinRequest{Room: unique("room")})
 	// Answered pings keep the connection open past the timeout.
 	for i := 0; i < 4; i++ {
 		select {
@@ -318,7 +332,7 @@ func TestSilentClientIsClosedWithUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	stream, err := chat.NewChatHubClient(conn).Connect(ctx)
+	stream, err := chat.NewChatHubClient(conn).Connect(login(t, ctx, conn, "silent"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,9 +20,9 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 pkg="$work/src/hubtest"
 mkdir -p "$pkg"
-map="Mchat/v1/chat.proto=hubtest/gen/chatv1,Mhub/v1/hub.proto=hubtest/gen/hubv1"
+map="Mchat/v1/chat.proto=hubtest/gen/chatv1,Mchat/v1/login.proto=hubtest/gen/chatv1,Mhub/v1/hub.proto=hubtest/gen/hubv1"
 protoc -I proto --go_out="$work/src" --go_opt="$map" --go-grpc_out="$work/src" --go-grpc_opt="$map" \
-  chat/v1/chat.proto hub/v1/hub.proto
+  chat/v1/chat.proto chat/v1/login.proto hub/v1/hub.proto
 cp examples/go/chat_test.go "$pkg/"
 cd "$pkg"
 HUB_ROOT=$root GO111MODULE=off GOPATH="$work:/usr/share/gocode" GOFLAGS= \
