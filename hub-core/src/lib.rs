@@ -11,6 +11,8 @@
 //!   encode-once delivery into each member's bounded [`Outbox`];
 //! - [`GroupProvider`] and [`Backplane`]: how a hub's groups reach other servers
 //!   (in-memory, Redis, NATS);
+//! - [`remote`]: what crosses a backplane (the envelope codec, delivery of what
+//!   other servers send), written once for every backend;
 //! - [`HubMetrics`]: counters every part updates, so no failure is silent.
 //!
 //! The tonic service lives in `hub-server`; this crate has no server.
@@ -22,6 +24,7 @@ mod local;
 mod metrics;
 mod outbox;
 mod provider;
+pub mod remote;
 mod target;
 
 /// The framework's protobuf types (`hub.v1`), generated from `proto/hub/v1/hub.proto`.
@@ -36,7 +39,8 @@ pub use local::{Delivery, JoinOutcome, LeaveOutcome, LocalGroups, Member, Member
 pub use metrics::{HubMetrics, MetricsSnapshot};
 pub use outbox::{CloseReason, Next, Outbox, OutboxReceiver, PushRejected, SlowConsumerPolicy};
 pub use provider::{
-    Backplane, BindContext, BoxFuture, GroupError, GroupProvider, LocalOnly, MemoryProvider,
+    Backplane, BackplaneEvents, BindContext, BoxFuture, GroupError, GroupProvider, LocalOnly,
+    MembersLost, MemoryProvider,
 };
 pub use target::Target;
 

@@ -61,6 +61,13 @@ counters! {
     backplane_reconnects,
     /// Backplane operations other than publish that failed (subscribe, presence, counts).
     backplane_errors,
+    /// Pushes whose publish had already been answered OK (resolved once queued) and
+    /// then failed or went unconfirmed within the publish timeout (the backplane
+    /// stalled or broke): at best late, most likely lost.
+    backplane_lost_after_ok,
+    /// Members of other servers reported lost because their server died (presence
+    /// expired), each reported to the hub's `on_members_lost` hook.
+    backplane_members_lost,
 }
 
 impl HubMetrics {

@@ -160,7 +160,11 @@
 //! own use.
 
 mod backplane;
+mod groups;
+mod members;
 mod peers;
+mod roll_call;
+mod state;
 mod subject;
 mod tasks;
 

@@ -167,7 +167,7 @@ use std::time::Duration;
 use hub_core::{Backplane, BindContext, GroupError, GroupProvider};
 
 use crate::conn::{Deployment, resp3};
-pub use crate::envelope::ENVELOPE_VERSION;
+pub use hub_core::remote::ENVELOPE_VERSION;
 
 /// The options of a provider, validated.
 #[derive(Debug, Clone)]

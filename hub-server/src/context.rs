@@ -33,6 +33,9 @@ pub(crate) struct ConnState {
     pub(crate) kick: Mutex<Option<hub_core::CloseReason>>,
     /// Wakes the connection task when `kick` is set.
     pub(crate) kicked: tokio::sync::Notify,
+    /// The groups it was in, once it left them all at disconnect (before
+    /// `on_disconnect` runs, so that counts and member lists no longer show it).
+    pub(crate) departed: std::sync::OnceLock<Vec<GroupName>>,
 }
 
 /// The per-connection context a hub method gets: who is calling, the request
@@ -168,7 +171,11 @@ impl<P: From<crate::Push>> Context<P> {
 
     /// The groups the caller is in (reserved `$user/..` groups included).
     pub fn groups(&self) -> Vec<GroupName> {
-        self.conn.core.local.groups_of(self.conn.id)
+        match self.conn.departed.get() {
+            // In `on_disconnect`: the groups it was in when it left them.
+            Some(groups) => groups.clone(),
+            None => self.conn.core.local.groups_of(self.conn.id),
+        }
     }
 
     /// The number of members of a group, on every server.
@@ -296,7 +303,7 @@ impl<P: From<crate::Push>> HubHandle<P> {
 }
 
 /// The most bytes the writer appends to a push: `seq` (field 2) as a varint.
-const SEQ_SUFFIX_BYTES: usize = 11;
+pub(crate) const SEQ_SUFFIX_BYTES: usize = 11;
 
 #[derive(Clone, Debug)]
 pub(crate) enum Dest {
@@ -311,6 +318,8 @@ pub(crate) enum Dest {
 pub struct Push {
     core: Arc<HubCore>,
     dest: Dest,
+    /// Deliver to this server's connections only (see [`Push::local`]).
+    local_only: bool,
 }
 
 impl std::fmt::Debug for Push {
@@ -321,7 +330,19 @@ impl std::fmt::Debug for Push {
 
 impl Push {
     pub(crate) fn new(core: Arc<HubCore>, dest: Dest) -> Self {
-        Push { core, dest }
+        Push {
+            core,
+            dest,
+            local_only: false,
+        }
+    }
+
+    /// Delivers to the selected connections on this server only: nothing is published
+    /// to the backplane. For what every server does for its own members, such as
+    /// telling them about members lost with another server (`on_members_lost`).
+    pub fn local(mut self) -> Self {
+        self.local_only = true;
+        self
     }
 
     /// Leaves these connections out (typically the caller: "everyone else in the room").
@@ -371,10 +392,7 @@ impl Push {
         // Each recipient's writer appends the push sequence number (a key byte and up
         // to ten varint bytes), so leave room for it: a client whose limit equals the
         // server's must be able to read every frame.
-        let max = core
-            .config
-            .max_message_bytes
-            .saturating_sub(SEQ_SUFFIX_BYTES);
+        let max = core.max_push_frame();
         if frame.len() > max {
             return Err(PushError::TooLarge {
                 size: frame.len(),
@@ -384,6 +402,9 @@ impl Push {
         match &self.dest {
             Dest::Group(g, target) => {
                 let mut d = core.local.deliver(g.as_str(), target, &frame);
+                if self.local_only {
+                    return Ok(d);
+                }
                 if let Some(publish) = core.backplane.publish(Some(g), target, &frame) {
                     core.published(publish.await, &mut d)?;
                 }
@@ -391,7 +412,7 @@ impl Push {
             }
             Dest::Connections(ids) => {
                 let (mut d, missing) = core.local.deliver_to(ids, &frame);
-                if !missing.is_empty() {
+                if !missing.is_empty() && !self.local_only {
                     let target = Target::Only(missing.clone().into());
                     match core.backplane.publish(None, &target, &frame) {
                         Some(publish) => core.published(publish.await, &mut d)?,

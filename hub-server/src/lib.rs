@@ -58,8 +58,8 @@ pub use context::{Context, HubHandle, Push};
 pub use dispatch::{Dispatch, Inbound};
 pub use error::{DisconnectReason, PushError};
 pub use hub_core::{
-    ConnectionId, Delivery, GroupError, GroupName, GroupProvider, MemberInfo, MemoryProvider,
-    MetricsSnapshot, SlowConsumerPolicy,
+    ConnectionId, Delivery, GroupError, GroupName, GroupProvider, MemberInfo, MembersLost,
+    MemoryProvider, MetricsSnapshot, SlowConsumerPolicy,
 };
 pub use hub_core::{include_file_descriptor_set, include_proto};
 pub use service::{HubService, HubServiceBuilder, OutboundStream, ServerCodec, WriteItem};

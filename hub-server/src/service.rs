@@ -1,6 +1,6 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context as TaskContext, Poll};
 
 use bytes::{Buf, Bytes};
@@ -8,8 +8,9 @@ use futures_util::Stream;
 use hub_core::frame::{OutFrame, control_frame};
 use hub_core::proto::{self, server_control::Kind};
 use hub_core::{
-    Backplane, BindContext, ConnectionId, Delivery, GroupError, GroupName, GroupProvider,
-    HubMetrics, LocalGroups, Member, MemberInfo, Next, NodeId, Outbox, OutboxReceiver,
+    Backplane, BackplaneEvents, BindContext, ConnectionId, Delivery, GroupError, GroupName,
+    GroupProvider, HubMetrics, LocalGroups, Member, MemberInfo, MembersLost, Next, NodeId, Outbox,
+    OutboxReceiver,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -99,6 +100,16 @@ impl HubCore {
         Ok(outcome.removed)
     }
 
+    /// The largest push frame this hub sends (before the sequence number each copy
+    /// gets): what the hub's limit leaves, and no more than the backplane carries.
+    pub(crate) fn max_push_frame(&self) -> usize {
+        let own = self
+            .config
+            .max_message_bytes
+            .saturating_sub(crate::context::SEQ_SUFFIX_BYTES);
+        self.backplane.max_frame_bytes().map_or(own, |b| own.min(b))
+    }
+
     pub(crate) async fn member_count(&self, group: &GroupName) -> Result<u64, GroupError> {
         match self.backplane.member_count(group) {
             Some(fut) => fut.await.inspect_err(|_| {
@@ -148,7 +159,9 @@ impl HubCore {
     pub(crate) async fn wait_closed(&self) {
         loop {
             let notified = self.conn_closed.notified();
-            if self.local.connections() == 0 {
+            // Every connection gone, and every `on_disconnect` hook done.
+            let m = self.metrics.snapshot();
+            if self.local.connections() == 0 && m.connections_opened == m.connections_closed {
                 break;
             }
             notified.await;
@@ -254,10 +267,21 @@ impl<D: Dispatch> HubServiceBuilder<D> {
         let node = hubs.inner.node;
         let local = Arc::new(LocalGroups::new(node));
         let metrics = Arc::new(HubMetrics::default());
+        // The hub is built after its backplane: losses it reports find it through this.
+        let hub: Arc<OnceLock<Weak<HubShared<D>>>> = Arc::new(OnceLock::new());
+        let events = {
+            let hub = hub.clone();
+            BackplaneEvents::new(move |lost| {
+                if let Some(shared) = hub.get().and_then(Weak::upgrade) {
+                    members_lost(shared, lost);
+                }
+            })
+        };
         let backplane = provider.bind(BindContext {
             hub: D::SERVICE,
             local: local.clone(),
             metrics: metrics.clone(),
+            events,
         })?;
         let core = Arc::new(HubCore {
             service: D::SERVICE,
@@ -277,13 +301,42 @@ impl<D: Dispatch> HubServiceBuilder<D> {
             .unwrap_or_else(|e| e.into_inner())
             .push(Arc::downgrade(&core));
         tracing::debug!(hub = D::SERVICE, groups = provider.name(), %node, "hub bound");
-        Ok(HubService {
-            shared: Arc::new(HubShared {
-                dispatch: self.dispatch,
-                core,
-            }),
-        })
+        let shared = Arc::new(HubShared {
+            dispatch: self.dispatch,
+            core,
+        });
+        let _ = hub.set(Arc::downgrade(&shared));
+        Ok(HubService { shared })
     }
+}
+
+/// Hands members lost with their server to the hub's `on_members_lost` hook, on a
+/// task of its own (the backplane's task that noticed must not wait for the hub).
+fn members_lost<D: Dispatch>(shared: Arc<HubShared<D>>, lost: MembersLost) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let core = &shared.core;
+    for _ in &lost.members {
+        HubMetrics::incr(&core.metrics.backplane_members_lost);
+    }
+    tracing::info!(
+        hub = core.service,
+        group = %lost.group,
+        server = %lost.server,
+        members = lost.members.len(),
+        "members lost with their server"
+    );
+    runtime.spawn(async move {
+        let handle = HubHandle::new(shared.core.clone());
+        let hook = std::panic::AssertUnwindSafe(shared.dispatch.on_members_lost(handle, lost));
+        if futures_util::FutureExt::catch_unwind(hook).await.is_err() {
+            tracing::error!(
+                hub = shared.core.service,
+                "the hub's on_members_lost hook panicked"
+            );
+        }
+    });
 }
 
 impl<D: Dispatch> NamedService for HubService<D> {
@@ -514,6 +567,7 @@ async fn accept<D: Dispatch>(
         user: Mutex::new(None),
         kick: Mutex::new(None),
         kicked: Notify::new(),
+        departed: std::sync::OnceLock::new(),
     });
     let span = tracing::info_span!("connection", hub = D::SERVICE, conn = %id, peer = ?remote_addr);
     let ctx = Context::<D::Push>::new(conn.clone());
