@@ -40,7 +40,7 @@
 //!   oneof call { BarRequest bar = 16; google.protobuf.Empty baz = 17; }
 //! }
 //! message FooResponse {
-//!   uint64 id = 1; uint64 seq = 2; hub.v1.Error error = 3; hub.v1.ServerControl control = 15;
+//!   uint64 id = 1; uint64 seq = 2; hub.v1.CallError error = 3; hub.v1.ServerControl control = 15;
 //!   oneof event {
 //!     BarReply bar = 16; google.protobuf.Empty baz = 17;   // a reply per call: same name and number
 //!     Thing on_thing = 100;                                // pushes: named on_*

@@ -277,7 +277,7 @@ fn hub(
         "error",
         3,
         Type::Message,
-        Some(".hub.v1.Error"),
+        Some(".hub.v1.CallError"),
     )?;
     expect_field(
         resp,

@@ -12,7 +12,7 @@ const SERVICE: &str =
     "service FooHub { rpc Connect(stream FooRequest) returns (stream FooResponse); }";
 const REQUEST_HEAD: &str = "uint64 id = 1; hub.v1.ClientControl control = 15;";
 const RESPONSE_HEAD: &str =
-    "uint64 id = 1; uint64 seq = 2; hub.v1.Error error = 3; hub.v1.ServerControl control = 15;";
+    "uint64 id = 1; uint64 seq = 2; hub.v1.CallError error = 3; hub.v1.ServerControl control = 15;";
 
 /// A hub file: the service, request and response bodies as given, plus `Bar`.
 fn hub(service: &str, request: &str, response: &str) -> String {
@@ -163,7 +163,7 @@ fn framework_fields_must_be_there_with_their_types_and_numbers() {
         SERVICE,
         req,
         &format!(
-            "uint64 id = 1; hub.v1.Error error = 3; hub.v1.ServerControl control = 15; {events}"
+            "uint64 id = 1; hub.v1.CallError error = 3; hub.v1.ServerControl control = 15; {events}"
         ),
     );
     fails(&no_seq, "t.v1.FooResponse", "uint64 seq = 2");
@@ -177,12 +177,12 @@ fn framework_fields_must_be_there_with_their_types_and_numbers() {
     fails(
         &bad_error,
         "t.v1.FooResponse.error",
-        "hub.v1.Error error = 3",
+        "hub.v1.CallError error = 3",
     );
     let no_control = hub(
         SERVICE,
         req,
-        &format!("uint64 id = 1; uint64 seq = 2; hub.v1.Error error = 3; {events}"),
+        &format!("uint64 id = 1; uint64 seq = 2; hub.v1.CallError error = 3; {events}"),
     );
     fails(
         &no_control,

@@ -17,7 +17,7 @@ use crate::proto;
 pub const FIELD_ID: u32 = 1;
 /// Field number of the push sequence number in response frames.
 pub const FIELD_SEQ: u32 = 2;
-/// Field number of the `hub.v1.Error` in response frames.
+/// Field number of the `hub.v1.CallError` in response frames.
 pub const FIELD_ERROR: u32 = 3;
 /// Field number of the control message in request and response frames.
 pub const FIELD_CONTROL: u32 = 15;
@@ -94,7 +94,7 @@ pub fn error_frame(id: u64, code: tonic::Code, message: impl Into<String>) -> By
     frame_with(
         id,
         FIELD_ERROR,
-        &proto::Error {
+        &proto::CallError {
             code: code as i32,
             message: message.into(),
         },
@@ -137,7 +137,7 @@ mod tests {
         #[prost(uint64, tag = "2")]
         seq: u64,
         #[prost(message, optional, tag = "3")]
-        error: Option<proto::Error>,
+        error: Option<proto::CallError>,
         #[prost(message, optional, tag = "15")]
         control: Option<proto::ServerControl>,
         #[prost(string, tag = "100")]
@@ -168,7 +168,7 @@ mod tests {
         assert_eq!(e.id, 9);
         assert_eq!(
             e.error.unwrap(),
-            proto::Error {
+            proto::CallError {
                 code: 5,
                 message: "nope".into()
             }

@@ -14,6 +14,7 @@ use hub_server::{GroupProvider, HubConfig, Hubs};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+pub mod memory;
 pub mod probe;
 pub mod raw;
 
@@ -179,7 +180,44 @@ impl Recorder {
         }
     }
 
-    /// Waits `quiet` and returns what arrived (to check that nothing more does).
+    /// Proves that nothing reached connection `conn` beyond what this recorder holds,
+    /// and returns that: the hub pushes a marker message to `conn` and this waits for it.
+    ///
+    /// Each connection's pushes arrive in the order they were queued, and a push made
+    /// on this server (by a call that has returned, or from a handle) is queued before
+    /// the call or handle method returns, so anything sent to `conn` before would
+    /// arrive before the marker. (A push relayed from another server is only ordered
+    /// with the marker if the same sender sends both, through the same group.)
+    pub async fn barrier(&self, handle: &ChatHubHandle, conn: &str, within: Duration) -> Vec<Seen> {
+        let m = ChatMessage {
+            room: String::new(),
+            from: "barrier".into(),
+            text: format!("barrier {}", self.seen().len()),
+        };
+        let marker = Seen::Message(m.clone());
+        let d = handle
+            .connection(conn.parse().expect("a connection id"))
+            .on_message(m)
+            .await
+            .expect("push the barrier");
+        assert_eq!(d.local, 1, "{conn} is not connected here");
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.notify.notified();
+            let mut seen = self.seen();
+            if let Some(at) = seen.iter().position(|s| *s == marker) {
+                assert_eq!(at + 1, seen.len(), "pushes after the barrier: {seen:?}");
+                seen.truncate(at);
+                return seen;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("the barrier did not arrive within {within:?}: {seen:?}");
+            }
+        }
+    }
+
+    /// Waits `quiet` and returns what arrived. A sleep proves nothing: prefer
+    /// [`Recorder::barrier`], or a push from the same sender through the same group.
     pub async fn settle(&self, quiet: Duration) -> Vec<Seen> {
         tokio::time::sleep(quiet).await;
         self.seen()

@@ -418,10 +418,39 @@ impl ProbeRecorder {
         }
     }
 
-    /// Waits `quiet`, then returns what arrived (to check that nothing more does).
-    pub async fn settle(&self, quiet: Duration) -> Vec<Got> {
-        tokio::time::sleep(quiet).await;
-        self.got()
+    /// Proves that nothing reached connection `conn` beyond what this recorder holds,
+    /// and returns that: the hub pushes a marker note to `conn` and this waits for it.
+    ///
+    /// Each connection's pushes arrive in the order they were queued, and a push made
+    /// on this server (by a call that has returned, or from a handle) is queued before
+    /// the call or handle method returns. So anything sent to `conn` before would
+    /// arrive before the marker: no sleep, and no guess at how long "nothing" takes.
+    /// (A push relayed from another server is only ordered with the marker if the
+    /// same sender sends both, through the same group.)
+    pub async fn barrier(&self, handle: &ProbeHubHandle, conn: &str, within: Duration) -> Vec<Got> {
+        let marker = format!("barrier {}", self.got().len());
+        let d = handle
+            .connection(conn.parse().expect("a connection id"))
+            .on_note(Note {
+                text: marker.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("push the barrier");
+        assert_eq!(d.local, 1, "{conn} is not connected here");
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.notify.notified();
+            let mut got = self.got();
+            if let Some(at) = got.iter().position(|g| *g == Got::Note(marker.clone())) {
+                assert_eq!(at + 1, got.len(), "pushes after the barrier: {got:?}");
+                got.truncate(at);
+                return got;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("the barrier did not arrive within {within:?}: {got:?}");
+            }
+        }
     }
 }
 

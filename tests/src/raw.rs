@@ -151,7 +151,7 @@ pub struct Frame {
     pub seq: u64,
     /// An error.
     #[prost(message, optional, tag = "3")]
-    pub error: Option<hub_core::proto::Error>,
+    pub error: Option<hub_core::proto::CallError>,
     /// A control frame.
     #[prost(message, optional, tag = "15")]
     pub control: Option<hub_core::proto::ServerControl>,

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use examples::chat::{SayRequest, UserEvent, WhisperRequest};
+use examples::chat::{ChatMessage, SayRequest, UserEvent, WhisperRequest};
 use hub_client::ClientError;
 use hub_server::HubConfig;
 use tests::{Seen, TestServer, join_notice, joined, said};
@@ -27,6 +27,7 @@ async fn a_disconnected_member_leaves_its_room() {
     );
     assert_eq!(server.handle.member_count("lobby").await.unwrap(), 3);
 
+    let bob_id = bob.connection_id().to_owned();
     drop(bob);
     let leave = Seen::Leave(UserEvent {
         room: "lobby".into(),
@@ -67,10 +68,22 @@ async fn a_disconnected_member_leaves_its_room() {
         matches!(&err, ClientError::Status(s) if s.code() == Code::NotFound),
         "{err:?}"
     );
-    assert_eq!(
-        bob_rx.settle(Duration::from_millis(100)).await.len(),
-        seen_by_bob
+    // Nothing can reach bob: the server has no connection of his left to push to (a
+    // push to his id is refused), so what he saw is what he saw before leaving.
+    let to_bob = server
+        .handle
+        .connection(bob_id.parse().unwrap())
+        .on_message(ChatMessage {
+            room: "lobby".into(),
+            from: "carol".into(),
+            text: "are you there?".into(),
+        })
+        .await;
+    assert!(
+        matches!(to_bob, Err(hub_server::PushError::NotConnected(_))),
+        "{to_bob:?}"
     );
+    assert_eq!(bob_rx.seen().len(), seen_by_bob);
     let m = server.handle.metrics();
     assert_eq!((m.connections_opened, m.connections_closed), (3, 1));
 }

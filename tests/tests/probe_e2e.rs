@@ -15,7 +15,6 @@ use tests::probe::{Got, ProbeServer, broadcast, group, probe_client, probe_clien
 use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(10);
-const QUIET: Duration = Duration::from_millis(150);
 
 fn status(e: ClientError) -> tonic::Status {
     match e {
@@ -78,7 +77,10 @@ async fn typed_client_end_to_end() {
         vec![Got::Note("hello".into()), Got::Tick]
     );
     // The sender was left out of its own broadcast.
-    assert_eq!(a_rx.settle(QUIET).await, vec![Got::Tick]);
+    assert_eq!(
+        a_rx.barrier(&server.handle, a.connection_id(), WAIT).await,
+        vec![Got::Tick]
+    );
 
     let m = server.handle.metrics();
     assert_eq!(m.connections_opened, 2);
@@ -167,10 +169,14 @@ async fn every_target_mode_reaches_exactly_its_connections() {
     assert_eq!(c_rx.wait_for(expect_c.len(), WAIT).await, expect_c);
     assert_eq!(d_rx.wait_for(expect_d.len(), WAIT).await, expect_d);
     // ...and nothing else arrives anywhere.
-    assert_eq!(a_rx.settle(QUIET).await, expect_a);
-    assert_eq!(b_rx.got(), expect_b);
-    assert_eq!(c_rx.got(), expect_c);
-    assert_eq!(d_rx.got(), expect_d);
+    for (rx, conn, expect) in [
+        (&a_rx, ai, expect_a),
+        (&b_rx, bi, expect_b),
+        (&c_rx, ci, expect_c),
+        (&d_rx, di, expect_d),
+    ] {
+        assert_eq!(rx.barrier(&server.handle, conn, WAIT).await, expect);
+    }
 }
 
 #[tokio::test]
@@ -399,8 +405,13 @@ async fn fire_and_forget_failure_comes_back_as_an_error_frame() {
         a_rx.wait_for(1, WAIT).await,
         vec![Got::Error(Code::NotFound, "nope".into())]
     );
-    a.whoami().await.unwrap();
-    assert_eq!(a_rx.settle(QUIET).await.len(), 1);
+    // The working one sent nothing back.
+    assert_eq!(
+        a_rx.barrier(&server.handle, a.connection_id(), WAIT)
+            .await
+            .len(),
+        1
+    );
     assert_eq!(server.handle.metrics().calls_failed, 1);
 }
 
@@ -470,7 +481,9 @@ async fn replies_and_pushes_over_the_size_limit_are_refused() {
     let s = status(a.broadcast(big).await.unwrap_err());
     assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
     assert!(
-        a_rx.settle(QUIET).await.is_empty(),
+        a_rx.barrier(&server.handle, a.connection_id(), WAIT)
+            .await
+            .is_empty(),
         "the oversized push went nowhere"
     );
     assert!(a.whoami().await.is_ok());
@@ -517,30 +530,36 @@ async fn a_call_times_out_on_the_client_and_the_connection_goes_on() {
     let server = ProbeServer::start(HubConfig::default()).await;
     let options = ConnectOptions::default().call_timeout(Some(Duration::from_millis(200)));
     let (a, _) = probe_client_with(&server.url(), options).await.unwrap();
-    let err = a
-        .hold(HoldRequest {
+    // Bounded: a client that ignored its default timeout would wait forever.
+    let err = tokio::time::timeout(
+        WAIT,
+        a.hold(HoldRequest {
             gate: "never".into(),
             tag: String::new(),
-        })
-        .await
-        .unwrap_err();
+        }),
+    )
+    .await
+    .expect("the default call timeout did not apply")
+    .unwrap_err();
     assert!(
         matches!(err, ClientError::Timeout(t) if t == Duration::from_millis(200)),
         "{err:?}"
     );
     assert_eq!(err.code(), Code::DeadlineExceeded);
     // A per-call timeout overrides the default one.
-    let err = a
-        .raw()
-        .call_with_timeout(
+    let err = tokio::time::timeout(
+        WAIT,
+        a.raw().call_with_timeout(
             probe_request::Call::Hold(HoldRequest {
                 gate: "never".into(),
                 tag: String::new(),
             }),
             Some(Duration::from_millis(50)),
-        )
-        .await
-        .unwrap_err();
+        ),
+    )
+    .await
+    .expect("the per-call timeout did not apply")
+    .unwrap_err();
     assert!(
         matches!(err, ClientError::Timeout(t) if t == Duration::from_millis(50)),
         "{err:?}"

@@ -1,0 +1,55 @@
+//! What generated code supplies: a hub's frames ([`ClientSpec`]) and where its pushes go
+//! ([`PushHandler`]).
+
+use hub_core::proto;
+
+/// A hub's frames as the client runtime sees them. Implemented by generated code.
+pub trait ClientSpec: Send + Sync + 'static {
+    /// The request frame (`FooRequest`).
+    type Request: prost::Message + Send + 'static;
+    /// The response frame (`FooResponse`).
+    type Response: prost::Message + Default + Send + 'static;
+    /// The request's `oneof call`.
+    type Call: Send + 'static;
+    /// The response's `oneof event`.
+    type Event: Send + 'static;
+    /// The `Connect` method's path, e.g. `/chat.v1.ChatHub/Connect`.
+    const PATH: &'static str;
+
+    /// Builds a request frame.
+    fn request(
+        id: u64,
+        call: Option<Self::Call>,
+        control: Option<proto::ClientControl>,
+    ) -> Self::Request;
+
+    /// Splits a response frame.
+    fn split(response: Self::Response) -> ResponseParts<Self::Event>;
+}
+
+/// A response frame, split.
+#[derive(Debug)]
+pub struct ResponseParts<E> {
+    /// The call answered, or 0.
+    pub id: u64,
+    /// The push sequence number, or 0.
+    pub seq: u64,
+    /// The error, if the frame is one.
+    pub error: Option<proto::CallError>,
+    /// The control message, if any.
+    pub control: Option<proto::ServerControl>,
+    /// The reply or push.
+    pub event: Option<E>,
+}
+
+/// Where pushes go. Generated receivers (`FooHubReceiver`) implement it through an adapter.
+pub trait PushHandler<E>: Send + Sync + 'static {
+    /// A push arrived with sequence number `seq`.
+    fn on_push(&self, seq: u64, event: E);
+
+    /// The server sent an error frame not tied to a call (a failed fire-and-forget
+    /// call, a malformed frame).
+    fn on_error(&self, code: tonic::Code, message: &str) {
+        tracing::warn!(?code, message, "hub error frame");
+    }
+}

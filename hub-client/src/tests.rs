@@ -1,0 +1,696 @@
+//! The client's state machine against an in-process fake server, on paused time: call ids
+//! matched to replies, the default and per-call timeouts, pushes and error frames, the
+//! disconnect reason, `closed()`, heartbeats.
+//!
+//! The fake is a `GrpcService` in memory (no socket), so `tokio::time::pause()` runs
+//! every timer at once and a test measures virtual time exactly.
+
+// Test code: an unwrap is an assertion.
+#![allow(clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use http_body::Frame;
+use hub_core::proto::{self, client_control, server_control};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::Code;
+use tonic::codec::{Codec, Streaming};
+
+use crate::{ClientError, ClientSpec, ConnectOptions, HubClient, PushHandler, ResponseParts};
+
+/// A request frame: a call is a string.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Req {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+    #[prost(message, optional, tag = "15")]
+    control: Option<proto::ClientControl>,
+    #[prost(string, optional, tag = "16")]
+    call: Option<String>,
+}
+
+/// A response frame: a reply or push is a string.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Resp {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+    #[prost(uint64, tag = "2")]
+    seq: u64,
+    #[prost(message, optional, tag = "3")]
+    error: Option<proto::CallError>,
+    #[prost(message, optional, tag = "15")]
+    control: Option<proto::ServerControl>,
+    #[prost(string, optional, tag = "16")]
+    event: Option<String>,
+}
+
+struct Spec;
+
+impl ClientSpec for Spec {
+    type Request = Req;
+    type Response = Resp;
+    type Call = String;
+    type Event = String;
+    const PATH: &'static str = "/test.v1.FakeHub/Connect";
+
+    fn request(id: u64, call: Option<String>, control: Option<proto::ClientControl>) -> Req {
+        Req { id, control, call }
+    }
+
+    fn split(r: Resp) -> ResponseParts<String> {
+        ResponseParts {
+            id: r.id,
+            seq: r.seq,
+            error: r.error,
+            control: r.control,
+            event: r.event,
+        }
+    }
+}
+
+/// What reached the receiver.
+#[derive(Debug, Clone, PartialEq)]
+enum Got {
+    Push(u64, String),
+    Error(Code, String),
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Got>>);
+
+impl Recorder {
+    fn got(&self) -> Vec<Got> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl PushHandler<String> for Recorder {
+    fn on_push(&self, seq: u64, event: String) {
+        self.0.lock().unwrap().push(Got::Push(seq, event));
+    }
+    fn on_error(&self, code: Code, message: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(Got::Error(code, message.to_owned()));
+    }
+}
+
+type ResponseBody = http_body_util::StreamBody<
+    tokio_stream::wrappers::UnboundedReceiverStream<Result<Frame<Bytes>, Infallible>>,
+>;
+
+/// The server's end of one `Connect` stream.
+struct ServerEnd {
+    /// The client's request frames, decoded.
+    requests: Streaming<Req>,
+    /// The response body: gRPC-framed messages, then trailers.
+    body: mpsc::UnboundedSender<Result<Frame<Bytes>, Infallible>>,
+}
+
+/// A `GrpcService` that hands each `Connect` stream to the test.
+#[derive(Clone)]
+struct FakeService {
+    accepted: mpsc::UnboundedSender<ServerEnd>,
+}
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for FakeService {
+    type Response = http::Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        assert_eq!(req.uri().path(), Spec::PATH);
+        let mut codec = tonic_prost::ProstCodec::<Resp, Req>::default();
+        let requests = Streaming::new_request(codec.decoder(), req.into_body(), None, None);
+        let (body, rx) = mpsc::unbounded_channel();
+        let _ = self.accepted.send(ServerEnd { requests, body });
+        let body = http_body_util::StreamBody::new(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        );
+        let response = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(body)
+            .unwrap();
+        Box::pin(async move { Ok(response) })
+    }
+}
+
+impl ServerEnd {
+    fn send(&self, frame: Resp) {
+        let msg = frame.encode_to_vec();
+        let mut buf = BytesMut::with_capacity(5 + msg.len());
+        buf.put_u8(0);
+        buf.put_u32(msg.len() as u32);
+        buf.put_slice(&msg);
+        // The client may be gone already; what it does then is what is tested.
+        let _ = self.body.send(Ok(Frame::data(buf.freeze())));
+    }
+
+    fn control(&self, kind: server_control::Kind) {
+        self.send(Resp {
+            control: Some(proto::ServerControl { kind: Some(kind) }),
+            ..Default::default()
+        });
+    }
+
+    fn reply(&self, id: u64, text: &str) {
+        self.send(Resp {
+            id,
+            event: Some(text.into()),
+            ..Default::default()
+        });
+    }
+
+    // The error frame may gain fields; this test sets the two it is about.
+    #[allow(clippy::needless_update)]
+    fn error(&self, id: u64, code: Code, message: &str) {
+        self.send(Resp {
+            id,
+            error: Some(proto::CallError {
+                code: code as i32,
+                message: message.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+
+    /// Ends the stream with this status in the trailers.
+    fn end(self, code: Code, message: &str) {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", (code as i32).into());
+        if !message.is_empty() {
+            trailers.insert("grpc-message", message.parse().unwrap());
+        }
+        let _ = self.body.send(Ok(Frame::trailers(trailers)));
+    }
+
+    /// The next request frame that is not a pong or ping (those are answered or skipped).
+    async fn next_call(&mut self) -> Req {
+        loop {
+            let req = bounded(self.requests.message())
+                .await
+                .unwrap()
+                .expect("the request stream ended");
+            if req.control.is_none() {
+                return req;
+            }
+        }
+    }
+
+    /// The next request frame, whatever it is; `None` once the request stream ended.
+    async fn next(&mut self) -> Option<Req> {
+        bounded(self.requests.message()).await.unwrap()
+    }
+}
+
+/// A bound on every wait: a broken client fails its test instead of hanging it.
+/// On paused time this costs nothing unless the wait is stuck.
+async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(3600), f)
+        .await
+        .expect("waited an hour of (paused) time")
+}
+
+fn hello(heartbeat_interval_ms: u64) -> server_control::Kind {
+    server_control::Kind::Hello(proto::ConnectionInfo {
+        connection_id: "c1".into(),
+        server_id: "s1".into(),
+        hub: "test.v1.FakeHub".into(),
+        heartbeat_interval_ms,
+        ..Default::default()
+    })
+}
+
+/// Options with the client's own pings off, so request frames are only calls
+/// (tests that are about pings turn them on).
+fn quiet() -> ConnectOptions {
+    ConnectOptions::default().ping_interval(None)
+}
+
+struct Fixture {
+    client: HubClient<Spec>,
+    server: ServerEnd,
+    recorder: Arc<Recorder>,
+}
+
+/// Connects a client to a fake server that says hello with this heartbeat interval.
+async fn connect_with(options: ConnectOptions, heartbeat_interval_ms: u64) -> Fixture {
+    let (accepted, mut incoming) = mpsc::unbounded_channel();
+    let recorder = Arc::new(Recorder::default());
+    let connecting = tokio::spawn({
+        let recorder = recorder.clone();
+        async move { HubClient::<Spec>::connect(FakeService { accepted }, options, recorder).await }
+    });
+    let server = bounded(incoming.recv()).await.unwrap();
+    server.control(hello(heartbeat_interval_ms));
+    let client = bounded(connecting).await.unwrap().unwrap();
+    Fixture {
+        client,
+        server,
+        recorder,
+    }
+}
+
+async fn connect(options: ConnectOptions) -> Fixture {
+    connect_with(options, 0).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_hello_is_the_connection_info() {
+    let f = connect(quiet()).await;
+    assert_eq!(f.client.connection_id(), "c1");
+    assert_eq!(f.client.info().hub, "test.v1.FakeHub");
+    assert!(!f.client.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn replies_are_matched_to_their_calls_by_id() {
+    let mut f = connect(quiet()).await;
+    let a = tokio::spawn({
+        let c = f.client.clone();
+        async move { c.call("a".into()).await }
+    });
+    let ra = f.server.next_call().await;
+    let b = tokio::spawn({
+        let c = f.client.clone();
+        async move { c.call("b".into()).await }
+    });
+    let rb = f.server.next_call().await;
+    assert_eq!(ra.call.as_deref(), Some("a"));
+    assert_eq!(rb.call.as_deref(), Some("b"));
+    assert!(ra.id != 0 && rb.id != 0 && ra.id != rb.id, "{ra:?} {rb:?}");
+    // Answered in the other order: each call still gets its own reply.
+    f.server.reply(rb.id, "reply to b");
+    f.server.reply(ra.id, "reply to a");
+    assert_eq!(bounded(b).await.unwrap().unwrap(), "reply to b");
+    assert_eq!(bounded(a).await.unwrap().unwrap(), "reply to a");
+    // Nothing is left waiting.
+    assert_eq!(pending(&f.client), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reply_to_an_unknown_id_reaches_no_call() {
+    let mut f = connect(quiet()).await;
+    let call = tokio::spawn({
+        let c = f.client.clone();
+        async move { c.call("x".into()).await }
+    });
+    let req = f.server.next_call().await;
+    f.server.reply(req.id + 1000, "not yours");
+    f.server
+        .error(req.id + 1001, Code::NotFound, "not yours either");
+    f.server.reply(req.id, "yours");
+    assert_eq!(bounded(call).await.unwrap().unwrap(), "yours");
+    // A stray reply is neither a push nor an error frame to the receiver.
+    assert_eq!(f.recorder.got(), vec![]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_error_frame_fails_its_call_with_the_status() {
+    let mut f = connect(quiet()).await;
+    let call = tokio::spawn({
+        let c = f.client.clone();
+        async move { c.call("x".into()).await }
+    });
+    let req = f.server.next_call().await;
+    f.server
+        .error(req.id, Code::PermissionDenied, "not in the room");
+    let err = bounded(call).await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Status(s) if s.code() == Code::PermissionDenied && s.message() == "not in the room"),
+        "{err:?}"
+    );
+    // An answer with neither reply nor error is not taken for a reply.
+    let call = tokio::spawn({
+        let c = f.client.clone();
+        async move { c.call("y".into()).await }
+    });
+    let req = f.server.next_call().await;
+    f.server.send(Resp {
+        id: req.id,
+        ..Default::default()
+    });
+    let err = bounded(call).await.unwrap().unwrap_err();
+    assert!(matches!(err, ClientError::UnexpectedReply(_)), "{err:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn pushes_and_call_less_errors_go_to_the_receiver_in_order() {
+    let mut f = connect(quiet()).await;
+    f.server.send(Resp {
+        seq: 1,
+        event: Some("first".into()),
+        ..Default::default()
+    });
+    f.server
+        .error(0, Code::InvalidArgument, "bad fire-and-forget");
+    f.server.send(Resp {
+        seq: 2,
+        event: Some("second".into()),
+        ..Default::default()
+    });
+    // Barrier: a call answered after the pushes; the reader handles frames in order.
+    let call = tokio::spawn({
+        let c = f.client.clone();
+        async move { c.call("barrier".into()).await }
+    });
+    let req = f.server.next_call().await;
+    f.server.reply(req.id, "done");
+    bounded(call).await.unwrap().unwrap();
+    assert_eq!(
+        f.recorder.got(),
+        vec![
+            Got::Push(1, "first".into()),
+            Got::Error(Code::InvalidArgument, "bad fire-and-forget".into()),
+            Got::Push(2, "second".into()),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fire_and_forget_call_has_id_zero() {
+    let mut f = connect(quiet()).await;
+    f.client.send("ping me".into()).await.unwrap();
+    let req = f.server.next_call().await;
+    assert_eq!((req.id, req.call.as_deref()), (0, Some("ping me")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_times_out_after_the_default_call_timeout() {
+    let mut f = connect(quiet().call_timeout(Some(Duration::from_secs(5)))).await;
+    let started = Instant::now();
+    let call = tokio::spawn({
+        let c = f.client.clone();
+        async move { c.call("never answered".into()).await }
+    });
+    let req = f.server.next_call().await;
+    let err = bounded(call).await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, ClientError::Timeout(t) if t == Duration::from_secs(5)),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    // The timed-out call is forgotten: its late reply goes nowhere, the next call works.
+    assert_eq!(pending(&f.client), 0);
+    f.server.reply(req.id, "too late");
+    let next = tokio::spawn({
+        let c = f.client.clone();
+        async move { c.call("next".into()).await }
+    });
+    let req = f.server.next_call().await;
+    f.server.reply(req.id, "on time");
+    assert_eq!(bounded(next).await.unwrap().unwrap(), "on time");
+    assert_eq!(f.recorder.got(), vec![]);
+    assert!(!f.client.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_call_timeout_is_thirty_seconds() {
+    let mut f = connect(quiet()).await;
+    let started = Instant::now();
+    let call = tokio::spawn({
+        let c = f.client.clone();
+        async move { c.call("never answered".into()).await }
+    });
+    f.server.next_call().await;
+    let err = bounded(call).await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, ClientError::Timeout(t) if t == Duration::from_secs(30)),
+        "{err:?}"
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(30));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_per_call_timeout_overrides_the_default() {
+    let mut f = connect(quiet().call_timeout(Some(Duration::from_secs(5)))).await;
+    // Shorter than the default.
+    let started = Instant::now();
+    let short = tokio::spawn({
+        let c = f.client.clone();
+        async move {
+            c.call_with_timeout("short".into(), Some(Duration::from_millis(250)))
+                .await
+        }
+    });
+    f.server.next_call().await;
+    let err = bounded(short).await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, ClientError::Timeout(t) if t == Duration::from_millis(250)),
+        "{err:?}"
+    );
+    assert_eq!(started.elapsed(), Duration::from_millis(250));
+    // None: no limit, the reply after a minute still arrives.
+    let long = tokio::spawn({
+        let c = f.client.clone();
+        async move { c.call_with_timeout("long".into(), None).await }
+    });
+    let req = f.server.next_call().await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!long.is_finished());
+    f.server.reply(req.id, "a minute later");
+    assert_eq!(bounded(long).await.unwrap().unwrap(), "a minute later");
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_default_timeout_waits_for_the_reply() {
+    let mut f = connect(quiet().call_timeout(None)).await;
+    let call = tokio::spawn({
+        let c = f.client.clone();
+        async move { c.call("slow".into()).await }
+    });
+    let req = f.server.next_call().await;
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    f.server.reply(req.id, "ten minutes later");
+    assert_eq!(bounded(call).await.unwrap().unwrap(), "ten minutes later");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_goodbye_is_the_disconnect_reason_for_closed_and_for_waiting_calls() {
+    let mut f = connect(quiet()).await;
+    let closed = tokio::spawn({
+        let c = f.client.clone();
+        async move { c.closed().await }
+    });
+    let call = tokio::spawn({
+        let c = f.client.clone();
+        async move { c.call("cut short".into()).await }
+    });
+    f.server.next_call().await;
+    assert!(!closed.is_finished() && !f.client.is_closed());
+    f.server
+        .control(server_control::Kind::Goodbye(proto::Goodbye {
+            code: Code::Unavailable as i32,
+            reason: "server shutting down".into(),
+        }));
+    f.server.end(Code::Ok, "");
+    let reason = bounded(closed).await.unwrap();
+    assert_eq!(
+        (reason.code, reason.message.as_str()),
+        (Code::Unavailable, "server shutting down")
+    );
+    let err = bounded(call).await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Disconnected(r) if *r == reason),
+        "{err:?}"
+    );
+    assert!(f.client.is_closed());
+    // Later calls fail at once with the same reason; `closed()` answers at once.
+    let err = f.client.call("after".into()).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Disconnected(r) if *r == reason),
+        "{err:?}"
+    );
+    let err = f.client.send("after".into()).await.unwrap_err();
+    assert!(matches!(&err, ClientError::Disconnected(_)), "{err:?}");
+    assert_eq!(bounded(f.client.closed()).await, reason);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_error_status_is_the_disconnect_reason() {
+    let mut f = connect(quiet()).await;
+    let call = tokio::spawn({
+        let c = f.client.clone();
+        async move { c.call("x".into()).await }
+    });
+    f.server.next_call().await;
+    f.server.end(Code::ResourceExhausted, "outbound queue full");
+    let reason = bounded(f.client.closed()).await;
+    assert_eq!(
+        (reason.code, reason.message.as_str()),
+        (Code::ResourceExhausted, "outbound queue full")
+    );
+    let err = bounded(call).await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clean_end_without_goodbye_fails_calls_as_unavailable() {
+    let mut f = connect(quiet()).await;
+    let call = tokio::spawn({
+        let c = f.client.clone();
+        async move { c.call("x".into()).await }
+    });
+    f.server.next_call().await;
+    f.server.end(Code::Ok, "");
+    let reason = bounded(f.client.closed()).await;
+    assert_eq!(reason.code, Code::Ok);
+    assert!(reason.message.contains("closed the stream"), "{reason:?}");
+    let err = bounded(call).await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_server_is_given_up_after_dead_after() {
+    let limit = Duration::from_secs(8);
+    let f = connect(quiet().dead_after(Some(limit))).await;
+    let started = Instant::now();
+    let reason = bounded(f.client.closed()).await;
+    assert_eq!(reason.code, Code::Unavailable);
+    assert!(reason.message.contains("heartbeat timeout"), "{reason:?}");
+    // Checked every quarter of the limit: gone after more than the limit, and soon after.
+    let waited = started.elapsed();
+    assert!(
+        waited > limit && waited <= limit + limit / 4,
+        "gave up after {waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn frames_keep_the_connection_alive_and_the_hello_sets_the_limit() {
+    // No `dead_after`: three heartbeat intervals of the server's hello (3 s).
+    let f = connect_with(quiet(), 1000).await;
+    // Frames every second keep it open for a minute.
+    for i in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        f.server.control(server_control::Kind::Ping(proto::Ping {
+            nonce: i,
+            last_rtt_us: 0,
+        }));
+    }
+    assert!(!f.client.is_closed());
+    // Then silence: gone after more than 3 s, and within 3 s plus two check periods
+    // (the watchdog notes a frame at its next check, and gives up at a check).
+    let started = Instant::now();
+    let reason = bounded(f.client.closed()).await;
+    assert!(reason.message.contains("heartbeat timeout"), "{reason:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited > Duration::from_secs(3) && waited <= Duration::from_millis(4500),
+        "gave up after {waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_pings_are_answered_with_their_nonce() {
+    let mut f = connect(quiet()).await;
+    f.server.control(server_control::Kind::Ping(proto::Ping {
+        nonce: 42,
+        last_rtt_us: 0,
+    }));
+    let req = f.server.next().await.unwrap();
+    assert_eq!(req.id, 0);
+    assert!(
+        matches!(
+            req.control.and_then(|c| c.kind),
+            Some(client_control::Kind::Pong(proto::Pong { nonce: 42 }))
+        ),
+        "{:?}",
+        req.call
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn latency_is_measured_from_the_pong_of_the_latest_ping() {
+    let period = Duration::from_secs(10);
+    let mut f = connect(quiet().ping_interval(Some(period))).await;
+    assert_eq!(f.client.latency(), None);
+    let first = ping_nonce(f.server.next().await.unwrap());
+    // Not answered; the next ping has a new nonce.
+    let second = ping_nonce(f.server.next().await.unwrap());
+    assert_ne!(first, second);
+    // The late pong of the first ping is not a measurement.
+    f.server
+        .control(server_control::Kind::Pong(proto::Pong { nonce: first }));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.server
+        .control(server_control::Kind::Pong(proto::Pong { nonce: second }));
+    // Barrier: the reader has handled the pongs once a later reply is in.
+    let call = tokio::spawn({
+        let c = f.client.clone();
+        async move { c.call("barrier".into()).await }
+    });
+    let req = f.server.next_call().await;
+    f.server.reply(req.id, "ok");
+    bounded(call).await.unwrap().unwrap();
+    assert_eq!(f.client.latency(), Some(Duration::from_millis(300)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_last_client_ends_the_request_stream() {
+    let mut f = connect(quiet()).await;
+    let other = f.client.clone();
+    drop(f.client);
+    other.send("still here".into()).await.unwrap();
+    assert_eq!(
+        f.server.next().await.unwrap().call.as_deref(),
+        Some("still here")
+    );
+    drop(other);
+    assert_eq!(f.server.next().await, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_does_not_say_hello_is_refused() {
+    // The first frame is not a hello.
+    let (accepted, mut incoming) = mpsc::unbounded_channel();
+    let connecting = tokio::spawn(HubClient::<Spec>::connect(
+        FakeService { accepted },
+        quiet(),
+        Arc::new(Recorder::default()),
+    ));
+    let server = bounded(incoming.recv()).await.unwrap();
+    server.reply(1, "hi");
+    let err = bounded(connecting).await.unwrap().unwrap_err();
+    assert!(matches!(&err, ClientError::Connect(_)), "{err:?}");
+    assert_eq!(err.code(), Code::Internal);
+
+    // No frame at all: refused after the connect timeout.
+    let (accepted, mut incoming) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    let connecting = tokio::spawn(HubClient::<Spec>::connect(
+        FakeService { accepted },
+        quiet(),
+        Arc::new(Recorder::default()),
+    ));
+    let _server = bounded(incoming.recv()).await.unwrap();
+    let err = bounded(connecting).await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert_eq!(started.elapsed(), ConnectOptions::default().connect_timeout);
+}
+
+fn ping_nonce(req: Req) -> u64 {
+    match req.control.and_then(|c| c.kind) {
+        Some(client_control::Kind::Ping(p)) => p.nonce,
+        other => panic!("not a ping: {other:?}"),
+    }
+}
+
+/// Calls waiting for their reply.
+fn pending(client: &HubClient<Spec>) -> usize {
+    client.pending_calls()
+}
