@@ -291,6 +291,14 @@ impl RedisBackplane {
 
     /// Publishes one envelope: queued for the publisher, which pipelines it with others.
     async fn publish_one(&self, channel: String, payload: Bytes) -> Result<(), GroupError> {
+        let max = self.shared.cfg.max_payload;
+        if payload.len() > max {
+            return Err(GroupError::TooLarge {
+                backplane: BACKPLANE,
+                size: payload.len(),
+                max,
+            });
+        }
         let after = self.shared.cfg.publish_timeout;
         let send = async {
             // Fails at once while the link is down; waits while first connecting.
@@ -395,6 +403,16 @@ impl Backplane for RedisBackplane {
                 }
             }
         }))
+    }
+
+    fn max_frame_bytes(&self) -> Option<usize> {
+        // Room for the envelope of a group push naming up to 16 connections.
+        Some(
+            self.shared
+                .cfg
+                .max_payload
+                .saturating_sub(self.shared.inbox.writer().overhead(16)),
+        )
     }
 
     fn member_count<'a>(

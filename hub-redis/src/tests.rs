@@ -778,3 +778,26 @@ async fn a_stalled_redis_is_reported_in_both_publish_modes() {
         assert_eq!(got.last(), Some(&frame("after")), "confirm={confirm}");
     }
 }
+
+/// The configured payload bound is the backplane's frame limit (less the envelope),
+/// and a larger message fails with `TooLarge` (not retryable), before anything is sent.
+#[tokio::test]
+async fn messages_over_the_payload_bound_are_too_large() {
+    let redis = RedisServer::start();
+    let p = RedisProvider::builder()
+        .url(redis.url())
+        .max_payload(64 * 1024)
+        .build()
+        .expect("provider");
+    let (a, b) = (Node::bind(&p), Node::bind(&p));
+    let (_a1, _) = a.join(1, "ann", "room").await;
+    let (_b1, mut rb1) = b.join(1, "bob", "room").await;
+    let max = a.bp.max_frame_bytes().expect("a limit");
+    assert!(max < 64 * 1024 && max > 60 * 1024, "{max}");
+    let big = Bytes::from(vec![b'x'; 64 * 1024]);
+    let err = a.publish("room", Target::All, &big).await.unwrap_err();
+    assert!(matches!(err, GroupError::TooLarge { .. }), "{err:?}");
+    let fits = Bytes::from(vec![b'y'; max]);
+    a.publish("room", Target::All, &fits).await.expect("fits");
+    assert_eq!(next_frame(&mut rb1, WAIT).await, Some(fits));
+}
