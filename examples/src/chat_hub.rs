@@ -4,6 +4,7 @@
 //! name is the connection's user (`Context::set_user`), so it works the same with the
 //! in-memory, Redis and NATS providers, across servers.
 
+use hub_server::quote::quote;
 use hub_server::{DisconnectReason, MembersLost};
 use tonic::Status;
 
@@ -107,13 +108,13 @@ impl ChatHub for Chat {
 
     async fn whisper(&self, ctx: &ChatHubContext, req: WhisperRequest) -> Result<(), Status> {
         let room = require_room(ctx)?;
-        let target = ctx
-            .user_push(&req.user)
-            .map_err(|_| Status::invalid_argument(format!("not a user name: {:?}", req.user)))?;
+        let target = ctx.user_push(&req.user).map_err(|_| {
+            Status::invalid_argument(format!("not a user name: {}", quote(&req.user)))
+        })?;
         if ctx.hub().user_connections(&req.user).await? == 0 {
             return Err(Status::not_found(format!(
-                "no user named {:?} is connected",
-                req.user
+                "no user named {} is connected",
+                quote(&req.user)
             )));
         }
         target

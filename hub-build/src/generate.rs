@@ -74,6 +74,7 @@ fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
     let hub_doc = docs(&hub.doc);
     let module_doc = format!(" Server side of the `{full}` hub.");
     let trait_doc = format!(" The `{full}` hub: implement it, then serve it with [`{server}`].");
+    let builder_doc = format!(" Builds a [`{server}`].");
 
     let methods = hub.calls.iter().map(|c| {
         let name = format_ident!("{}", c.name);
@@ -129,7 +130,7 @@ fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
             #doc
             ///
             /// Encodes the push once and sends it to every selected connection.
-            pub async fn #name(&self, #arg) -> ::core::result::Result<#rt::Delivery, #rt::PushError> {
+            pub async fn #name(&self, #arg) -> ::core::result::Result<#rt::codegen::Delivery, #rt::codegen::PushError> {
                 let frame = #rt::codegen::encode(&#response {
                     event: Some(#event_enum::#v(#val)),
                     ..::core::default::Default::default()
@@ -165,7 +166,7 @@ fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
 
                 /// Called when a connection ends, once it has left its groups
                 /// (`ctx.groups()` still lists them).
-                fn on_disconnect(&self, ctx: &#context, reason: &#rt::DisconnectReason)
+                fn on_disconnect(&self, ctx: &#context, reason: &#rt::codegen::DisconnectReason)
                     -> impl ::core::future::Future<Output = ()> + Send {
                     async {}
                 }
@@ -174,7 +175,7 @@ fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                 /// on another server are gone because that server died (no
                 /// `on_disconnect` ran for them). Pushes with `.local()` reach this
                 /// server's members only, so each server tells its own.
-                fn on_members_lost(&self, hub: &#handle, lost: &#rt::MembersLost)
+                fn on_members_lost(&self, hub: &#handle, lost: &#rt::codegen::MembersLost)
                     -> impl ::core::future::Future<Output = ()> + Send {
                     async {}
                 }
@@ -192,12 +193,12 @@ fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
 
             impl #push {
                 /// Leaves these connections out (typically the caller).
-                pub fn except(self, ids: impl IntoIterator<Item = #rt::ConnectionId>) -> Self {
+                pub fn except(self, ids: impl IntoIterator<Item = #rt::codegen::ConnectionId>) -> Self {
                     #push(self.0.except(ids))
                 }
 
                 /// Keeps only these connections.
-                pub fn only(self, ids: impl IntoIterator<Item = #rt::ConnectionId>) -> Self {
+                pub fn only(self, ids: impl IntoIterator<Item = #rt::codegen::ConnectionId>) -> Self {
                     #push(self.0.only(ids))
                 }
 
@@ -236,34 +237,34 @@ fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                 }
             }
 
-            /// Builds a [`#server`].
+            #[doc = #builder_doc]
             pub struct #builder<T> {
                 inner: #rt::codegen::HubServiceBuilder<Adapter<T>>,
             }
 
             impl<T: #trait_name> #builder<T> {
                 /// Takes the server-wide defaults from `hubs`.
-                pub fn hubs(self, hubs: &#rt::Hubs) -> Self {
+                pub fn hubs(self, hubs: &#rt::codegen::Hubs) -> Self {
                     #builder { inner: self.inner.hubs(hubs) }
                 }
 
                 /// This hub's group provider.
-                pub fn groups(self, provider: impl #rt::GroupProvider) -> Self {
+                pub fn groups(self, provider: impl #rt::codegen::GroupProvider) -> Self {
                     #builder { inner: self.inner.groups(provider) }
                 }
 
                 /// This hub's group provider, shared.
-                pub fn groups_arc(self, provider: ::std::sync::Arc<dyn #rt::GroupProvider>) -> Self {
+                pub fn groups_arc(self, provider: ::std::sync::Arc<dyn #rt::codegen::GroupProvider>) -> Self {
                     #builder { inner: self.inner.groups_arc(provider) }
                 }
 
                 /// This hub's config.
-                pub fn config(self, config: #rt::HubConfig) -> Self {
+                pub fn config(self, config: #rt::codegen::HubConfig) -> Self {
                     #builder { inner: self.inner.config(config) }
                 }
 
                 /// Binds the hub to its group provider.
-                pub fn build(self) -> ::core::result::Result<#server<T>, #rt::GroupError> {
+                pub fn build(self) -> ::core::result::Result<#server<T>, #rt::codegen::GroupError> {
                     Ok(#server { inner: self.inner.build()? })
                 }
             }
@@ -340,12 +341,12 @@ fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                     ::std::boxed::Box::pin(async move { hub.on_connect(&ctx).await })
                 }
 
-                fn on_disconnect(&self, ctx: #context, reason: #rt::DisconnectReason) -> #rt::codegen::BoxFuture<'static, ()> {
+                fn on_disconnect(&self, ctx: #context, reason: #rt::codegen::DisconnectReason) -> #rt::codegen::BoxFuture<'static, ()> {
                     let hub = self.0.clone();
                     ::std::boxed::Box::pin(async move { hub.on_disconnect(&ctx, &reason).await })
                 }
 
-                fn on_members_lost(&self, handle: #handle, lost: #rt::MembersLost) -> #rt::codegen::BoxFuture<'static, ()> {
+                fn on_members_lost(&self, handle: #handle, lost: #rt::codegen::MembersLost) -> #rt::codegen::BoxFuture<'static, ()> {
                     let hub = self.0.clone();
                     ::std::boxed::Box::pin(async move { hub.on_members_lost(&handle, &lost).await })
                 }
@@ -387,15 +388,15 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
         let send_doc = format!(" Sends `{n}` without waiting for a reply (fire-and-forget, call id 0). A failure comes back to the receiver's `on_error`.");
         quote! {
             #doc
-            pub async fn #name(&self, #arg) -> ::core::result::Result<#reply, #rt::ClientError> {
+            pub async fn #name(&self, #arg) -> ::core::result::Result<#reply, #rt::codegen::ClientError> {
                 match self.inner.call(#call_enum::#v(#val)).await? {
                     #event_enum::#v(reply) => Ok(reply),
-                    _ => Err(#rt::ClientError::UnexpectedReply(#n)),
+                    _ => Err(#rt::codegen::ClientError::UnexpectedReply(#n)),
                 }
             }
 
             #[doc = #send_doc]
-            pub async fn #send_name(&self, #arg) -> ::core::result::Result<(), #rt::ClientError> {
+            pub async fn #send_name(&self, #arg) -> ::core::result::Result<(), #rt::codegen::ClientError> {
                 self.inner.send(#call_enum::#v(#val)).await
             }
         }
@@ -465,7 +466,7 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
             #hub_doc
             #[derive(Clone, Debug)]
             pub struct #client {
-                inner: #rt::HubClient<Spec>,
+                inner: #rt::codegen::HubClient<Spec>,
             }
 
             impl #client {
@@ -473,17 +474,17 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                 pub async fn connect(
                     channel: #rt::codegen::tonic::transport::Channel,
                     receiver: impl #receiver,
-                ) -> ::core::result::Result<Self, #rt::ClientError> {
-                    Self::connect_with(channel, #rt::ConnectOptions::default(), receiver).await
+                ) -> ::core::result::Result<Self, #rt::codegen::ClientError> {
+                    Self::connect_with(channel, #rt::codegen::ConnectOptions::default(), receiver).await
                 }
 
                 /// Connects over any tonic transport (e.g. a `Channel` wrapped in an
                 /// interceptor) with `options` (metadata, timeouts).
                 pub async fn connect_with<T>(
                     service: T,
-                    options: #rt::ConnectOptions,
+                    options: #rt::codegen::ConnectOptions,
                     receiver: impl #receiver,
-                ) -> ::core::result::Result<Self, #rt::ClientError>
+                ) -> ::core::result::Result<Self, #rt::codegen::ClientError>
                 where
                     T: #rt::codegen::tonic::client::GrpcService<#rt::codegen::tonic::body::Body>,
                     T::Error: Into<#rt::codegen::tonic::codegen::StdError>,
@@ -491,12 +492,12 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                     <T::ResponseBody as #rt::codegen::tonic::codegen::Body>::Error: Into<#rt::codegen::tonic::codegen::StdError> + Send,
                 {
                     let handler = ::std::sync::Arc::new(Handler(receiver));
-                    let inner = #rt::HubClient::connect(service, options, handler).await?;
+                    let inner = #rt::codegen::HubClient::connect(service, options, handler).await?;
                     Ok(#client { inner })
                 }
 
                 /// The untyped client underneath (connection info, latency, closed, custom timeouts).
-                pub fn raw(&self) -> &#rt::HubClient<Spec> {
+                pub fn raw(&self) -> &#rt::codegen::HubClient<Spec> {
                     &self.inner
                 }
 
@@ -511,7 +512,7 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                 }
 
                 /// Waits for the connection to end and tells why.
-                pub async fn closed(&self) -> #rt::DisconnectReason {
+                pub async fn closed(&self) -> #rt::codegen::DisconnectReason {
                     self.inner.closed().await
                 }
 
@@ -522,7 +523,7 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
             #[derive(Debug)]
             pub struct Spec;
 
-            impl #rt::ClientSpec for Spec {
+            impl #rt::codegen::ClientSpec for Spec {
                 type Request = #request;
                 type Response = #response;
                 type Call = #call_enum;
@@ -533,14 +534,14 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                     #request { id, call, control }
                 }
 
-                fn split(r: #response) -> #rt::ResponseParts<#event_enum> {
-                    #rt::ResponseParts { id: r.id, seq: r.seq, error: r.error, control: r.control, event: r.event }
+                fn split(r: #response) -> #rt::codegen::ResponseParts<#event_enum> {
+                    #rt::codegen::ResponseParts { id: r.id, seq: r.seq, error: r.error, control: r.control, event: r.event }
                 }
             }
 
             struct Handler<R>(R);
 
-            impl<R: #receiver> #rt::PushHandler<#event_enum> for Handler<R> {
+            impl<R: #receiver> #rt::codegen::PushHandler<#event_enum> for Handler<R> {
                 fn on_push(&self, seq: u64, event: #event_enum) {
                     self.0.on_seq(seq);
                     match event {

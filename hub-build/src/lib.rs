@@ -59,7 +59,10 @@ use std::path::{Path, PathBuf};
 pub use model::{Call, Hub, PushCase};
 
 /// The framework proto, built in so hub protos can `import "hub/v1/hub.proto"`.
-pub const HUB_PROTO: &str = include_str!("../../hub-core/proto/hub/v1/hub.proto");
+///
+/// A copy of hub-core's `proto/hub/v1/hub.proto` kept inside this crate, so that it
+/// packages on its own; a test checks the two are the same.
+pub const HUB_PROTO: &str = include_str!("../proto/hub/v1/hub.proto");
 
 /// Why codegen failed.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +155,10 @@ impl Builder {
         } else {
             &self.runtime_client
         };
+        // Everything generated goes through the runtime's `codegen` re-exports, so a
+        // user crate needs no `prost` or `prost-types` dependency of its own.
+        config.prost_path(format!("{rt}::codegen::prost"));
+        config.prost_types_path(format!("{rt}::codegen::prost_types"));
         config.extern_path(".hub.v1", format!("{rt}::codegen::hub_v1"));
         config.service_generator(Box::new(generate::Generator {
             hubs,

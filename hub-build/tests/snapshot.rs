@@ -58,11 +58,9 @@ fn chat_hub_code_matches_the_snapshot() {
     }
 }
 
-/// Generated code must compile in a crate that depends on the runtime crates only:
-/// every absolute path starts at `::hub_server`, `::hub_client`, `::core` or `::std`.
-#[test]
-fn generated_code_names_only_the_runtime_crates() {
-    let code = chat_code();
+/// The roots of the absolute paths in `code`: `core`, `std`, or a crate and its first
+/// module (`hub_server::codegen`).
+fn path_roots(code: &str) -> std::collections::BTreeSet<String> {
     let bytes = code.as_bytes();
     let mut roots = std::collections::BTreeSet::new();
     for (i, _) in code.match_indices("::") {
@@ -70,20 +68,92 @@ fn generated_code_names_only_the_runtime_crates() {
         if before.is_ascii_alphanumeric() || before == b'_' || before == b'>' || before == b':' {
             continue; // not the start of a path
         }
-        let name: String = code[i + 2..]
-            .chars()
-            .take_while(|c| c.is_alphanumeric() || *c == '_')
+        let segments: Vec<String> = code[i + 2..]
+            .split("::")
+            .take(2)
+            .map(|s| {
+                s.chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect()
+            })
             .collect();
-        roots.insert(name);
+        let root = match segments[0].as_str() {
+            "core" | "std" => segments[0].clone(),
+            _ => segments.join("::"),
+        };
+        roots.insert(root);
     }
-    let allowed = ["core", "hub_client", "hub_server", "std"];
+    roots
+}
+
+const ALLOWED_ROOTS: [&str; 4] = ["core", "hub_client::codegen", "hub_server::codegen", "std"];
+
+/// Generated code must compile in a crate that depends on the runtime crates only:
+/// every absolute path starts at `::hub_server::codegen`, `::hub_client::codegen`,
+/// `::core` or `::std`.
+#[test]
+fn generated_code_names_only_the_runtime_codegen_modules() {
+    let roots = path_roots(&chat_code());
     assert!(
-        roots.iter().all(|r| allowed.contains(&r.as_str())),
+        roots.iter().all(|r| ALLOWED_ROOTS.contains(&r.as_str())),
         "{roots:?}"
     );
     assert!(
-        roots.contains("hub_server") && roots.contains("hub_client"),
+        roots.contains("hub_server::codegen") && roots.contains("hub_client::codegen"),
         "{roots:?}"
+    );
+}
+
+/// The prost messages too: no `::prost` or `::prost_types`, so users need neither.
+#[test]
+fn generated_messages_name_prost_through_the_runtime() {
+    let root = root();
+    for server in [true, false] {
+        let out = tempfile::tempdir().expect("tempdir");
+        hub_build::configure()
+            .build_server(server)
+            .out_dir(out.path())
+            .compile_protos(
+                &[root.join("proto/chat/v1/chat.proto")],
+                &[root.join("proto")],
+            )
+            .expect("compile");
+        let module = std::fs::read_to_string(out.path().join("chat.v1.rs")).expect("chat.v1.rs");
+        let roots = path_roots(&module);
+        assert!(
+            roots.iter().all(|r| ALLOWED_ROOTS.contains(&r.as_str())),
+            "server {server}: {roots:?}"
+        );
+        let rt = if server { "hub_server" } else { "hub_client" };
+        assert!(
+            module.contains(&format!("::{rt}::codegen::prost::Message")),
+            "server {server}"
+        );
+    }
+}
+
+/// Doc lines made from names show the names.
+#[test]
+fn docs_name_the_generated_types() {
+    let code = chat_code();
+    assert!(
+        code.contains("/// Builds a [`ChatHubServer`]."),
+        "builder doc"
+    );
+    assert!(
+        !code.contains("[`#"),
+        "an uninterpolated name in a doc line"
+    );
+}
+
+/// The framework proto built into hub-build is hub-core's.
+#[test]
+fn the_built_in_hub_proto_is_hub_cores() {
+    let core = std::fs::read_to_string(root().join("hub-core/proto/hub/v1/hub.proto"))
+        .expect("hub-core's hub.proto");
+    assert!(
+        core == hub_build::HUB_PROTO,
+        "hub-build/proto/hub/v1/hub.proto differs from hub-core's: cp hub-core/proto/hub/v1/hub.proto hub-build/proto/hub/v1/"
     );
 }
 
@@ -113,7 +183,7 @@ fn proto_comments_become_docs_and_names_follow_the_proto() {
     let squashed: String = code.split_whitespace().collect();
     for signature in [
         "fn leave(&self, ctx: &ChatHubContext,)",
-        "pub async fn leave(&self,) -> ::core::result::Result<(), ::hub_client::ClientError>",
+        "pub async fn leave(&self,) -> ::core::result::Result<(), ::hub_client::codegen::ClientError>",
         "fn say(&self, ctx: &ChatHubContext, request: super::SayRequest,)",
     ] {
         let s: String = signature.split_whitespace().collect();

@@ -165,7 +165,13 @@ impl<S: ClientSpec> Reader<S> {
                 server_control::Kind::Hello(_) => {}
             }
         }
-        if parts.id != 0 {
+        // An error scoped to a frame answers no call, even with an id (a reused id: the
+        // call holding it still gets its own answer).
+        let frame_error = parts
+            .error
+            .as_ref()
+            .is_some_and(|e| e.scope() == proto::ErrorScope::Frame);
+        if parts.id != 0 && !frame_error {
             let waiter = self
                 .shared
                 .pending

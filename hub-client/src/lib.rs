@@ -38,8 +38,11 @@ pub use spec::{ClientSpec, PushHandler, ResponseParts};
 #[doc(hidden)]
 pub mod codegen {
     pub use crate::{
-        ClientError, ClientSpec, ConnectOptions, HubClient, PushHandler, ResponseParts,
+        ClientError, ClientSpec, ConnectOptions, DisconnectReason, HubClient, PushHandler,
+        ResponseParts,
     };
     pub use hub_core::proto as hub_v1;
+    pub use prost;
+    pub use prost_types;
     pub use tonic;
 }

@@ -694,3 +694,31 @@ fn ping_nonce(req: Req) -> u64 {
 fn pending(client: &HubClient<Spec>) -> usize {
     client.pending_calls()
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_frame_error_with_a_call_id_is_not_that_calls_answer() {
+    let mut f = connect(quiet()).await;
+    let call = tokio::spawn({
+        let c = f.client.clone();
+        async move { c.call("x".into()).await }
+    });
+    let req = f.server.next_call().await;
+    // The server refused another frame that reused this id (scope FRAME): the call
+    // still waits for its own answer, and the refusal goes to the receiver.
+    f.server.send(Resp {
+        id: req.id,
+        error: Some(proto::CallError {
+            code: Code::AlreadyExists as i32,
+            message: "id in use".into(),
+            scope: proto::ErrorScope::Frame as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    f.server.reply(req.id, "yours");
+    assert_eq!(bounded(call).await.unwrap().unwrap(), "yours");
+    assert_eq!(
+        f.recorder.got(),
+        vec![Got::Error(Code::AlreadyExists, "id in use".into())]
+    );
+}

@@ -34,6 +34,10 @@ pub struct OutFrame {
     /// Pushes dropped just before this one on its connection (set by the outbox), so
     /// the client sees the gap in sequence numbers.
     pub skipped: u64,
+    /// A frame the connection can do without (a heartbeat, a refusal of a frame over
+    /// the rate limit): queued only while there is room, and it never holds back
+    /// reading (set by [`crate::Outbox::offer`]).
+    pub control: bool,
 }
 
 impl OutFrame {
@@ -43,6 +47,7 @@ impl OutFrame {
             bytes,
             push: true,
             skipped: 0,
+            control: false,
         }
     }
 
@@ -52,6 +57,7 @@ impl OutFrame {
             bytes,
             push: false,
             skipped: 0,
+            control: false,
         }
     }
 
@@ -89,16 +95,90 @@ fn frame_with(id: u64, field: u32, msg: &impl Message) -> Bytes {
     buf.freeze()
 }
 
-/// An error frame: `{id, error: {code, message}}`.
+/// An error frame: `{id, error: {code, message}}`, without a scope. The server sends
+/// [`call_error_frame`] and [`frame_error_frame`]. Every error frame's message is cut to
+/// [`crate::quote::MAX_ERROR_MESSAGE_BYTES`], so it never grows with what a handler
+/// put in it.
 pub fn error_frame(id: u64, code: tonic::Code, message: impl Into<String>) -> Bytes {
+    scoped_error_frame(id, proto::ErrorScope::Unspecified, 0, code, message)
+}
+
+/// The answer of a call that failed or was refused: `{id, error: {code, message,
+/// scope: CALL, call}}`. `call` is the field number of the call case (0 if unknown).
+/// With `id` 0 it tells the client which fire-and-forget call failed.
+pub fn call_error_frame(
+    id: u64,
+    call: u32,
+    code: tonic::Code,
+    message: impl Into<String>,
+) -> Bytes {
+    scoped_error_frame(id, proto::ErrorScope::Call, call, code, message)
+}
+
+/// A request frame refused before it became a call (malformed, no call, a duplicate
+/// id): `{id, error: {code, message, scope: FRAME, call}}`. It answers no call.
+pub fn frame_error_frame(
+    id: u64,
+    call: u32,
+    code: tonic::Code,
+    message: impl Into<String>,
+) -> Bytes {
+    scoped_error_frame(id, proto::ErrorScope::Frame, call, code, message)
+}
+
+fn scoped_error_frame(
+    id: u64,
+    scope: proto::ErrorScope,
+    call: u32,
+    code: tonic::Code,
+    message: impl Into<String>,
+) -> Bytes {
     frame_with(
         id,
         FIELD_ERROR,
         &proto::CallError {
             code: code as i32,
-            message: message.into(),
+            message: crate::quote::bound_message(message.into()),
+            scope: scope as i32,
+            call,
         },
     )
+}
+
+/// The framework fields of a request frame, read without decoding it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestHead {
+    /// The call id (0 if absent or unreadable).
+    pub id: u64,
+    /// The field number of the call case (the last field numbered
+    /// [`FIRST_HUB_FIELD`] or more, as protobuf's last-one-wins rule picks it).
+    pub call: Option<u32>,
+}
+
+/// Reads a request frame's id and call case from its top-level keys. Cheap: it skips
+/// over fields without decoding them, and stops at the first malformed key.
+pub fn request_head(mut buf: &[u8]) -> RequestHead {
+    use prost::encoding::{DecodeContext, decode_key, decode_varint, skip_field};
+    let mut head = RequestHead::default();
+    while !buf.is_empty() {
+        let Ok((tag, wire)) = decode_key(&mut buf) else {
+            break;
+        };
+        if tag == FIELD_ID && wire == WireType::Varint {
+            match decode_varint(&mut buf) {
+                Ok(id) => head.id = id,
+                Err(_) => break,
+            }
+            continue;
+        }
+        if tag >= FIRST_HUB_FIELD {
+            head.call = Some(tag);
+        }
+        if skip_field(wire, tag, &mut buf, DecodeContext::default()).is_err() {
+            break;
+        }
+    }
+    head
 }
 
 /// A control frame: `{control: ...}`.
@@ -170,8 +250,21 @@ mod tests {
             e.error.unwrap(),
             proto::CallError {
                 code: 5,
-                message: "nope".into()
+                message: "nope".into(),
+                scope: 0,
+                call: 0,
             }
+        );
+        let e = Resp::decode(call_error_frame(0, 18, tonic::Code::Aborted, "x")).unwrap();
+        let err = e.error.unwrap();
+        assert_eq!(
+            (e.id, err.scope(), err.call),
+            (0, proto::ErrorScope::Call, 18)
+        );
+        let e = Resp::decode(frame_error_frame(7, 0, tonic::Code::AlreadyExists, "x")).unwrap();
+        assert_eq!(
+            (e.id, e.error.unwrap().scope()),
+            (7, proto::ErrorScope::Frame)
         );
         let c = Resp::decode(control_frame(proto::server_control::Kind::Ping(
             proto::Ping {
@@ -194,6 +287,25 @@ mod tests {
         }
         .encode_to_vec();
         assert_eq!(top_level_fields(&bytes), vec![1, 100]);
+        assert_eq!(
+            request_head(&bytes),
+            RequestHead {
+                id: 1,
+                call: Some(100)
+            }
+        );
+        assert_eq!(request_head(&[0xff]), RequestHead::default());
+        // id 9, a control message, call 16 with a body, then call 17: the last wins.
+        let frame = [
+            0x08, 0x09, 0x7a, 0x00, 0x82, 0x01, 0x01, 0x00, 0x8a, 0x01, 0x00,
+        ];
+        assert_eq!(
+            request_head(&frame),
+            RequestHead {
+                id: 9,
+                call: Some(17)
+            }
+        );
         assert_eq!(top_level_fields(&[0xff]), Vec::<u32>::new());
     }
 }

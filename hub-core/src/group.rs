@@ -2,6 +2,8 @@ use std::borrow::Borrow;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::quote::quote;
+
 /// The longest group name, in bytes.
 pub const MAX_GROUP_NAME_BYTES: usize = 128;
 
@@ -23,11 +25,12 @@ pub enum InvalidGroupName {
     /// The name is longer than [`MAX_GROUP_NAME_BYTES`].
     #[error("group name is {0} bytes long; the limit is {MAX_GROUP_NAME_BYTES}")]
     TooLong(usize),
-    /// The name holds whitespace or a control character.
-    #[error("group name {0:?} contains whitespace or a control character")]
+    /// The name holds whitespace or a control character. Holds the name as
+    /// [`crate::quote::quote`] quotes it (a short escaped prefix).
+    #[error("group name {0} contains whitespace or a control character")]
     BadCharacter(String),
-    /// The name starts with `$`, which is reserved.
-    #[error("group name {0:?} starts with '$', which is reserved for the framework")]
+    /// The name starts with `$`, which is reserved. Holds the quoted name.
+    #[error("group name {0} starts with '$', which is reserved for the framework")]
     Reserved(String),
 }
 
@@ -36,7 +39,7 @@ impl GroupName {
     pub fn new(name: &str) -> Result<Self, InvalidGroupName> {
         Self::check(name)?;
         if name.starts_with('$') {
-            return Err(InvalidGroupName::Reserved(name.to_owned()));
+            return Err(InvalidGroupName::Reserved(quote(name).to_string()));
         }
         Ok(GroupName(Arc::from(name)))
     }
@@ -62,7 +65,7 @@ impl GroupName {
             return Err(InvalidGroupName::TooLong(name.len()));
         }
         if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(InvalidGroupName::BadCharacter(name.to_owned()));
+            return Err(InvalidGroupName::BadCharacter(quote(name).to_string()));
         }
         Ok(())
     }

@@ -51,16 +51,17 @@ impl fmt::Debug for ConnectionId {
     }
 }
 
-/// A string that is not a connection id.
+/// A string that is not a connection id. Holds the string as
+/// [`crate::quote::quote`] quotes it (a short escaped prefix).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("not a connection id: {0:?} (expected 16 hex digits, '-', a number)")]
+#[error("not a connection id: {0} (expected 16 hex digits, '-', a number)")]
 pub struct ParseConnectionIdError(pub String);
 
 impl FromStr for ConnectionId {
     type Err = ParseConnectionIdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseConnectionIdError(s.chars().take(64).collect());
+        let err = || ParseConnectionIdError(crate::quote::quote(s).to_string());
         let (node, local) = s.split_once('-').ok_or_else(err)?;
         if node.len() != 16 {
             return Err(err());

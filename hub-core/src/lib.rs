@@ -13,7 +13,8 @@
 //!   (in-memory, Redis, NATS);
 //! - [`remote`]: what crosses a backplane (the envelope codec, delivery of what
 //!   other servers send), written once for every backend;
-//! - [`HubMetrics`]: counters every part updates, so no failure is silent.
+//! - [`HubMetrics`]: counters every part updates, so no failure is silent;
+//! - [`quote`]: bounded quoting of client input in error messages.
 //!
 //! The tonic service lives in `hub-server`; this crate has no server.
 
@@ -24,6 +25,7 @@ mod local;
 mod metrics;
 mod outbox;
 mod provider;
+pub mod quote;
 pub mod remote;
 mod target;
 
@@ -36,8 +38,11 @@ pub mod proto {
 pub use group::{GroupName, InvalidGroupName, MAX_GROUP_NAME_BYTES};
 pub use id::{ConnectionId, NodeId, ParseConnectionIdError};
 pub use local::{Delivery, JoinOutcome, LeaveOutcome, LocalGroups, Member, MemberInfo};
-pub use metrics::{HubMetrics, MetricsSnapshot};
-pub use outbox::{CloseReason, Next, Outbox, OutboxReceiver, PushRejected, SlowConsumerPolicy};
+pub use metrics::{HubMetrics, MetricsSnapshot, TransportMetrics, TransportSnapshot};
+pub use outbox::{
+    CloseReason, FRAME_OVERHEAD, HARD_LIMIT_FACTOR, Next, OutboundBudget, Outbox, OutboxLimits,
+    OutboxReceiver, PushRejected, SlowConsumerPolicy,
+};
 pub use provider::{
     Backplane, BackplaneEvents, BindContext, BoxFuture, GroupError, GroupProvider, LocalOnly,
     MembersLost, MemoryProvider,

@@ -293,8 +293,12 @@ impl LocalGroups {
     pub fn deliver(&self, group: &str, target: &Target, frame: &Bytes) -> Delivery {
         let members = self.snapshot(group);
         let mut d = Delivery::default();
+        // One accounted buffer for every recipient: its bytes count once in the
+        // server's outbound budget, as they take memory once.
+        let mut shared: Option<Bytes> = None;
         for m in members.iter().filter(|m| target.selects(&m.id)) {
-            count(&mut d, m.outbox.push(OutFrame::push(frame.clone())));
+            let bytes = shared.get_or_insert_with(|| m.outbox.account(frame));
+            count(&mut d, m.outbox.push(OutFrame::push(bytes.clone())));
         }
         d
     }
@@ -310,9 +314,13 @@ impl LocalGroups {
                 .map(|id| (*id, s.conns.get(id).map(|e| e.member.outbox.clone())))
                 .collect()
         };
+        let mut shared: Option<Bytes> = None;
         for (id, outbox) in outboxes {
             match outbox {
-                Some(o) => count(&mut d, o.push(OutFrame::push(frame.clone()))),
+                Some(o) => {
+                    let bytes = shared.get_or_insert_with(|| o.account(frame));
+                    count(&mut d, o.push(OutFrame::push(bytes.clone())))
+                }
                 None => missing.push(id),
             }
         }

@@ -61,6 +61,24 @@ counters! {
     backplane_reconnects,
     /// Backplane operations other than publish that failed (subscribe, presence, counts).
     backplane_errors,
+    /// Times a connection's outbound queue went over its budget (`HubConfig::outbound_queue`,
+    /// `outbound_queue_bytes`): the start of its grace period. Closes that follow are in
+    /// `slow_consumer_disconnects`.
+    slow_consumer_behind,
+    /// Pushes that met the server-wide outbound byte budget (`HubsBuilder::max_outbound_bytes`)
+    /// at a connection holding more than its share (the policy applied to it).
+    outbound_total_hits,
+    /// Inbound frames refused by a connection's rate limits (`HubConfig::inbound_calls`,
+    /// `inbound_bytes`); each got `RESOURCE_EXHAUSTED`.
+    inbound_rate_limited,
+    /// Connections closed for going on past their rate limits (`HubConfig::flood_refusals`).
+    flood_disconnects,
+    /// Times a connection stopped reading calls because its replies waited to be written
+    /// (replies are backpressure).
+    reads_paused,
+    /// Replies and pushes refused because they were larger than the largest frame the
+    /// server sends (`max_outbound_message_bytes` in the hello); the caller got `OUT_OF_RANGE`.
+    frames_too_large,
     /// Pushes whose publish had already been answered OK (resolved once queued) and
     /// then failed or went unconfirmed within the publish timeout (the backplane
     /// stalled or broke): at best late, most likely lost.
@@ -75,5 +93,46 @@ impl HubMetrics {
     #[inline]
     pub fn incr(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+}
+
+/// Counters of a server's connections as `hub_server::transport` serves them (the
+/// TCP and HTTP/2 level, below any hub): what its limits refused or closed.
+#[derive(Debug, Default)]
+pub struct TransportMetrics {
+    /// TCP connections accepted.
+    pub connections_accepted: AtomicU64,
+    /// Connections closed because they opened no request within the handshake
+    /// timeout, or had none open for the idle timeout.
+    pub idle_closed: AtomicU64,
+    /// Accept failures that paused the accept loop (out of file descriptors or
+    /// memory), each followed by a back-off instead of an immediate retry.
+    pub accept_errors: AtomicU64,
+    /// Requests (hub streams and any other gRPC call) opened on these connections.
+    pub requests: AtomicU64,
+}
+
+/// A copy of [`TransportMetrics`] at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TransportSnapshot {
+    /// See [`TransportMetrics::connections_accepted`].
+    pub connections_accepted: u64,
+    /// See [`TransportMetrics::idle_closed`].
+    pub idle_closed: u64,
+    /// See [`TransportMetrics::accept_errors`].
+    pub accept_errors: u64,
+    /// See [`TransportMetrics::requests`].
+    pub requests: u64,
+}
+
+impl TransportMetrics {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> TransportSnapshot {
+        TransportSnapshot {
+            connections_accepted: self.connections_accepted.load(Relaxed),
+            idle_closed: self.idle_closed.load(Relaxed),
+            accept_errors: self.accept_errors.load(Relaxed),
+            requests: self.requests.load(Relaxed),
+        }
     }
 }

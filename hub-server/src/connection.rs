@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use hub_core::frame::{
-    FIELD_CONTROL, FIELD_ID, OutFrame, control_frame, error_frame, top_level_fields,
+    FIELD_CONTROL, FIELD_ID, OutFrame, call_error_frame, control_frame, frame_error_frame,
+    request_head, top_level_fields,
 };
 use hub_core::proto::{self, client_control, server_control::Kind};
 use hub_core::{BoxFuture, CloseReason, HubMetrics, MemberInfo};
@@ -18,17 +19,25 @@ use tonic::{Code, Streaming};
 use tracing::Instrument;
 
 use crate::context::ConnState;
+use crate::inbound::{InboundLimits, Verdict};
 use crate::service::{HubCore, HubShared};
 use crate::{Context, DisconnectReason, Dispatch, Inbound};
 
-type Running = BoxFuture<'static, (u64, &'static str, Result<Result<Bytes, tonic::Status>, ()>)>;
+/// What a finished call hands back: its id, call case, name, and its outcome (`Err(())`: it panicked).
+type Finished = (
+    u64,
+    u32,
+    &'static str,
+    Result<Result<Bytes, tonic::Status>, ()>,
+);
+type Running = BoxFuture<'static, Finished>;
 
 struct Conn<D: Dispatch> {
     shared: Arc<HubShared<D>>,
     state: Arc<ConnState>,
     ctx: Context<D::Push>,
-    /// Calls waiting behind the running one, in arrival order.
-    queue: VecDeque<(u64, D::Call)>,
+    /// Calls waiting behind the running one, in arrival order, with their call case.
+    queue: VecDeque<(u64, u32, D::Call)>,
     /// Ids of queued and running calls, to refuse duplicates.
     in_flight: HashSet<u64>,
     /// The call being run.
@@ -40,6 +49,8 @@ struct Conn<D: Dispatch> {
     nonce: u64,
     /// Round trip of the last answered ping, in microseconds.
     last_rtt_us: u64,
+    /// Frames and bytes per second, and the refusals allowed before a flood close.
+    limits: InboundLimits,
 }
 
 pub(crate) async fn run<D: Dispatch>(
@@ -59,6 +70,7 @@ pub(crate) async fn run<D: Dispatch>(
         ping: None,
         nonce: 0,
         last_rtt_us: 0,
+        limits: InboundLimits::new(&config),
     };
     tracing::debug!("connected");
     let mut closed = std::pin::pin!(state.outbox.closed());
@@ -76,6 +88,10 @@ pub(crate) async fn run<D: Dispatch>(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let mut reading = true;
+    // Replies are backpressure: while they wait to be written, read no new frame.
+    let mut paused = false;
+    // The end of the grace of an outbound queue over budget, while it is.
+    let mut grace: Option<Instant> = None;
 
     let reason = loop {
         if !reading && conn.running.is_none() && conn.queue.is_empty() {
@@ -89,6 +105,16 @@ pub(crate) async fn run<D: Dispatch>(
                 },
                 None => DisconnectReason::ClientClosed,
             };
+        }
+        let backlogged = reading && state.outbox.replies_backlogged();
+        if backlogged != paused {
+            paused = backlogged;
+            if paused {
+                HubMetrics::incr(&core.metrics.reads_paused);
+                // The heartbeat timeout now counts from here: the client is not
+                // reading, so it cannot be heard.
+                last_heard = last_heard.max(Instant::now());
+            }
         }
         tokio::select! {
             biased;
@@ -116,7 +142,14 @@ pub(crate) async fn run<D: Dispatch>(
                     conn.apply_kick();
                 }
             }
-            msg = inbound.message(), if reading => match msg {
+            _ = state.outbox.went_behind(), if grace.is_none() => {
+                grace = state.outbox.enforce_grace();
+            }
+            _ = tokio::time::sleep_until(grace.unwrap_or_else(Instant::now)), if grace.is_some() => {
+                grace = state.outbox.enforce_grace();
+            }
+            _ = state.outbox.replies_drained(), if paused => {}
+            msg = inbound.message(), if reading && !paused => match msg {
                 Ok(Some(frame)) => {
                     last_heard = Instant::now();
                     conn.on_frame(frame);
@@ -137,10 +170,12 @@ pub(crate) async fn run<D: Dispatch>(
                     && last_heard.elapsed() >= timeout
                 {
                     HubMetrics::incr(&core.metrics.heartbeat_timeouts);
-                    state.outbox.close(CloseReason::new(
-                        Code::Unavailable,
-                        format!("heartbeat timeout: nothing received from the client for {timeout:?}"),
-                    ));
+                    let why = if paused {
+                        format!("heartbeat timeout: the client read no reply for {timeout:?}")
+                    } else {
+                        format!("heartbeat timeout: nothing received from the client for {timeout:?}")
+                    };
+                    state.outbox.close(CloseReason::new(Code::Unavailable, why));
                     continue;
                 }
                 if config.heartbeat_interval.is_some() {
@@ -241,17 +276,63 @@ impl<D: Dispatch> Conn<D> {
         let _ = self.state.outbox.push(OutFrame::reply(frame));
     }
 
-    fn reject(&self, id: u64, code: Code, message: String) {
+    /// Refuses a frame. With an id or a call case it is that call's answer (scope
+    /// CALL); without either it answers nothing (scope FRAME).
+    fn reject(&self, id: u64, call: Option<u32>, code: Code, message: String) {
         HubMetrics::incr(&self.core().metrics.frames_rejected);
         tracing::debug!(id, ?code, %message, "frame rejected");
-        self.send(error_frame(id, code, message));
+        self.send(if id == 0 && call.is_none() {
+            frame_error_frame(0, 0, code, message)
+        } else {
+            call_error_frame(id, call.unwrap_or(0), code, message)
+        });
     }
 
     fn on_frame(&mut self, frame: Bytes) {
+        let head = request_head(&frame);
+        match self.limits.admit(frame.len()) {
+            Verdict::Pass => {}
+            Verdict::Refused(message) => {
+                let metrics = &self.core().metrics;
+                HubMetrics::incr(&metrics.inbound_rate_limited);
+                tracing::debug!(id = head.id, %message, "frame refused by the rate limit");
+                // A call gets its answer; a control frame over the limit is dropped.
+                // Offered, not queued as a reply: refusals must not stop the reading
+                // that counts them (a flooder that does not read is still caught), and
+                // a client that reads none of them misses some.
+                if head.call.is_some() || head.id != 0 {
+                    let refusal = call_error_frame(
+                        head.id,
+                        head.call.unwrap_or(0),
+                        Code::ResourceExhausted,
+                        message,
+                    );
+                    let _ = self.state.outbox.offer(OutFrame::reply(refusal));
+                }
+                return;
+            }
+            Verdict::Flooding(message) => {
+                let metrics = &self.core().metrics;
+                HubMetrics::incr(&metrics.inbound_rate_limited);
+                HubMetrics::incr(&metrics.flood_disconnects);
+                tracing::info!(%message, "flooding client disconnected");
+                self.queue.clear();
+                self.state
+                    .outbox
+                    .close(CloseReason::new(Code::ResourceExhausted, message));
+                return;
+            }
+        }
         let request = match D::Request::decode(frame.clone()) {
             Ok(r) => r,
             Err(e) => {
-                return self.reject(0, Code::InvalidArgument, format!("malformed frame: {e}"));
+                HubMetrics::incr(&self.core().metrics.frames_rejected);
+                return self.send(frame_error_frame(
+                    0,
+                    0,
+                    Code::InvalidArgument,
+                    format!("malformed frame: {e}"),
+                ));
             }
         };
         let Inbound { id, control, call } = D::split(request);
@@ -260,7 +341,7 @@ impl<D: Dispatch> Conn<D> {
             self.on_control(c);
         }
         match call {
-            Some(call) => self.enqueue(id, call),
+            Some(call) => self.enqueue(id, head.call.unwrap_or(0), call),
             None if had_control => {}
             None => {
                 let unknown = top_level_fields(&frame)
@@ -269,13 +350,14 @@ impl<D: Dispatch> Conn<D> {
                 match unknown {
                     Some(field) => self.reject(
                         id,
+                        Some(field),
                         Code::Unimplemented,
                         format!(
                             "unknown call (field {field}) for {}: the client's proto may be newer than the server's",
                             D::SERVICE
                         ),
                     ),
-                    None => self.reject(id, Code::InvalidArgument, "frame carries no call".into()),
+                    None => self.reject(id, None, Code::InvalidArgument, "frame carries no call".into()),
                 }
             }
         }
@@ -315,18 +397,24 @@ impl<D: Dispatch> Conn<D> {
         }
     }
 
-    fn enqueue(&mut self, id: u64, call: D::Call) {
+    fn enqueue(&mut self, id: u64, field: u32, call: D::Call) {
         if id != 0 && self.in_flight.contains(&id) {
-            return self.reject(
+            // Not the answer of the call that holds the id (it gets its own): scope FRAME.
+            HubMetrics::incr(&self.core().metrics.frames_rejected);
+            return self.send(frame_error_frame(
                 id,
+                field,
                 Code::AlreadyExists,
-                format!("call id {id} is already in flight on this connection"),
-            );
+                format!(
+                    "call id {id} is already in use by a call queued or running on this connection"
+                ),
+            ));
         }
         let max = self.core().config.max_queued_calls;
         if self.running.is_some() && self.queue.len() >= max {
             return self.reject(
                 id,
+                Some(field),
                 Code::ResourceExhausted,
                 format!("too many calls queued ({max}); wait for replies before sending more"),
             );
@@ -334,14 +422,14 @@ impl<D: Dispatch> Conn<D> {
         if id != 0 {
             self.in_flight.insert(id);
         }
-        self.queue.push_back((id, call));
+        self.queue.push_back((id, field, call));
         if self.running.is_none() {
             self.start_next();
         }
     }
 
     fn start_next(&mut self) {
-        let Some((id, call)) = self.queue.pop_front() else {
+        let Some((id, field, call)) = self.queue.pop_front() else {
             return;
         };
         let name = D::call_name(&call);
@@ -351,27 +439,26 @@ impl<D: Dispatch> Conn<D> {
         self.running = Some(Box::pin(
             AssertUnwindSafe(fut)
                 .catch_unwind()
-                .map(move |r| (id, name, r.map_err(|_| ())))
+                .map(move |r| (id, field, name, r.map_err(|_| ())))
                 .instrument(span),
         ));
     }
 
-    fn finish(
-        &mut self,
-        (id, name, result): (u64, &'static str, Result<Result<Bytes, tonic::Status>, ()>),
-    ) {
+    fn finish(&mut self, (id, field, name, result): Finished) {
         self.in_flight.remove(&id);
         let metrics = &self.core().metrics;
         match result {
             Ok(Ok(reply)) => {
-                let max = self.core().config.max_message_bytes;
+                let max = self.core().max_outbound();
                 if id == 0 {
                     // Fire-and-forget: no reply.
                 } else if reply.len() > max {
                     HubMetrics::incr(&metrics.calls_failed);
-                    self.send(error_frame(
+                    HubMetrics::incr(&metrics.frames_too_large);
+                    self.send(call_error_frame(
                         id,
-                        Code::ResourceExhausted,
+                        field,
+                        Code::OutOfRange,
                         format!(
                             "reply to `{name}` is {} bytes; the limit is {max}",
                             reply.len()
@@ -384,14 +471,16 @@ impl<D: Dispatch> Conn<D> {
             Ok(Err(status)) => {
                 HubMetrics::incr(&metrics.calls_failed);
                 tracing::debug!(call = name, id, %status, "call failed");
-                // Sent for fire-and-forget calls too (with id 0), so failures are never silent.
-                self.send(error_frame(id, status.code(), status.message()));
+                // Sent for fire-and-forget calls too (with id 0 and the call case), so
+                // failures are never silent.
+                self.send(call_error_frame(id, field, status.code(), status.message()));
             }
             Err(()) => {
                 HubMetrics::incr(&metrics.calls_failed);
                 tracing::error!(call = name, id, "hub handler panicked");
-                self.send(error_frame(
+                self.send(call_error_frame(
                     id,
+                    field,
                     Code::Internal,
                     format!("the hub's `{name}` handler panicked"),
                 ));

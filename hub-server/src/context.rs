@@ -392,8 +392,9 @@ impl Push {
         // Each recipient's writer appends the push sequence number (a key byte and up
         // to ten varint bytes), so leave room for it: a client whose limit equals the
         // server's must be able to read every frame.
-        let max = core.max_push_frame();
+        let max = core.max_outbound().saturating_sub(SEQ_SUFFIX_BYTES);
         if frame.len() > max {
+            HubMetrics::incr(&core.metrics.frames_too_large);
             return Err(PushError::TooLarge {
                 size: frame.len(),
                 max,
@@ -454,6 +455,7 @@ mod tests {
             shutdown_reason: OnceLock::new(),
             next_conn: AtomicU64::new(0),
             conn_closed: Notify::new(),
+            outbound: Arc::new(hub_core::OutboundBudget::unlimited()),
         })
     }
 
@@ -587,10 +589,7 @@ mod tests {
                 .await
                 .is_ok()
         );
-        assert_eq!(
-            tonic::Status::from(err).code(),
-            tonic::Code::ResourceExhausted
-        );
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::OutOfRange);
         // Nobody is connected: an empty group is not an error, a missing connection is.
         assert_eq!(
             push.send_frame(bytes::Bytes::from_static(b"x"))

@@ -3,7 +3,9 @@ use hub_core::{ConnectionId, Delivery, GroupError};
 /// Why a push failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
-    /// The encoded push is larger than the hub's `max_message_bytes`.
+    /// The encoded push is larger than the largest frame the hub sends
+    /// (`HubConfig::max_outbound_message_bytes`, by default `max_message_bytes`). As a
+    /// status: `OUT_OF_RANGE`, since sending it again cannot succeed.
     #[error("push of {size} bytes is larger than the limit of {max} bytes")]
     TooLarge {
         /// The encoded size.
@@ -32,7 +34,7 @@ pub enum PushError {
 impl From<PushError> for tonic::Status {
     fn from(e: PushError) -> Self {
         match e {
-            PushError::TooLarge { .. } => tonic::Status::resource_exhausted(e.to_string()),
+            PushError::TooLarge { .. } => tonic::Status::out_of_range(e.to_string()),
             PushError::NotConnected(_) => tonic::Status::not_found(e.to_string()),
             // Too large for the backplane: sending it again cannot succeed.
             PushError::Backplane {

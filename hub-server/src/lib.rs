@@ -23,18 +23,27 @@
 //!   meanwhile). Up to [`HubConfig::max_queued_calls`] calls wait; one more gets an
 //!   error frame at once. For long work, spawn a task and push the result later.
 //! - A call with `id` 0 is fire-and-forget: no reply, but a failure still comes back
-//!   as an error frame with `id` 0.
+//!   as an error frame with `id` 0, scope `CALL` and the call case's field number
+//!   (`hub.v1.CallError`), which tells it from a frame the server could not read
+//!   (scope `FRAME`).
+//! - Each connection's request frames are rate-limited ([`HubConfig::inbound_calls`],
+//!   [`HubConfig::inbound_bytes`]); a client going on past the limits is closed
+//!   ([`HubConfig::flood_refusals`]).
 //! - Replies and errors carry the call's `id`; pushes carry `id` 0 and a
 //!   per-connection `seq` (1, 2, 3...).
 //!
 //! # Delivery and backpressure
 //!
-//! A push is encoded once; the same bytes go to every local member's bounded
-//! outbound queue ([`HubConfig::outbound_queue`]) without waiting. When a queue is
-//! full the [`hub_core::SlowConsumerPolicy`] applies (default: that client is
-//! disconnected with `RESOURCE_EXHAUSTED`), and it is counted in [`HubMetrics`]; other
-//! members are not slowed. Live delivery is at-most-once; pushes from one sender to
-//! one group arrive in order.
+//! A push is encoded once; the same bytes go to every local member's outbound queue
+//! without waiting. Each queue has a budget in pushes and bytes
+//! ([`HubConfig::outbound_queue`], [`HubConfig::outbound_queue_bytes`]) and all queues
+//! of a server a total ([`HubsBuilder::max_outbound_bytes`]). Over its budget, the
+//! [`hub_core::SlowConsumerPolicy`] applies (default: that client is disconnected with
+//! `RESOURCE_EXHAUSTED` if it stays over for [`HubConfig::slow_consumer_grace`] or
+//! reaches twice the budget), and it is counted in [`HubMetrics`]; other members are
+//! not slowed. Replies are backpressure: while a connection's replies wait, its next
+//! calls are not read. Live delivery is at-most-once; pushes from one sender to one
+//! group arrive in order.
 //!
 //! # Liveness and shutdown
 //!
@@ -44,6 +53,13 @@
 //! drains every connection: queued frames, a `Goodbye` with the reason, status
 //! `UNAVAILABLE`.
 //!
+//! # Serving on the internet
+//!
+//! [`transport::Transport`] builds the `tonic::transport::Server` and the accept
+//! loop with limits for untrusted clients: a handshake and idle timeout for
+//! connections without requests, HTTP/2 keepalive, a cap on concurrent streams per
+//! connection, and an accept loop that backs off when out of file descriptors.
+//!
 //! [`HubMetrics`]: hub_core::HubMetrics
 
 mod config;
@@ -51,12 +67,15 @@ mod connection;
 mod context;
 mod dispatch;
 mod error;
+mod inbound;
 mod service;
+pub mod transport;
 
-pub use config::{HubConfig, Hubs, HubsBuilder};
+pub use config::{DEFAULT_MAX_OUTBOUND_BYTES, HubConfig, Hubs, HubsBuilder, RateLimit};
 pub use context::{Context, HubHandle, Push};
 pub use dispatch::{Dispatch, Inbound};
 pub use error::{DisconnectReason, PushError};
+pub use hub_core::quote;
 pub use hub_core::{
     ConnectionId, Delivery, GroupError, GroupName, GroupProvider, MemberInfo, MembersLost,
     MemoryProvider, MetricsSnapshot, SlowConsumerPolicy,
@@ -67,11 +86,16 @@ pub use service::{HubService, HubServiceBuilder, OutboundStream, ServerCodec, Wr
 /// What generated code names. Not a stable API for hand-written code.
 #[doc(hidden)]
 pub mod codegen {
+    pub use crate::{
+        ConnectionId, Delivery, DisconnectReason, GroupError, GroupProvider, HubConfig, Hubs,
+        MembersLost, PushError,
+    };
     pub use crate::{Context, Dispatch, HubHandle, HubService, HubServiceBuilder, Inbound, Push};
     pub use bytes::Bytes;
     pub use hub_core::BoxFuture;
     pub use hub_core::proto as hub_v1;
     pub use prost;
+    pub use prost_types;
     pub use tonic;
     pub use tower;
 

@@ -45,6 +45,8 @@ pub(crate) struct HubCore {
     pub(crate) next_conn: AtomicU64,
     /// Pinged when a connection ends (shutdown waits on it).
     pub(crate) conn_closed: Notify,
+    /// The server-wide budget of bytes queued to clients.
+    pub(crate) outbound: Arc<hub_core::OutboundBudget>,
 }
 
 impl HubCore {
@@ -100,14 +102,15 @@ impl HubCore {
         Ok(outcome.removed)
     }
 
-    /// The largest push frame this hub sends (before the sequence number each copy
-    /// gets): what the hub's limit leaves, and no more than the backplane carries.
-    pub(crate) fn max_push_frame(&self) -> usize {
-        let own = self
-            .config
-            .max_message_bytes
-            .saturating_sub(crate::context::SEQ_SUFFIX_BYTES);
-        self.backplane.max_frame_bytes().map_or(own, |b| own.min(b))
+    /// The largest frame this hub sends (replies, pushes with their sequence number),
+    /// as the hello advertises it: the hub's own limit, and no more than the
+    /// backplane carries (a push must reach every server).
+    pub(crate) fn max_outbound(&self) -> usize {
+        let own = self.config.outbound_limit();
+        match self.backplane.max_frame_bytes() {
+            Some(b) => own.min(b.saturating_add(crate::context::SEQ_SUFFIX_BYTES)),
+            None => own,
+        }
     }
 
     pub(crate) async fn member_count(&self, group: &GroupName) -> Result<u64, GroupError> {
@@ -294,6 +297,7 @@ impl<D: Dispatch> HubServiceBuilder<D> {
             shutdown_reason: OnceLock::new(),
             next_conn: AtomicU64::new(0),
             conn_closed: Notify::new(),
+            outbound: hubs.inner.outbound.clone(),
         });
         hubs.inner
             .hubs
@@ -361,7 +365,7 @@ where
         if req.uri().path() != D::PATH {
             let status = Status::unimplemented(format!(
                 "unknown method {}: the hub {} has one method, Connect",
-                req.uri().path(),
+                hub_core::quote::quote(req.uri().path()),
                 D::SERVICE
             ));
             return Box::pin(async move { Ok(status.into_http()) });
@@ -477,15 +481,17 @@ impl Stream for OutboundStream {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Next::Close(reason))) => {
+                // A hub may close with any text (`Context::close`): bounded, so neither
+                // the goodbye frame nor the status trailer grows with it.
+                let message = hub_core::quote::bound_message(reason.message);
                 let goodbye = control_frame(Kind::Goodbye(proto::Goodbye {
                     code: reason.code as i32,
-                    reason: reason.message.clone(),
+                    reason: message.clone(),
                 }));
                 // A clean close with a reason (`Context::close(Code::Ok, "done")`)
                 // still says why, then ends with OK.
                 this.ending = Some(
-                    (reason.code != tonic::Code::Ok)
-                        .then(|| Status::new(reason.code, reason.message)),
+                    (reason.code != tonic::Code::Ok).then(|| Status::new(reason.code, message)),
                 );
                 Poll::Ready(Some(Ok(WriteItem {
                     frame: OutFrame::reply(goodbye),
@@ -535,10 +541,11 @@ async fn accept<D: Dispatch>(
         local: core.next_conn.fetch_add(1, Relaxed) + 1,
     };
     let config = &core.config;
-    let (outbox, rx) = Outbox::new(
-        config.outbound_queue,
+    let (outbox, rx) = Outbox::with_limits(
+        config.outbox_limits(),
         config.slow_consumer,
         core.metrics.clone(),
+        core.outbound.clone(),
     );
     let hello = control_frame(Kind::Hello(proto::ConnectionInfo {
         connection_id: id.to_string(),
@@ -549,6 +556,7 @@ async fn accept<D: Dispatch>(
             .map_or(0, |d| d.as_millis() as u64),
         heartbeat_timeout_ms: config.heartbeat_timeout.map_or(0, |d| d.as_millis() as u64),
         max_message_bytes: config.max_message_bytes as u64,
+        max_outbound_message_bytes: core.max_outbound() as u64,
     }));
     // First frame of the stream, so the client knows its id before any push.
     let _ = outbox.push(OutFrame::reply(hello));
@@ -581,6 +589,7 @@ async fn accept<D: Dispatch>(
     };
     if let Err(status) = accepted {
         HubMetrics::incr(&core.metrics.connections_rejected);
+        let status = Status::new(status.code(), hub_core::quote::bound_str(status.message()));
         tracing::debug!(parent: &span, %status, "connection refused by on_connect");
         crate::connection::leave_everything(&core, &conn).await;
         return Err(status);

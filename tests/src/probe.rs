@@ -305,7 +305,17 @@ pub struct ProbeServer {
 impl ProbeServer {
     /// Serves the probe hub with in-memory groups and `config`, alone.
     pub async fn start(config: HubConfig) -> Self {
-        let (svc, hubs, state) = Self::service(config);
+        Self::start_with(Hubs::builder().config(config).build()).await
+    }
+
+    /// Serves the probe hub with the server-wide settings of `hubs`, alone.
+    pub async fn start_with(hubs: Hubs) -> Self {
+        let probe = Probe::default();
+        let state = probe.state.clone();
+        let svc = ProbeHubServer::builder(probe)
+            .hubs(&hubs)
+            .build()
+            .expect("bind hub");
         let handle = svc.handle();
         let (listener, addr) = listener().await;
         let task = tokio::spawn(async move {

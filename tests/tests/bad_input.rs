@@ -5,6 +5,7 @@
 // Helpers here are test code too: an unwrap is an assertion.
 #![allow(clippy::unwrap_used)]
 
+use hub_core::proto::ErrorScope;
 use hub_core::proto::server_control::Kind;
 use hub_server::{DisconnectReason, HubConfig};
 use prost::Message;
@@ -302,9 +303,83 @@ async fn a_fire_and_forget_failure_is_an_error_frame_with_id_0() {
         }),
     ))
     .await;
-    // The successful fire-and-forget call sent nothing: the next frame is the failure.
-    assert_eq!(expect_error(&mut raw, 0, Code::Aborted).await, "boom");
+    // The successful fire-and-forget call sent nothing: the next frame is the failure,
+    // scoped to a call, naming the call case (`fail` is field 24).
+    let r = next_event(&mut raw).await;
+    let e = Frame::of(&r).error.expect("error");
+    assert_eq!(
+        (r.id, e.code, e.scope(), e.call, e.message.as_str()),
+        (0, Code::Aborted as i32, ErrorScope::Call, 24, "boom"),
+        "{r:?}"
+    );
+    // A frame the server cannot read also comes back with id 0: its scope tells it apart.
+    raw.send(vec![0xff, 0xff, 0xff]).await;
+    let r = next_event(&mut raw).await;
+    let e = Frame::of(&r).error.expect("error");
+    assert_eq!(
+        (r.id, e.code, e.scope(), e.call),
+        (0, Code::InvalidArgument as i32, ErrorScope::Frame, 0),
+        "{r:?}"
+    );
+    // So does an unknown call case, and a frame with nothing in it.
+    raw.send(vec![0x9a, 0x06, 0x00]).await;
+    let r = next_event(&mut raw).await;
+    let e = Frame::of(&r).error.expect("error");
+    assert_eq!(
+        (r.id, e.scope(), e.call),
+        (0, ErrorScope::Call, 99),
+        "{r:?}"
+    );
+    raw.send(Vec::new()).await;
+    let r = next_event(&mut raw).await;
+    let e = Frame::of(&r).error.expect("error");
+    assert_eq!((r.id, e.scope()), (0, ErrorScope::Frame), "{r:?}");
     still_works(&mut raw, 1).await;
+}
+
+/// A call id that is in use by a call still waiting in the queue (not running) is
+/// refused too, and the refusal answers no call: the client gets exactly one answer
+/// with that id, the first call's.
+#[tokio::test]
+async fn a_duplicate_of_a_queued_call_id_is_refused_and_answers_no_call() {
+    let server = ProbeServer::start(HubConfig::default()).await;
+    let (mut raw, _) = open(&server).await;
+    raw.send(call(
+        1,
+        Call::Hold(HoldRequest {
+            gate: "g".into(),
+            tag: "held".into(),
+        }),
+    ))
+    .await;
+    raw.send(sleep(7, "first")).await; // queued behind the held call
+    raw.send(sleep(7, "second")).await; // same id, while the first is queued
+    let r = next_event(&mut raw).await;
+    let e = Frame::of(&r).error.expect("the duplicate is refused");
+    assert_eq!(
+        (r.id, e.code, e.scope(), e.call),
+        (7, Code::AlreadyExists as i32, ErrorScope::Frame, 16),
+        "{r:?}"
+    );
+    server.state.open("g");
+    let mut answers = Vec::new();
+    // Read up to a barrier: the reply of a call sent after everything else.
+    raw.send(sleep(8, "barrier")).await;
+    loop {
+        let r = next_event(&mut raw).await;
+        if r.id == 8 {
+            break;
+        }
+        answers.push(r);
+    }
+    let sevens: Vec<_> = answers.iter().filter(|r| r.id == 7).collect();
+    assert_eq!(sevens.len(), 1, "{answers:?}");
+    assert!(
+        matches!(&sevens[0].event, Some(Event::Sleep(d)) if d.tag == "first"),
+        "{sevens:?}"
+    );
+    assert!(answers.iter().any(|r| r.id == 1));
+    assert_eq!(server.handle.metrics().frames_rejected, 1);
 }
 
 #[tokio::test]

@@ -465,7 +465,7 @@ async fn replies_and_pushes_over_the_size_limit_are_refused() {
             .await
             .unwrap_err(),
     );
-    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert_eq!(s.code(), Code::OutOfRange, "{s:?}");
     assert_eq!(
         a.big_reply(BigReplyRequest { size: 1000 })
             .await
@@ -479,7 +479,7 @@ async fn replies_and_pushes_over_the_size_limit_are_refused() {
     let mut big = broadcast("g", Mode::All, &[], "big");
     big.pad = 100 * 1024;
     let s = status(a.broadcast(big).await.unwrap_err());
-    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert_eq!(s.code(), Code::OutOfRange, "{s:?}");
     assert!(
         a_rx.barrier(&server.handle, a.connection_id(), WAIT)
             .await

@@ -9,6 +9,7 @@ use clap::Parser;
 use examples::FILE_DESCRIPTOR_SET;
 use examples::chat::chat_hub_server::ChatHubServer;
 use examples::chat_hub::Chat;
+use hub_server::transport::{Transport, TransportConfig};
 use hub_server::{GroupProvider, HubConfig, Hubs, MemoryProvider};
 
 #[derive(Parser, Debug)]
@@ -106,15 +107,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await;
         let _ = begun_tx.send(());
     };
-    let serve = tonic::transport::Server::builder()
+    // Internet-facing limits: handshake and idle timeouts, HTTP/2 keepalive, streams
+    // per connection, an accept loop that backs off when out of file descriptors.
+    let transport = Transport::new(TransportConfig::default());
+    let serve = transport
+        .server()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(chat)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        );
+        .serve_with_incoming_shutdown(transport.incoming(listener), shutdown);
     // tonic's graceful shutdown waits for every open stream, including ones that are
     // not hubs (a reflection stream grpcurl keeps open until its stdin ends); the hubs
     // are drained by then, so give the rest a bounded grace.

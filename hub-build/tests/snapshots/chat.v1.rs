@@ -77,7 +77,7 @@ pub mod chat_hub_server {
         fn on_disconnect(
             &self,
             ctx: &ChatHubContext,
-            reason: &::hub_server::DisconnectReason,
+            reason: &::hub_server::codegen::DisconnectReason,
         ) -> impl ::core::future::Future<Output = ()> + Send {
             async {}
         }
@@ -105,14 +105,14 @@ pub mod chat_hub_server {
         /// Leaves these connections out (typically the caller).
         pub fn except(
             self,
-            ids: impl IntoIterator<Item = ::hub_server::ConnectionId>,
+            ids: impl IntoIterator<Item = ::hub_server::codegen::ConnectionId>,
         ) -> Self {
             ChatHubPush(self.0.except(ids))
         }
         /// Keeps only these connections.
         pub fn only(
             self,
-            ids: impl IntoIterator<Item = ::hub_server::ConnectionId>,
+            ids: impl IntoIterator<Item = ::hub_server::codegen::ConnectionId>,
         ) -> Self {
             ChatHubPush(self.0.only(ids))
         }
@@ -126,7 +126,10 @@ pub mod chat_hub_server {
         pub async fn on_join(
             &self,
             message: super::UserEvent,
-        ) -> ::core::result::Result<::hub_server::Delivery, ::hub_server::PushError> {
+        ) -> ::core::result::Result<
+            ::hub_server::codegen::Delivery,
+            ::hub_server::codegen::PushError,
+        > {
             let frame = ::hub_server::codegen::encode(
                 &super::ChatResponse {
                     event: Some(super::chat_response::Event::OnJoin(message)),
@@ -141,7 +144,10 @@ pub mod chat_hub_server {
         pub async fn on_leave(
             &self,
             message: super::UserEvent,
-        ) -> ::core::result::Result<::hub_server::Delivery, ::hub_server::PushError> {
+        ) -> ::core::result::Result<
+            ::hub_server::codegen::Delivery,
+            ::hub_server::codegen::PushError,
+        > {
             let frame = ::hub_server::codegen::encode(
                 &super::ChatResponse {
                     event: Some(super::chat_response::Event::OnLeave(message)),
@@ -156,7 +162,10 @@ pub mod chat_hub_server {
         pub async fn on_message(
             &self,
             message: super::ChatMessage,
-        ) -> ::core::result::Result<::hub_server::Delivery, ::hub_server::PushError> {
+        ) -> ::core::result::Result<
+            ::hub_server::codegen::Delivery,
+            ::hub_server::codegen::PushError,
+        > {
             let frame = ::hub_server::codegen::encode(
                 &super::ChatResponse {
                     event: Some(super::chat_response::Event::OnMessage(message)),
@@ -171,7 +180,10 @@ pub mod chat_hub_server {
         pub async fn on_whisper(
             &self,
             message: super::ChatMessage,
-        ) -> ::core::result::Result<::hub_server::Delivery, ::hub_server::PushError> {
+        ) -> ::core::result::Result<
+            ::hub_server::codegen::Delivery,
+            ::hub_server::codegen::PushError,
+        > {
             let frame = ::hub_server::codegen::encode(
                 &super::ChatResponse {
                     event: Some(super::chat_response::Event::OnWhisper(message)),
@@ -209,19 +221,22 @@ pub mod chat_hub_server {
             self.inner.handle()
         }
     }
-    /// Builds a [`#server`].
+    /// Builds a [`ChatHubServer`].
     pub struct ChatHubServerBuilder<T> {
         inner: ::hub_server::codegen::HubServiceBuilder<Adapter<T>>,
     }
     impl<T: ChatHub> ChatHubServerBuilder<T> {
         /// Takes the server-wide defaults from `hubs`.
-        pub fn hubs(self, hubs: &::hub_server::Hubs) -> Self {
+        pub fn hubs(self, hubs: &::hub_server::codegen::Hubs) -> Self {
             ChatHubServerBuilder {
                 inner: self.inner.hubs(hubs),
             }
         }
         /// This hub's group provider.
-        pub fn groups(self, provider: impl ::hub_server::GroupProvider) -> Self {
+        pub fn groups(
+            self,
+            provider: impl ::hub_server::codegen::GroupProvider,
+        ) -> Self {
             ChatHubServerBuilder {
                 inner: self.inner.groups(provider),
             }
@@ -229,14 +244,14 @@ pub mod chat_hub_server {
         /// This hub's group provider, shared.
         pub fn groups_arc(
             self,
-            provider: ::std::sync::Arc<dyn ::hub_server::GroupProvider>,
+            provider: ::std::sync::Arc<dyn ::hub_server::codegen::GroupProvider>,
         ) -> Self {
             ChatHubServerBuilder {
                 inner: self.inner.groups_arc(provider),
             }
         }
         /// This hub's config.
-        pub fn config(self, config: ::hub_server::HubConfig) -> Self {
+        pub fn config(self, config: ::hub_server::codegen::HubConfig) -> Self {
             ChatHubServerBuilder {
                 inner: self.inner.config(config),
             }
@@ -244,7 +259,10 @@ pub mod chat_hub_server {
         /// Binds the hub to its group provider.
         pub fn build(
             self,
-        ) -> ::core::result::Result<ChatHubServer<T>, ::hub_server::GroupError> {
+        ) -> ::core::result::Result<
+            ChatHubServer<T>,
+            ::hub_server::codegen::GroupError,
+        > {
             Ok(ChatHubServer {
                 inner: self.inner.build()?,
             })
@@ -425,7 +443,7 @@ pub mod chat_hub_server {
         fn on_disconnect(
             &self,
             ctx: ChatHubContext,
-            reason: ::hub_server::DisconnectReason,
+            reason: ::hub_server::codegen::DisconnectReason,
         ) -> ::hub_server::codegen::BoxFuture<'static, ()> {
             let hub = self.0.clone();
             ::std::boxed::Box::pin(async move { hub.on_disconnect(&ctx, &reason).await })
@@ -498,17 +516,17 @@ pub mod chat_hub_client {
     /// A chat lobby: join a room, talk to everyone in it, whisper to one user.
     #[derive(Clone, Debug)]
     pub struct ChatHubClient {
-        inner: ::hub_client::HubClient<Spec>,
+        inner: ::hub_client::codegen::HubClient<Spec>,
     }
     impl ChatHubClient {
         /// Connects over `channel` with the default options.
         pub async fn connect(
             channel: ::hub_client::codegen::tonic::transport::Channel,
             receiver: impl ChatHubReceiver,
-        ) -> ::core::result::Result<Self, ::hub_client::ClientError> {
+        ) -> ::core::result::Result<Self, ::hub_client::codegen::ClientError> {
             Self::connect_with(
                     channel,
-                    ::hub_client::ConnectOptions::default(),
+                    ::hub_client::codegen::ConnectOptions::default(),
                     receiver,
                 )
                 .await
@@ -517,9 +535,9 @@ pub mod chat_hub_client {
         /// interceptor) with `options` (metadata, timeouts).
         pub async fn connect_with<T>(
             service: T,
-            options: ::hub_client::ConnectOptions,
+            options: ::hub_client::codegen::ConnectOptions,
             receiver: impl ChatHubReceiver,
-        ) -> ::core::result::Result<Self, ::hub_client::ClientError>
+        ) -> ::core::result::Result<Self, ::hub_client::codegen::ClientError>
         where
             T: ::hub_client::codegen::tonic::client::GrpcService<
                 ::hub_client::codegen::tonic::body::Body,
@@ -533,12 +551,16 @@ pub mod chat_hub_client {
                 > + Send,
         {
             let handler = ::std::sync::Arc::new(Handler(receiver));
-            let inner = ::hub_client::HubClient::connect(service, options, handler)
+            let inner = ::hub_client::codegen::HubClient::connect(
+                    service,
+                    options,
+                    handler,
+                )
                 .await?;
             Ok(ChatHubClient { inner })
         }
         /// The untyped client underneath (connection info, latency, closed, custom timeouts).
-        pub fn raw(&self) -> &::hub_client::HubClient<Spec> {
+        pub fn raw(&self) -> &::hub_client::codegen::HubClient<Spec> {
             &self.inner
         }
         /// This connection's id on the server.
@@ -550,95 +572,101 @@ pub mod chat_hub_client {
             self.inner.latency()
         }
         /// Waits for the connection to end and tells why.
-        pub async fn closed(&self) -> ::hub_client::DisconnectReason {
+        pub async fn closed(&self) -> ::hub_client::codegen::DisconnectReason {
             self.inner.closed().await
         }
         /// Join a room under a user name; replies with the room's members.
         pub async fn join(
             &self,
             request: super::JoinRequest,
-        ) -> ::core::result::Result<super::MembersReply, ::hub_client::ClientError> {
+        ) -> ::core::result::Result<
+            super::MembersReply,
+            ::hub_client::codegen::ClientError,
+        > {
             match self.inner.call(super::chat_request::Call::Join(request)).await? {
                 super::chat_response::Event::Join(reply) => Ok(reply),
-                _ => Err(::hub_client::ClientError::UnexpectedReply("join")),
+                _ => Err(::hub_client::codegen::ClientError::UnexpectedReply("join")),
             }
         }
         /// Sends `join` without waiting for a reply (fire-and-forget, call id 0). A failure comes back to the receiver's `on_error`.
         pub async fn send_join(
             &self,
             request: super::JoinRequest,
-        ) -> ::core::result::Result<(), ::hub_client::ClientError> {
+        ) -> ::core::result::Result<(), ::hub_client::codegen::ClientError> {
             self.inner.send(super::chat_request::Call::Join(request)).await
         }
         /// Leave the current room.
         pub async fn leave(
             &self,
-        ) -> ::core::result::Result<(), ::hub_client::ClientError> {
+        ) -> ::core::result::Result<(), ::hub_client::codegen::ClientError> {
             match self.inner.call(super::chat_request::Call::Leave(())).await? {
                 super::chat_response::Event::Leave(reply) => Ok(reply),
-                _ => Err(::hub_client::ClientError::UnexpectedReply("leave")),
+                _ => Err(::hub_client::codegen::ClientError::UnexpectedReply("leave")),
             }
         }
         /// Sends `leave` without waiting for a reply (fire-and-forget, call id 0). A failure comes back to the receiver's `on_error`.
         pub async fn send_leave(
             &self,
-        ) -> ::core::result::Result<(), ::hub_client::ClientError> {
+        ) -> ::core::result::Result<(), ::hub_client::codegen::ClientError> {
             self.inner.send(super::chat_request::Call::Leave(())).await
         }
         /// Say something to every other member of the room.
         pub async fn say(
             &self,
             request: super::SayRequest,
-        ) -> ::core::result::Result<(), ::hub_client::ClientError> {
+        ) -> ::core::result::Result<(), ::hub_client::codegen::ClientError> {
             match self.inner.call(super::chat_request::Call::Say(request)).await? {
                 super::chat_response::Event::Say(reply) => Ok(reply),
-                _ => Err(::hub_client::ClientError::UnexpectedReply("say")),
+                _ => Err(::hub_client::codegen::ClientError::UnexpectedReply("say")),
             }
         }
         /// Sends `say` without waiting for a reply (fire-and-forget, call id 0). A failure comes back to the receiver's `on_error`.
         pub async fn send_say(
             &self,
             request: super::SayRequest,
-        ) -> ::core::result::Result<(), ::hub_client::ClientError> {
+        ) -> ::core::result::Result<(), ::hub_client::codegen::ClientError> {
             self.inner.send(super::chat_request::Call::Say(request)).await
         }
         /// Say something to one user's connections only.
         pub async fn whisper(
             &self,
             request: super::WhisperRequest,
-        ) -> ::core::result::Result<(), ::hub_client::ClientError> {
+        ) -> ::core::result::Result<(), ::hub_client::codegen::ClientError> {
             match self.inner.call(super::chat_request::Call::Whisper(request)).await? {
                 super::chat_response::Event::Whisper(reply) => Ok(reply),
-                _ => Err(::hub_client::ClientError::UnexpectedReply("whisper")),
+                _ => Err(::hub_client::codegen::ClientError::UnexpectedReply("whisper")),
             }
         }
         /// Sends `whisper` without waiting for a reply (fire-and-forget, call id 0). A failure comes back to the receiver's `on_error`.
         pub async fn send_whisper(
             &self,
             request: super::WhisperRequest,
-        ) -> ::core::result::Result<(), ::hub_client::ClientError> {
+        ) -> ::core::result::Result<(), ::hub_client::codegen::ClientError> {
             self.inner.send(super::chat_request::Call::Whisper(request)).await
         }
         /// List the room's members.
         pub async fn members(
             &self,
-        ) -> ::core::result::Result<super::MembersReply, ::hub_client::ClientError> {
+        ) -> ::core::result::Result<
+            super::MembersReply,
+            ::hub_client::codegen::ClientError,
+        > {
             match self.inner.call(super::chat_request::Call::Members(())).await? {
                 super::chat_response::Event::Members(reply) => Ok(reply),
-                _ => Err(::hub_client::ClientError::UnexpectedReply("members")),
+                _ => Err(::hub_client::codegen::ClientError::UnexpectedReply("members")),
             }
         }
         /// Sends `members` without waiting for a reply (fire-and-forget, call id 0). A failure comes back to the receiver's `on_error`.
         pub async fn send_members(
             &self,
-        ) -> ::core::result::Result<(), ::hub_client::ClientError> {
+        ) -> ::core::result::Result<(), ::hub_client::codegen::ClientError> {
             self.inner.send(super::chat_request::Call::Members(())).await
         }
     }
     #[doc(hidden)]
     #[derive(Debug)]
     pub struct Spec;
-    impl ::hub_client::ClientSpec for Spec {
+    impl ::hub_client::codegen::ClientSpec for Spec {
         type Request = super::ChatRequest;
         type Response = super::ChatResponse;
         type Call = super::chat_request::Call;
@@ -657,8 +685,8 @@ pub mod chat_hub_client {
         }
         fn split(
             r: super::ChatResponse,
-        ) -> ::hub_client::ResponseParts<super::chat_response::Event> {
-            ::hub_client::ResponseParts {
+        ) -> ::hub_client::codegen::ResponseParts<super::chat_response::Event> {
+            ::hub_client::codegen::ResponseParts {
                 id: r.id,
                 seq: r.seq,
                 error: r.error,
@@ -668,8 +696,9 @@ pub mod chat_hub_client {
         }
     }
     struct Handler<R>(R);
-    impl<R: ChatHubReceiver> ::hub_client::PushHandler<super::chat_response::Event>
-    for Handler<R> {
+    impl<
+        R: ChatHubReceiver,
+    > ::hub_client::codegen::PushHandler<super::chat_response::Event> for Handler<R> {
         fn on_push(&self, seq: u64, event: super::chat_response::Event) {
             self.0.on_seq(seq);
             match event {
