@@ -56,8 +56,10 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<PubReq>) {
                 match conn {
                     Some((conn, loss)) => in_flight.push(send(shared.clone(), conn, loss, batch)),
                     None => {
+                        // Queued while the link was up (maybe answered Ok already),
+                        // not sent: counted by `answer` when nobody waits.
                         for r in batch {
-                            let _ = r.done.send(Err(unavailable("publish: not connected to Redis")));
+                            answer(&shared, r.done, Err(unavailable("publish: not connected to Redis")));
                         }
                     }
                 }
@@ -66,9 +68,11 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<PubReq>) {
     }
     rx.close();
     while let Ok(r) = rx.try_recv() {
-        let _ = r
-            .done
-            .send(Err(unavailable("publish: the hub is shut down")));
+        answer(
+            &shared,
+            r.done,
+            Err(unavailable("publish: the hub is shut down")),
+        );
     }
 }
 
