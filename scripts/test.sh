@@ -16,7 +16,8 @@ echo "== cargo build (binaries used by process-level tests)"
 cargo build --workspace --bins
 echo "== cargo test"
 cargo test --workspace
-for extra in tests/python/run.sh scripts/grpcurl-smoke.sh; do
+for extra in scripts/proto-check.sh tests/python/run.sh examples/typescript/run.sh examples/go/run.sh \
+  scripts/grpcurl-smoke.sh; do
   if [ -x "$extra" ]; then
     echo "== $extra"
     "$extra"

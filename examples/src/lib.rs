@@ -7,6 +7,7 @@ pub mod chat {
 }
 
 pub mod chat_hub;
+pub mod metrics;
 
 /// The encoded descriptors of every proto compiled here, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = hub_server::include_file_descriptor_set!();

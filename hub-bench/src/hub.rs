@@ -70,8 +70,15 @@ pub async fn provider(spec: &str) -> Result<Arc<dyn GroupProvider>, BoxError> {
 
 /// Serves the bench hub on `listener` with `groups` until the process exits.
 pub async fn serve(listener: TcpListener, groups: &str, hub: Bench) -> Result<(), BoxError> {
+    // A benchmark measures throughput: no per-connection inbound rate limits (the
+    // defaults refuse a client past 200 calls/s).
+    let config = hub_server::HubConfig::default()
+        .inbound_calls(None)
+        .inbound_bytes(None)
+        .flood(0, std::time::Duration::ZERO);
     let hubs = Hubs::builder()
         .default_groups_arc(provider(groups).await?)
+        .config(config)
         .build();
     let svc = BenchHubServer::builder(hub).hubs(&hubs).build()?;
     tonic::transport::Server::builder()

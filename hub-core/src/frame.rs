@@ -23,6 +23,19 @@ pub const FIELD_ERROR: u32 = 3;
 pub const FIELD_CONTROL: u32 = 15;
 /// The first field number a hub may use for its own calls, replies and pushes.
 pub const FIRST_HUB_FIELD: u32 = 16;
+/// The largest integer every `uint64` on the wire stays within: 2^53 - 1, the
+/// largest integer a JavaScript number holds exactly (`Number.MAX_SAFE_INTEGER`).
+///
+/// The server refuses call ids above it (`INVALID_ARGUMENT`) and keeps every
+/// number it chooses (sequence numbers, nonces, durations, sizes) at or below it,
+/// so that a client that decodes `uint64` as a JavaScript number never fails.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// `n` as a wire integer: `n`, or [`MAX_SAFE_INTEGER`] if it is larger (a duration
+/// in milliseconds of over 285,000 years, say), never a truncated value.
+pub fn clamp_safe(n: u128) -> u64 {
+    n.min(u128::from(MAX_SAFE_INTEGER)) as u64
+}
 
 /// One encoded response frame on its way to one client.
 #[derive(Clone, Debug)]
@@ -222,6 +235,21 @@ mod tests {
         control: Option<proto::ServerControl>,
         #[prost(string, tag = "100")]
         text: String,
+    }
+
+    #[test]
+    fn clamp_safe_caps_at_2_pow_53_minus_1() {
+        assert_eq!(MAX_SAFE_INTEGER, 9_007_199_254_740_991);
+        assert_eq!(clamp_safe(0), 0);
+        assert_eq!(clamp_safe(u128::from(MAX_SAFE_INTEGER)), MAX_SAFE_INTEGER);
+        assert_eq!(
+            clamp_safe(u128::from(MAX_SAFE_INTEGER) + 1),
+            MAX_SAFE_INTEGER
+        );
+        // Not truncated: u64::MAX + 1 as u64 would be 0.
+        assert_eq!(clamp_safe(u128::from(u64::MAX) + 1), MAX_SAFE_INTEGER);
+        let forever = std::time::Duration::from_secs(u64::MAX).as_millis();
+        assert_eq!(clamp_safe(forever), MAX_SAFE_INTEGER);
     }
 
     #[test]

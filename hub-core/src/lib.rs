@@ -38,7 +38,7 @@ pub mod proto {
 pub use group::{GroupName, InvalidGroupName, MAX_GROUP_NAME_BYTES};
 pub use id::{ConnectionId, NodeId, ParseConnectionIdError};
 pub use local::{Delivery, JoinOutcome, LeaveOutcome, LocalGroups, Member, MemberInfo};
-pub use metrics::{HubMetrics, MetricsSnapshot, TransportMetrics, TransportSnapshot};
+pub use metrics::{Counter, HubMetrics, MetricsSnapshot, TransportMetrics, TransportSnapshot};
 pub use outbox::{
     CloseReason, FRAME_OVERHEAD, HARD_LIMIT_FACTOR, Next, OutboundBudget, Outbox, OutboxLimits,
     OutboxReceiver, PushRejected, SlowConsumerPolicy,

@@ -271,6 +271,11 @@ impl LocalGroups {
         self.read().conns.len()
     }
 
+    /// How many groups have at least one member here.
+    pub fn group_count(&self) -> usize {
+        self.read().groups.len()
+    }
+
     /// Every registered connection's outbox (for shutdown).
     pub fn outboxes(&self) -> Vec<Outbox> {
         self.read()

@@ -1,30 +1,202 @@
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+//! The hub's counters, gauges and histograms.
+//!
+//! Every figure goes through the [`metrics`] facade, labelled `hub="<service>"`
+//! (names below), so any `metrics` recorder exports them: `chat-server
+//! --metrics-addr` serves them as Prometheus text. Install the recorder before the
+//! hubs are built: each hub registers its handles once, when it is built, and the
+//! hot path then only bumps those handles (no name lookup, no label allocation).
+//! The counters are also kept in relaxed atomics that [`HubMetrics::snapshot`]
+//! reads, for tests and for code that wants the figures without a recorder.
+//!
+//! | name | kind | what |
+//! | --- | --- | --- |
+//! | `hub_<counter>_total` | counter | each field of [`HubMetrics`] of type [`Counter`] |
+//! | `hub_connections` | gauge | connections open on this server |
+//! | `hub_groups` | gauge | groups with at least one member on this server |
+//! | `hub_queued_bytes` | gauge | bytes of frames waiting in this server's outbound queues |
+//! | `hub_call_duration_seconds` | histogram | time from a call's start to its reply |
+//! | `hub_backplane_publish_duration_seconds` | histogram | time for one backplane publish to resolve |
+//! | `hub_push_fanout` | histogram | local connections one push was queued to |
+
+use std::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
+
+use metrics::{Gauge, Histogram, Unit};
+
+/// One counter: a relaxed atomic, plus the same count through the `metrics` facade
+/// (a no-op handle for [`HubMetrics::default`], or until a recorder is installed).
+#[derive(Debug)]
+pub struct Counter {
+    /// The count, for [`HubMetrics::snapshot`].
+    value: AtomicU64,
+    /// The facade's handle, registered once per hub.
+    exported: metrics::Counter,
+}
+
+impl Default for Counter {
+    fn default() -> Self {
+        Counter {
+            value: AtomicU64::new(0),
+            exported: metrics::Counter::noop(),
+        }
+    }
+}
+
+impl Counter {
+    fn registered(exported: metrics::Counter) -> Self {
+        Counter {
+            value: AtomicU64::new(0),
+            exported,
+        }
+    }
+
+    /// Adds `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.value.fetch_add(n, Relaxed);
+        self.exported.increment(n);
+    }
+
+    /// The count so far.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.value.load(Relaxed)
+    }
+
+    /// Adds `n` and returns the previous count, like [`AtomicU64::fetch_add`] (the
+    /// ordering is always relaxed).
+    #[inline]
+    pub fn fetch_add(&self, n: u64, _order: Ordering) -> u64 {
+        self.exported.increment(n);
+        self.value.fetch_add(n, Relaxed)
+    }
+
+    /// The count so far, like [`AtomicU64::load`].
+    #[inline]
+    pub fn load(&self, _order: Ordering) -> u64 {
+        self.get()
+    }
+}
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// Counters of one hub on one server. Every failure the runtime or a provider
-        /// meets is counted here (and logged), so nothing is lost silently.
+    ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
+        /// The figures of one hub on one server. Every failure the runtime or a
+        /// provider meets is counted here (and logged), so nothing is lost silently.
         ///
-        /// Cheap to update (relaxed atomics); read a consistent-enough copy with
-        /// [`HubMetrics::snapshot`].
-        #[derive(Debug, Default)]
+        /// Cheap to update (relaxed atomics and pre-registered `metrics` handles);
+        /// read a consistent-enough copy of the counters with [`HubMetrics::snapshot`].
+        /// See the module docs for the exported names.
+        #[derive(Debug)]
         pub struct HubMetrics {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $($(#[doc = $doc])* pub $name: Counter,)*
+            /// Connections open on this server (`hub_connections`).
+            pub connections: Gauge,
+            /// Groups with at least one member on this server (`hub_groups`).
+            pub groups: Gauge,
+            /// Bytes of frames waiting in this hub's outbound queues on this server,
+            /// each with the queue's per-frame overhead (`hub_queued_bytes`; a
+            /// broadcast counts once per recipient).
+            pub queued_bytes: Gauge,
+            /// Seconds from a call's start to its reply or error (`hub_call_duration_seconds`).
+            pub call_seconds: Histogram,
+            /// Seconds one backplane publish took to resolve
+            /// (`hub_backplane_publish_duration_seconds`).
+            pub backplane_publish_seconds: Histogram,
+            /// Local connections one push was queued to (`hub_push_fanout`).
+            pub push_fanout: Histogram,
         }
 
-        /// A copy of [`HubMetrics`] at one moment.
+        /// A copy of the counters of [`HubMetrics`] at one moment.
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
         pub struct MetricsSnapshot {
-            $($(#[$doc])* pub $name: u64,)*
+            $($(#[doc = $doc])* pub $name: u64,)*
+        }
+
+        impl Default for HubMetrics {
+            /// Figures kept in the atomics only: nothing is exported.
+            fn default() -> Self {
+                HubMetrics {
+                    $($name: Counter::default(),)*
+                    connections: Gauge::noop(),
+                    groups: Gauge::noop(),
+                    queued_bytes: Gauge::noop(),
+                    call_seconds: Histogram::noop(),
+                    backplane_publish_seconds: Histogram::noop(),
+                    push_fanout: Histogram::noop(),
+                }
+            }
         }
 
         impl HubMetrics {
+            /// The figures of hub `hub` (its full service name), registered with the
+            /// `metrics` recorder installed now (if none is, they are kept in the
+            /// atomics only, like [`HubMetrics::default`]).
+            pub fn for_hub(hub: &str) -> Self {
+                let label = [("hub", hub.to_owned())];
+                $(
+                    metrics::describe_counter!(
+                        concat!("hub_", stringify!($name), "_total"),
+                        Unit::Count,
+                        concat!($($doc),*).trim().to_owned()
+                    );
+                )*
+                describe();
+                HubMetrics {
+                    $($name: Counter::registered(metrics::counter!(
+                        concat!("hub_", stringify!($name), "_total"),
+                        &label
+                    )),)*
+                    connections: metrics::gauge!("hub_connections", &label),
+                    groups: metrics::gauge!("hub_groups", &label),
+                    queued_bytes: metrics::gauge!("hub_queued_bytes", &label),
+                    call_seconds: metrics::histogram!("hub_call_duration_seconds", &label),
+                    backplane_publish_seconds: metrics::histogram!(
+                        "hub_backplane_publish_duration_seconds",
+                        &label
+                    ),
+                    push_fanout: metrics::histogram!("hub_push_fanout", &label),
+                }
+            }
+
             /// Reads every counter.
             pub fn snapshot(&self) -> MetricsSnapshot {
-                MetricsSnapshot { $($name: self.$name.load(Relaxed),)* }
+                MetricsSnapshot { $($name: self.$name.get(),)* }
             }
         }
     };
+}
+
+/// Describes the gauges and histograms to the recorder.
+fn describe() {
+    metrics::describe_gauge!(
+        "hub_connections",
+        Unit::Count,
+        "Connections open on this server."
+    );
+    metrics::describe_gauge!(
+        "hub_groups",
+        Unit::Count,
+        "Groups with at least one member on this server."
+    );
+    metrics::describe_gauge!(
+        "hub_queued_bytes",
+        Unit::Bytes,
+        "Bytes of frames waiting in outbound queues (a broadcast counts once per recipient)."
+    );
+    metrics::describe_histogram!(
+        "hub_call_duration_seconds",
+        Unit::Seconds,
+        "Time from a call's start to its reply or error."
+    );
+    metrics::describe_histogram!(
+        "hub_backplane_publish_duration_seconds",
+        Unit::Seconds,
+        "Time one backplane publish took to resolve."
+    );
+    metrics::describe_histogram!(
+        "hub_push_fanout",
+        Unit::Count,
+        "Local connections one push was queued to."
+    );
 }
 
 counters! {
@@ -91,8 +263,8 @@ counters! {
 impl HubMetrics {
     /// Adds one to a counter.
     #[inline]
-    pub fn incr(counter: &AtomicU64) {
-        counter.fetch_add(1, Relaxed);
+    pub fn incr(counter: &Counter) {
+        counter.add(1);
     }
 }
 

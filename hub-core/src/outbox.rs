@@ -307,6 +307,7 @@ impl Shared {
     #[inline]
     fn taken(&self, frame: &OutFrame) {
         let cost = frame.bytes.len() + FRAME_OVERHEAD;
+        self.metrics.queued_bytes.decrement(cost as f64);
         if frame.push {
             let frames = self.push_frames.fetch_sub(1, Relaxed) - 1;
             let bytes = self.push_bytes.fetch_sub(cost, Relaxed) - cost;
@@ -317,8 +318,8 @@ impl Shared {
                 self.behind_since.store(0, Relaxed);
             }
             // A push's bytes count in the server budget through `Outbox::account`
-            // (once per buffer); only its overhead is counted per queue.
-            self.budget.sub(FRAME_OVERHEAD);
+            // (once per buffer), not per queue: no shared counter is touched per
+            // recipient of a broadcast.
         } else if frame.control {
             self.control_frames.fetch_sub(1, Relaxed);
             self.budget.sub(cost);
@@ -432,7 +433,8 @@ impl Outbox {
     /// Makes `frame` count in this outbox's server budget while any clone of it lives.
     /// Call it once per buffer before handing clones to many outboxes of the same
     /// server (a broadcast): its bytes then count once, as memory does. A push whose
-    /// buffer was not accounted counts only its per-frame overhead in the total.
+    /// buffer was not accounted does not count in the total (only in its queue's
+    /// budget); per-frame overhead is bounded by the per-connection limits.
     pub fn account(&self, frame: &Bytes) -> Bytes {
         self.0.budget.add(frame.len());
         Bytes::from_owner(Accounted {
@@ -476,7 +478,7 @@ impl Outbox {
         if s.policy == SlowConsumerPolicy::DropNewest {
             frame.skipped = s.dropped.swap(0, Relaxed);
         }
-        s.budget.add(FRAME_OVERHEAD);
+        s.metrics.queued_bytes.increment(cost as f64);
         s.queue.push(frame);
         s.waker.wake();
         HubMetrics::incr(&s.metrics.frames_queued);
@@ -494,6 +496,7 @@ impl Outbox {
         s.reply_frames.fetch_add(1, Relaxed);
         s.reply_bytes.fetch_add(cost, Relaxed);
         s.budget.add(cost);
+        s.metrics.queued_bytes.increment(cost as f64);
         s.queue.push(frame);
         s.waker.wake();
         HubMetrics::incr(&s.metrics.frames_queued);
@@ -518,7 +521,7 @@ impl Outbox {
             )
         } else {
             format!(
-                "outbound queue full ({} frames, {} bytes): the client is not reading fast enough",
+                "outbound queue full: {HARD_LIMIT_FACTOR} times its budget of {} frames or {} bytes; the client is not reading fast enough",
                 s.limits.frames, s.limits.bytes
             )
         };
@@ -644,6 +647,9 @@ impl Outbox {
         frame.push = false;
         frame.control = true;
         s.budget.add(frame.bytes.len() + FRAME_OVERHEAD);
+        s.metrics
+            .queued_bytes
+            .increment((frame.bytes.len() + FRAME_OVERHEAD) as f64);
         s.queue.push(frame);
         s.waker.wake();
         HubMetrics::incr(&s.metrics.frames_queued);

@@ -234,7 +234,7 @@ pub(crate) struct HubsInner {
     /// Cancelled by [`Hubs::shutdown`]; every hub's own token is a child of it.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
     /// The hubs built from this, so shutdown can wait for their connections.
-    pub(crate) hubs: std::sync::Mutex<Vec<std::sync::Weak<crate::service::HubCore>>>,
+    pub(crate) hubs: std::sync::Mutex<Vec<std::sync::Weak<crate::hub::HubCore>>>,
     /// Bytes queued to the clients of every hub built from this, and their limit.
     pub(crate) outbound: Arc<OutboundBudget>,
 }

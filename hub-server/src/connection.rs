@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use hub_core::frame::{
-    FIELD_CONTROL, FIELD_ID, OutFrame, call_error_frame, control_frame, frame_error_frame,
-    request_head, top_level_fields,
+    FIELD_CONTROL, FIELD_ID, MAX_SAFE_INTEGER, OutFrame, call_error_frame, clamp_safe,
+    control_frame, frame_error_frame, request_head, top_level_fields,
 };
 use hub_core::proto::{self, client_control, server_control::Kind};
 use hub_core::{BoxFuture, CloseReason, HubMetrics, MemberInfo};
@@ -19,8 +19,8 @@ use tonic::{Code, Streaming};
 use tracing::Instrument;
 
 use crate::context::ConnState;
+use crate::hub::{HubCore, HubShared};
 use crate::inbound::{InboundLimits, Verdict};
-use crate::service::{HubCore, HubShared};
 use crate::{Context, DisconnectReason, Dispatch, Inbound};
 
 /// What a finished call hands back: its id, call case, name, and its outcome (`Err(())`: it panicked).
@@ -197,6 +197,7 @@ pub(crate) async fn run<D: Dispatch>(
         tracing::error!("the hub's on_disconnect hook panicked");
     }
     HubMetrics::incr(&core.metrics.connections_closed);
+    core.metrics.connections.decrement(1.0);
     core.conn_closed.notify_waiters();
 }
 
@@ -205,6 +206,7 @@ pub(crate) async fn run<D: Dispatch>(
 pub(crate) async fn leave_everything(core: &HubCore, state: &ConnState) {
     let _ = state.departed.set(core.local.groups_of(state.id));
     let left = core.local.unregister(state.id);
+    core.count_groups();
     let info = MemberInfo {
         connection: state.id,
         user: state
@@ -300,7 +302,9 @@ impl<D: Dispatch> Conn<D> {
                 // Offered, not queued as a reply: refusals must not stop the reading
                 // that counts them (a flooder that does not read is still caught), and
                 // a client that reads none of them misses some.
-                if head.call.is_some() || head.id != 0 {
+                if head.id > MAX_SAFE_INTEGER {
+                    // Its id cannot go back on the wire (see below): nothing to answer.
+                } else if head.call.is_some() || head.id != 0 {
                     let refusal = call_error_frame(
                         head.id,
                         head.call.unwrap_or(0),
@@ -322,6 +326,20 @@ impl<D: Dispatch> Conn<D> {
                     .close(CloseReason::new(Code::ResourceExhausted, message));
                 return;
             }
+        }
+        if head.id > MAX_SAFE_INTEGER {
+            // Refused with id 0 (scope FRAME): no frame from the server carries a
+            // number above 2^53-1, so a JavaScript client can decode every one.
+            HubMetrics::incr(&self.core().metrics.frames_rejected);
+            return self.send(frame_error_frame(
+                0,
+                head.call.unwrap_or(0),
+                Code::InvalidArgument,
+                format!(
+                    "call id {} is above 2^53-1 (the largest call id); the call was not run",
+                    head.id
+                ),
+            ));
         }
         let request = match D::Request::decode(frame.clone()) {
             Ok(r) => r,
@@ -369,9 +387,19 @@ impl<D: Dispatch> Conn<D> {
                 if let Some((nonce, sent)) = self.ping
                     && nonce == p.nonce
                 {
-                    self.last_rtt_us = sent.elapsed().as_micros() as u64;
+                    self.last_rtt_us = clamp_safe(sent.elapsed().as_micros());
                     self.ping = None;
                 }
+            }
+            Some(client_control::Kind::Ping(p)) if p.nonce > MAX_SAFE_INTEGER => {
+                // Echoing it would put a number above 2^53-1 on the wire.
+                HubMetrics::incr(&self.core().metrics.frames_rejected);
+                self.send(frame_error_frame(
+                    0,
+                    0,
+                    Code::InvalidArgument,
+                    format!("ping nonce {} is above 2^53-1; no pong sent", p.nonce),
+                ));
             }
             Some(client_control::Kind::Ping(p)) => {
                 // Optional, like our own pings: not worth closing a slow reader over.
@@ -436,10 +464,14 @@ impl<D: Dispatch> Conn<D> {
         HubMetrics::incr(&self.core().metrics.calls);
         let span = tracing::info_span!("call", call = name, id);
         let fut = self.shared.dispatch.dispatch(self.ctx.clone(), id, call);
+        let (metrics, started) = (self.core().metrics.clone(), Instant::now());
         self.running = Some(Box::pin(
             AssertUnwindSafe(fut)
                 .catch_unwind()
-                .map(move |r| (id, field, name, r.map_err(|_| ())))
+                .map(move |r| {
+                    metrics.call_seconds.record(started.elapsed());
+                    (id, field, name, r.map_err(|_| ()))
+                })
                 .instrument(span),
         ));
     }

@@ -10,7 +10,7 @@ use hub_core::{
 use tonic::metadata::MetadataMap;
 
 use crate::PushError;
-use crate::service::HubCore;
+use crate::hub::HubCore;
 
 /// What one connection carries for its whole life.
 pub(crate) struct ConnState {
@@ -302,8 +302,7 @@ impl<P: From<crate::Push>> HubHandle<P> {
     }
 }
 
-/// The most bytes the writer appends to a push: `seq` (field 2) as a varint.
-pub(crate) const SEQ_SUFFIX_BYTES: usize = 11;
+pub(crate) use crate::hub::SEQ_SUFFIX_BYTES;
 
 #[derive(Clone, Debug)]
 pub(crate) enum Dest {
@@ -403,20 +402,24 @@ impl Push {
         match &self.dest {
             Dest::Group(g, target) => {
                 let mut d = core.local.deliver(g.as_str(), target, &frame);
+                core.metrics.push_fanout.record(f64::from(d.local));
                 if self.local_only {
                     return Ok(d);
                 }
                 if let Some(publish) = core.backplane.publish(Some(g), target, &frame) {
-                    core.published(publish.await, &mut d)?;
+                    core.published(timed(&core.metrics, publish).await, &mut d)?;
                 }
                 Ok(d)
             }
             Dest::Connections(ids) => {
                 let (mut d, missing) = core.local.deliver_to(ids, &frame);
+                core.metrics.push_fanout.record(f64::from(d.local));
                 if !missing.is_empty() && !self.local_only {
                     let target = Target::Only(missing.clone().into());
                     match core.backplane.publish(None, &target, &frame) {
-                        Some(publish) => core.published(publish.await, &mut d)?,
+                        Some(publish) => {
+                            core.published(timed(&core.metrics, publish).await, &mut d)?
+                        }
                         None if d.local == 0 && d.dropped == 0 => {
                             return Err(PushError::NotConnected(missing[0]));
                         }
@@ -427,6 +430,14 @@ impl Push {
             }
         }
     }
+}
+
+/// Runs a backplane publish, recording how long it took to resolve.
+async fn timed<T>(metrics: &HubMetrics, publish: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let result = publish.await;
+    metrics.backplane_publish_seconds.record(started.elapsed());
+    result
 }
 
 #[cfg(test)]
@@ -440,7 +451,7 @@ mod tests {
 
     use super::{Dest, Push};
     use crate::HubConfig;
-    use crate::service::HubCore;
+    use crate::hub::HubCore;
 
     fn core() -> Arc<HubCore> {
         let node = NodeId(1);

@@ -67,6 +67,7 @@ mod connection;
 mod context;
 mod dispatch;
 mod error;
+mod hub;
 mod inbound;
 mod service;
 pub mod transport;

@@ -5,15 +5,13 @@ use std::task::{Context as TaskContext, Poll};
 
 use bytes::{Buf, Bytes};
 use futures_util::Stream;
-use hub_core::frame::{OutFrame, control_frame};
+use hub_core::frame::{OutFrame, clamp_safe, control_frame};
 use hub_core::proto::{self, server_control::Kind};
 use hub_core::{
-    Backplane, BackplaneEvents, BindContext, ConnectionId, Delivery, GroupError, GroupName,
-    GroupProvider, HubMetrics, LocalGroups, Member, MemberInfo, MembersLost, Next, NodeId, Outbox,
-    OutboxReceiver,
+    BackplaneEvents, BindContext, ConnectionId, GroupError, GroupProvider, HubMetrics, LocalGroups,
+    Member, MembersLost, Next, Outbox, OutboxReceiver,
 };
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, Service, StdError};
 use tonic::server::{Grpc, NamedService};
@@ -21,164 +19,8 @@ use tonic::{Status, Streaming};
 use tracing::Instrument;
 
 use crate::context::ConnState;
-use crate::{Context, Dispatch, HubConfig, HubHandle, Hubs, PushError};
-
-/// The untyped part of a hub, shared by its connections, contexts and pushes.
-pub(crate) struct HubCore {
-    /// The full service name, for logs and the hello frame.
-    pub(crate) service: &'static str,
-    /// This server.
-    pub(crate) node: NodeId,
-    /// Local members and delivery.
-    pub(crate) local: Arc<LocalGroups>,
-    /// What crosses servers (nothing, for the in-memory provider).
-    pub(crate) backplane: Arc<dyn Backplane>,
-    /// Limits and timings.
-    pub(crate) config: HubConfig,
-    /// Counters.
-    pub(crate) metrics: Arc<HubMetrics>,
-    /// Cancelled when the hub (or the whole server) shuts down.
-    pub(crate) shutdown: CancellationToken,
-    /// Why it shut down, for the goodbye frames.
-    pub(crate) shutdown_reason: OnceLock<String>,
-    /// Source of connection ids.
-    pub(crate) next_conn: AtomicU64,
-    /// Pinged when a connection ends (shutdown waits on it).
-    pub(crate) conn_closed: Notify,
-    /// The server-wide budget of bytes queued to clients.
-    pub(crate) outbound: Arc<hub_core::OutboundBudget>,
-}
-
-impl HubCore {
-    pub(crate) async fn join(
-        &self,
-        group: &GroupName,
-        id: ConnectionId,
-        user: Option<String>,
-    ) -> Result<(), GroupError> {
-        let outcome = self
-            .local
-            .join(group, id)
-            .ok_or(GroupError::NotConnected(id))?;
-        if outcome.added {
-            let info = MemberInfo {
-                connection: id,
-                user,
-            };
-            if let Some(fut) = self.backplane.joined(group, &info, outcome.first_local) {
-                if let Err(e) = fut.await {
-                    HubMetrics::incr(&self.metrics.backplane_errors);
-                    // Undo, so local state matches what other servers know.
-                    let left = self.local.leave(group, id);
-                    if let Some(fut) = self.backplane.left(group, &info, left.last_local) {
-                        let _ = fut.await;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn leave(
-        &self,
-        group: &GroupName,
-        id: ConnectionId,
-        user: Option<String>,
-    ) -> Result<bool, GroupError> {
-        let outcome = self.local.leave(group, id);
-        if outcome.removed {
-            let info = MemberInfo {
-                connection: id,
-                user,
-            };
-            if let Some(fut) = self.backplane.left(group, &info, outcome.last_local) {
-                if let Err(e) = fut.await {
-                    HubMetrics::incr(&self.metrics.backplane_errors);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(outcome.removed)
-    }
-
-    /// The largest frame this hub sends (replies, pushes with their sequence number),
-    /// as the hello advertises it: the hub's own limit, and no more than the
-    /// backplane carries (a push must reach every server).
-    pub(crate) fn max_outbound(&self) -> usize {
-        let own = self.config.outbound_limit();
-        match self.backplane.max_frame_bytes() {
-            Some(b) => own.min(b.saturating_add(crate::context::SEQ_SUFFIX_BYTES)),
-            None => own,
-        }
-    }
-
-    pub(crate) async fn member_count(&self, group: &GroupName) -> Result<u64, GroupError> {
-        match self.backplane.member_count(group) {
-            Some(fut) => fut.await.inspect_err(|_| {
-                HubMetrics::incr(&self.metrics.backplane_errors);
-            }),
-            None => Ok(self.local.count(group.as_str()) as u64),
-        }
-    }
-
-    pub(crate) async fn members(&self, group: &GroupName) -> Result<Vec<MemberInfo>, GroupError> {
-        match self.backplane.members(group) {
-            Some(fut) => fut.await.inspect_err(|_| {
-                HubMetrics::incr(&self.metrics.backplane_errors);
-            }),
-            None => Ok(self.local.members(group.as_str())),
-        }
-    }
-
-    /// Books the outcome of a backplane publish.
-    pub(crate) fn published(
-        &self,
-        result: Result<(), GroupError>,
-        d: &mut Delivery,
-    ) -> Result<(), PushError> {
-        match result {
-            Ok(()) => {
-                HubMetrics::incr(&self.metrics.backplane_published);
-                d.published = true;
-                Ok(())
-            }
-            Err(source) => {
-                HubMetrics::incr(&self.metrics.backplane_publish_failures);
-                tracing::warn!(hub = self.service, error = %source, "publish to backplane failed");
-                Err(PushError::Backplane {
-                    delivery: *d,
-                    source,
-                })
-            }
-        }
-    }
-
-    pub(crate) fn begin_shutdown(&self, reason: &str) {
-        let _ = self.shutdown_reason.set(reason.to_owned());
-        self.shutdown.cancel();
-    }
-
-    pub(crate) async fn wait_closed(&self) {
-        loop {
-            let notified = self.conn_closed.notified();
-            // Every connection gone, and every `on_disconnect` hook done.
-            let m = self.metrics.snapshot();
-            if self.local.connections() == 0 && m.connections_opened == m.connections_closed {
-                break;
-            }
-            notified.await;
-        }
-        if let Some(fut) = self.backplane.shutdown() {
-            fut.await;
-        }
-    }
-}
-
-pub(crate) struct HubShared<D> {
-    pub(crate) dispatch: D,
-    pub(crate) core: Arc<HubCore>,
-}
+use crate::hub::{HubCore, HubShared};
+use crate::{Context, Dispatch, HubConfig, HubHandle, Hubs};
 
 /// A hub as a tonic service: add it to `tonic::transport::Server` like any other
 /// (`.add_service(svc)`), under any tower layers. Generated `FooHubServer` types wrap it.
@@ -269,7 +111,7 @@ impl<D: Dispatch> HubServiceBuilder<D> {
         let config = self.config.unwrap_or_else(|| hubs.inner.config.clone());
         let node = hubs.inner.node;
         let local = Arc::new(LocalGroups::new(node));
-        let metrics = Arc::new(HubMetrics::default());
+        let metrics = Arc::new(HubMetrics::for_hub(D::SERVICE));
         // The hub is built after its backplane: losses it reports find it through this.
         let hub: Arc<OnceLock<Weak<HubShared<D>>>> = Arc::new(OnceLock::new());
         let events = {
@@ -553,10 +395,12 @@ async fn accept<D: Dispatch>(
         hub: D::SERVICE.to_owned(),
         heartbeat_interval_ms: config
             .heartbeat_interval
-            .map_or(0, |d| d.as_millis() as u64),
-        heartbeat_timeout_ms: config.heartbeat_timeout.map_or(0, |d| d.as_millis() as u64),
-        max_message_bytes: config.max_message_bytes as u64,
-        max_outbound_message_bytes: core.max_outbound() as u64,
+            .map_or(0, |d| clamp_safe(d.as_millis())),
+        heartbeat_timeout_ms: config
+            .heartbeat_timeout
+            .map_or(0, |d| clamp_safe(d.as_millis())),
+        max_message_bytes: clamp_safe(config.max_message_bytes as u128),
+        max_outbound_message_bytes: clamp_safe(core.max_outbound() as u128),
     }));
     // First frame of the stream, so the client knows its id before any push.
     let _ = outbox.push(OutFrame::reply(hello));
@@ -595,6 +439,7 @@ async fn accept<D: Dispatch>(
         return Err(status);
     }
     HubMetrics::incr(&core.metrics.connections_opened);
+    core.metrics.connections.increment(1.0);
     tokio::spawn(crate::connection::run(shared, conn, inbound).instrument(span));
     Ok(tonic::Response::new(OutboundStream {
         rx,

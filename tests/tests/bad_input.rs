@@ -5,6 +5,8 @@
 // Helpers here are test code too: an unwrap is an assertion.
 #![allow(clippy::unwrap_used)]
 
+use std::time::Duration;
+
 use hub_core::proto::ErrorScope;
 use hub_core::proto::server_control::Kind;
 use hub_server::{DisconnectReason, HubConfig};
@@ -185,6 +187,81 @@ async fn a_duplicate_call_id_in_flight_is_refused() {
     );
     // Once answered, the id may be used again.
     still_works(&mut raw, 7).await;
+}
+
+#[tokio::test]
+async fn call_ids_above_2_pow_53_are_refused_and_not_run() {
+    // 2^53-1 is the largest call id (a JavaScript number holds it exactly).
+    let max = hub_core::frame::MAX_SAFE_INTEGER;
+    assert_eq!(max, 9_007_199_254_740_991);
+    let server = ProbeServer::start(HubConfig::default()).await;
+    let (mut raw, _) = open(&server).await;
+    for id in [max + 1, u64::MAX] {
+        raw.send(sleep(id, "too big")).await;
+        // Answered with id 0, as a refused frame: the server never sends a number
+        // above 2^53-1.
+        let r = next_event(&mut raw).await;
+        let e = r.error.clone().expect("an error frame");
+        assert_eq!(
+            (r.id, e.code, e.scope()),
+            (0, Code::InvalidArgument as i32, ErrorScope::Frame),
+            "{r:?}"
+        );
+        assert!(
+            e.message.contains(&id.to_string()) && e.message.contains("2^53"),
+            "{e:?}"
+        );
+    }
+    // A client ping whose nonce could not be echoed within the range.
+    raw.send(
+        ProbeRequest {
+            id: 0,
+            control: Some(hub_core::proto::ClientControl {
+                kind: Some(hub_core::proto::client_control::Kind::Ping(
+                    hub_core::proto::Ping {
+                        nonce: max + 1,
+                        last_rtt_us: 0,
+                    },
+                )),
+            }),
+            call: None,
+        }
+        .encode_to_vec(),
+    )
+    .await;
+    let message = expect_error(&mut raw, 0, Code::InvalidArgument).await;
+    assert!(message.contains("nonce"), "{message}");
+    assert_eq!(server.handle.metrics().frames_rejected, 3);
+    // The largest allowed id runs; its reply carries it back exactly, and is the
+    // first call this server finished (the refused ones never ran).
+    raw.send(sleep(max, "alive")).await;
+    let r = next_event(&mut raw).await;
+    assert_eq!(r.id, max, "{r:?}");
+    assert!(
+        matches!(r.event, Some(Event::Sleep(ref d)) if d.tag == "alive" && d.finished == 1),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn hello_numbers_are_capped_at_2_pow_53_minus_1() {
+    // 10^13 s is 10^16 ms, above 2^53: the hello reports the cap, not a wrapped value.
+    let forever = Duration::from_secs(10_000_000_000_000);
+    let server =
+        ProbeServer::start(HubConfig::default().heartbeat(Some(forever), Some(forever))).await;
+    let mut raw = Raw::open(channel(&server.url()).await, PATH, &[])
+        .await
+        .expect("open");
+    let hello = raw.next().await.expect("hello").expect("hello");
+    let Some(Kind::Hello(info)) = Frame::of(&hello).control().cloned() else {
+        panic!("first frame is not a hello: {hello:?}");
+    };
+    let max = hub_core::frame::MAX_SAFE_INTEGER;
+    assert_eq!(
+        (info.heartbeat_interval_ms, info.heartbeat_timeout_ms),
+        (max, max)
+    );
+    still_works(&mut raw, 1).await;
 }
 
 #[tokio::test]

@@ -33,6 +33,10 @@ struct Args {
     /// Frames each connection's outbound queue holds.
     #[arg(long, default_value_t = 1024)]
     outbound_queue: usize,
+    /// Serve the hub's metrics as Prometheus text on `http://ADDR/metrics` (off by
+    /// default; port 0 picks a free port, and the address is printed).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 async fn provider(spec: &str) -> Result<Box<dyn GroupProvider>, Box<dyn std::error::Error>> {
@@ -65,6 +69,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(addr) = args.metrics_addr {
+        // Before the hubs are built: each registers its metrics when it is built.
+        let local = examples::metrics::serve_prometheus(addr).await?;
+        println!("chat-server metrics on http://{local}/metrics");
+    }
 
     let config = HubConfig::default()
         .heartbeat(secs(args.heartbeat_interval), secs(args.heartbeat_timeout))

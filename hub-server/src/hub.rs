@@ -1,0 +1,184 @@
+//! What a hub's connections, contexts, pushes and service share: [`HubCore`] (the
+//! untyped part of a hub) and [`HubShared`] (it, with the typed dispatch). Its own
+//! module, so that the service, the connection task and the contexts each import it
+//! and none of them imports another.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+
+use hub_core::{
+    Backplane, ConnectionId, Delivery, GroupError, GroupName, HubMetrics, LocalGroups, MemberInfo,
+    NodeId,
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{HubConfig, PushError};
+
+/// The most bytes the writer appends to a push: `seq` (field 2) as a varint.
+pub(crate) const SEQ_SUFFIX_BYTES: usize = 11;
+
+/// The untyped part of a hub, shared by its connections, contexts and pushes.
+pub(crate) struct HubCore {
+    /// The full service name, for logs and the hello frame.
+    pub(crate) service: &'static str,
+    /// This server.
+    pub(crate) node: NodeId,
+    /// Local members and delivery.
+    pub(crate) local: Arc<LocalGroups>,
+    /// What crosses servers (nothing, for the in-memory provider).
+    pub(crate) backplane: Arc<dyn Backplane>,
+    /// Limits and timings.
+    pub(crate) config: HubConfig,
+    /// Counters.
+    pub(crate) metrics: Arc<HubMetrics>,
+    /// Cancelled when the hub (or the whole server) shuts down.
+    pub(crate) shutdown: CancellationToken,
+    /// Why it shut down, for the goodbye frames.
+    pub(crate) shutdown_reason: OnceLock<String>,
+    /// Source of connection ids.
+    pub(crate) next_conn: AtomicU64,
+    /// Pinged when a connection ends (shutdown waits on it).
+    pub(crate) conn_closed: Notify,
+    /// The server-wide budget of bytes queued to clients.
+    pub(crate) outbound: Arc<hub_core::OutboundBudget>,
+}
+
+impl HubCore {
+    pub(crate) async fn join(
+        &self,
+        group: &GroupName,
+        id: ConnectionId,
+        user: Option<String>,
+    ) -> Result<(), GroupError> {
+        let outcome = self
+            .local
+            .join(group, id)
+            .ok_or(GroupError::NotConnected(id))?;
+        self.count_groups();
+        if outcome.added {
+            let info = MemberInfo {
+                connection: id,
+                user,
+            };
+            if let Some(fut) = self.backplane.joined(group, &info, outcome.first_local) {
+                if let Err(e) = fut.await {
+                    HubMetrics::incr(&self.metrics.backplane_errors);
+                    // Undo, so local state matches what other servers know.
+                    let left = self.local.leave(group, id);
+                    self.count_groups();
+                    if let Some(fut) = self.backplane.left(group, &info, left.last_local) {
+                        let _ = fut.await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn leave(
+        &self,
+        group: &GroupName,
+        id: ConnectionId,
+        user: Option<String>,
+    ) -> Result<bool, GroupError> {
+        let outcome = self.local.leave(group, id);
+        self.count_groups();
+        if outcome.removed {
+            let info = MemberInfo {
+                connection: id,
+                user,
+            };
+            if let Some(fut) = self.backplane.left(group, &info, outcome.last_local) {
+                if let Err(e) = fut.await {
+                    HubMetrics::incr(&self.metrics.backplane_errors);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(outcome.removed)
+    }
+
+    /// The largest frame this hub sends (replies, pushes with their sequence number),
+    /// as the hello advertises it: the hub's own limit, and no more than the
+    /// backplane carries (a push must reach every server).
+    pub(crate) fn max_outbound(&self) -> usize {
+        let own = self.config.outbound_limit();
+        match self.backplane.max_frame_bytes() {
+            Some(b) => own.min(b.saturating_add(SEQ_SUFFIX_BYTES)),
+            None => own,
+        }
+    }
+
+    pub(crate) async fn member_count(&self, group: &GroupName) -> Result<u64, GroupError> {
+        match self.backplane.member_count(group) {
+            Some(fut) => fut.await.inspect_err(|_| {
+                HubMetrics::incr(&self.metrics.backplane_errors);
+            }),
+            None => Ok(self.local.count(group.as_str()) as u64),
+        }
+    }
+
+    pub(crate) async fn members(&self, group: &GroupName) -> Result<Vec<MemberInfo>, GroupError> {
+        match self.backplane.members(group) {
+            Some(fut) => fut.await.inspect_err(|_| {
+                HubMetrics::incr(&self.metrics.backplane_errors);
+            }),
+            None => Ok(self.local.members(group.as_str())),
+        }
+    }
+
+    /// Sets the groups gauge from the registry (after a join or leave).
+    pub(crate) fn count_groups(&self) {
+        self.metrics.groups.set(self.local.group_count() as f64);
+    }
+
+    /// Books the outcome of a backplane publish.
+    pub(crate) fn published(
+        &self,
+        result: Result<(), GroupError>,
+        d: &mut Delivery,
+    ) -> Result<(), PushError> {
+        match result {
+            Ok(()) => {
+                HubMetrics::incr(&self.metrics.backplane_published);
+                d.published = true;
+                Ok(())
+            }
+            Err(source) => {
+                HubMetrics::incr(&self.metrics.backplane_publish_failures);
+                tracing::warn!(hub = self.service, error = %source, "publish to backplane failed");
+                Err(PushError::Backplane {
+                    delivery: *d,
+                    source,
+                })
+            }
+        }
+    }
+
+    pub(crate) fn begin_shutdown(&self, reason: &str) {
+        let _ = self.shutdown_reason.set(reason.to_owned());
+        self.shutdown.cancel();
+    }
+
+    pub(crate) async fn wait_closed(&self) {
+        loop {
+            let notified = self.conn_closed.notified();
+            // Every connection gone, and every `on_disconnect` hook done.
+            let m = self.metrics.snapshot();
+            if self.local.connections() == 0 && m.connections_opened == m.connections_closed {
+                break;
+            }
+            notified.await;
+        }
+        if let Some(fut) = self.backplane.shutdown() {
+            fut.await;
+        }
+    }
+}
+
+pub(crate) struct HubShared<D> {
+    pub(crate) dispatch: D,
+    pub(crate) core: Arc<HubCore>,
+}
