@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Talks to a real chat-server with nothing but grpcurl: reflection (list, describe),
-# the health service, and a JSON session over the chat hub's Connect stream that
-# gets a push from a Rust chat-client running in another process.
+# the health service, the development login, and a JSON session over the chat hub's
+# Connect stream (with the login's token) that gets a push from a Rust chat-client
+# running in another process; Connect without a valid token is refused.
 #
 # Usage: scripts/grpcurl-smoke.sh              starts its own chat-server on a free port
 #        scripts/grpcurl-smoke.sh --addr H:P   checks a chat-server that is already running
@@ -86,7 +87,7 @@ expect() {
 step "list (server reflection)"
 "${grpcurl[@]}" "$addr" list >"$work/list.out" 2>"$work/list.err" || fail "grpcurl list failed"
 show "$work/list.out"
-expect "$work/list.out" chat.v1.ChatHub grpc.health.v1.Health
+expect "$work/list.out" chat.v1.ChatHub chat.v1.ChatLogin grpc.health.v1.Health
 
 step "describe chat.v1.ChatHub and chat.v1.ChatResponse"
 "${grpcurl[@]}" "$addr" describe chat.v1.ChatHub >"$work/describe.out" 2>"$work/describe.err" \
@@ -104,10 +105,34 @@ step "health check"
 show "$work/health.out"
 expect "$work/health.out" '"status": "SERVING"'
 
+step "login (chat.v1.ChatLogin/Login)"
+"${grpcurl[@]}" -d '{"user": "curl"}' "$addr" chat.v1.ChatLogin/Login >"$work/login.out" 2>"$work/login.err" \
+  || fail "grpcurl chat.v1.ChatLogin/Login failed"
+show "$work/login.out"
+token=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["token"])' "$work/login.out") \
+  || fail "the login reply has no token"
+expect "$work/login.out" '"user": "curl"' '"expiresAt": "'
+
+step "Connect without a token, with a bad one: UNAUTHENTICATED before any frame"
+last=${token: -1}
+[ "$last" = A ] && other=B || other=A
+forged="${token%?}$other" # the signature's last character changed
+for header in "" "authorization: Bearer not-a-token" "authorization: Bearer $forged" "authorization: Basic $token"; do
+  args=()
+  [ -n "$header" ] && args=(-H "$header")
+  if "${grpcurl[@]}" "${args[@]}" -d '{"id": 1, "members": {}}' "$addr" chat.v1.ChatHub/Connect \
+    >"$work/unauth.out" 2>"$work/unauth.err"; then
+    fail "Connect with '${header:-no authorization}' was accepted"
+  fi
+  expect "$work/unauth.err" "Code: Unauthenticated"
+  grep -q '"hello"' "$work/unauth.out" && fail "Connect with '${header:-no authorization}' got a hello"
+done
+
 step "JSON session over chat.v1.ChatHub/Connect, with a push from a Rust chat-client"
 room="smoke-$$-$RANDOM"
 mkfifo "$work/in"
-"${grpcurl[@]}" -d @ "$addr" chat.v1.ChatHub/Connect <"$work/in" >"$work/session.out" 2>"$work/session.err" &
+"${grpcurl[@]}" -H "authorization: Bearer $token" -d @ "$addr" chat.v1.ChatHub/Connect \
+  <"$work/in" >"$work/session.out" 2>"$work/session.err" &
 session_pid=$!
 exec 3>"$work/in" # grpcurl reads frames from here until it is closed
 wait_for "$work/session.out" '"hello": {' 15
@@ -115,7 +140,7 @@ echo '{"id": 1, "say": {"text": "too early"}}' >&3
 wait_for "$work/session.out" '"code": 9' 15
 echo '{"id": 2}' >&3
 wait_for "$work/session.out" '"message": "frame carries no call"' 15
-echo "{\"id\": 3, \"join\": {\"room\": \"$room\", \"user\": \"curl\"}}" >&3
+echo "{\"id\": 3, \"join\": {\"room\": \"$room\"}}" >&3
 wait_for "$work/session.out" '"members": [' 15
 "$client" --addr "$addr" --user ferris --room "$room" --json --say "hello, grpcurl" \
   --whisper "curl:psst, grpcurl" --listen 0 >"$work/client.out" 2>"$work/client.err" \
@@ -167,10 +192,10 @@ EOF
 expect "$work/client.out" '"said":"hello, grpcurl"' '"whispered":"curl"'
 
 step "a bad frame on its own stream"
-echo '{"id": 5, "join": {"room": "no spaces allowed", "user": "curl"}}' \
-  | "${grpcurl[@]}" -d @ "$addr" chat.v1.ChatHub/Connect >"$work/bad.out" 2>"$work/bad.err" \
+echo '{"id": 5, "join": {"room": "no spaces allowed"}}' \
+  | "${grpcurl[@]}" -H "authorization: Bearer $token" -d @ "$addr" chat.v1.ChatHub/Connect >"$work/bad.out" 2>"$work/bad.err" \
   || fail "grpcurl exited with $? on a stream with a bad frame"
 show "$work/bad.out"
 expect "$work/bad.out" '"id": "5"' '"code": 3'
 
-step "ok: reflection, health, a Connect session with pushes from chat-client, error frames"
+step "ok: reflection, health, login, UNAUTHENTICATED without a valid token, a Connect session with pushes from chat-client, error frames"

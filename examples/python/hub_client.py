@@ -4,6 +4,9 @@ A hub is one bidirectional gRPC stream, `Connect`. This module turns it into
 awaitable calls and push callbacks, using only the code `grpc_tools.protoc`
 generates from the hub's proto (see docs/clients.md):
 
+- `HubClient.connect(..., metadata=[("authorization", "Bearer " + token)])` opens
+  the stream with that metadata (a hub that requires it refuses the stream with
+  UNAUTHENTICATED otherwise: `connect` raises `ConnectionClosed` with that code);
 - the first frame from the server is `control.hello`: `HubClient.connect` waits
   for it and keeps it as `client.info` (a `hub.v1.ConnectionInfo`);
 - `await client.call("join", JoinRequest(...))` sends a request frame with a fresh
@@ -63,7 +66,7 @@ class Push(NamedTuple):
 class HubClient:
     """One connection to a hub. Make it with `await HubClient.connect(...)`, in a running loop."""
 
-    def __init__(self, connect: Callable, request_type: type, auto_pong: bool = True):
+    def __init__(self, connect: Callable, request_type: type, auto_pong: bool = True, metadata=()):
         self._request_type = request_type
         self._auto_pong = auto_pong
         loop = asyncio.get_running_loop()
@@ -80,18 +83,19 @@ class HubClient:
         self.errors: list = []  # HubError of every error frame with id 0
         self.pings_answered = 0  # server pings answered with a pong
         self.last_server_ping = None  # the last hub.v1.Ping from the server
-        self._call = connect(self._frames())
+        self._call = connect(self._frames(), metadata=tuple(metadata))
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
     async def connect(cls, connect: Callable, request_type: type, *, auto_pong: bool = True,
-                      timeout: float = 10.0) -> "HubClient":
+                      metadata=(), timeout: float = 10.0) -> "HubClient":
         """Opens the stream (`connect` is e.g. `ChatHubStub(channel).Connect`) and waits for hello.
 
-        `request_type` is the hub's request message (`ChatRequest`); `auto_pong=False`
+        `request_type` is the hub's request message (`ChatRequest`); `metadata` is sent
+        with the stream (`[("authorization", "Bearer <token>")]`); `auto_pong=False`
         leaves server pings unanswered (to see the heartbeat timeout at work).
         """
-        client = cls(connect, request_type, auto_pong)
+        client = cls(connect, request_type, auto_pong, metadata)
         try:
             await asyncio.wait_for(asyncio.shield(client._hello), timeout)
         except BaseException:

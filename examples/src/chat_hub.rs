@@ -1,8 +1,10 @@
 //! The chat hub's implementation.
 //!
 //! State lives in the groups alone: the room is the connection's one group, the user
-//! name is the connection's user (`Context::set_user`), so it works the same with the
-//! in-memory, Redis and NATS providers, across servers.
+//! name is the connection's authenticated user (`Context::user_id`, from the bearer
+//! token of its `Connect` request, see [`crate::auth`]), so it works the same with the
+//! in-memory, Redis and NATS providers, across servers. No call names a user for
+//! itself: whoever a connection is, its says, whispers and leaves are from that user.
 
 use hub_server::quote::quote;
 use hub_server::{DisconnectReason, MembersLost};
@@ -10,9 +12,6 @@ use tonic::Status;
 
 use crate::chat::chat_hub_server::{ChatHub, ChatHubContext, ChatHubHandle};
 use crate::chat::{ChatMessage, JoinRequest, MembersReply, SayRequest, UserEvent, WhisperRequest};
-
-/// The longest user name, in bytes.
-pub const MAX_USER_NAME: usize = 64;
 
 /// The chat hub.
 #[derive(Debug, Default, Clone)]
@@ -30,7 +29,7 @@ fn require_room(ctx: &ChatHubContext) -> Result<String, Status> {
 }
 
 fn user_of(ctx: &ChatHubContext) -> String {
-    ctx.user().map(|u| u.to_string()).unwrap_or_default()
+    ctx.user_id().map(|u| u.to_string()).unwrap_or_default()
 }
 
 async fn members_reply(ctx: &ChatHubContext, room: &str) -> Result<MembersReply, Status> {
@@ -58,31 +57,25 @@ async fn leave_room(ctx: &ChatHubContext, room: &str) -> Result<(), Status> {
 
 impl ChatHub for Chat {
     async fn join(&self, ctx: &ChatHubContext, req: JoinRequest) -> Result<MembersReply, Status> {
-        let user = req.user.trim();
-        if user.is_empty()
-            || user.len() > MAX_USER_NAME
-            || user.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(Status::invalid_argument(format!(
-                "user name must be 1 to {MAX_USER_NAME} bytes with no spaces or control characters"
-            )));
-        }
+        // The hub is served with `require_identity`: every connection has a user.
+        let user = ctx
+            .user_id()
+            .ok_or_else(|| Status::unauthenticated("connect with a bearer token to join"))?;
         // Validate the room before changing anything.
         hub_server::GroupName::new(&req.room)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if let Some(old) = room_of(ctx) {
-            if old == req.room && ctx.user().as_deref() == Some(user) {
+            if old == req.room {
                 return members_reply(ctx, &old).await;
             }
             leave_room(ctx, &old).await?;
         }
-        ctx.set_user(Some(user)).await?;
         ctx.join(&req.room).await?;
         ctx.group(&req.room)?
             .except([ctx.connection_id()])
             .on_join(UserEvent {
                 room: req.room.clone(),
-                user: user.to_owned(),
+                user: user.to_string(),
             })
             .await?;
         members_reply(ctx, &req.room).await
@@ -108,7 +101,7 @@ impl ChatHub for Chat {
 
     async fn whisper(&self, ctx: &ChatHubContext, req: WhisperRequest) -> Result<(), Status> {
         let room = require_room(ctx)?;
-        let target = ctx.user_push(&req.user).map_err(|_| {
+        let target = ctx.user(&req.user).map_err(|_| {
             Status::invalid_argument(format!("not a user name: {}", quote(&req.user)))
         })?;
         if ctx.hub().user_connections(&req.user).await? == 0 {

@@ -263,6 +263,16 @@ fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                     #builder { inner: self.inner.config(config) }
                 }
 
+                /// How this hub learns who a connection is (see `hub_server::identity`).
+                pub fn identity(self, provider: impl #rt::IdentityProvider) -> Self {
+                    #builder { inner: self.inner.identity(provider) }
+                }
+
+                /// Whether this hub refuses `Connect` without an identity (`UNAUTHENTICATED`).
+                pub fn require_identity(self, required: bool) -> Self {
+                    #builder { inner: self.inner.require_identity(required) }
+                }
+
                 /// Binds the hub to its group provider.
                 pub fn build(self) -> ::core::result::Result<#server<T>, #rt::codegen::GroupError> {
                     Ok(#server { inner: self.inner.build()? })

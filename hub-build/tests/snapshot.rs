@@ -163,7 +163,7 @@ fn proto_comments_become_docs_and_names_follow_the_proto() {
     for expected in [
         // Service, call and push comments.
         "/// A chat lobby: join a room, talk to everyone in it, whisper to one user.",
-        "/// Join a room under a user name; replies with the room's members.",
+        "/// Join a room (as the user of the connection's token); replies with the room's",
         "/// Push: a message said in the room.",
         // The one gRPC method.
         "\"/chat.v1.ChatHub/Connect\"",

@@ -204,8 +204,12 @@ counters! {
     connections_opened,
     /// Connections ended, for any reason.
     connections_closed,
-    /// Connections refused by the hub's `on_connect` hook or because the server was shutting down.
+    /// Connections refused by the hub's `on_connect` hook, for lack of a valid identity,
+    /// or because the server was shutting down.
     connections_rejected,
+    /// Of `connections_rejected`: refused because the request's credentials were
+    /// missing (on a hub that requires them) or did not verify.
+    connections_unauthenticated,
     /// Calls dispatched to the hub.
     calls,
     /// Calls that returned an error (a status) or panicked.

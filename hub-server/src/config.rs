@@ -233,6 +233,8 @@ pub(crate) struct HubsInner {
     pub(crate) config: HubConfig,
     /// Cancelled by [`Hubs::shutdown`]; every hub's own token is a child of it.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
+    /// How hubs that do not choose their own learn who a connection is.
+    pub(crate) identity: crate::identity::IdentityConfig,
     /// The hubs built from this, so shutdown can wait for their connections.
     pub(crate) hubs: std::sync::Mutex<Vec<std::sync::Weak<crate::hub::HubCore>>>,
     /// Bytes queued to the clients of every hub built from this, and their limit.
@@ -266,6 +268,7 @@ impl Hubs {
             node: None,
             default_groups: Arc::new(MemoryProvider),
             config: HubConfig::default(),
+            identity: Default::default(),
             max_outbound_bytes: DEFAULT_MAX_OUTBOUND_BYTES,
         }
     }
@@ -307,6 +310,8 @@ pub struct HubsBuilder {
     node: Option<NodeId>,
     default_groups: Arc<dyn GroupProvider>,
     config: HubConfig,
+    /// Set by `identity` / `require_identity` (in `identity.rs`).
+    pub(crate) identity: crate::identity::IdentityConfig,
     max_outbound_bytes: usize,
 }
 
@@ -354,6 +359,7 @@ impl HubsBuilder {
                 node: self.node.unwrap_or_else(NodeId::random),
                 default_groups: self.default_groups,
                 config: self.config,
+                identity: self.identity,
                 shutdown: tokio_util::sync::CancellationToken::new(),
                 hubs: std::sync::Mutex::new(Vec::new()),
                 outbound: Arc::new(OutboundBudget::new(self.max_outbound_bytes)),

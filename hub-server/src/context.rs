@@ -11,6 +11,7 @@ use tonic::metadata::MetadataMap;
 
 use crate::PushError;
 use crate::hub::HubCore;
+use crate::identity::{Identity, SetUserError};
 
 /// What one connection carries for its whole life.
 pub(crate) struct ConnState {
@@ -26,8 +27,11 @@ pub(crate) struct ConnState {
     pub(crate) remote_addr: Option<SocketAddr>,
     /// The connection's outbound queue.
     pub(crate) outbox: Outbox,
-    /// The user this connection acts as (`Context::set_user`).
+    /// The user this connection acts as: its identity's, or what `Context::set_user_id`
+    /// set on a connection without one.
     pub(crate) user: Mutex<Option<Arc<str>>>,
+    /// Who the `Connect` request was authenticated as (fixed for the connection's life).
+    pub(crate) identity: Option<Identity>,
     /// A close asked for by `Context::close`, applied by the connection task once the
     /// running call (if any) has sent its reply.
     pub(crate) kick: Mutex<Option<hub_core::CloseReason>>,
@@ -120,13 +124,21 @@ impl<P: From<crate::Push>> Context<P> {
         self.hub().connection(id)
     }
 
-    /// Pushes to every connection acting as `user` (see [`Context::set_user`]), on any server.
-    pub fn user_push(&self, user: &str) -> Result<P, GroupError> {
-        self.hub().user(user)
+    /// Pushes to every connection of the user `user_id`, on any server: the
+    /// connections authenticated as that user (see [`crate::identity`]).
+    pub fn user(&self, user_id: &str) -> Result<P, GroupError> {
+        self.hub().user(user_id)
     }
 
-    /// The user this connection acts as.
-    pub fn user(&self) -> Option<Arc<str>> {
+    /// Who the `Connect` request was authenticated as, if anyone: set once, before
+    /// `on_connect`, by the hub's [`crate::IdentityProvider`].
+    pub fn identity(&self) -> Option<&Identity> {
+        self.conn.identity.as_ref()
+    }
+
+    /// The user this connection acts as: its [`Context::identity`]'s, or (on a
+    /// connection without one) what [`Context::set_user_id`] set. Member lists show it.
+    pub fn user_id(&self) -> Option<Arc<str>> {
         self.conn
             .user
             .lock()
@@ -134,10 +146,20 @@ impl<P: From<crate::Push>> Context<P> {
             .clone()
     }
 
-    /// Sets (or clears) the user this connection acts as. Members lists show it, and
-    /// [`Context::user_push`] reaches every connection of that user.
-    pub async fn set_user(&self, user: Option<&str>) -> Result<(), GroupError> {
-        let new_group = user.map(|u| GroupName::reserved("user", u)).transpose()?;
+    /// Sets (or clears) the user of a connection that was not authenticated when it
+    /// opened, for hubs that authenticate inside the stream (a login call that checks a
+    /// password itself). Only call it with a user id you have verified: a name taken
+    /// from a call argument lets anyone be anyone. Refused on an authenticated
+    /// connection ([`SetUserError::Authenticated`]).
+    pub async fn set_user_id(&self, user_id: Option<&str>) -> Result<(), SetUserError> {
+        if self.conn.identity.is_some() {
+            return Err(SetUserError::Authenticated);
+        }
+        let user = user_id;
+        let new_group = user
+            .map(|u| GroupName::reserved("user", u))
+            .transpose()
+            .map_err(GroupError::from)?;
         let old = {
             let mut slot = self.conn.user.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::replace(&mut *slot, user.map(Arc::from))
@@ -145,7 +167,7 @@ impl<P: From<crate::Push>> Context<P> {
         let core = &self.conn.core;
         core.local.set_user(self.conn.id, user.map(Arc::from));
         if let Some(old) = old {
-            let g = GroupName::reserved("user", &old)?;
+            let g = GroupName::reserved("user", &old).map_err(GroupError::from)?;
             core.leave(&g, self.conn.id, Some(old.to_string())).await?;
         }
         if let Some(g) = new_group {
@@ -157,7 +179,7 @@ impl<P: From<crate::Push>> Context<P> {
     /// Adds the caller to a group. Returns the validated name. Joining twice is a no-op.
     pub async fn join(&self, group: impl AsRef<str>) -> Result<GroupName, GroupError> {
         let g = GroupName::new(group.as_ref())?;
-        let user = self.user().map(|u| u.to_string());
+        let user = self.user_id().map(|u| u.to_string());
         self.conn.core.join(&g, self.conn.id, user).await?;
         Ok(g)
     }
@@ -165,7 +187,7 @@ impl<P: From<crate::Push>> Context<P> {
     /// Removes the caller from a group. Returns whether it was a member.
     pub async fn leave(&self, group: impl AsRef<str>) -> Result<bool, GroupError> {
         let g = GroupName::new(group.as_ref())?;
-        let user = self.user().map(|u| u.to_string());
+        let user = self.user_id().map(|u| u.to_string());
         self.conn.core.leave(&g, self.conn.id, user).await
     }
 
@@ -256,9 +278,10 @@ impl<P: From<crate::Push>> HubHandle<P> {
         .into()
     }
 
-    /// Pushes to every connection acting as `user`.
-    pub fn user(&self, user: &str) -> Result<P, GroupError> {
-        let g = GroupName::reserved("user", user)?;
+    /// Pushes to every connection of the user `user_id` (the connections authenticated
+    /// as that user, see [`crate::identity`]), on every server.
+    pub fn user(&self, user_id: &str) -> Result<P, GroupError> {
+        let g = GroupName::reserved("user", user_id)?;
         Ok(Push::new(self.core.clone(), Dest::Group(g, Target::All)).into())
     }
 
@@ -274,9 +297,9 @@ impl<P: From<crate::Push>> HubHandle<P> {
         self.core.members(&g).await
     }
 
-    /// The number of connections acting as `user`, on every server.
-    pub async fn user_connections(&self, user: &str) -> Result<u64, GroupError> {
-        let g = GroupName::reserved("user", user)?;
+    /// The number of connections of the user `user_id`, on every server.
+    pub async fn user_connections(&self, user_id: &str) -> Result<u64, GroupError> {
+        let g = GroupName::reserved("user", user_id)?;
         self.core.member_count(&g).await
     }
 

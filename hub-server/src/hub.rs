@@ -181,4 +181,6 @@ impl HubCore {
 pub(crate) struct HubShared<D> {
     pub(crate) dispatch: D,
     pub(crate) core: Arc<HubCore>,
+    /// Who a connection is, read once per `Connect`.
+    pub(crate) identity: crate::identity::IdentityConfig,
 }

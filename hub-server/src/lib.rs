@@ -68,6 +68,7 @@ mod context;
 mod dispatch;
 mod error;
 mod hub;
+pub mod identity;
 mod inbound;
 mod service;
 pub mod transport;
@@ -78,10 +79,11 @@ pub use dispatch::{Dispatch, Inbound};
 pub use error::{DisconnectReason, PushError};
 pub use hub_core::quote;
 pub use hub_core::{
-    ConnectionId, Delivery, GroupError, GroupName, GroupProvider, MemberInfo, MembersLost,
-    MemoryProvider, MetricsSnapshot, SlowConsumerPolicy,
+    ConnectionId, Delivery, GroupError, GroupName, GroupProvider, InvalidGroupName, MemberInfo,
+    MembersLost, MemoryProvider, MetricsSnapshot, SlowConsumerPolicy,
 };
 pub use hub_core::{include_file_descriptor_set, include_proto};
+pub use identity::{BearerToken, FromExtensions, Identity, IdentityProvider};
 pub use service::{HubService, HubServiceBuilder, OutboundStream, ServerCodec, WriteItem};
 
 /// What generated code names. Not a stable API for hand-written code.

@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::context::ConnState;
 use crate::hub::{HubCore, HubShared};
+use crate::identity::{ConnectRequest, IdentityOverride};
 use crate::{Context, Dispatch, HubConfig, HubHandle, Hubs};
 
 /// A hub as a tonic service: add it to `tonic::transport::Server` like any other
@@ -60,6 +61,7 @@ impl<D: Dispatch> HubService<D> {
             hubs: None,
             groups: None,
             config: None,
+            identity: IdentityOverride::default(),
         }
     }
 
@@ -75,6 +77,8 @@ pub struct HubServiceBuilder<D> {
     hubs: Option<Hubs>,
     groups: Option<Arc<dyn GroupProvider>>,
     config: Option<HubConfig>,
+    /// Set by `identity` / `require_identity` (in `identity.rs`).
+    pub(crate) identity: IdentityOverride,
 }
 
 impl<D: Dispatch> HubServiceBuilder<D> {
@@ -150,6 +154,7 @@ impl<D: Dispatch> HubServiceBuilder<D> {
         let shared = Arc::new(HubShared {
             dispatch: self.dispatch,
             core,
+            identity: self.identity.over(&hubs.inner.identity),
         });
         let _ = hub.set(Arc::downgrade(&shared));
         Ok(HubService { shared })
@@ -378,6 +383,21 @@ async fn accept<D: Dispatch>(
     }
     let remote_addr = req.remote_addr();
     let (metadata, extensions, inbound) = req.into_parts();
+    let request = ConnectRequest {
+        metadata: &metadata,
+        extensions: &extensions,
+        remote_addr,
+    };
+    let identity = match shared.identity.identify(&request) {
+        Ok(identity) => identity,
+        Err(status) => {
+            HubMetrics::incr(&core.metrics.connections_rejected);
+            HubMetrics::incr(&core.metrics.connections_unauthenticated);
+            tracing::debug!(hub = D::SERVICE, peer = ?remote_addr, %status, "connection not authenticated");
+            return Err(status);
+        }
+    };
+    let user = identity.as_ref().map(|i| i.user_arc());
     let id = ConnectionId {
         node: core.node,
         local: core.next_conn.fetch_add(1, Relaxed) + 1,
@@ -406,7 +426,7 @@ async fn accept<D: Dispatch>(
     let _ = outbox.push(OutFrame::reply(hello));
     core.local.register(Member {
         id,
-        user: None,
+        user: user.clone(),
         outbox: outbox.clone(),
     });
     let conn = Arc::new(ConnState {
@@ -416,12 +436,21 @@ async fn accept<D: Dispatch>(
         extensions,
         remote_addr,
         outbox,
-        user: Mutex::new(None),
+        user: Mutex::new(user),
+        identity,
         kick: Mutex::new(None),
         kicked: Notify::new(),
         departed: std::sync::OnceLock::new(),
     });
     let span = tracing::info_span!("connection", hub = D::SERVICE, conn = %id, peer = ?remote_addr);
+    // Every connection of an authenticated user is reachable as that user, from
+    // `on_connect` on.
+    if let Err(e) = crate::identity::join_user_group(&core, &conn).await {
+        HubMetrics::incr(&core.metrics.connections_rejected);
+        tracing::debug!(parent: &span, error = %e, "could not register the connection's user");
+        crate::connection::leave_everything(&core, &conn).await;
+        return Err(e.into());
+    }
     let ctx = Context::<D::Push>::new(conn.clone());
     let hook = std::panic::AssertUnwindSafe(shared.dispatch.on_connect(ctx.clone()));
     let accepted = match futures_util::FutureExt::catch_unwind(hook)

@@ -30,7 +30,7 @@ def pytest_sessionstart(session):
 def generated(tmp_path_factory):
     """Runs stock `grpc_tools.protoc` on proto/ into a temp dir and imports the result."""
     out = tmp_path_factory.mktemp("generated")
-    protos = ["chat/v1/chat.proto", "hub/v1/hub.proto"]
+    protos = ["chat/v1/chat.proto", "chat/v1/login.proto", "hub/v1/hub.proto"]
     cmd = [sys.executable, "-m", "grpc_tools.protoc", "-I", str(ROOT / "proto"),
            f"--python_out={out}", f"--grpc_python_out={out}", *protos]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -38,6 +38,8 @@ def generated(tmp_path_factory):
     sys.path.insert(0, str(out))
     return Chat(importlib.import_module("chat.v1.chat_pb2"),
                 importlib.import_module("chat.v1.chat_pb2_grpc"),
+                importlib.import_module("chat.v1.login_pb2"),
+                importlib.import_module("chat.v1.login_pb2_grpc"),
                 importlib.import_module("hub.v1.hub_pb2"))
 
 

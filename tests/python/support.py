@@ -170,13 +170,27 @@ class ChatServer(Process):
 class Chat:
     """The generated chat.v1 and hub.v1 modules, and the HubClient factory built on them."""
 
-    def __init__(self, chat_pb2, chat_pb2_grpc, hub_pb2):
+    def __init__(self, chat_pb2, chat_pb2_grpc, login_pb2, login_pb2_grpc, hub_pb2):
         self.pb, self.grpc, self.hub = chat_pb2, chat_pb2_grpc, hub_pb2
+        self.login_pb, self.login_grpc = login_pb2, login_pb2_grpc
 
-    async def connect(self, server: ChatServer, **kw) -> "Client":
+    async def login(self, server: ChatServer, user: str):
+        """`chat.v1.ChatLogin/Login` on `server`: the LoginReply (token, user, expires_at)."""
+        async with grpc.aio.insecure_channel(server.addr) as channel:
+            stub = self.login_grpc.ChatLoginStub(channel)
+            return await stub.Login(self.login_pb.LoginRequest(user=user), timeout=WAIT)
+
+    async def connect(self, server: ChatServer, user: str = None, *, token: str = None,
+                      login_at: ChatServer = None, **kw) -> "Client":
+        """Logs in as `user` (at `login_at`, default `server`) and connects with the token,
+        or connects with `token` as it is; with neither, connects with no authorization."""
+        if token is None and user is not None:
+            token = (await self.login(login_at or server, user)).token
+        metadata = [("authorization", f"Bearer {token}")] if token is not None else []
         channel = grpc.aio.insecure_channel(server.addr)
         try:
-            hub = await HubClient.connect(self.grpc.ChatHubStub(channel).Connect, self.pb.ChatRequest, **kw)
+            hub = await HubClient.connect(self.grpc.ChatHubStub(channel).Connect, self.pb.ChatRequest,
+                                          metadata=metadata, **kw)
         except BaseException:
             await channel.close()
             raise
@@ -191,8 +205,8 @@ class Client:
         self.pushes: asyncio.Queue = asyncio.Queue()
         hub.on("*", self.pushes.put_nowait)
 
-    async def join(self, room: str, user: str):
-        return await self.hub.call("join", self.pb.JoinRequest(room=room, user=user))
+    async def join(self, room: str):
+        return await self.hub.call("join", self.pb.JoinRequest(room=room))
 
     async def say(self, text: str):
         return await self.hub.call("say", self.pb.SayRequest(text=text))

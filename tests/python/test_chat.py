@@ -15,8 +15,8 @@ def test_hello_is_the_first_frame_and_describes_the_connection(generated, chat_s
     server = chat_servers("memory", "--heartbeat-interval", "7", "--heartbeat-timeout", "21")
 
     async def scenario():
-        a = await generated.connect(server)
-        b = await generated.connect(server)
+        a = await generated.connect(server, "a")
+        b = await generated.connect(server, "b")
         try:
             for c in (a, b):
                 assert c.hub.info.hub == "chat.v1.ChatHub"
@@ -37,16 +37,16 @@ def test_join_replies_with_the_members_and_tells_the_others(generated, chat_serv
     room = unique("room")
 
     async def scenario():
-        alice, bob = await generated.connect(server), await generated.connect(server)
+        alice, bob = await generated.connect(server, "alice"), await generated.connect(server, "bob")
         try:
-            reply = await alice.join(room, "alice")
+            reply = await alice.join(room)
             assert (reply.room, list(reply.members), reply.count) == (room, ["alice"], 1)
-            reply = await bob.join(room, "bob")
+            reply = await bob.join(room)
             assert (reply.room, list(reply.members), reply.count) == (room, ["alice", "bob"], 2)
             push = await alice.expect("on_join", room=room, user="bob")
             assert push.seq == 1
-            # Joining the same room again under the same name changes nothing.
-            reply = await bob.join(room, "bob")
+            # Joining the same room again changes nothing.
+            reply = await bob.join(room)
             assert list(reply.members) == ["alice", "bob"]
             reply = await alice.hub.call("members")
             assert (list(reply.members), reply.count) == (["alice", "bob"], 2)
@@ -65,11 +65,11 @@ def test_say_reaches_every_other_member_with_push_sequence_numbers(generated, ch
     room = unique("room")
 
     async def scenario():
-        alice, bob, carol = [await generated.connect(server) for _ in range(3)]
+        alice, bob, carol = [await generated.connect(server, name) for name in ("alice", "bob", "carol")]
         try:
-            await alice.join(room, "alice")
-            await bob.join(room, "bob")
-            await carol.join(room, "carol")
+            await alice.join(room)
+            await bob.join(room)
+            await carol.join(room)
             await alice.expect("on_join", user="bob")
             await alice.expect("on_join", user="carol")
             await bob.expect("on_join", user="carol")
@@ -96,12 +96,12 @@ def test_whisper_reaches_only_that_users_connections(generated, chat_servers, gr
     bob = unique("bob")
 
     async def scenario():
-        alice, bob1, bob2, carol = [await generated.connect(server) for _ in range(4)]
+        alice, bob1, bob2, carol = [await generated.connect(server, name) for name in ("alice", bob, bob, "carol")]
         try:
-            await alice.join(room, "alice")
-            await bob1.join(room, bob)
-            await bob2.join(other_room, bob)  # the same user on a second connection, elsewhere
-            await carol.join(room, "carol")
+            await alice.join(room)
+            await bob1.join(room)
+            await bob2.join(other_room)  # the same user on a second connection, elsewhere
+            await carol.join(room)
             await alice.expect("on_join", user=bob)
             await alice.expect("on_join", user="carol")
             await bob1.expect("on_join", user="carol")
@@ -129,10 +129,10 @@ def test_leave_tells_the_room_and_ends_membership(generated, chat_servers, group
     bob_name = unique("bob")  # whispered to below: no other test's "bob" may answer
 
     async def scenario():
-        alice, bob = await generated.connect(server), await generated.connect(server)
+        alice, bob = await generated.connect(server, "alice"), await generated.connect(server, bob_name)
         try:
-            await alice.join(room, "alice")
-            await bob.join(room, bob_name)
+            await alice.join(room)
+            await bob.join(room)
             await alice.expect("on_join", user=bob_name)
             await bob.hub.call("leave")
             await alice.expect("on_leave", room=room, user=bob_name)
@@ -144,7 +144,7 @@ def test_leave_tells_the_room_and_ends_membership(generated, chat_servers, group
                 assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
             await alice.say("bob is gone")
             # bob hears nothing from the room any more: his next push is his own whisper.
-            await bob.join(elsewhere, bob_name)
+            await bob.join(elsewhere)
             await bob.whisper(bob_name, "note to self")
             await bob.expect("on_whisper", room=elsewhere, from_=bob_name, text="note to self")
         finally:
@@ -159,10 +159,10 @@ def test_disconnect_tells_the_room(generated, chat_servers, groups):
     room = unique("room")
 
     async def scenario():
-        alice, bob = await generated.connect(server), await generated.connect(server)
+        alice, bob = await generated.connect(server, "alice"), await generated.connect(server, "bob")
         try:
-            await alice.join(room, "alice")
-            await bob.join(room, "bob")
+            await alice.join(room)
+            await bob.join(room)
             await alice.expect("on_join", user="bob")
             await bob.close()
             await alice.expect("on_leave", room=room, user="bob")
@@ -179,20 +179,21 @@ def test_rust_and_python_clients_talk_both_ways(generated, chat_servers, groups)
     room = unique("room")
 
     async def scenario():
-        py = await generated.connect(server)
+        py = await generated.connect(server, "py")
         try:
-            await py.join(room, "py")
+            await py.join(room)
             # Python -> Rust: a Rust client listens until it gets one push.
             listener = asyncio.create_task(rust_client(server.addr, "rusty", room, "--wait-for", "1",
                                                        "--listen", "60"))
             await py.expect("on_join", room=room, user="rusty")
             await py.say("hello from python")
             lines = await listener
-            assert lines[0].keys() == {"connected"}
+            assert lines[0] == {"logged_in": "rusty", "expires_at": lines[0]["expires_at"]}
+            assert lines[1].keys() == {"connected"}
             joined = {"reply": "joined", "room": room, "members": ["py", "rusty"], "count": 2}
             heard = {"push": "on_message", "room": room, "from": "py", "text": "hello from python"}
             # The push may beat the reply to join: the server lists the members after joining.
-            assert lines[1:] in ([joined, heard], [heard, joined]), lines
+            assert lines[2:] in ([joined, heard], [heard, joined]), lines
             await py.expect("on_leave", room=room, user="rusty")
             # Rust -> Python: say, whisper, leave (by exiting).
             lines = await rust_client(server.addr, "ferris", room, "--say", "hello from rust",

@@ -9,20 +9,24 @@ from hub_client import HubError
 
 from support import rust_client, run, unique
 
+SECRET = "the python tests' shared token secret, 32+ bytes"
+
 
 @pytest.mark.parametrize("backplane", ["redis", "nats"])
 def test_a_room_spans_two_servers(generated, chat_servers, request, backplane):
     url = request.getfixturevalue(f"{backplane}_url")
-    a, b = chat_servers(url), chat_servers(url)
+    # Servers behind one load balancer share the token secret: a token from either
+    # server's login is good on both.
+    a, b = chat_servers(url, "--token-secret", SECRET), chat_servers(url, "--token-secret", SECRET)
     room, bob_name = unique("room"), unique("bob")
 
     async def scenario():
-        alice = await generated.connect(a)
-        bob = await generated.connect(b)
+        alice = await generated.connect(a, "alice")
+        bob = await generated.connect(b, bob_name, login_at=a)
         try:
             assert alice.hub.info.server_id != bob.hub.info.server_id
-            await alice.join(room, "alice")
-            reply = await bob.join(room, bob_name)
+            await alice.join(room)
+            reply = await bob.join(room)
             assert (list(reply.members), reply.count) == (["alice", bob_name], 2)
             await alice.expect("on_join", room=room, user=bob_name)
             await alice.say("from server a")
@@ -54,11 +58,11 @@ def test_memory_groups_do_not_cross_servers(generated, chat_servers):
     room = unique("room")
 
     async def scenario():
-        alice = await generated.connect(a)
-        bob = await generated.connect(b)
+        alice = await generated.connect(a, "alice")
+        bob = await generated.connect(b, "bob")
         try:
-            await alice.join(room, "alice")
-            reply = await bob.join(room, "bob")
+            await alice.join(room)
+            reply = await bob.join(room)
             assert list(reply.members) == ["bob"]
             await alice.say("anyone on b?")
             with pytest.raises(HubError) as err:

@@ -17,6 +17,7 @@ def test_the_python_example_talks_to_a_rust_client(chat_servers):
             str(CHAT_CLIENT), "--addr", server.addr, "--user", "rusty", "--room", room, "--json",
             "--wait-for", "2", "--listen", "60"]), stdout=asyncio.subprocess.PIPE)
         try:
+            assert json.loads(await asyncio.wait_for(rust.stdout.readline(), 30))["logged_in"] == "rusty"
             assert "connected" in json.loads(await asyncio.wait_for(rust.stdout.readline(), 30))
             assert json.loads(await asyncio.wait_for(rust.stdout.readline(), 30))["reply"] == "joined"
             example = await asyncio.create_subprocess_exec(

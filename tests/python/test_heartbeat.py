@@ -18,10 +18,10 @@ def test_answered_pings_keep_the_connection_open(generated, chat_servers):
     server = chat_servers("memory", *FAST)
 
     async def scenario():
-        c = await generated.connect(server)
+        c = await generated.connect(server, "patient")
         try:
             assert (c.hub.info.heartbeat_interval_ms, c.hub.info.heartbeat_timeout_ms) == (1000, 3000)
-            await c.join(unique("room"), "patient")
+            await c.join(unique("room"))
             # Send nothing but pongs for well over the timeout.
             for _ in range(200):
                 if c.hub.pings_answered >= 5:
@@ -43,7 +43,7 @@ def test_a_silent_client_is_closed_after_the_heartbeat_timeout(generated, chat_s
     server = chat_servers("memory", *FAST)
 
     async def scenario():
-        c = await generated.connect(server, auto_pong=False)
+        c = await generated.connect(server, "silent", auto_pong=False)
         try:
             code, reason = await c.hub.closed(timeout=30)
             assert code == grpc.StatusCode.UNAVAILABLE, (code, reason)
@@ -62,7 +62,7 @@ def test_client_ping_gets_a_pong(generated, chat_servers):
     server = chat_servers("memory", "--heartbeat-interval", "0", "--heartbeat-timeout", "0")
 
     async def scenario():
-        c = await generated.connect(server)
+        c = await generated.connect(server, "pinger")
         try:
             assert (c.hub.info.heartbeat_interval_ms, c.hub.info.heartbeat_timeout_ms) == (0, 0)
             rtts = [await c.hub.ping() for _ in range(3)]
@@ -78,9 +78,9 @@ def test_server_shutdown_says_goodbye(generated, chat_servers):
     server = chat_servers()
 
     async def scenario():
-        c = await generated.connect(server)
+        c = await generated.connect(server, "last")
         try:
-            await c.join(unique("room"), "last")
+            await c.join(unique("room"))
             server.signal(signal.SIGTERM)
             code, reason = await c.hub.closed(timeout=30)
             assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "server shutting down")

@@ -42,6 +42,7 @@ def test_server_reflection_lists_and_describes_the_hub(chat_servers, version):
             call = info(iter(requests), timeout=15)
             listed, described = [reply async for reply in call]
             assert b"chat.v1.ChatHub" in listed and b"grpc.health.v1.Health" in listed
+            assert b"chat.v1.ChatLogin" in listed
             assert b"chat/v1/chat.proto" in described and b"ChatRequest" in described
 
     run(scenario())

@@ -6,10 +6,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use examples::auth::TokenSecret;
 use examples::chat::chat_hub_client::{ChatHubClient, ChatHubReceiver};
-use examples::chat::chat_hub_server::{ChatHubHandle, ChatHubServer};
+use examples::chat::chat_hub_server::ChatHubHandle;
 use examples::chat::{ChatMessage, JoinRequest, UserEvent};
-use examples::chat_hub::Chat;
+use examples::login::LoginRequest;
+use examples::login::chat_login_client::ChatLoginClient;
+use hub_client::ConnectOptions;
 use hub_server::{GroupProvider, HubConfig, Hubs};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -18,7 +21,18 @@ pub mod memory;
 pub mod probe;
 pub mod raw;
 
-/// A chat hub served in this process on a free loopback port.
+/// The token secret of every [`TestServer`] (unless started with another), and what
+/// tests pass to `chat-server --token-secret`: servers with the same secret accept
+/// each other's tokens.
+pub const TEST_TOKEN_SECRET: &str = "the integration tests' token secret (not a real one)";
+
+/// The [`TEST_TOKEN_SECRET`].
+pub fn test_secret() -> TokenSecret {
+    TokenSecret::new(TEST_TOKEN_SECRET.as_bytes()).expect("long enough")
+}
+
+/// A chat hub (and its development login) served in this process on a free
+/// loopback port.
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -35,16 +49,24 @@ impl TestServer {
         Self::start(Arc::new(hub_server::MemoryProvider), config).await
     }
 
-    /// Serves the chat hub with `provider` and `config`.
+    /// Serves the chat hub with `provider` and `config`, signing and verifying tokens
+    /// with [`TEST_TOKEN_SECRET`].
     pub async fn start(provider: Arc<dyn GroupProvider>, config: HubConfig) -> Self {
+        Self::start_with_secret(provider, config, test_secret()).await
+    }
+
+    /// Like [`TestServer::start`], with tokens signed and verified with `secret`.
+    pub async fn start_with_secret(
+        provider: Arc<dyn GroupProvider>,
+        config: HubConfig,
+        secret: TokenSecret,
+    ) -> Self {
         let hubs = Hubs::builder()
             .default_groups_arc(provider)
             .config(config)
             .build();
-        let svc = ChatHubServer::builder(Chat)
-            .hubs(&hubs)
-            .build()
-            .expect("bind hub");
+        let svc = examples::chat_service(&hubs, &secret).expect("bind hub");
+        let login = examples::login_service(&secret, examples::DEFAULT_TOKEN_TTL);
         let handle = svc.handle();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -53,6 +75,7 @@ impl TestServer {
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(svc)
+                .add_service(login)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await;
         });
@@ -245,29 +268,73 @@ impl ChatHubReceiver for Recorder {
     }
 }
 
-/// Connects a chat client to `url`, recording pushes.
-pub async fn client(url: &str) -> (ChatHubClient, Arc<Recorder>) {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+/// A channel to `url`.
+pub async fn channel(url: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(url.to_owned())
         .expect("url")
         .connect()
         .await
-        .expect("connect");
-    let rec = Arc::new(Recorder::default());
-    let c = ChatHubClient::connect(channel, rec.clone())
+        .expect("connect")
+}
+
+/// Logs in as `user` with the development login at `url`; returns the token.
+pub async fn login(url: &str, user: &str) -> String {
+    ChatLoginClient::new(channel(url).await)
+        .login(LoginRequest { user: user.into() })
         .await
-        .expect("hub connect");
+        .expect("login")
+        .into_inner()
+        .token
+}
+
+/// Opens a chat connection to `url` with `authorization: Bearer <token>` (none for
+/// `None`), recording pushes; the error is the status the server refused it with.
+pub async fn connect_with_token(
+    url: &str,
+    token: Option<&str>,
+) -> Result<(ChatHubClient, Arc<Recorder>), hub_client::ClientError> {
+    let mut options = ConnectOptions::default();
+    if let Some(token) = token {
+        options = options.metadata("authorization", &format!("Bearer {token}"))?;
+    }
+    let rec = Arc::new(Recorder::default());
+    let c = ChatHubClient::connect_with(channel(url).await, options, rec.clone()).await?;
+    Ok((c, rec))
+}
+
+/// Logs in as `user` and connects a chat client to `url`, recording pushes.
+pub async fn client(url: &str, user: &str) -> (ChatHubClient, Arc<Recorder>) {
+    let token = login(url, user).await;
+    connect_with_token(url, Some(&token))
+        .await
+        .expect("hub connect")
+}
+
+/// Logs in as `user`, connects and joins `room`.
+pub async fn joined(url: &str, room: &str, user: &str) -> (ChatHubClient, Arc<Recorder>) {
+    let (c, rec) = client(url, user).await;
+    c.join(JoinRequest { room: room.into() })
+        .await
+        .expect("join");
     (c, rec)
 }
 
-/// Connects and joins `room` as `user`.
-pub async fn joined(url: &str, room: &str, user: &str) -> (ChatHubClient, Arc<Recorder>) {
-    let (c, rec) = client(url).await;
-    c.join(JoinRequest {
-        room: room.into(),
-        user: user.into(),
-    })
-    .await
-    .expect("join");
+/// Logs in as `user` at `login_url`, connects to `url` and joins `room`, as behind a
+/// load balancer that sends the login and the stream to different servers (which must
+/// share the token secret).
+pub async fn joined_via(
+    login_url: &str,
+    url: &str,
+    room: &str,
+    user: &str,
+) -> (ChatHubClient, Arc<Recorder>) {
+    let token = login(login_url, user).await;
+    let (c, rec) = connect_with_token(url, Some(&token))
+        .await
+        .expect("hub connect");
+    c.join(JoinRequest { room: room.into() })
+        .await
+        .expect("join");
     (c, rec)
 }
 

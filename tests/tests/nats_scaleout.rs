@@ -229,7 +229,6 @@ async fn leaving_and_disconnecting_stop_deliveries() {
     // Back in: delivered again.
     bob.join(examples::chat::JoinRequest {
         room: "room".into(),
-        user: "bob".into(),
     })
     .await
     .unwrap();
@@ -599,10 +598,12 @@ async fn user_password_and_token_auth() {
 #[tokio::test]
 async fn chat_server_processes() {
     let nats = NatsServer::start();
-    let one = ChatServer::start(&nats.url(), &[]);
-    let mut two = ChatServer::start(&nats.url(), &[]);
+    // The same token secret on both: bob logs in on one and connects to the other.
+    let secret = ["--token-secret", tests::TEST_TOKEN_SECRET];
+    let one = ChatServer::start(&nats.url(), &secret);
+    let mut two = ChatServer::start(&nats.url(), &secret);
     let (alice, alice_rx) = joined(&one.url(), "lobby", "alice").await;
-    let (bob, _bob_rx) = joined(&two.url(), "lobby", "bob").await;
+    let (bob, _bob_rx) = tests::joined_via(&one.url(), &two.url(), "lobby", "bob").await;
     expect_nth(&alice_rx, 1, join_notice("lobby", "bob")).await;
 
     bob.say(SayRequest {

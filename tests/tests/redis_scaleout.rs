@@ -491,10 +491,12 @@ async fn sharded_pubsub_on_a_redis_cluster() {
 #[tokio::test]
 async fn two_chat_server_processes_share_a_room() {
     let redis = RedisServer::start();
-    let s1 = ChatServer::start(&redis.url(), &[]);
-    let s2 = ChatServer::start(&redis.url(), &[]);
+    // The same token secret on both: bob logs in on one and connects to the other.
+    let secret = ["--token-secret", tests::TEST_TOKEN_SECRET];
+    let s1 = ChatServer::start(&redis.url(), &secret);
+    let s2 = ChatServer::start(&redis.url(), &secret);
     let (alice, _) = joined(&s1.url(), "lobby", "alice").await;
-    let (_bob, bob_rx) = joined(&s2.url(), "lobby", "bob").await;
+    let (_bob, bob_rx) = tests::joined_via(&s1.url(), &s2.url(), "lobby", "bob").await;
     alice
         .say(SayRequest {
             text: "across processes".into(),

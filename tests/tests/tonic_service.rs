@@ -23,7 +23,10 @@ where
 #[tokio::test]
 async fn the_hub_serves_next_to_other_services() {
     let (probe, _hubs, _) = ProbeServer::service(HubConfig::default());
-    let chat = examples::chat::chat_hub_server::ChatHubServer::new(examples::chat_hub::Chat);
+    // The chat hub needs its login next to it: `joined` logs in first.
+    let secret = examples::auth::TokenSecret::random();
+    let chat = examples::chat_service(&hub_server::Hubs::new(), &secret).unwrap();
+    let login = examples::login_service(&secret, examples::DEFAULT_TOKEN_TTL);
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<tests::probe::proto::probe_hub_server::ProbeHubServer<tests::probe::Probe>>()
@@ -34,6 +37,7 @@ async fn the_hub_serves_next_to_other_services() {
             let _ = tonic::transport::Server::builder()
                 .add_service(health)
                 .add_service(chat)
+                .add_service(login)
                 .add_service(probe)
                 .serve_with_incoming(incoming)
                 .await;

@@ -1,7 +1,8 @@
 //! Run with: `cargo run -p examples --bin chat-client -- --user alice --room lobby --say "hello"`
 //!
-//! A typed client of the chat hub: joins a room, says and whispers what it is told
-//! to, and prints what it receives. Scriptable: `--json` prints one JSON object per
+//! A typed client of the chat hub: logs in (`chat.v1.ChatLogin/Login`, or `--token`
+//! from an identity provider), connects with the token as `authorization: Bearer`,
+//! joins a room, says and whispers what it is told to, and prints what it receives. Scriptable: `--json` prints one JSON object per
 //! line, `--wait-for N` exits after N pushes, `--listen SECS` bounds the wait.
 
 use std::sync::Arc;
@@ -13,6 +14,9 @@ use examples::chat::chat_hub_client::{ChatHubClient, ChatHubReceiver};
 use examples::chat::{
     ChatMessage, JoinRequest, MembersReply, SayRequest, UserEvent, WhisperRequest,
 };
+use examples::login::LoginRequest;
+use examples::login::chat_login_client::ChatLoginClient;
+use hub_client::ConnectOptions;
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -22,9 +26,17 @@ struct Args {
     /// Server address (`http://HOST:PORT` or `HOST:PORT`).
     #[arg(long, default_value = "127.0.0.1:50051")]
     addr: String,
-    /// User name.
-    #[arg(long)]
-    user: String,
+    /// User name to log in under (with the server's development login).
+    #[arg(long, required_unless_present = "token")]
+    user: Option<String>,
+    /// A bearer token from your identity provider, instead of logging in.
+    #[arg(
+        long,
+        env = "CHAT_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "user"
+    )]
+    token: Option<String>,
     /// Room to join.
     #[arg(long, default_value = "lobby")]
     room: String,
@@ -141,7 +153,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         received: AtomicUsize::new(0),
         notify: Notify::new(),
     });
-    let client = ChatHubClient::connect(channel, printer.clone()).await?;
+    let token = match (&args.token, &args.user) {
+        (Some(token), _) => token.clone(),
+        (None, Some(user)) => {
+            let reply = ChatLoginClient::new(channel.clone())
+                .login(LoginRequest { user: user.clone() })
+                .await?
+                .into_inner();
+            printer.out(
+                json!({"logged_in": reply.user, "expires_at": reply.expires_at}),
+                format!("logged in as {}", reply.user),
+            );
+            reply.token
+        }
+        (None, None) => return Err("--user or --token is required".into()),
+    };
+    let options =
+        ConnectOptions::default().metadata("authorization", &format!("Bearer {token}"))?;
+    let client = ChatHubClient::connect_with(channel, options, printer.clone()).await?;
     printer.out(
         json!({"connected": client.connection_id()}),
         format!("connected as connection {}", client.connection_id()),
@@ -150,7 +179,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let joined = client
         .join(JoinRequest {
             room: args.room.clone(),
-            user: args.user.clone(),
         })
         .await?;
     members_out(&printer, "joined", &joined);

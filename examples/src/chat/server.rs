@@ -1,14 +1,23 @@
 //! Run with: `cargo run -p examples --bin chat-server -- --addr 127.0.0.1:50051 --groups memory`
 //!
 //! The reference chat hub, served with gRPC reflection and the standard health service.
+//!
+//! `Connect` needs `authorization: Bearer <token>`; the token names the user (see
+//! `examples::auth`). By default the server also serves the development login
+//! `chat.v1.ChatLogin/Login` and signs with a random secret of its own. Behind a real
+//! identity provider: `--login off --token-secret SECRET` (or `CHAT_TOKEN_SECRET`), and
+//! the provider issues tokens in the same format, signed with the same secret. Servers
+//! behind one load balancer need the same `--token-secret` to accept each other's tokens.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
 use examples::FILE_DESCRIPTOR_SET;
+use examples::auth::TokenSecret;
 use examples::chat::chat_hub_server::ChatHubServer;
 use examples::chat_hub::Chat;
+use examples::login::chat_login_server::ChatLoginServer;
 use hub_server::transport::{Transport, TransportConfig};
 use hub_server::{GroupProvider, HubConfig, Hubs, MemoryProvider};
 
@@ -33,6 +42,18 @@ struct Args {
     /// Frames each connection's outbound queue holds.
     #[arg(long, default_value_t = 1024)]
     outbound_queue: usize,
+    /// Serve the development login `chat.v1.ChatLogin/Login` (`on`: a token for any
+    /// valid name, no password; `off`: tokens come from an identity provider in front).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    login: String,
+    /// The HMAC-SHA256 secret tokens are signed with (at least 32 bytes). Default: random
+    /// per process. Required with `--login off`; the same on every server that must
+    /// accept the others' tokens.
+    #[arg(long, env = "CHAT_TOKEN_SECRET", hide_env_values = true)]
+    token_secret: Option<String>,
+    /// Seconds a token from the development login is good for.
+    #[arg(long, default_value_t = examples::DEFAULT_TOKEN_TTL.as_secs())]
+    token_ttl: u64,
     /// Serve the hub's metrics as Prometheus text on `http://ADDR/metrics` (off by
     /// default; port 0 picks a free port, and the address is printed).
     #[arg(long)]
@@ -79,30 +100,54 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .heartbeat(secs(args.heartbeat_interval), secs(args.heartbeat_timeout))
         .max_message_bytes(args.max_message_bytes)
         .outbound_queue(args.outbound_queue);
+    let login = args.login == "on";
+    let secret = match &args.token_secret {
+        Some(s) => TokenSecret::new(s.as_bytes())?,
+        None if login => TokenSecret::random(),
+        None => {
+            return Err(
+                "--login off needs --token-secret (or CHAT_TOKEN_SECRET): the secret \
+                        the identity provider signs tokens with"
+                    .into(),
+            );
+        }
+    };
     let groups = provider(&args.groups).await?;
     let hubs = Hubs::builder()
         .default_groups_arc(groups.into())
         .config(config)
         .build();
-    let chat = ChatHubServer::builder(Chat).hubs(&hubs).build()?;
+    let chat = examples::chat_service(&hubs, &secret)?;
+    let login_service =
+        login.then(|| examples::login_service(&secret, Duration::from_secs(args.token_ttl)));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ChatHubServer<Chat>>().await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    if login_service.is_some() {
+        health
+            .set_serving::<ChatLoginServer<examples::auth::Login>>()
+            .await;
+    }
+    let reflection = || {
+        let b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        if login {
+            b.register_encoded_file_descriptor_set(examples::LOGIN_FILE_DESCRIPTOR_SET)
+        } else {
+            b
+        }
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     let local = listener.local_addr()?;
     println!(
-        "chat-server listening on {local} (groups: {}, node {})",
+        "chat-server listening on {local} (groups: {}, node {}, login {})",
         args.groups,
-        hubs.node()
+        hubs.node(),
+        args.login
     );
 
     let shutdown_hubs = hubs.clone();
@@ -125,6 +170,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(chat)
+        .add_optional_service(login_service)
         .serve_with_incoming_shutdown(transport.incoming(listener), shutdown);
     // tonic's graceful shutdown waits for every open stream, including ones that are
     // not hubs (a reflection stream grpcurl keeps open until its stdin ends); the hubs

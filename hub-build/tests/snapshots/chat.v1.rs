@@ -16,9 +16,14 @@ pub mod chat_hub_server {
     /// The `chat.v1.ChatHub` hub: implement it, then serve it with [`ChatHubServer`].
     /// A chat lobby: join a room, talk to everyone in it, whisper to one user.
     ///
+    /// `Connect` needs `authorization: Bearer <token>` metadata (a token from
+    /// `chat.v1.ChatLogin/Login`, or from the identity provider in front of the server);
+    /// without a valid one the stream is refused with UNAUTHENTICATED.
+    ///
     /// Calls from one connection run one at a time, in order.
     pub trait ChatHub: Send + Sync + 'static {
-        /// Join a room under a user name; replies with the room's members.
+        /// Join a room (as the user of the connection's token); replies with the room's
+        /// members.
         fn join(
             &self,
             ctx: &ChatHubContext,
@@ -254,6 +259,18 @@ pub mod chat_hub_server {
         pub fn config(self, config: ::hub_server::codegen::HubConfig) -> Self {
             ChatHubServerBuilder {
                 inner: self.inner.config(config),
+            }
+        }
+        /// How this hub learns who a connection is (see `hub_server::identity`).
+        pub fn identity(self, provider: impl ::hub_server::IdentityProvider) -> Self {
+            ChatHubServerBuilder {
+                inner: self.inner.identity(provider),
+            }
+        }
+        /// Whether this hub refuses `Connect` without an identity (`UNAUTHENTICATED`).
+        pub fn require_identity(self, required: bool) -> Self {
+            ChatHubServerBuilder {
+                inner: self.inner.require_identity(required),
             }
         }
         /// Binds the hub to its group provider.
@@ -514,6 +531,10 @@ pub mod chat_hub_client {
     }
     /// A typed client of the `chat.v1.ChatHub` hub: one stream, calls multiplexed by id.
     /// A chat lobby: join a room, talk to everyone in it, whisper to one user.
+    ///
+    /// `Connect` needs `authorization: Bearer <token>` metadata (a token from
+    /// `chat.v1.ChatLogin/Login`, or from the identity provider in front of the server);
+    /// without a valid one the stream is refused with UNAUTHENTICATED.
     #[derive(Clone, Debug)]
     pub struct ChatHubClient {
         inner: ::hub_client::codegen::HubClient<Spec>,
@@ -575,7 +596,8 @@ pub mod chat_hub_client {
         pub async fn closed(&self) -> ::hub_client::codegen::DisconnectReason {
             self.inner.closed().await
         }
-        /// Join a room under a user name; replies with the room's members.
+        /// Join a room (as the user of the connection's token); replies with the room's
+        /// members.
         pub async fn join(
             &self,
             request: super::JoinRequest,
