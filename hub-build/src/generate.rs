@@ -264,7 +264,7 @@ fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                 }
 
                 /// How this hub learns who a connection is (see `hub_server::identity`).
-                pub fn identity(self, provider: impl #rt::IdentityProvider) -> Self {
+                pub fn identity(self, provider: impl #rt::codegen::IdentityProvider) -> Self {
                     #builder { inner: self.inner.identity(provider) }
                 }
 

@@ -91,7 +91,7 @@ pub use service::{HubService, HubServiceBuilder, OutboundStream, ServerCodec, Wr
 pub mod codegen {
     pub use crate::{
         ConnectionId, Delivery, DisconnectReason, GroupError, GroupProvider, HubConfig, Hubs,
-        MembersLost, PushError,
+        IdentityProvider, MembersLost, PushError,
     };
     pub use crate::{Context, Dispatch, HubHandle, HubService, HubServiceBuilder, Inbound, Push};
     pub use bytes::Bytes;

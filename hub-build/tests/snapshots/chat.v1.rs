@@ -93,7 +93,7 @@ pub mod chat_hub_server {
         fn on_members_lost(
             &self,
             hub: &ChatHubHandle,
-            lost: &::hub_server::MembersLost,
+            lost: &::hub_server::codegen::MembersLost,
         ) -> impl ::core::future::Future<Output = ()> + Send {
             async {}
         }
@@ -262,7 +262,10 @@ pub mod chat_hub_server {
             }
         }
         /// How this hub learns who a connection is (see `hub_server::identity`).
-        pub fn identity(self, provider: impl ::hub_server::IdentityProvider) -> Self {
+        pub fn identity(
+            self,
+            provider: impl ::hub_server::codegen::IdentityProvider,
+        ) -> Self {
             ChatHubServerBuilder {
                 inner: self.inner.identity(provider),
             }
@@ -468,7 +471,7 @@ pub mod chat_hub_server {
         fn on_members_lost(
             &self,
             handle: ChatHubHandle,
-            lost: ::hub_server::MembersLost,
+            lost: ::hub_server::codegen::MembersLost,
         ) -> ::hub_server::codegen::BoxFuture<'static, ()> {
             let hub = self.0.clone();
             ::std::boxed::Box::pin(async move {
