@@ -1,13 +1,14 @@
 // Run with: node dist/example.js --user ts --room lobby --say "hello" --listen 10
 // (after `npm ci && npm run build` in examples/typescript; a chat-server on --addr)
 //
-// The chat hub from TypeScript: joins a room, says something, and prints the pushes
+// The chat hub from TypeScript: logs in as --user, joins a room, says something, and prints the pushes
 // it gets for --listen seconds. See docs/clients.md.
 
 import { parseArgs } from "node:util";
-import { credentials, status } from "@grpc/grpc-js";
+import { credentials, Metadata, status } from "@grpc/grpc-js";
 
 import { ChatHubClient, type ChatRequest, type ChatResponse } from "./gen/chat/v1/chat";
+import { ChatLoginClient, type LoginReply } from "./gen/chat/v1/login";
 import { codeName, HubCallError, HubClient } from "./hub";
 
 async function main(): Promise<void> {
@@ -23,8 +24,17 @@ async function main(): Promise<void> {
   if (!values.user) {
     throw new Error("--user is required");
   }
+  // Log in (chat.v1.ChatLogin/Login on the same address), then connect with the token.
+  const loginStub = new ChatLoginClient(values.addr!, credentials.createInsecure());
+  const { token } = await new Promise<LoginReply>((ok, fail) =>
+    loginStub.login({ user: values.user! }, new Metadata(), { deadline: Date.now() + 10_000 }, (e, reply) =>
+      e ? fail(e) : ok(reply)),
+  );
+  loginStub.close();
   const stub = new ChatHubClient(values.addr!, credentials.createInsecure());
-  const hub = await HubClient.connect<ChatRequest, ChatResponse>((md) => stub.connect(md));
+  const hub = await HubClient.connect<ChatRequest, ChatResponse>((md) => stub.connect(md), {
+    metadata: { authorization: `Bearer ${token}` },
+  });
   console.log(`connected as ${hub.info.connectionId} (server ${hub.info.serverId})`);
   hub.on("onJoin", (e) => console.log(`* ${e.user} joined`));
   hub.on("onLeave", (e) => console.log(`* ${e.user} left`));
@@ -32,7 +42,7 @@ async function main(): Promise<void> {
   hub.on("onWhisper", (m) => console.log(`(whisper) ${m.from}: ${m.text}`));
   hub.onError((e) => console.log(`error frame: ${e.message}`));
   try {
-    const joined = await hub.call("join", { room: values.room!, user: values.user });
+    const joined = await hub.call("join", { room: values.room! });
     console.log(`joined ${joined.room}: ${joined.members.join(", ")}`);
     for (const text of values.say!) {
       await hub.call("say", { text });

@@ -15,8 +15,8 @@ const T = { timeout: 120_000 };
 
 test("hello is the first frame and describes the connection", T, async () => {
   const server = await ChatServer.start("memory", "--heartbeat-interval", "7", "--heartbeat-timeout", "21");
-  const a = await Client.connect(server);
-  const b = await Client.connect(server);
+  const a = await Client.connect(server, "a");
+  const b = await Client.connect(server, "b");
   try {
     for (const c of [a, b]) {
       assert.equal(c.hub.info.hub, "chat.v1.ChatHub");
@@ -36,17 +36,17 @@ for (const provider of Backplanes.names) {
     test("join replies with the members and tells the others", T, async () => {
       const server = await ChatServer.start(await backplanes.groups(provider));
       const room = unique("room");
-      const alice = await Client.connect(server);
-      const bob = await Client.connect(server);
+      const alice = await Client.connect(server, "alice");
+      const bob = await Client.connect(server, "bob");
       try {
-        let reply = await alice.join(room, "alice");
+        let reply = await alice.join(room);
         assert.deepEqual([reply.room, reply.members, reply.count], [room, ["alice"], 1]);
-        reply = await bob.join(room, "bob");
+        reply = await bob.join(room);
         assert.deepEqual([reply.room, reply.members, reply.count], [room, ["alice", "bob"], 2]);
         const push = await alice.expect("onJoin", { room, user: "bob" });
         assert.equal(push.seq, 1);
         // Joining the same room again under the same name changes nothing.
-        reply = await bob.join(room, "bob");
+        reply = await bob.join(room);
         assert.deepEqual(reply.members, ["alice", "bob"]);
         reply = await alice.members();
         assert.deepEqual([reply.members, reply.count], [["alice", "bob"], 2]);
@@ -61,11 +61,11 @@ for (const provider of Backplanes.names) {
     test("say reaches every other member, with push sequence numbers", T, async () => {
       const server = await ChatServer.start(await backplanes.groups(provider));
       const room = unique("room");
-      const [alice, bob, carol] = await Promise.all([1, 2, 3].map(() => Client.connect(server)));
+      const [alice, bob, carol] = await Promise.all(["alice", "bob", "carol"].map((user) => Client.connect(server, user)));
       try {
-        await alice.join(room, "alice");
-        await bob.join(room, "bob");
-        await carol.join(room, "carol");
+        await alice.join(room);
+        await bob.join(room);
+        await carol.join(room);
         await alice.expect("onJoin", { user: "bob" });
         await alice.expect("onJoin", { user: "carol" });
         await bob.expect("onJoin", { user: "carol" });
@@ -88,12 +88,12 @@ for (const provider of Backplanes.names) {
     test("whisper reaches only that user's connections", T, async () => {
       const server = await ChatServer.start(await backplanes.groups(provider));
       const [room, otherRoom, bobName] = [unique("room"), unique("elsewhere"), unique("bob")];
-      const [alice, bob1, bob2, carol] = await Promise.all([1, 2, 3, 4].map(() => Client.connect(server)));
+      const [alice, bob1, bob2, carol] = await Promise.all(["alice", bobName, bobName, "carol"].map((user) => Client.connect(server, user)));
       try {
-        await alice.join(room, "alice");
-        await bob1.join(room, bobName);
-        await bob2.join(otherRoom, bobName); // the same user on a second connection, elsewhere
-        await carol.join(room, "carol");
+        await alice.join(room);
+        await bob1.join(room);
+        await bob2.join(otherRoom); // the same user on a second connection, elsewhere
+        await carol.join(room);
         await alice.expect("onJoin", { user: bobName });
         await alice.expect("onJoin", { user: "carol" });
         await bob1.expect("onJoin", { user: "carol" });
@@ -119,11 +119,11 @@ for (const provider of Backplanes.names) {
     test("leave tells the room and ends membership", T, async () => {
       const server = await ChatServer.start(await backplanes.groups(provider));
       const [room, elsewhere, bobName] = [unique("room"), unique("elsewhere"), unique("bob")];
-      const alice = await Client.connect(server);
-      const bob = await Client.connect(server);
+      const alice = await Client.connect(server, "alice");
+      const bob = await Client.connect(server, bobName);
       try {
-        await alice.join(room, "alice");
-        await bob.join(room, bobName);
+        await alice.join(room);
+        await bob.join(room);
         await alice.expect("onJoin", { user: bobName });
         await bob.hub.call("leave", {});
         await alice.expect("onLeave", { room, user: bobName });
@@ -134,7 +134,7 @@ for (const provider of Backplanes.names) {
         }
         await alice.say("bob is gone");
         // bob hears nothing from the room any more: his next push is his own whisper.
-        await bob.join(elsewhere, bobName);
+        await bob.join(elsewhere);
         await bob.whisper(bobName, "note to self");
         await bob.expect("onWhisper", { room: elsewhere, from: bobName, text: "note to self" });
       } finally {
@@ -145,11 +145,11 @@ for (const provider of Backplanes.names) {
     test("a disconnect tells the room", T, async () => {
       const server = await ChatServer.start(await backplanes.groups(provider));
       const room = unique("room");
-      const alice = await Client.connect(server);
-      const bob = await Client.connect(server);
+      const alice = await Client.connect(server, "alice");
+      const bob = await Client.connect(server, "bob");
       try {
-        await alice.join(room, "alice");
-        await bob.join(room, "bob");
+        await alice.join(room);
+        await bob.join(room);
         await alice.expect("onJoin", { user: "bob" });
         await bob.close();
         await alice.expect("onLeave", { room, user: "bob" });
@@ -162,19 +162,22 @@ for (const provider of Backplanes.names) {
     test("Rust and TypeScript clients talk both ways", T, async () => {
       const server = await ChatServer.start(await backplanes.groups(provider));
       const room = unique("room");
-      const ts = await Client.connect(server);
+      const ts = await Client.connect(server, "ts");
       try {
-        await ts.join(room, "ts");
+        await ts.join(room);
         // TypeScript -> Rust: a Rust client listens until it gets one push.
         const listener = rustClient(server.addr, "rusty", room, "--wait-for", "1", "--listen", "60");
         await ts.expect("onJoin", { room, user: "rusty" });
         await ts.say("hello from typescript");
         const lines = await listener;
-        assert.deepEqual(Object.keys(lines[0] as object), ["connected"]);
+        // chat-client logs in first (a line for it), then connects.
+        const first = lines[0] as { expires_at?: unknown };
+        assert.deepEqual(first, { logged_in: "rusty", expires_at: first.expires_at });
+        assert.deepEqual(Object.keys(lines[1] as object), ["connected"]);
         const joined = { reply: "joined", room, members: ["rusty", "ts"], count: 2 };
         const heard = { push: "on_message", room, from: "ts", text: "hello from typescript" };
         // The push may beat the reply to join: the server lists the members after joining.
-        const rest = lines.slice(1);
+        const rest = lines.slice(2);
         assert.ok(isDeepStrictEqual(rest, [joined, heard]) || isDeepStrictEqual(rest, [heard, joined]), JSON.stringify(lines));
         await ts.expect("onLeave", { room, user: "rusty" });
         // Rust -> TypeScript: say, whisper, leave (by exiting).

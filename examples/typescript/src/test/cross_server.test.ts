@@ -7,7 +7,7 @@ import { test } from "node:test";
 import { isDeepStrictEqual } from "node:util";
 import { status } from "@grpc/grpc-js";
 
-import { Backplanes, ChatServer, Client, closeAll, rustClient, unique } from "./support";
+import { Backplanes, ChatServer, Client, closeAll, rustClient, TOKEN_SECRET, unique } from "./support";
 
 const backplanes = new Backplanes();
 const T = { timeout: 120_000 };
@@ -15,14 +15,19 @@ const T = { timeout: 120_000 };
 for (const provider of ["redis", "nats"] as const) {
   test(`a room spans two servers on ${provider}`, T, async () => {
     const url = await backplanes.groups(provider);
-    const [a, b] = await Promise.all([ChatServer.start(url), ChatServer.start(url)]);
+    // Servers behind one load balancer share the token secret: a token from either
+    // server's login is good on both.
+    const [a, b] = await Promise.all([
+      ChatServer.start(url, "--token-secret", TOKEN_SECRET),
+      ChatServer.start(url, "--token-secret", TOKEN_SECRET),
+    ]);
     const [room, bobName] = [unique("room"), unique("bob")];
-    const alice = await Client.connect(a);
-    const bob = await Client.connect(b);
+    const alice = await Client.connect(a, "alice");
+    const bob = await Client.connect(b, bobName, { loginAt: a });
     try {
       assert.notEqual(alice.hub.info.serverId, bob.hub.info.serverId);
-      await alice.join(room, "alice");
-      let reply = await bob.join(room, bobName);
+      await alice.join(room);
+      let reply = await bob.join(room);
       assert.deepEqual([reply.members, reply.count], [["alice", bobName], 2]);
       await alice.expect("onJoin", { room, user: bobName });
       await alice.say("from server a");
@@ -54,11 +59,11 @@ test("memory groups do not cross servers", T, async () => {
   // The control for the tests above: without a backplane, the same steps stay on one server.
   const [a, b] = await Promise.all([ChatServer.start("memory"), ChatServer.start("memory")]);
   const room = unique("room");
-  const alice = await Client.connect(a);
-  const bob = await Client.connect(b);
+  const alice = await Client.connect(a, "alice");
+  const bob = await Client.connect(b, "bob");
   try {
-    await alice.join(room, "alice");
-    assert.deepEqual((await bob.join(room, "bob")).members, ["bob"]);
+    await alice.join(room);
+    assert.deepEqual((await bob.join(room)).members, ["bob"]);
     await alice.say("anyone on b?");
     await assert.rejects(alice.whisper("bob", "psst"), { name: "HubCallError", code: status.NOT_FOUND });
     // bob heard nothing from server a: his first push is his own whisper.

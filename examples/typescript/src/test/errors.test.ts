@@ -9,7 +9,7 @@ import { test } from "node:test";
 import { Client as GrpcClient, credentials, status } from "@grpc/grpc-js";
 
 import { HubCallError, HubClosedError } from "../hub";
-import { ChatServer, Client, closeAll, connectHub, connectRaw, freePort, unique, WAIT } from "./support";
+import { ChatServer, Client, closeAll, connectHub, connectRaw, freePort, login, unique, WAIT } from "./support";
 
 const T = { timeout: 120_000 };
 // A request field no version of chat.v1.ChatRequest has: field 50, length-delimited
@@ -46,7 +46,7 @@ async function expectCallError(call: Promise<unknown>, code: number, ...words: s
 
 test("calls before join fail with FAILED_PRECONDITION", T, async () => {
   const server = await ChatServer.start();
-  const c = await Client.connect(server);
+  const c = await Client.connect(server, "late");
   try {
     const calls = [
       c.say("hi"),
@@ -60,7 +60,7 @@ test("calls before join fail with FAILED_PRECONDITION", T, async () => {
     }
     // A fire-and-forget call (id 0) that fails is not silent: an error frame with id 0.
     c.hub.send("say", { text: "anyone?" });
-    const reply = await c.join(unique("room"), "late"); // calls run in order: the error came first
+    const reply = await c.join(unique("room")); // calls run in order: the error came first
     assert.deepEqual(reply.members, ["late"]);
     assert.deepEqual(c.hub.errors.map((e) => [e.code, e.callId]), [[status.FAILED_PRECONDITION, 0]]);
   } finally {
@@ -70,31 +70,29 @@ test("calls before join fail with FAILED_PRECONDITION", T, async () => {
 
 test("bad room or user names fail with INVALID_ARGUMENT", T, async () => {
   const server = await ChatServer.start();
-  const cases: Array<[string, string]> = [
-    ["", "alice"],
-    ["has space", "alice"],
-    ["x".repeat(129), "alice"],
-    ["tab\there", "alice"],
-    ["lobby", ""],
-    ["lobby", "two words"],
-    ["lobby", "x".repeat(65)],
-  ];
-  for (const [room, user] of cases) {
-    const c = await Client.connect(server);
+  for (const room of ["", "has space", "x".repeat(129), "tab\there"]) {
+    const c = await Client.connect(server, "alice");
     try {
-      await expectCallError(c.join(room, user), status.INVALID_ARGUMENT);
+      await expectCallError(c.join(room), status.INVALID_ARGUMENT);
       // Nothing changed, and the connection still works.
       await expectCallError(c.members(), status.FAILED_PRECONDITION);
-      assert.deepEqual((await c.join(unique("lobby"), "alice")).members, ["alice"]);
+      assert.deepEqual((await c.join(unique("lobby"))).members, ["alice"]);
     } finally {
       await closeAll(c);
     }
+  }
+  // The user name comes from the login, which refuses a bad one.
+  for (const user of ["", "two words", "x".repeat(65), "tab\there"]) {
+    await assert.rejects(login(server, user), (e: unknown) => {
+      assert.equal((e as { code?: number }).code, status.INVALID_ARGUMENT, JSON.stringify(user));
+      return true;
+    });
   }
 });
 
 test("frames without a known call get error frames", T, async () => {
   const server = await ChatServer.start();
-  const hub = await connectRaw(server);
+  const hub = await connectRaw(server, "still-here");
   try {
     // A frame with an id and no call: the answer to that id is an error.
     const e = await expectCallError(hub.callFrame({ id: 0 }), status.INVALID_ARGUMENT, "no call");
@@ -108,7 +106,7 @@ test("frames without a known call get error frames", T, async () => {
     const err = await nextError(hub, seen);
     assert.deepEqual([err.code, err.callId], [status.INVALID_ARGUMENT, 0]);
     assert.match(err.details, /no call/);
-    const reply = await hub.call("join", { room: unique("room"), user: "still-here" });
+    const reply = await hub.call("join", { room: unique("room") });
     assert.equal(reply.count, 1);
   } finally {
     await hub.close();
@@ -117,7 +115,7 @@ test("frames without a known call get error frames", T, async () => {
 
 test("a call id above 2^53-1 is refused with an id-0 error, and the call is not run", T, async () => {
   const server = await ChatServer.start();
-  const hub = await connectRaw(server);
+  const hub = await connectRaw(server, "max");
   try {
     // ts-proto would refuse to encode 2^53 + 2 as a JavaScript number: bytes by hand.
     // Field 1 varint 2^53 + 2, then `members` (field 20, empty): key 0xa2 0x01, length 0.
@@ -138,7 +136,7 @@ test("a call id above 2^53-1 is refused with an id-0 error, and the call is not 
     // The largest id that fits runs: its reply (which this client drops, as it
     // waits for no such id) decodes, and no error frame comes before the next call's
     // reply (calls run in order).
-    hub.write({ id: Number.MAX_SAFE_INTEGER, call: { $case: "join", value: { room: unique("room"), user: "max" } } });
+    hub.write({ id: Number.MAX_SAFE_INTEGER, call: { $case: "join", value: { room: unique("room") } } });
     const reply = await hub.call("members", {});
     assert.deepEqual(reply.members, ["max"]);
     assert.equal(hub.errors.length, 1);
@@ -150,13 +148,13 @@ test("a call id above 2^53-1 is refused with an id-0 error, and the call is not 
 
 test("malformed bytes get an error frame and the connection survives", T, async () => {
   const server = await ChatServer.start();
-  const hub = await connectRaw(server);
+  const hub = await connectRaw(server, "ok");
   try {
     hub.write({ id: 0, bytes: Buffer.from([0x0a, 0xff, 0xff]) }); // field 1 as length-delimited, truncated
     const err = await nextError(hub, 0);
     assert.deepEqual([err.code, err.callId], [status.INVALID_ARGUMENT, 0]);
     assert.match(err.details, /malformed frame/);
-    const reply = await hub.call("join", { room: unique("room"), user: "ok" });
+    const reply = await hub.call("join", { room: unique("room") });
     assert.deepEqual(reply.members, ["ok"]);
   } finally {
     await hub.close();
@@ -165,10 +163,10 @@ test("malformed bytes get an error frame and the connection survives", T, async 
 
 test("a frame over the size limit closes the connection with a goodbye", T, async () => {
   const server = await ChatServer.start("memory", "--max-message-bytes", "1024");
-  const c = await Client.connect(server);
+  const c = await Client.connect(server, "big");
   try {
     assert.equal(c.hub.info.maxMessageBytes, 1024);
-    await c.join(unique("room"), "big");
+    await c.join(unique("room"));
     c.hub.send("say", { text: "x".repeat(4096) });
     const closed = await c.hub.closed;
     assert.equal(closed.code, status.RESOURCE_EXHAUSTED, JSON.stringify(closed));

@@ -14,10 +14,10 @@ const sleep = (ms: number) => new Promise((ok) => setTimeout(ok, ms));
 
 test("answered pings keep the connection open", T, async () => {
   const server = await ChatServer.start("memory", ...FAST);
-  const c = await Client.connect(server);
+  const c = await Client.connect(server, "patient");
   try {
     assert.deepEqual([c.hub.info.heartbeatIntervalMs, c.hub.info.heartbeatTimeoutMs], [1000, 3000]);
-    await c.join(unique("room"), "patient");
+    await c.join(unique("room"));
     // Send nothing but pongs for well over the timeout.
     for (let i = 0; i < 200 && c.hub.pingsAnswered < 5; i++) {
       await sleep(100);
@@ -34,7 +34,7 @@ test("answered pings keep the connection open", T, async () => {
 
 test("a silent client is closed after the heartbeat timeout", T, async () => {
   const server = await ChatServer.start("memory", ...FAST);
-  const c = await Client.connect(server, { autoPong: false });
+  const c = await Client.connect(server, "silent", { autoPong: false });
   try {
     const closed = await c.hub.closed;
     assert.equal(closed.code, status.UNAVAILABLE, JSON.stringify(closed));
@@ -49,7 +49,7 @@ test("a silent client is closed after the heartbeat timeout", T, async () => {
 
 test("a client ping gets a pong", T, async () => {
   const server = await ChatServer.start("memory", "--heartbeat-interval", "0", "--heartbeat-timeout", "0");
-  const c = await Client.connect(server);
+  const c = await Client.connect(server, "pinger");
   try {
     assert.deepEqual([c.hub.info.heartbeatIntervalMs, c.hub.info.heartbeatTimeoutMs], [0, 0]);
     for (let i = 0; i < 3; i++) {
@@ -63,9 +63,9 @@ test("a client ping gets a pong", T, async () => {
 
 test("a server shutting down says goodbye", T, async () => {
   const server = await ChatServer.start();
-  const c = await Client.connect(server);
+  const c = await Client.connect(server, "last");
   try {
-    await c.join(unique("room"), "last");
+    await c.join(unique("room"));
     const pending = c.hub.call("members", {}, { timeoutMs: 60_000 });
     server.signal("SIGTERM");
     const closed = await c.hub.closed;

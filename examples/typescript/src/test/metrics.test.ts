@@ -38,12 +38,12 @@ test("the metrics endpoint shows the hub's figures move", { timeout: 120_000 }, 
   assert.equal(of(before, "hub_calls_total"), 0);
 
   const room = unique("room");
-  const alice = await Client.connect(server);
-  const bob = await Client.connect(server);
+  const alice = await Client.connect(server, "alice");
+  const bob = await Client.connect(server, "bob");
   let during: Map<string, number>;
   try {
-    await alice.join(room, "alice");
-    await bob.join(room, "bob");
+    await alice.join(room);
+    await bob.join(room);
     await alice.expect("onJoin", { user: "bob" });
     await bob.say("hello");
     await alice.expect("onMessage", { text: "hello" });

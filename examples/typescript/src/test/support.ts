@@ -13,9 +13,10 @@ import { createConnection, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after } from "node:test";
-import { Client as GrpcClient, credentials } from "@grpc/grpc-js";
+import { Client as GrpcClient, credentials, Metadata } from "@grpc/grpc-js";
 
 import { ChatHubClient, type ChatRequest as ChatRequestT, ChatRequest, ChatResponse } from "../gen/chat/v1/chat";
+import { ChatLoginClient, type LoginReply } from "../gen/chat/v1/login";
 import { HubClient, type ConnectOptions, type Push, type PushName, type PushOf } from "../hub";
 
 /** The repository root (this file runs from examples/typescript/dist/test). */
@@ -241,10 +242,46 @@ export class Backplanes {
 
 export type Chat = HubClient<ChatRequestT, ChatResponse>;
 
-/** Connects to the chat hub on `server` with the helper. */
-export function connectHub(server: { addr: string }, options: ConnectOptions = {}): Promise<Chat> {
+/** A token secret for servers that must accept each other's tokens (32+ bytes). */
+export const TOKEN_SECRET = "the typescript tests' shared token secret, 32+ bytes";
+
+/** `chat.v1.ChatLogin/Login` on `server`: the LoginReply (token, user, expiresAt). */
+export function login(server: { addr: string }, user: string): Promise<LoginReply> {
+  const stub = new ChatLoginClient(server.addr, credentials.createInsecure());
+  return new Promise<LoginReply>((ok, fail) => {
+    stub.login({ user }, new Metadata(), { deadline: Date.now() + WAIT }, (e, reply) => {
+      stub.close();
+      if (e) {
+        fail(e);
+      } else {
+        ok(reply);
+      }
+    });
+  });
+}
+
+/**
+ * How to connect: `user` logs in (at `loginAt`, default the server connected to) and
+ * connects with the token; `token` connects with that token as it is; with neither,
+ * the connection carries no authorization.
+ */
+export type LoginOptions = ConnectOptions & { user?: string; token?: string; loginAt?: { addr: string } };
+
+/** `options` with `authorization: Bearer <token>` in its metadata, logging in first if asked. */
+async function withLogin(server: { addr: string }, options: LoginOptions): Promise<ConnectOptions> {
+  const { user, loginAt, token: given, ...rest } = options;
+  let token = given;
+  if (token === undefined && user !== undefined) {
+    token = (await login(loginAt ?? server, user)).token;
+  }
+  return token === undefined ? rest : { ...rest, metadata: { ...rest.metadata, authorization: `Bearer ${token}` } };
+}
+
+/** Connects to the chat hub on `server` with the helper (see `LoginOptions`). */
+export async function connectHub(server: { addr: string }, options: LoginOptions = {}): Promise<Chat> {
+  const connect = await withLogin(server, options);
   const stub = new ChatHubClient(server.addr, credentials.createInsecure());
-  return HubClient.connect((md) => stub.connect(md), options);
+  return HubClient.connect((md) => stub.connect(md), connect);
 }
 
 /** A request frame for `connectRaw`: `bytes` replaces the encoding, `extra` is appended to it. */
@@ -254,13 +291,15 @@ export type RawRequest = ChatRequestT & { bytes?: Buffer; extra?: Buffer };
  * Connects with a pass-through serializer, to send what the generated code would
  * refuse to: bytes that do not decode, or fields this proto does not have.
  */
-export function connectRaw(server: { addr: string }): Promise<HubClient<RawRequest, ChatResponse>> {
+export async function connectRaw(server: { addr: string }, user: string): Promise<HubClient<RawRequest, ChatResponse>> {
+  const connect = await withLogin(server, { user });
   const grpc = new GrpcClient(server.addr, credentials.createInsecure());
   const serialize = (m: RawRequest): Buffer =>
     m.bytes ?? Buffer.concat([Buffer.from(ChatRequest.encode(m).finish()), m.extra ?? Buffer.alloc(0)]);
   const deserialize = (b: Buffer): ChatResponse => ChatResponse.decode(b);
   return HubClient.connect(
     (md) => grpc.makeBidiStreamRequest("/chat.v1.ChatHub/Connect", serialize, deserialize, md),
+    connect,
   );
 }
 
@@ -276,12 +315,14 @@ export class Client {
     });
   }
 
-  static async connect(server: { addr: string }, options: ConnectOptions = {}): Promise<Client> {
-    return new Client(await connectHub(server, options));
+  /** Logs in as `user` (unless `options` says otherwise, see `LoginOptions`) and connects. */
+  static async connect(server: { addr: string }, user?: string, options: LoginOptions = {}): Promise<Client> {
+    return new Client(await connectHub(server, { user, ...options }));
   }
 
-  join(room: string, user: string) {
-    return this.hub.call("join", { room, user });
+  /** Joins `room` as the user the connection logged in as. */
+  join(room: string) {
+    return this.hub.call("join", { room });
   }
 
   say(text: string) {
