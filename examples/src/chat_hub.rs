@@ -6,11 +6,11 @@
 //! in-memory, Redis and NATS providers, across servers. No call names a user for
 //! itself: whoever a connection is, its says, whispers and leaves are from that user.
 
-use hub_server::DisconnectReason;
 use hub_server::quote::quote;
+use hub_server::{DisconnectReason, MembersLost};
 use tonic::Status;
 
-use crate::chat::chat_hub_server::{ChatHub, ChatHubContext};
+use crate::chat::chat_hub_server::{ChatHub, ChatHubContext, ChatHubHandle};
 use crate::chat::{ChatMessage, JoinRequest, MembersReply, SayRequest, UserEvent, WhisperRequest};
 
 /// The chat hub.
@@ -123,6 +123,26 @@ impl ChatHub for Chat {
     async fn members(&self, ctx: &ChatHubContext) -> Result<MembersReply, Status> {
         let room = require_room(ctx)?;
         members_reply(ctx, &room).await
+    }
+
+    async fn on_members_lost(&self, hub: &ChatHubHandle, lost: &MembersLost) {
+        // Members of a server that died: no `on_disconnect` ran for them, so each
+        // surviving server tells its own members of the room (`local`).
+        if lost.group.as_str().starts_with('$') {
+            return;
+        }
+        let Ok(push) = hub.group(lost.group.as_str()) else {
+            return;
+        };
+        for member in &lost.members {
+            let left = UserEvent {
+                room: lost.group.to_string(),
+                user: member.user.clone().unwrap_or_default(),
+            };
+            if let Err(e) = push.clone().local().on_leave(left).await {
+                tracing::warn!(error = %e, "could not tell the room about a lost member");
+            }
+        }
     }
 
     async fn on_disconnect(&self, ctx: &ChatHubContext, _reason: &DisconnectReason) {

@@ -164,8 +164,18 @@ fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                     async { Ok(()) }
                 }
 
-                /// Called when a connection ends, while it is still in its groups.
+                /// Called when a connection ends, once it has left its groups
+                /// (`ctx.groups()` still lists them).
                 fn on_disconnect(&self, ctx: &#context, reason: &#rt::codegen::DisconnectReason)
+                    -> impl ::core::future::Future<Output = ()> + Send {
+                    async {}
+                }
+
+                /// Called on every server with local members of `lost.group` when members
+                /// on another server are gone because that server died (no
+                /// `on_disconnect` ran for them). Pushes with `.local()` reach this
+                /// server's members only, so each server tells its own.
+                fn on_members_lost(&self, hub: &#handle, lost: &#rt::codegen::MembersLost)
                     -> impl ::core::future::Future<Output = ()> + Send {
                     async {}
                 }
@@ -190,6 +200,11 @@ fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                 /// Keeps only these connections.
                 pub fn only(self, ids: impl IntoIterator<Item = #rt::codegen::ConnectionId>) -> Self {
                     #push(self.0.only(ids))
+                }
+
+                /// Delivers to this server's connections only (nothing crosses servers).
+                pub fn local(self) -> Self {
+                    #push(self.0.local())
                 }
 
                 #(#push_methods)*
@@ -339,6 +354,11 @@ fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                 fn on_disconnect(&self, ctx: #context, reason: #rt::codegen::DisconnectReason) -> #rt::codegen::BoxFuture<'static, ()> {
                     let hub = self.0.clone();
                     ::std::boxed::Box::pin(async move { hub.on_disconnect(&ctx, &reason).await })
+                }
+
+                fn on_members_lost(&self, handle: #handle, lost: #rt::codegen::MembersLost) -> #rt::codegen::BoxFuture<'static, ()> {
+                    let hub = self.0.clone();
+                    ::std::boxed::Box::pin(async move { hub.on_members_lost(&handle, &lost).await })
                 }
             }
         }

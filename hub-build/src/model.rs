@@ -76,6 +76,7 @@ const RESERVED: &[&str] = &[
     "connect_with",
     "on_connect",
     "on_disconnect",
+    "on_members_lost",
     "new",
     "builder",
     "handle",

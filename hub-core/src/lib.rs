@@ -11,6 +11,8 @@
 //!   encode-once delivery into each member's bounded [`Outbox`];
 //! - [`GroupProvider`] and [`Backplane`]: how a hub's groups reach other servers
 //!   (in-memory, Redis, NATS);
+//! - [`remote`]: what crosses a backplane (the envelope codec, delivery of what
+//!   other servers send), written once for every backend;
 //! - [`HubMetrics`]: counters every part updates, so no failure is silent;
 //! - [`quote`]: bounded quoting of client input in error messages.
 //!
@@ -24,6 +26,7 @@ mod metrics;
 mod outbox;
 mod provider;
 pub mod quote;
+pub mod remote;
 mod target;
 
 /// The framework's protobuf types (`hub.v1`), generated from `proto/hub/v1/hub.proto`.
@@ -41,7 +44,8 @@ pub use outbox::{
     OutboxReceiver, PushRejected, SlowConsumerPolicy,
 };
 pub use provider::{
-    Backplane, BindContext, BoxFuture, GroupError, GroupProvider, LocalOnly, MemoryProvider,
+    Backplane, BackplaneEvents, BindContext, BoxFuture, GroupError, GroupProvider, LocalOnly,
+    MembersLost, MemoryProvider,
 };
 pub use target::Target;
 

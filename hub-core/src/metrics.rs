@@ -255,6 +255,13 @@ counters! {
     /// Replies and pushes refused because they were larger than the largest frame the
     /// server sends (`max_outbound_message_bytes` in the hello); the caller got `OUT_OF_RANGE`.
     frames_too_large,
+    /// Pushes whose publish had already been answered OK (resolved once queued) and
+    /// then failed or went unconfirmed within the publish timeout (the backplane
+    /// stalled or broke): at best late, most likely lost.
+    backplane_lost_after_ok,
+    /// Members of other servers reported lost because their server died (presence
+    /// expired), each reported to the hub's `on_members_lost` hook.
+    backplane_members_lost,
 }
 
 impl HubMetrics {

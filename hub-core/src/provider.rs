@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::{
-    ConnectionId, GroupName, HubMetrics, InvalidGroupName, LocalGroups, MemberInfo, Target,
+    ConnectionId, GroupName, HubMetrics, InvalidGroupName, LocalGroups, MemberInfo, NodeId, Target,
 };
 
 /// A boxed, sendable future, as the object-safe provider traits return.
@@ -31,6 +31,17 @@ pub enum GroupError {
         /// The underlying error.
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The message is larger than the backplane carries (e.g. NATS `max_payload`).
+    /// Not retryable: the same push fails again.
+    #[error("{backplane} backplane carries at most {max} bytes; this message has {size}")]
+    TooLarge {
+        /// Which backplane.
+        backplane: &'static str,
+        /// The message's size, in bytes.
+        size: usize,
+        /// The backplane's limit, in bytes.
+        max: usize,
     },
     /// The backplane did not answer in time.
     #[error("{backplane} backplane timed out after {after:?} ({op})")]
@@ -66,8 +77,64 @@ impl From<GroupError> for tonic::Status {
             GroupError::NotConnected(_) => tonic::Code::NotFound,
             GroupError::Unavailable { .. } => tonic::Code::Unavailable,
             GroupError::Timeout { .. } => tonic::Code::Unavailable,
+            // The size is past what this deployment carries: retrying cannot help.
+            GroupError::TooLarge { .. } => tonic::Code::OutOfRange,
         };
         tonic::Status::new(code, e.to_string())
+    }
+}
+
+/// Members of a group lost because their server died (crashed, or cut off from the
+/// backplane for longer than its presence lives), as a backplane reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MembersLost {
+    /// The group.
+    pub group: GroupName,
+    /// The server that died.
+    pub server: NodeId,
+    /// Its members of the group, sorted by connection id.
+    pub members: Vec<MemberInfo>,
+}
+
+/// Where a backplane reports what happened on other servers that the hub should
+/// hear about. Cheap to clone.
+#[derive(Clone)]
+pub struct BackplaneEvents {
+    /// Called with each loss; must not block (the runtime spawns the hub's hook).
+    lost: Arc<dyn Fn(MembersLost) + Send + Sync>,
+}
+
+impl BackplaneEvents {
+    /// Events handed to `on_lost`, which must return quickly.
+    pub fn new(on_lost: impl Fn(MembersLost) + Send + Sync + 'static) -> Self {
+        BackplaneEvents {
+            lost: Arc::new(on_lost),
+        }
+    }
+
+    /// Events nobody listens to.
+    pub fn ignored() -> Self {
+        Self::new(|_| {})
+    }
+
+    /// Reports members lost with their server. Report a loss only once it is visible
+    /// in counts and member lists, so a hook that asks sees them gone.
+    pub fn members_lost(&self, lost: MembersLost) {
+        if !lost.members.is_empty() {
+            (self.lost)(lost);
+        }
+    }
+}
+
+impl Default for BackplaneEvents {
+    fn default() -> Self {
+        Self::ignored()
+    }
+}
+
+impl std::fmt::Debug for BackplaneEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackplaneEvents")
     }
 }
 
@@ -80,6 +147,8 @@ pub struct BindContext {
     pub local: Arc<LocalGroups>,
     /// The hub's counters: count backplane failures here.
     pub metrics: Arc<HubMetrics>,
+    /// Where to report members lost with their server.
+    pub events: BackplaneEvents,
 }
 
 /// Where a hub's groups live: in this process only, or shared with other servers
@@ -155,6 +224,15 @@ pub trait Backplane: Send + Sync + 'static {
         group: &'a GroupName,
     ) -> Option<BoxFuture<'a, Result<u64, GroupError>>> {
         let _ = group;
+        None
+    }
+
+    /// The largest push frame this backplane carries to other servers, in bytes,
+    /// after its own overhead (e.g. NATS `max_payload` less the envelope), or `None`
+    /// for no limit of its own. The hub advertises and enforces the smaller of this
+    /// and its own limit; a message still too large (a long target list) fails with
+    /// [`GroupError::TooLarge`].
+    fn max_frame_bytes(&self) -> Option<usize> {
         None
     }
 

@@ -28,6 +28,7 @@ async fn bind(
         hub: "bench.v1.Bench",
         local: local.clone(),
         metrics: metrics.clone(),
+        events: Default::default(),
     })?;
     Ok((bp, local, metrics))
 }

@@ -40,6 +40,7 @@
 //! | `P.n.<node id>` | `hub.v1.Envelope` without a group: a push to connections of that server | that server, from start |
 //! | `P.hb` | `hub.nats.v1.Heartbeat` | every server |
 //! | `P.rc` | `hub.nats.v1.RollCall` (with a reply subject) | every server |
+//! | `P.m.<group token>` | `hub.nats.v1.MemberChange`: a member joined or left on one server | every server with local members of the group |
 //!
 //! A group name becomes one subject token with [`group_token`]: ASCII letters,
 //! digits, `-` and `_` stay, every other byte (`.`, `*`, `>`, `$`, `%`, bytes of
@@ -77,23 +78,32 @@
 //! `member_count` and `members` publish a `RollCall` on `P.rc` with a reply inbox.
 //! **Every** live server answers with its local members of the group (or just their
 //! number), with zero if it has none, so the asker knows when it has heard from
-//! everyone: it returns as soon as every live server answered, and at the latest
-//! after the roll-call timeout (500 ms by default), with the answers it has.
+//! everyone: it returns as soon as every live server answered. A live server that
+//! has not answered by the roll-call timeout (500 ms by default) makes the query fail
+//! with [`GroupError::Unavailable`]: it may be overloaded, or NATS may be stalled, and
+//! a count without its members would be a wrong answer. Alone, a server answers from
+//! its own members once a round trip through NATS shows NATS answers (a stalled NATS
+//! could be hiding the others).
 //!
 //! Live servers are known from heartbeats on `P.hb` (every 2 s by default); a server
 //! silent for 3 of its intervals is presumed dead. A server starting (or
 //! reconnecting) sends a `HELLO`, which every other server answers at once with a
 //! heartbeat; for one roll-call timeout after that, roll calls wait their whole
 //! timeout, since the list may still be incomplete. A server shutting down cleanly
-//! sends a `BYE`. When this server is alone, counts are answered locally, without
-//! NATS.
+//! sends a `BYE`. When this server is alone, counts come from its own members.
 //!
-//! **Crashed servers.** Only answers count, so a crashed server's members are gone
-//! from the very next `member_count`/`members` (bound: the roll-call timeout). There
-//! are no presence entries to expire. Until the crashed server is presumed dead (3
-//! heartbeat intervals, 6 s by default) those calls take the whole roll-call
-//! timeout, waiting for its answer. A server that answers later than the timeout (an
-//! overloaded one) is also left out of that one answer.
+//! **Crashed servers.** A crashed server is presumed dead after 3 heartbeat intervals
+//! of silence (6 s by default); until then member queries fail with `Unavailable`,
+//! after that its members are no longer counted. Silence may be ours: before presuming
+//! anyone dead, a server checks with a round trip that NATS answers it, and after its
+//! own stall or reconnect every other server gets a fresh grace period.
+//!
+//! **Members lost.** Every server with members of a group keeps who the other
+//! servers' members of it are: each join and leave is announced on `P.m.<group
+//! token>` (numbered per server), and a roll call seeds the list when the group is
+//! subscribed. When a server is presumed dead, each server reports the dead one's
+//! members of its groups to the hub (`on_members_lost`), once they no longer count.
+//! A server that says `BYE` has no members left to lose.
 //!
 //! # Guarantees
 //!
@@ -128,9 +138,11 @@
 //!   connect option) makes async-nats drop messages for it. The drops are counted,
 //!   but only approximately: async-nats reports them as events and, in a burst,
 //!   drops events too. Raise `subscription_capacity` for very bursty groups.
-//! - **Size.** An envelope must fit NATS' `max_payload` (1 MiB by default): a frame
-//!   within about 60 bytes plus the target list of that fails with
-//!   [`GroupError::Unavailable`].
+//! - **Size.** An envelope must fit NATS' `max_payload` (1 MiB by default). The
+//!   backplane tells the hub the largest frame it carries (`max_payload` less room
+//!   for the envelope of a group push naming 16 connections), which the hub enforces
+//!   and advertises; a message still larger fails with [`GroupError::TooLarge`]
+//!   (`OUT_OF_RANGE`: not retryable).
 //! - **Dropping vs. shutting down.** The runtime calls `Backplane::shutdown` on a
 //!   graceful shutdown: the server says `BYE` and unsubscribes. A backplane dropped
 //!   without it (or a crash) just goes silent: the others stop counting its members
@@ -160,7 +172,11 @@
 //! own use.
 
 mod backplane;
+mod groups;
+mod members;
 mod peers;
+mod roll_call;
+mod state;
 mod subject;
 mod tasks;
 
@@ -390,9 +406,11 @@ impl NatsProviderBuilder {
     }
 
     /// The longest a member query (`member_count`, `members`) waits for the other
-    /// servers' answers. A query returns as soon as every live server answered; it
-    /// waits this long only when one does not answer (crashed, or overloaded), until
-    /// that server is presumed dead. Default [`DEFAULT_ROLL_CALL_TIMEOUT`] (500 ms).
+    /// servers' answers. A query returns as soon as every live server answered; when
+    /// one does not answer within this (crashed, overloaded, or NATS stalled) it fails
+    /// with `Unavailable`, until that server is presumed dead. Also the bound of the
+    /// round trip that checks NATS answers before a server is presumed dead.
+    /// Default [`DEFAULT_ROLL_CALL_TIMEOUT`] (500 ms).
     pub fn roll_call_timeout(mut self, timeout: Duration) -> Self {
         self.config.roll_call_timeout = timeout;
         self

@@ -99,6 +99,19 @@ impl Peers {
         dead
     }
 
+    /// Whether a server is silent long enough to be presumed dead.
+    pub(crate) fn any_due(&self, now: Instant) -> bool {
+        self.nodes.values().any(|p| p.dead_at() <= now)
+    }
+
+    /// Treats every server as heard from now: after our own silence (a stalled or
+    /// lost NATS connection), the others get their full grace period again.
+    pub(crate) fn grace(&mut self, now: Instant) {
+        for p in self.nodes.values_mut() {
+            p.last_seen = p.last_seen.max(now);
+        }
+    }
+
     /// Restarts the warm-up (after a reconnect).
     pub(crate) fn warm_up(&mut self, until: Instant) {
         self.warm_until = self.warm_until.max(until);
@@ -171,6 +184,19 @@ mod tests {
         p.beat("huge", Duration::from_secs(86_400), t0);
         let later = t0 + MAX_INTERVAL * MISSED_BEATS;
         assert_eq!(sorted(p.expire(later)), vec!["huge", "zero"]);
+    }
+
+    #[test]
+    fn our_own_silence_gives_everyone_a_grace_period() {
+        let t0 = Instant::now();
+        let mut p = Peers::new("me".into(), BEAT, t0);
+        p.beat("a", BEAT, t0);
+        let late = t0 + BEAT * 4;
+        assert!(p.any_due(late));
+        p.grace(late);
+        assert!(!p.any_due(late));
+        assert!(p.expire(late + BEAT).is_empty());
+        assert_eq!(p.expire(late + BEAT * 3), vec!["a".to_string()]);
     }
 
     #[test]

@@ -83,6 +83,8 @@ pub(crate) struct Subjects {
     group_prefix: String,
     /// `<base>.n.`: per-server subjects are this plus the node id.
     node_prefix: String,
+    /// `<base>.m.`: a group's membership changes go to this plus the group token.
+    members_prefix: String,
     /// `<base>.hb`: heartbeats.
     pub(crate) heartbeat: String,
     /// `<base>.rc`: roll-call queries.
@@ -99,6 +101,7 @@ impl Subjects {
         Some(Subjects {
             group_prefix: format!("{base}.g."),
             node_prefix: format!("{base}.n."),
+            members_prefix: format!("{base}.m."),
             heartbeat: format!("{base}.hb"),
             roll_call: format!("{base}.rc"),
             base,
@@ -111,6 +114,11 @@ impl Subjects {
         s.push_str(&self.group_prefix);
         s.push_str(&group_token(group));
         s
+    }
+
+    /// The subject of a group's membership changes.
+    pub(crate) fn members(&self, group: &str) -> String {
+        format!("{}{}", self.members_prefix, group_token(group))
     }
 
     /// The subject of one server's connections.

@@ -1,47 +1,38 @@
-//! Background tasks of a bound hub.
+//! Background tasks of a bound hub, all stopped by the hub's cancellation token:
 //!
-//! - one reader per subscribed group ([`read_group`]) and one for this server's own
-//!   subject ([`read_node`]): decode the envelope, hand the frame to local members;
-//! - one reader of the hub's reply inbox ([`read_inbox`]): roll-call answers and
-//!   round-trip probes, routed to their waiter by token;
-//! - the control task ([`control`]): heartbeats, the live-server list, answering
-//!   roll calls, and reacting to connection events (reconnects, slow consumers).
-//!
-//! Readers own only what delivery needs; the control task holds the hub's state
-//! weakly, so dropping the backplane (or a crash of the process) stops them all.
+//! - a reader of this server's own subject ([`read_node`]) and one of the hub's
+//!   reply inbox ([`read_replies`]): roll-call answers and round-trip probes, routed
+//!   to their waiter by token (group readers are in [`crate::groups`]);
+//! - the control task ([`control`]): heartbeats, the live-server list (a server
+//!   presumed dead has its members reported lost), answering roll calls, and
+//!   reacting to connection events (reconnects, slow consumers).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_nats::{Event, Message, Subscriber};
-use bytes::Bytes;
-use futures_util::StreamExt;
-use hub_core::{GroupName, HubMetrics};
+use futures_util::{FutureExt, StreamExt};
+use hub_core::remote::{Inbox, Via};
+use hub_core::{GroupName, HubMetrics, MembersLost, NodeId};
 use prost::Message as _;
 use tokio::sync::{broadcast, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::backplane::{AbortOnDrop, Inbound, Inner, Pending, answer_parts, lock};
 use crate::proto::{self, heartbeat::Kind};
-
-/// Reads one group's subject.
-pub(crate) async fn read_group(mut sub: Subscriber, group: GroupName, inbound: Inbound) {
-    while let Some(msg) = sub.next().await {
-        inbound.handle(msg.payload, Some(group.as_str()));
-    }
-}
+use crate::roll_call;
+use crate::state::{Inner, Pending, lock};
 
 /// Reads this server's own subject (sends to its connections, without a group).
-async fn read_node(mut sub: Subscriber, inbound: Inbound) {
+async fn read_node(mut sub: Subscriber, inbox: Inbox) {
     while let Some(msg) = sub.next().await {
-        inbound.handle(msg.payload, None);
+        inbox.receive(msg.payload, Via::Node);
     }
 }
 
-/// Reads the hub's reply inbox (`<inbox>.<token>`).
-async fn read_inbox(mut sub: Subscriber, inbox: String, pending: Arc<Pending>) {
-    let prefix = inbox.len() + 1;
+/// Reads the hub's reply inbox (`<replies>.<token>`).
+async fn read_replies(mut sub: Subscriber, replies: String, pending: Arc<Pending>) {
+    let prefix = replies.len() + 1;
     while let Some(msg) = sub.next().await {
         if let Some(token) = msg
             .subject
@@ -65,7 +56,7 @@ async fn next_event(events: &mut Option<broadcast::Receiver<Event>>) -> Option<E
     std::future::pending().await
 }
 
-/// The hub's own subscriptions, made once at start.
+/// The hub's own subscriptions that the control task reads.
 struct Own {
     heartbeat: Subscriber,
     roll_call: Subscriber,
@@ -75,92 +66,147 @@ async fn subscribe_own(inner: &Inner) -> Result<Own, async_nats::SubscribeError>
     let client = &inner.client;
     // The inbox and node subscriptions go first: a roll call or a send may need them
     // as soon as `ready` is set.
-    let inbox = client.subscribe(format!("{}.*", inner.inbox)).await?;
+    let replies = client.subscribe(format!("{}.*", inner.replies)).await?;
     let node = client.subscribe(inner.subjects.node(inner.node)).await?;
     let heartbeat = client.subscribe(inner.subjects.heartbeat.clone()).await?;
     let roll_call = client.subscribe(inner.subjects.roll_call.clone()).await?;
-    let mut tasks = lock(&inner.tasks);
-    let t = tokio::spawn(read_inbox(
-        inbox,
-        inner.inbox.clone(),
-        inner.pending.clone(),
-    ));
-    tasks.push(AbortOnDrop(t.abort_handle()));
-    let t = tokio::spawn(read_node(node, inner.inbound.clone()));
-    tasks.push(AbortOnDrop(t.abort_handle()));
+    spawn_until_cancelled(
+        inner,
+        read_replies(replies, inner.replies.clone(), inner.pending.clone()),
+    );
+    spawn_until_cancelled(inner, read_node(node, inner.inbox.clone()));
     Ok(Own {
         heartbeat,
         roll_call,
     })
 }
 
+/// Runs `task` until the hub's token is cancelled.
+fn spawn_until_cancelled(
+    inner: &Inner,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let stop = inner.cancel.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = task => {}
+        }
+    });
+}
+
 /// The control task of one hub.
 pub(crate) async fn control(
-    weak: Weak<Inner>,
+    inner: Arc<Inner>,
     ready: watch::Sender<bool>,
     events: broadcast::Receiver<Event>,
 ) {
-    let (mut own, heartbeat_every) = {
-        let Some(inner) = weak.upgrade() else { return };
-        let own = match subscribe_own(&inner).await {
-            Ok(own) => own,
-            Err(e) => {
-                // Only when the connection is closed for good.
-                HubMetrics::incr(&inner.inbound.metrics.backplane_errors);
-                tracing::error!(hub = inner.hub, error = %e, "cannot subscribe to the hub's NATS subjects");
-                return;
-            }
-        };
-        let _ = ready.send(true);
-        lock(&inner.peers).warm_up(Instant::now() + inner.config.roll_call_timeout);
-        inner.heartbeat(Kind::Hello).await;
-        (own, inner.config.heartbeat)
+    let stop = inner.cancel.clone();
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = run(inner, ready, events) => {}
+    }
+}
+
+async fn run(inner: Arc<Inner>, ready: watch::Sender<bool>, events: broadcast::Receiver<Event>) {
+    let mut own = match subscribe_own(&inner).await {
+        Ok(own) => own,
+        Err(e) => {
+            // Only when the connection is closed for good.
+            HubMetrics::incr(&inner.metrics().backplane_errors);
+            tracing::error!(hub = inner.hub, error = %e, "cannot subscribe to the hub's NATS subjects");
+            return;
+        }
     };
-    let mut tick = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
+    let _ = ready.send(true);
+    lock(&inner.peers).warm_up(Instant::now() + inner.config.roll_call_timeout);
+    inner.heartbeat(Kind::Hello).await;
+    let every = inner.config.heartbeat;
+    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut events = Some(events);
+    let mut stalled = false;
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                let Some(inner) = weak.upgrade() else { return };
-                on_tick(&inner).await;
-            }
+            _ = tick.tick() => on_tick(&inner, &mut own, &mut stalled).await,
             msg = own.heartbeat.next() => {
-                let (Some(msg), Some(inner)) = (msg, weak.upgrade()) else { return };
+                let Some(msg) = msg else { return };
                 on_heartbeat(&inner, msg).await;
             }
             msg = own.roll_call.next() => {
-                let (Some(msg), Some(inner)) = (msg, weak.upgrade()) else { return };
-                answer_roll_call(&inner, msg).await;
+                let Some(msg) = msg else { return };
+                roll_call::answer(&inner, msg).await;
             }
-            event = next_event(&mut events) => {
-                let Some(inner) = weak.upgrade() else { return };
-                on_event(&inner, event).await;
-            }
+            event = next_event(&mut events) => on_event(&inner, event).await,
         }
     }
 }
 
-async fn on_tick(inner: &Inner) {
+/// Heartbeats, and the end of servers that fell silent. Silence may be ours: before
+/// presuming anyone dead, a round trip checks that NATS answers us, and heartbeats
+/// that arrived meanwhile are read first. After our own stall, every server gets a
+/// fresh grace period instead of being declared dead for our silence.
+async fn on_tick(inner: &Arc<Inner>, own: &mut Own, stalled: &mut bool) {
     inner.heartbeat(Kind::Beat).await;
+    check_reconnect(inner).await;
+    if !lock(&inner.peers).any_due(Instant::now()) && !*stalled {
+        return;
+    }
+    if let Err(e) = inner
+        .round_trip("liveness", roll_call::probe_timeout(inner))
+        .await
+    {
+        if !*stalled {
+            tracing::warn!(hub = inner.hub, error = %e, "NATS does not answer: no server is presumed dead while it does not");
+        }
+        *stalled = true;
+        return;
+    }
+    // Heartbeats queued behind the probe count before anything expires.
+    while let Some(Some(msg)) = own.heartbeat.next().now_or_never() {
+        on_heartbeat(inner, msg).await;
+    }
+    if std::mem::take(stalled) {
+        lock(&inner.peers).grace(Instant::now());
+        tracing::info!(hub = inner.hub, "NATS answers again");
+        return;
+    }
     let dead = lock(&inner.peers).expire(Instant::now());
     for node in dead {
         tracing::info!(hub = inner.hub, %node, "hub server presumed dead (no heartbeat)");
+        report_lost(inner, &node);
     }
-    // Also catches a reconnect whose event was missed.
-    check_reconnect(inner).await;
+}
+
+/// Reports the members a dead server had in the groups with members here.
+fn report_lost(inner: &Inner, node: &str) {
+    let Ok(server) = u64::from_str_radix(node, 16) else {
+        return;
+    };
+    let lost = lock(&inner.whereabouts).server_gone(node);
+    for (group, members) in lost {
+        let group: GroupName = group;
+        if inner.inbox.local().count(group.as_str()) == 0 {
+            continue;
+        }
+        inner.inbox.events().members_lost(MembersLost {
+            group,
+            server: NodeId(server),
+            members,
+        });
+    }
 }
 
 async fn on_heartbeat(inner: &Inner, msg: Message) {
     let beat = match proto::Heartbeat::decode(msg.payload) {
         Ok(b) => b,
         Err(e) => {
-            HubMetrics::incr(&inner.inbound.metrics.backplane_malformed);
+            HubMetrics::incr(&inner.metrics().backplane_malformed);
             tracing::warn!(hub = inner.hub, error = %e, "dropped a malformed heartbeat");
             return;
         }
     };
-    if beat.node == *inner.inbound.origin {
+    if beat.node == inner.origin() {
         return;
     }
     let interval = Duration::from_millis(u64::from(beat.interval_ms));
@@ -177,6 +223,8 @@ async fn on_heartbeat(inner: &Inner, msg: Message) {
             inner.heartbeat(Kind::Beat).await;
         }
         Kind::Bye => {
+            // Its members left before it said goodbye: nothing is lost.
+            lock(&inner.whereabouts).server_gone(&beat.node);
             if lock(&inner.peers).gone(&beat.node) {
                 tracing::debug!(hub = inner.hub, node = %beat.node, "hub server left");
             }
@@ -184,39 +232,7 @@ async fn on_heartbeat(inner: &Inner, msg: Message) {
     }
 }
 
-/// Answers a roll call with this server's members of the group (possibly none).
-async fn answer_roll_call(inner: &Inner, msg: Message) {
-    let metrics = &inner.inbound.metrics;
-    let (Some(reply), Ok(query)) = (msg.reply, proto::RollCall::decode(msg.payload)) else {
-        HubMetrics::incr(&metrics.backplane_malformed);
-        tracing::warn!(hub = inner.hub, "dropped a malformed roll call");
-        return;
-    };
-    if query.origin == *inner.inbound.origin || inner.check_connected("roll call").is_err() {
-        return;
-    }
-    let local = &inner.inbound.local;
-    let (count, members) = if query.count_only {
-        (local.count(&query.group) as u64, Vec::new())
-    } else {
-        let members = local.members(&query.group);
-        (members.len() as u64, members)
-    };
-    let limit = (inner.client.max_payload() / 2).max(4096);
-    for part in answer_parts(&inner.inbound.origin, members, count, limit) {
-        let payload = Bytes::from(part.encode_to_vec());
-        if let Err(e) = inner
-            .send("roll-call answer", reply.to_string(), payload)
-            .await
-        {
-            HubMetrics::incr(&metrics.backplane_errors);
-            tracing::warn!(hub = inner.hub, group = %query.group, error = %e, "roll call not answered");
-            return;
-        }
-    }
-}
-
-async fn on_event(inner: &Inner, event: Option<Event>) {
+async fn on_event(inner: &Arc<Inner>, event: Option<Event>) {
     match event {
         None | Some(Event::Connected) => check_reconnect(inner).await,
         Some(Event::Disconnected) => tracing::warn!(
@@ -224,7 +240,7 @@ async fn on_event(inner: &Inner, event: Option<Event>) {
             "lost the NATS connection: publishes, first joins and member queries fail with Unavailable until it is back"
         ),
         Some(Event::SlowConsumer(sid)) => {
-            HubMetrics::incr(&inner.inbound.metrics.backplane_errors);
+            HubMetrics::incr(&inner.metrics().backplane_errors);
             tracing::warn!(
                 hub = inner.hub,
                 sid,
@@ -232,7 +248,7 @@ async fn on_event(inner: &Inner, event: Option<Event>) {
             );
         }
         Some(Event::ServerError(e)) => {
-            HubMetrics::incr(&inner.inbound.metrics.backplane_errors);
+            HubMetrics::incr(&inner.metrics().backplane_errors);
             tracing::warn!(hub = inner.hub, error = %e, "NATS server error");
         }
         Some(Event::ClientError(e)) => {
@@ -247,7 +263,7 @@ async fn on_event(inner: &Inner, event: Option<Event>) {
 }
 
 /// Counts and handles a reconnect: announce ourselves again, check subscriptions.
-async fn check_reconnect(inner: &Inner) {
+async fn check_reconnect(inner: &Arc<Inner>) {
     let now = inner.client.statistics().connects.load(Relaxed);
     if now <= inner.connects.load(Relaxed) {
         return;
@@ -268,10 +284,16 @@ async fn check_reconnect(inner: &Inner) {
         return;
     }
     for _ in before..now {
-        HubMetrics::incr(&inner.inbound.metrics.backplane_reconnects);
+        HubMetrics::incr(&inner.metrics().backplane_reconnects);
     }
     tracing::info!(hub = inner.hub, "reconnected to NATS");
-    lock(&inner.peers).warm_up(Instant::now() + inner.config.roll_call_timeout);
+    {
+        let mut peers = lock(&inner.peers);
+        let now = Instant::now();
+        peers.warm_up(now + inner.config.roll_call_timeout);
+        // Heartbeats were missed while we were away: that silence was ours.
+        peers.grace(now);
+    }
     inner.heartbeat(Kind::Hello).await;
     inner.resync().await;
 }

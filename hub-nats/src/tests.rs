@@ -16,7 +16,9 @@ use prost::Message as _;
 use test_support::{NatsOptions, NatsServer};
 
 use super::*;
-use crate::backplane::{NatsBackplane, answer_parts};
+use crate::backplane::NatsBackplane;
+use crate::roll_call::answer_parts;
+use crate::state::lock;
 
 const HUB: &str = "test.v1.TestHub";
 const WAIT: Duration = Duration::from_secs(10);
@@ -118,6 +120,8 @@ struct Server {
     metrics: Arc<HubMetrics>,
     bp: Arc<NatsBackplane>,
     provider: NatsProvider,
+    /// What the backplane reported lost with dead servers.
+    lost: Arc<std::sync::Mutex<Vec<hub_core::MembersLost>>>,
     next: u64,
 }
 
@@ -135,12 +139,17 @@ async fn server_with(url: &str, builder: NatsProviderBuilder) -> Server {
     let provider = builder.connect(url).await.expect("connect");
     let local = Arc::new(LocalGroups::new(NodeId::random()));
     let metrics = Arc::new(HubMetrics::default());
+    let lost = Arc::new(std::sync::Mutex::new(Vec::new()));
     let bp = backplane::bind(
         &provider.shared,
         BindContext {
             hub: HUB,
             local: local.clone(),
             metrics: metrics.clone(),
+            events: hub_core::BackplaneEvents::new({
+                let lost = lost.clone();
+                move |l| lost.lock().expect("lock").push(l)
+            }),
         },
     )
     .expect("bind");
@@ -149,6 +158,7 @@ async fn server_with(url: &str, builder: NatsProviderBuilder) -> Server {
         metrics,
         bp,
         provider,
+        lost,
         next: 0,
     }
 }
@@ -282,8 +292,7 @@ async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
 async fn know_each_other(servers: &[&Server]) {
     eventually("servers know each other", async || {
         servers.iter().all(|s| {
-            let (live, warming) =
-                backplane::lock(&s.bp.inner().peers).expected(tokio::time::Instant::now());
+            let (live, warming) = lock(&s.bp.inner().peers).expected(tokio::time::Instant::now());
             live.len() == servers.len() - 1 && !warming
         })
     })
@@ -483,32 +492,6 @@ async fn concurrent_joins_and_leaves_end_consistent() {
 // ---------------------------------------------------------------- wire
 
 #[tokio::test]
-async fn envelope_is_what_prost_writes() {
-    let nats = NatsServer::start();
-    let a = server(&nats.url()).await;
-    let frame = Bytes::from_static(b"\x08\x01payload");
-    let id = ConnectionId {
-        node: NodeId(5),
-        local: 6,
-    };
-    for (group, target) in [
-        ("room", Target::All),
-        ("room", Target::Except(Arc::from([id]))),
-        ("", Target::Only(Arc::from([id]))),
-    ] {
-        let ours = a.bp.inner().envelope(group, &target, &frame);
-        let prost = hub_proto::Envelope {
-            version: 1,
-            origin: a.local.node().to_string(),
-            group: group.into(),
-            target: Some(target.to_proto()),
-            frame: frame.clone(),
-        };
-        assert_eq!(ours, Bytes::from(prost.encode_to_vec()));
-    }
-}
-
-#[tokio::test]
 async fn another_process_can_publish_to_a_group() {
     let nats = NatsServer::start();
     let mut b = server(&nats.url()).await;
@@ -521,6 +504,7 @@ async fn another_process_can_publish_to_a_group() {
         group: "lobby".into(),
         target: Some(Target::All.to_proto()),
         frame: Bytes::from_static(b"from elsewhere"),
+        lost: None,
     };
     let subject = b
         .provider
@@ -548,6 +532,7 @@ async fn malformed_messages_are_counted_and_dropped() {
                 group: group.into(),
                 target: None,
                 frame: Bytes::from_static(b"f"),
+                lost: None,
             }
             .encode_to_vec(),
         )
@@ -633,12 +618,25 @@ async fn a_crashed_server_is_not_counted() {
 
     // B dies without a word: its backplane (tasks, subscriptions) and its NATS
     // connection go, nothing says goodbye.
+    let (b1, b2) = (
+        MemberInfo {
+            connection: b1,
+            user: None,
+        },
+        MemberInfo {
+            connection: b2,
+            user: None,
+        },
+    );
     drop(b);
-    // Its members are gone from the very next count (it does not answer)...
-    assert_eq!(a.count("room").await.unwrap(), 1);
-    // ...and once 3 heartbeats (200 ms) are missed, counts stop waiting for it.
+    // Until B is presumed dead, a count cannot be sure: Unavailable, never a count
+    // without B's members presented as the truth...
+    let err = a.count("room").await.unwrap_err();
+    assert!(matches!(err, GroupError::Unavailable { .. }), "{err:?}");
+    // ...and once 3 heartbeats (200 ms) are missed, B's members are reported lost
+    // and counts no longer wait for it.
     eventually("B presumed dead", async || {
-        let (live, _) = backplane::lock(&a.bp.inner().peers).expected(tokio::time::Instant::now());
+        let (live, _) = lock(&a.bp.inner().peers).expected(tokio::time::Instant::now());
         live.is_empty()
     })
     .await;
@@ -648,6 +646,16 @@ async fn a_crashed_server_is_not_counted() {
         started.elapsed() < Duration::from_secs(3),
         "still waiting for the dead server"
     );
+    eventually("B's members reported lost", async || {
+        !a.lost.lock().unwrap().is_empty()
+    })
+    .await;
+    let lost = a.lost.lock().unwrap().clone();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].group.as_str(), "room");
+    let mut expected = vec![b1, b2];
+    expected.sort();
+    assert_eq!(lost[0].members, expected);
 }
 
 #[tokio::test]
@@ -665,7 +673,7 @@ async fn a_server_shutting_down_says_goodbye() {
     b.leave("room", b1).await;
     b.bp.shutdown().expect("nats shuts down").await;
     eventually("B forgotten after its goodbye", async || {
-        backplane::lock(&a.bp.inner().peers)
+        lock(&a.bp.inner().peers)
             .expected(tokio::time::Instant::now())
             .0
             .is_empty()
@@ -773,6 +781,7 @@ async fn user_and_password() {
     let nats = NatsServer::start_with(NatsOptions {
         user: Some(("hub".into(), "p@ss word".into())),
         token: None,
+        ..Default::default()
     });
     let port = nats.port();
     // In the URL (percent-encoded)...
@@ -807,6 +816,7 @@ async fn token() {
     let nats = NatsServer::start_with(NatsOptions {
         user: None,
         token: Some("t0k3n".into()),
+        ..Default::default()
     });
     let port = nats.port();
     let mut a = server(&format!("nats://t0k3n@127.0.0.1:{port}")).await;

@@ -35,6 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 hub: "bench.v1.Bench",
                 local: local.clone(),
                 metrics: metrics.clone(),
+                events: Default::default(),
             });
             bp.map(|bp| (bp, local, metrics))
         };

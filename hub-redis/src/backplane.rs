@@ -6,20 +6,22 @@ use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::time::Duration;
 
 use bytes::Bytes;
+use hub_core::remote::{self, Inbox};
 use hub_core::{
-    Backplane, BindContext, BoxFuture, ConnectionId, GroupError, GroupName, HubMetrics,
-    LocalGroups, MemberInfo, NodeId, Target,
+    Backplane, BindContext, BoxFuture, GroupError, GroupName, HubMetrics, LocalGroups, MemberInfo,
+    NodeId, Target,
 };
 use redis::{RedisError, RedisResult};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::Config;
 use crate::conn::Conn;
+use crate::envelope::LossSignal;
 use crate::keys::Keys;
 use crate::link::{self, SubOp};
 use crate::presence::{self, Registration};
 use crate::publish::{self, PubReq};
-use crate::{Config, envelope};
 
 /// The name in errors and logs.
 pub(crate) const BACKPLANE: &str = "redis";
@@ -33,6 +35,8 @@ pub(crate) enum Link {
     Up {
         /// The command connection (publishes, presence, counts); clones share it.
         cmd: Conn,
+        /// Tells the supervisor this connection failed (a publish not answered in time).
+        loss: LossSignal,
     },
     /// Lost, reconnecting with backoff: callers fail at once.
     Down {
@@ -61,7 +65,11 @@ pub(crate) struct Shared {
     pub(crate) local: Arc<LocalGroups>,
     /// The hub's counters.
     pub(crate) metrics: Arc<HubMetrics>,
-    /// The connection state; the supervisor is the only writer.
+    /// Envelopes: this server's writer, and delivery of what others send (its
+    /// events are where members lost with their server are reported).
+    pub(crate) inbox: Inbox,
+    /// The connection state: the supervisor sets it; a publisher that sees the link
+    /// fail marks it down at once.
     pub(crate) link: watch::Sender<Link>,
     /// This server's presence registration. Joins and leaves hold it shared; a
     /// re-registration holds it exclusively (a tokio lock: held across awaits).
@@ -83,7 +91,7 @@ impl Shared {
         let deadline = tokio::time::Instant::now() + after;
         loop {
             match &*rx.borrow_and_update() {
-                Link::Up { cmd } => return Ok(cmd.clone()),
+                Link::Up { cmd, .. } => return Ok(cmd.clone()),
                 Link::Down { reason } => {
                     return Err(unavailable(format!(
                         "{op}: not connected to Redis ({reason})"
@@ -120,6 +128,24 @@ impl Shared {
                 op,
                 after,
             })
+    }
+
+    /// Marks the link of `loss`'s epoch down at once (later calls fail fast) and asks
+    /// the supervisor to reconnect. Does nothing if that link is already gone.
+    pub(crate) fn link_failed(&self, loss: &LossSignal, reason: &str) {
+        let marked = self.link.send_if_modified(|link| match link {
+            Link::Up { loss: current, .. } if current.epoch == loss.epoch => {
+                *link = Link::Down {
+                    reason: reason.into(),
+                };
+                true
+            }
+            _ => false,
+        });
+        if marked {
+            tracing::warn!(hub = self.hub, %reason, "Redis link marked down; reconnecting");
+        }
+        loss.fire();
     }
 
     /// Whether the link is up right now.
@@ -204,6 +230,7 @@ impl RedisBackplane {
             keys,
             node,
             origin: node.to_string(),
+            inbox: Inbox::new(ctx.hub, ctx.local.clone(), ctx.metrics.clone(), ctx.events),
             local: ctx.local,
             metrics: ctx.metrics,
             link: watch::Sender::new(Link::Connecting),
@@ -264,6 +291,14 @@ impl RedisBackplane {
 
     /// Publishes one envelope: queued for the publisher, which pipelines it with others.
     async fn publish_one(&self, channel: String, payload: Bytes) -> Result<(), GroupError> {
+        let max = self.shared.cfg.max_payload;
+        if payload.len() > max {
+            return Err(GroupError::TooLarge {
+                backplane: BACKPLANE,
+                size: payload.len(),
+                max,
+            });
+        }
         let after = self.shared.cfg.publish_timeout;
         let send = async {
             // Fails at once while the link is down; waits while first connecting.
@@ -347,7 +382,7 @@ impl Backplane for RedisBackplane {
             let shared = &self.shared;
             match group {
                 Some(g) => {
-                    let payload = envelope::encode(&shared.origin, g.as_str(), target, frame);
+                    let payload = shared.inbox.writer().group(g, target, frame);
                     self.publish_one(shared.keys.group_channel(g.as_str()), payload)
                         .await
                 }
@@ -357,22 +392,27 @@ impl Backplane for RedisBackplane {
                         return Ok(());
                     };
                     // One envelope per server named, on that server's own channel.
-                    let mut by_node: Vec<(NodeId, Vec<ConnectionId>)> = Vec::new();
-                    for id in ids.iter().filter(|id| id.node != shared.node) {
-                        match by_node.iter_mut().find(|(n, _)| *n == id.node) {
-                            Some((_, list)) => list.push(*id),
-                            None => by_node.push((id.node, vec![*id])),
-                        }
-                    }
-                    let sends = by_node.into_iter().map(|(node, list)| {
-                        let payload =
-                            envelope::encode(&shared.origin, "", &Target::Only(list.into()), frame);
-                        self.publish_one(shared.keys.node_channel(node), payload)
-                    });
+                    let sends =
+                        remote::by_server(shared.node, ids)
+                            .into_iter()
+                            .map(|(node, list)| {
+                                let payload = shared.inbox.writer().connections(&list, frame);
+                                self.publish_one(shared.keys.node_channel(node), payload)
+                            });
                     futures_util::future::try_join_all(sends).await.map(|_| ())
                 }
             }
         }))
+    }
+
+    fn max_frame_bytes(&self) -> Option<usize> {
+        // Room for the envelope of a group push naming up to 16 connections.
+        Some(
+            self.shared
+                .cfg
+                .max_payload
+                .saturating_sub(self.shared.inbox.writer().overhead(16)),
+        )
     }
 
     fn member_count<'a>(

@@ -64,7 +64,9 @@
 //! already delivered locally). An envelope that does not decode, has another version,
 //! or names another group than its channel is dropped and counted in
 //! `backplane_malformed`. A process in any language can push to a group by publishing
-//! such an envelope.
+//! such an envelope. The codec and the delivery are `hub_core::remote`'s, shared by
+//! every backend. An envelope with `lost` set instead of a frame is a loss notice
+//! (see below).
 //!
 //! ## Presence keys
 //!
@@ -89,7 +91,10 @@
 //! **A crashed server's members stop being counted within `presence_ttl`** (default
 //! 10 s) of its last heartbeat, because queries only count incarnations whose expiry
 //! is in the future; no clean-up has to run first. A live server then deletes the dead
-//! incarnation's entries in the background. A server that missed its own heartbeats
+//! incarnation's entries in the background (one server, under a lock), and publishes
+//! what it deleted as a loss notice on each group's channel: every server with
+//! members of the group (that one included) reports them to the hub
+//! (`on_members_lost`), once they no longer count. A server that missed its own heartbeats
 //! (Redis unreachable for longer than the TTL) registers a new incarnation and
 //! rewrites its entries, so it is counted again.
 //!
@@ -113,12 +118,18 @@
 //!   Redis is up (or, with [`confirm_publishes`](RedisProviderBuilder::confirm_publishes),
 //!   once Redis accepted it), or `GroupError::Unavailable` / `GroupError::Timeout`. The
 //!   runtime returns that to the caller and counts it (`backplane_publish_failures`).
-//!   A failure of a publish already resolved (the connection breaks before Redis
-//!   answers) is counted there too and logged.
+//!   A failure of a publish already resolved (the connection breaks, or Redis does
+//!   not answer within the publish timeout) is counted in `backplane_lost_after_ok`
+//!   and logged: such a push is at best late, most likely lost.
 //!
 //! # Faults
 //!
 //! When Redis goes away, hub servers keep running and serve their local members.
+//! A Redis that stalls (answers nothing, connections open) counts as gone: a publish
+//! pipeline not answered within the [publish timeout](RedisProviderBuilder::publish_timeout),
+//! or failing, marks the link down at once, so the next publishes fail fast with
+//! `GroupError::Unavailable` instead of being answered `Ok` behind a dead connection;
+//! the supervisor reconnects.
 //! Publishes, joins and counts fail at once with `GroupError::Unavailable` (within the
 //! [publish](RedisProviderBuilder::publish_timeout) or
 //! [command](RedisProviderBuilder::command_timeout) timeout when Redis hangs instead
@@ -167,7 +178,7 @@ use std::time::Duration;
 use hub_core::{Backplane, BindContext, GroupError, GroupProvider};
 
 use crate::conn::{Deployment, resp3};
-pub use crate::envelope::ENVELOPE_VERSION;
+pub use hub_core::remote::ENVELOPE_VERSION;
 
 /// The options of a provider, validated.
 #[derive(Debug, Clone)]
@@ -196,6 +207,8 @@ pub(crate) struct Config {
     pub(crate) max_batch: usize,
     /// A publish resolves on Redis's answer (true) or once queued for the pipeline (false).
     pub(crate) confirm_publishes: bool,
+    /// The largest envelope published, in bytes.
+    pub(crate) max_payload: usize,
 }
 
 impl Config {
@@ -319,7 +332,11 @@ pub struct RedisProviderBuilder {
     publish_queue: usize,
     max_batch: usize,
     confirm_publishes: bool,
+    max_payload: usize,
 }
+
+/// Redis's own limit on one argument (`proto-max-bulk-len`, 512 MiB by default).
+pub const DEFAULT_MAX_PAYLOAD: usize = 512 * 1024 * 1024;
 
 impl Default for RedisProviderBuilder {
     fn default() -> Self {
@@ -335,6 +352,7 @@ impl Default for RedisProviderBuilder {
             publish_queue: 16 * 1024,
             max_batch: 128,
             confirm_publishes: false,
+            max_payload: DEFAULT_MAX_PAYLOAD,
         }
     }
 }
@@ -387,7 +405,9 @@ impl RedisProviderBuilder {
     }
 
     /// Deadline of one publish, from the call to Redis's answer (waiting for room in
-    /// the publish queue included). Default 2 s.
+    /// the publish queue included). A pipeline of publishes Redis does not answer
+    /// within it marks the link down (later publishes fail fast until it is back).
+    /// Default 2 s.
     pub fn publish_timeout(mut self, timeout: Duration) -> Self {
         self.publish_timeout = timeout;
         self
@@ -425,14 +445,25 @@ impl RedisProviderBuilder {
     /// When a publish resolves. Default `false`: once it is queued for the publisher
     /// while the connection to Redis is up (as a NATS publish resolves once buffered by
     /// the client). A failure after that (the connection breaks before Redis answers,
-    /// the pipeline times out) is counted in `backplane_publish_failures` and logged,
-    /// not returned. `true`: a publish resolves on Redis's answer, so the caller learns
+    /// the pipeline times out) is counted in `backplane_lost_after_ok` and logged,
+    /// not returned, and marks the link down so that the next publishes fail. `true`: a publish resolves on Redis's answer, so the caller learns
     /// of every failure, but a connection's calls (which run in order) are then paced
     /// by a Redis round trip per broadcast. Either way, a publish while Redis is known
     /// to be down fails at once with `GroupError::Unavailable`, and delivery is
     /// at-most-once.
     pub fn confirm_publishes(mut self, confirm: bool) -> Self {
         self.confirm_publishes = confirm;
+        self
+    }
+
+    /// The largest envelope this provider publishes, in bytes: set it to the Redis
+    /// server's `proto-max-bulk-len` if lower than the default
+    /// ([`DEFAULT_MAX_PAYLOAD`], Redis's own default), or lower to bound what one
+    /// push may put on Redis. The hub's push limit becomes at most this, less room for
+    /// the envelope; a larger message fails with `GroupError::TooLarge`
+    /// (`OUT_OF_RANGE`). At least 64 KiB.
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
         self
     }
 
@@ -496,6 +527,9 @@ impl RedisProviderBuilder {
         if self.publish_queue == 0 || self.max_batch == 0 {
             return invalid("the publish queue and batch size must be at least 1");
         }
+        if self.max_payload < 64 * 1024 {
+            return invalid("the largest payload must be at least 64 KiB");
+        }
         Ok(RedisProvider {
             config: Arc::new(Config {
                 deployment,
@@ -510,6 +544,7 @@ impl RedisProviderBuilder {
                 publish_queue: self.publish_queue,
                 max_batch: self.max_batch,
                 confirm_publishes: self.confirm_publishes,
+                max_payload: self.max_payload,
             }),
         })
     }

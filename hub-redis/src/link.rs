@@ -50,7 +50,13 @@ pub(crate) async fn supervise(shared: Arc<Shared>, mut ops: mpsc::Receiver<SubOp
         match attempt {
             Ok((cmd, sub, mut subscribed)) => {
                 failures = 0;
-                shared.link.send_replace(Link::Up { cmd: cmd.clone() });
+                shared.link.send_replace(Link::Up {
+                    cmd: cmd.clone(),
+                    loss: LossSignal {
+                        epoch,
+                        tx: events_tx.clone(),
+                    },
+                });
                 if was_up {
                     HubMetrics::incr(&shared.metrics.backplane_reconnects);
                     tracing::info!(
@@ -156,12 +162,9 @@ async fn establish(
         tx: events.clone(),
     };
     let inbound = Inbound {
-        hub: shared.hub,
         keys: shared.keys.clone(),
         node_channel: shared.node_channel.clone(),
-        origin: shared.origin.clone(),
-        local: shared.local.clone(),
-        metrics: shared.metrics.clone(),
+        inbox: shared.inbox.clone(),
         lost: loss.clone(),
     };
     let limit = cfg.connect_timeout;
@@ -209,7 +212,7 @@ async fn serve(
             _ = shared.cancel.cancelled() => return Ended::Cancelled,
             ev = events.recv() => {
                 if ev == Some(epoch) {
-                    return Ended::Lost("the connection to Redis closed".into());
+                    return Ended::Lost("the connection to Redis closed or stopped answering".into());
                 }
             }
             op = ops.recv() => {

@@ -17,7 +17,7 @@ use std::sync::LazyLock;
 use std::sync::atomic::Ordering::Relaxed;
 
 use futures_util::{StreamExt, TryStreamExt};
-use hub_core::{ConnectionId, GroupError, GroupName, MemberInfo};
+use hub_core::{ConnectionId, GroupError, GroupName, HubMetrics, MemberInfo, MembersLost};
 use redis::{Script, Value};
 
 use crate::backplane::Shared;
@@ -81,22 +81,23 @@ return n
     )
 });
 
-/// Deletes the entries of one dead incarnation in one group.
-/// KEYS: count, members. ARGV: node, inc.
+/// Deletes the entries of one dead incarnation in one group; returns them as a flat
+/// list of connection, value pairs. KEYS: count, members. ARGV: node, inc.
 static PURGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local np = ARGV[1] .. '-'
 redis.call('HDEL', KEYS[1], ARGV[1] .. ':' .. ARGV[2])
 local all = redis.call('HGETALL', KEYS[2])
-local n = 0
+local gone = {}
 for i = 1, #all, 2 do
   if string.sub(all[i], 1, #np) == np and string.sub(all[i + 1], 1, 8) == ARGV[2] then
     redis.call('HDEL', KEYS[2], all[i])
-    n = n + 1
+    table.insert(gone, all[i])
+    table.insert(gone, all[i + 1])
   end
 end
-return n
+return gone
 ",
     )
 });
@@ -502,20 +503,26 @@ pub(crate) async fn purge(
                 redis::cmd("SMEMBERS").arg(&set).query_async(&mut c),
             )
             .await?;
-        futures_util::stream::iter(groups)
+        let lost: Vec<(String, Vec<(String, String)>)> = futures_util::stream::iter(groups)
             .map(|g| {
                 let mut c = cmd.clone();
                 async move {
                     let mut inv = PURGE.key(shared.keys.count(&g));
                     inv.key(shared.keys.members(&g)).arg(node).arg(inc);
-                    shared
-                        .timed("purge", timeout, inv.invoke_async::<Value>(&mut c))
-                        .await
+                    let gone: Vec<(String, String)> = shared
+                        .timed("purge", timeout, inv.invoke_async(&mut c))
+                        .await?;
+                    Ok::<_, GroupError>((g, gone))
                 }
             })
             .buffer_unordered(64)
-            .try_collect::<Vec<_>>()
+            .try_collect()
             .await?;
+        // The entries are gone (and were not counted since the incarnation expired):
+        // now tell every server with members of those groups.
+        for (group, gone) in lost {
+            report_lost(shared, cmd, node_id, &group, &gone).await;
+        }
         shared
             .timed(
                 "purge",
@@ -536,6 +543,66 @@ pub(crate) async fn purge(
         tracing::info!(hub = shared.hub, incarnation = %who, "cleaned up the presence entries of a dead server");
     }
     Ok(())
+}
+
+/// Tells every server with members of `group` (and this one) which members a dead
+/// server had: a loss notice on the group's channel.
+async fn report_lost(
+    shared: &Shared,
+    cmd: &Conn,
+    node: u64,
+    group: &str,
+    gone: &[(String, String)],
+) {
+    let Ok(group) = GroupName::from_wire(group) else {
+        return;
+    };
+    let server = hub_core::NodeId(node);
+    let mut members: Vec<MemberInfo> = gone
+        .iter()
+        .filter_map(|(conn, value)| {
+            let connection = conn.parse::<ConnectionId>().ok()?;
+            let (_, user) = parse_entry(value)?;
+            Some(MemberInfo {
+                connection,
+                user: user.map(str::to_owned),
+            })
+        })
+        .collect();
+    if members.is_empty() {
+        return;
+    }
+    members.sort();
+    let lost = MembersLost {
+        group,
+        server,
+        members,
+    };
+    let payload = shared.inbox.writer().lost(&lost);
+    let channel = shared.keys.group_channel(lost.group.as_str());
+    let name = if shared.cfg.sharded {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
+    };
+    let mut c = cmd.clone();
+    let sent = shared
+        .timed(
+            "purge",
+            shared.cfg.command_timeout,
+            redis::cmd(name)
+                .arg(&channel)
+                .arg(&payload[..])
+                .query_async::<Value>(&mut c),
+        )
+        .await;
+    if let Err(e) = sent {
+        HubMetrics::incr(&shared.metrics.backplane_errors);
+        tracing::warn!(hub = shared.hub, group = %lost.group, error = %e, "could not tell the other servers about lost members");
+    }
+    if shared.local.count(lost.group.as_str()) > 0 {
+        shared.inbox.events().members_lost(lost);
+    }
 }
 
 /// Removes every entry of this server (graceful shutdown).

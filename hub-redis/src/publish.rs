@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::backplane::{BACKPLANE, Link, Shared, redis_error, unavailable};
 use crate::conn::Conn;
+use crate::envelope::LossSignal;
 
 /// Pipelines sent and not yet answered, at most. Keeps Redis busy while the previous
 /// batch's replies are on their way. Ordering is kept: batches are taken from the
@@ -49,14 +50,16 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<PubReq>) {
                     }
                 }
                 let conn = match &*shared.link.borrow() {
-                    Link::Up { cmd } => Some(cmd.clone()),
+                    Link::Up { cmd, loss } => Some((cmd.clone(), loss.clone())),
                     _ => None,
                 };
                 match conn {
-                    Some(conn) => in_flight.push(send(shared.clone(), conn, batch)),
+                    Some((conn, loss)) => in_flight.push(send(shared.clone(), conn, loss, batch)),
                     None => {
+                        // Queued while the link was up (maybe answered Ok already),
+                        // not sent: counted by `answer` when nobody waits.
                         for r in batch {
-                            let _ = r.done.send(Err(unavailable("publish: not connected to Redis")));
+                            answer(&shared, r.done, Err(unavailable("publish: not connected to Redis")));
                         }
                     }
                 }
@@ -65,14 +68,20 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<PubReq>) {
     }
     rx.close();
     while let Ok(r) = rx.try_recv() {
-        let _ = r
-            .done
-            .send(Err(unavailable("publish: the hub is shut down")));
+        answer(
+            &shared,
+            r.done,
+            Err(unavailable("publish: the hub is shut down")),
+        );
     }
 }
 
 /// Sends one batch as pipelined `PUBLISH` (or `SPUBLISH`) commands and answers every caller.
-async fn send(shared: Arc<Shared>, conn: Conn, batch: Vec<PubReq>) {
+///
+/// A batch Redis does not answer within the publish timeout, or that fails, marks the
+/// link down at once: later publishes fail fast with `Unavailable` (as in an outage)
+/// instead of being answered `Ok` and lost behind a stalled connection.
+async fn send(shared: Arc<Shared>, conn: Conn, loss: LossSignal, batch: Vec<PubReq>) {
     let name = if shared.cfg.sharded {
         "SPUBLISH"
     } else {
@@ -92,6 +101,9 @@ async fn send(shared: Arc<Shared>, conn: Conn, batch: Vec<PubReq>) {
             for (indices, result) in results {
                 if let Err(e) = &result {
                     tracing::debug!(hub = shared.hub, error = %e, commands = indices.len(), "publish pipeline failed");
+                    if is_link_failure(e) {
+                        shared.link_failed(&loss, &format!("publish failed: {e}"));
+                    }
                 }
                 for i in indices {
                     if let Some(done) = answers.get_mut(i).and_then(Option::take) {
@@ -105,6 +117,10 @@ async fn send(shared: Arc<Shared>, conn: Conn, batch: Vec<PubReq>) {
             }
         }
         Err(_) => {
+            shared.link_failed(
+                &loss,
+                &format!("Redis did not answer a publish within {after:?}"),
+            );
             for done in answers.into_iter().flatten() {
                 let timeout = GroupError::Timeout {
                     backplane: BACKPLANE,
@@ -117,8 +133,14 @@ async fn send(shared: Arc<Shared>, conn: Conn, batch: Vec<PubReq>) {
     }
 }
 
-/// Answers a caller; a failure nobody waits for (publishes resolved once queued) is
-/// counted and logged here instead, so it is never silent.
+/// Whether a failed command means the connection is unusable (not a refusal of this
+/// one command, such as a cluster redirection the client could not follow).
+fn is_link_failure(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
+}
+
+/// Answers a caller; a failure nobody waits for (the publish was answered `Ok` once
+/// queued) is counted in `backplane_lost_after_ok` and logged, so it is never silent.
 fn answer(
     shared: &Shared,
     done: oneshot::Sender<Result<(), GroupError>>,
@@ -127,7 +149,7 @@ fn answer(
     if let Err(Err(e)) = done.send(result)
         && !shared.cfg.confirm_publishes
     {
-        HubMetrics::incr(&shared.metrics.backplane_publish_failures);
-        tracing::warn!(hub = shared.hub, error = %e, "publish failed after it was queued");
+        HubMetrics::incr(&shared.metrics.backplane_lost_after_ok);
+        tracing::warn!(hub = shared.hub, error = %e, "a push answered Ok was not confirmed by Redis (probably lost)");
     }
 }

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hub_core::{
-    Backplane, BindContext, ConnectionId, GroupError, GroupName, GroupProvider, HubMetrics,
-    LocalGroups, Member, MemberInfo, Next, NodeId, Outbox, OutboxReceiver, SlowConsumerPolicy,
-    Target,
+    Backplane, BackplaneEvents, BindContext, ConnectionId, GroupError, GroupName, GroupProvider,
+    HubMetrics, LocalGroups, Member, MemberInfo, MembersLost, Next, NodeId, Outbox, OutboxReceiver,
+    SlowConsumerPolicy, Target,
 };
 use test_support::RedisServer;
 use tokio::time::{Instant, sleep};
@@ -23,20 +23,33 @@ struct Node {
     local: Arc<LocalGroups>,
     metrics: Arc<HubMetrics>,
     bp: Arc<dyn Backplane>,
+    /// What the backplane reported lost with dead servers.
+    lost: Arc<std::sync::Mutex<Vec<MembersLost>>>,
 }
 
 impl Node {
     fn bind(provider: &RedisProvider) -> Node {
         let local = Arc::new(LocalGroups::new(NodeId::random()));
         let metrics = Arc::new(HubMetrics::default());
+        let lost = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let events = {
+            let lost = lost.clone();
+            BackplaneEvents::new(move |l| lost.lock().expect("lock").push(l))
+        };
         let bp = provider
             .bind(BindContext {
                 hub: "test.v1.TestHub",
                 local: local.clone(),
                 metrics: metrics.clone(),
+                events,
             })
             .expect("bind");
-        Node { local, metrics, bp }
+        Node {
+            local,
+            metrics,
+            bp,
+            lost,
+        }
     }
 
     /// Connects a member and joins it to `group`, as the runtime does.
@@ -328,6 +341,66 @@ async fn a_dead_server_stops_counting_within_the_ttl_and_is_cleaned_up() {
     .await;
 }
 
+/// The members of a dead server are reported lost, once, on every server with
+/// members of the group (the one that cleaned up, and the others through a notice
+/// on the group's channel), and only after they stopped being counted.
+#[tokio::test]
+async fn a_dead_servers_members_are_reported_lost_on_every_server() {
+    let redis = RedisServer::start();
+    let p = provider(&redis); // presence TTL 900 ms
+    let (a, c) = (Node::bind(&p), Node::bind(&p));
+    a.join(1, "ann", "room").await;
+    c.join(1, "cid", "room").await;
+    c.join(2, "cat", "hall").await;
+    let (b_node, b1, b2) = {
+        let b = Node::bind(&p);
+        let (b1, _) = b.join(1, "bob", "room").await;
+        let (b2, _) = b.join(2, "bea", "room").await;
+        b.join(3, "ben", "hall").await;
+        assert_eq!(a.count("room").await.expect("count"), 4);
+        (b.local.node(), b1, b2)
+        // Dropped without shutdown: a crash.
+    };
+    for n in [&a, &c] {
+        eventually("the loss reported", || async {
+            !n.lost.lock().expect("lock").is_empty()
+        })
+        .await;
+    }
+    // Once every server heard, exactly what B had: A of "room", C of both groups.
+    eventually("C heard of both groups", || async {
+        c.lost.lock().expect("lock").len() == 2
+    })
+    .await;
+    let room_lost = MembersLost {
+        group: GroupName::new("room").expect("group"),
+        server: b_node,
+        members: vec![
+            MemberInfo {
+                connection: b1,
+                user: Some("bob".into()),
+            },
+            MemberInfo {
+                connection: b2,
+                user: Some("bea".into()),
+            },
+        ],
+    };
+    assert_eq!(*a.lost.lock().expect("lock"), vec![room_lost.clone()]);
+    let c_lost = c.lost.lock().expect("lock").clone();
+    assert!(c_lost.contains(&room_lost), "{c_lost:?}");
+    assert!(
+        c_lost.iter().any(|l| l.group.as_str() == "hall"
+            && l.members
+                .iter()
+                .map(|m| m.user.as_deref())
+                .eq([Some("ben")])),
+        "{c_lost:?}"
+    );
+    // Reported once it no longer counts.
+    assert_eq!(a.count("room").await.expect("count"), 2);
+}
+
 #[tokio::test]
 async fn shutdown_removes_this_servers_presence() {
     let redis = RedisServer::start();
@@ -494,6 +567,7 @@ fn binding_needs_a_runtime() {
         hub: "test.v1.TestHub",
         local: Arc::new(LocalGroups::new(NodeId(1))),
         metrics: Arc::new(HubMetrics::default()),
+        events: Default::default(),
     });
     assert!(matches!(err, Err(GroupError::Unavailable { .. })));
 }
@@ -632,10 +706,12 @@ async fn leaves_during_an_outage_are_caught_up_after_it() {
     assert_eq!(users, ["bob"]);
 }
 
-/// A Redis that stops answering (not gone: `CLIENT PAUSE`) makes publishes time out.
-/// With confirmed publishes the caller gets the timeout; with publishes resolved once
-/// queued (the default) the caller got `Ok` and the failure is counted instead. Never
-/// silent either way.
+/// A Redis that stops answering (not gone: `CLIENT PAUSE`) makes publishes time out,
+/// and a timed-out publish marks the link down, so the next ones fail fast as in an
+/// outage. With confirmed publishes the caller gets the timeout; with publishes
+/// resolved once queued (the default) the caller got `Ok` and the push is counted in
+/// `backplane_lost_after_ok`. Never silent either way; publishes flow again once
+/// Redis answers.
 #[tokio::test]
 async fn a_stalled_redis_is_reported_in_both_publish_modes() {
     for confirm in [true, false] {
@@ -643,6 +719,7 @@ async fn a_stalled_redis_is_reported_in_both_publish_modes() {
         let p = RedisProvider::builder()
             .url(redis.url())
             .publish_timeout(Duration::from_millis(300))
+            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
             .confirm_publishes(confirm)
             .build()
             .expect("provider");
@@ -667,16 +744,30 @@ async fn a_stalled_redis_is_reported_in_both_publish_modes() {
             );
         } else {
             assert!(stalled.is_ok(), "resolved once queued: {stalled:?}");
-            eventually("the late failure is counted", || async {
-                a.metrics.snapshot().backplane_publish_failures == 1
+            eventually("the unconfirmed push is counted", || async {
+                a.metrics.snapshot().backplane_lost_after_ok == 1
             })
             .await;
         }
-        // Once Redis answers again, publishes flow.
-        sleep(Duration::from_millis(1600)).await;
-        a.publish("room", Target::All, &frame("after"))
-            .await
-            .expect("publish after the pause");
+        // The link is down now: the next publish fails at once.
+        let started = Instant::now();
+        let next = a.publish("room", Target::All, &frame("during")).await;
+        assert!(
+            matches!(next, Err(GroupError::Unavailable { .. })),
+            "confirm={confirm}: {next:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
+        // Once Redis answers again (and the link is back), publishes flow.
+        eventually("publishes work again", || async {
+            a.publish("room", Target::All, &frame("after"))
+                .await
+                .is_ok()
+        })
+        .await;
         let mut got = Vec::new();
         while let Some(f) = next_frame(&mut rb1, Duration::from_secs(3)).await {
             got.push(f.clone());
@@ -686,4 +777,27 @@ async fn a_stalled_redis_is_reported_in_both_publish_modes() {
         }
         assert_eq!(got.last(), Some(&frame("after")), "confirm={confirm}");
     }
+}
+
+/// The configured payload bound is the backplane's frame limit (less the envelope),
+/// and a larger message fails with `TooLarge` (not retryable), before anything is sent.
+#[tokio::test]
+async fn messages_over_the_payload_bound_are_too_large() {
+    let redis = RedisServer::start();
+    let p = RedisProvider::builder()
+        .url(redis.url())
+        .max_payload(64 * 1024)
+        .build()
+        .expect("provider");
+    let (a, b) = (Node::bind(&p), Node::bind(&p));
+    let (_a1, _) = a.join(1, "ann", "room").await;
+    let (_b1, mut rb1) = b.join(1, "bob", "room").await;
+    let max = a.bp.max_frame_bytes().expect("a limit");
+    assert!(max < 64 * 1024 && max > 60 * 1024, "{max}");
+    let big = Bytes::from(vec![b'x'; 64 * 1024]);
+    let err = a.publish("room", Target::All, &big).await.unwrap_err();
+    assert!(matches!(err, GroupError::TooLarge { .. }), "{err:?}");
+    let fits = Bytes::from(vec![b'y'; max]);
+    a.publish("room", Target::All, &fits).await.expect("fits");
+    assert_eq!(next_frame(&mut rb1, WAIT).await, Some(fits));
 }

@@ -189,17 +189,22 @@ pub(crate) async fn run<D: Dispatch>(
     // finish with OK; otherwise the first close reason set above stands.
     state.outbox.close(CloseReason::draining(Code::Ok, ""));
     tracing::debug!(%reason, "disconnected");
+    // Leave first, so that whoever hears of it from `on_disconnect` (an `on_leave`
+    // push) and asks for the members no longer sees this connection, on any server.
+    leave_everything(&core, &state).await;
     let hook = AssertUnwindSafe(conn.shared.dispatch.on_disconnect(conn.ctx.clone(), reason));
     if hook.catch_unwind().await.is_err() {
         tracing::error!("the hub's on_disconnect hook panicked");
     }
-    leave_everything(&core, &state).await;
     HubMetrics::incr(&core.metrics.connections_closed);
     core.metrics.connections.decrement(1.0);
+    core.conn_closed.notify_waiters();
 }
 
-/// Removes a connection from the registry and tells the backplane about each group it left.
+/// Removes a connection from the registry and tells the backplane about each group it
+/// left. `Context::groups` keeps listing them (for `on_disconnect`).
 pub(crate) async fn leave_everything(core: &HubCore, state: &ConnState) {
+    let _ = state.departed.set(core.local.groups_of(state.id));
     let left = core.local.unregister(state.id);
     core.count_groups();
     let info = MemberInfo {

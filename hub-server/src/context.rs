@@ -37,6 +37,9 @@ pub(crate) struct ConnState {
     pub(crate) kick: Mutex<Option<hub_core::CloseReason>>,
     /// Wakes the connection task when `kick` is set.
     pub(crate) kicked: tokio::sync::Notify,
+    /// The groups it was in, once it left them all at disconnect (before
+    /// `on_disconnect` runs, so that counts and member lists no longer show it).
+    pub(crate) departed: std::sync::OnceLock<Vec<GroupName>>,
 }
 
 /// The per-connection context a hub method gets: who is calling, the request
@@ -190,7 +193,11 @@ impl<P: From<crate::Push>> Context<P> {
 
     /// The groups the caller is in (reserved `$user/..` groups included).
     pub fn groups(&self) -> Vec<GroupName> {
-        self.conn.core.local.groups_of(self.conn.id)
+        match self.conn.departed.get() {
+            // In `on_disconnect`: the groups it was in when it left them.
+            Some(groups) => groups.clone(),
+            None => self.conn.core.local.groups_of(self.conn.id),
+        }
     }
 
     /// The number of members of a group, on every server.
@@ -318,8 +325,7 @@ impl<P: From<crate::Push>> HubHandle<P> {
     }
 }
 
-/// The most bytes the writer appends to a push: `seq` (field 2) as a varint.
-const SEQ_SUFFIX_BYTES: usize = 11;
+pub(crate) use crate::hub::SEQ_SUFFIX_BYTES;
 
 #[derive(Clone, Debug)]
 pub(crate) enum Dest {
@@ -334,6 +340,8 @@ pub(crate) enum Dest {
 pub struct Push {
     core: Arc<HubCore>,
     dest: Dest,
+    /// Deliver to this server's connections only (see [`Push::local`]).
+    local_only: bool,
 }
 
 impl std::fmt::Debug for Push {
@@ -344,7 +352,19 @@ impl std::fmt::Debug for Push {
 
 impl Push {
     pub(crate) fn new(core: Arc<HubCore>, dest: Dest) -> Self {
-        Push { core, dest }
+        Push {
+            core,
+            dest,
+            local_only: false,
+        }
+    }
+
+    /// Delivers to the selected connections on this server only: nothing is published
+    /// to the backplane. For what every server does for its own members, such as
+    /// telling them about members lost with another server (`on_members_lost`).
+    pub fn local(mut self) -> Self {
+        self.local_only = true;
+        self
     }
 
     /// Leaves these connections out (typically the caller: "everyone else in the room").
@@ -406,6 +426,9 @@ impl Push {
             Dest::Group(g, target) => {
                 let mut d = core.local.deliver(g.as_str(), target, &frame);
                 core.metrics.push_fanout.record(f64::from(d.local));
+                if self.local_only {
+                    return Ok(d);
+                }
                 if let Some(publish) = core.backplane.publish(Some(g), target, &frame) {
                     core.published(timed(&core.metrics, publish).await, &mut d)?;
                 }
@@ -414,7 +437,7 @@ impl Push {
             Dest::Connections(ids) => {
                 let (mut d, missing) = core.local.deliver_to(ids, &frame);
                 core.metrics.push_fanout.record(f64::from(d.local));
-                if !missing.is_empty() {
+                if !missing.is_empty() && !self.local_only {
                     let target = Target::Only(missing.clone().into());
                     match core.backplane.publish(None, &target, &frame) {
                         Some(publish) => {

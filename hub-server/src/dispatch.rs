@@ -1,10 +1,10 @@
 //! The contract between generated code and the runtime.
 
 use bytes::Bytes;
-use hub_core::BoxFuture;
 use hub_core::proto::ClientControl;
+use hub_core::{BoxFuture, MembersLost};
 
-use crate::{Context, DisconnectReason, Push};
+use crate::{Context, DisconnectReason, HubHandle, Push};
 
 /// One decoded request frame, split into what the runtime needs.
 #[derive(Debug)]
@@ -52,10 +52,24 @@ pub trait Dispatch: Send + Sync + 'static {
     fn on_connect(&self, ctx: Context<Self::Push>)
     -> BoxFuture<'static, Result<(), tonic::Status>>;
 
-    /// Runs the hub's `on_disconnect` hook (the connection is still in its groups).
+    /// Runs the hub's `on_disconnect` hook. The connection has already left its
+    /// groups (counts and member lists on every server no longer show it);
+    /// `Context::groups` still lists them.
     fn on_disconnect(
         &self,
         ctx: Context<Self::Push>,
         reason: DisconnectReason,
     ) -> BoxFuture<'static, ()>;
+
+    /// Runs the hub's `on_members_lost` hook: members of a group on another server are
+    /// gone because that server died. Called on every server with local members of the
+    /// group. The default does nothing.
+    fn on_members_lost(
+        &self,
+        hub: HubHandle<Self::Push>,
+        lost: MembersLost,
+    ) -> BoxFuture<'static, ()> {
+        let _ = (hub, lost);
+        Box::pin(async {})
+    }
 }

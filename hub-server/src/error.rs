@@ -36,6 +36,11 @@ impl From<PushError> for tonic::Status {
         match e {
             PushError::TooLarge { .. } => tonic::Status::out_of_range(e.to_string()),
             PushError::NotConnected(_) => tonic::Status::not_found(e.to_string()),
+            // Too large for the backplane: sending it again cannot succeed.
+            PushError::Backplane {
+                source: GroupError::TooLarge { .. },
+                ..
+            } => tonic::Status::out_of_range(e.to_string()),
             PushError::Backplane { .. } => tonic::Status::unavailable(e.to_string()),
             PushError::Group(g) => g.into(),
         }

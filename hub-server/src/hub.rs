@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{HubConfig, PushError};
 
+/// The most bytes the writer appends to a push: `seq` (field 2) as a varint.
+pub(crate) const SEQ_SUFFIX_BYTES: usize = 11;
+
 /// The untyped part of a hub, shared by its connections, contexts and pushes.
 pub(crate) struct HubCore {
     /// The full service name, for logs and the hello frame.
@@ -98,9 +101,14 @@ impl HubCore {
     }
 
     /// The largest frame this hub sends (replies, pushes with their sequence number),
-    /// as the hello advertises it.
+    /// as the hello advertises it: the hub's own limit, and no more than the
+    /// backplane carries (a push must reach every server).
     pub(crate) fn max_outbound(&self) -> usize {
-        self.config.outbound_limit()
+        let own = self.config.outbound_limit();
+        match self.backplane.max_frame_bytes() {
+            Some(b) => own.min(b.saturating_add(SEQ_SUFFIX_BYTES)),
+            None => own,
+        }
     }
 
     pub(crate) async fn member_count(&self, group: &GroupName) -> Result<u64, GroupError> {
@@ -157,7 +165,9 @@ impl HubCore {
     pub(crate) async fn wait_closed(&self) {
         loop {
             let notified = self.conn_closed.notified();
-            if self.local.connections() == 0 {
+            // Every connection gone, and every `on_disconnect` hook done.
+            let m = self.metrics.snapshot();
+            if self.local.connections() == 0 && m.connections_opened == m.connections_closed {
                 break;
             }
             notified.await;

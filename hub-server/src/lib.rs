@@ -80,7 +80,7 @@ pub use error::{DisconnectReason, PushError};
 pub use hub_core::quote;
 pub use hub_core::{
     ConnectionId, Delivery, GroupError, GroupName, GroupProvider, InvalidGroupName, MemberInfo,
-    MemoryProvider, MetricsSnapshot, SlowConsumerPolicy,
+    MembersLost, MemoryProvider, MetricsSnapshot, SlowConsumerPolicy,
 };
 pub use hub_core::{include_file_descriptor_set, include_proto};
 pub use identity::{BearerToken, FromExtensions, Identity, IdentityProvider};
@@ -91,7 +91,7 @@ pub use service::{HubService, HubServiceBuilder, OutboundStream, ServerCodec, Wr
 pub mod codegen {
     pub use crate::{
         ConnectionId, Delivery, DisconnectReason, GroupError, GroupProvider, HubConfig, Hubs,
-        IdentityProvider, PushError,
+        IdentityProvider, MembersLost, PushError,
     };
     pub use crate::{Context, Dispatch, HubHandle, HubService, HubServiceBuilder, Inbound, Push};
     pub use bytes::Bytes;

@@ -1,6 +1,6 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context as TaskContext, Poll};
 
 use bytes::{Buf, Bytes};
@@ -8,8 +8,8 @@ use futures_util::Stream;
 use hub_core::frame::{OutFrame, clamp_safe, control_frame};
 use hub_core::proto::{self, server_control::Kind};
 use hub_core::{
-    BindContext, ConnectionId, GroupError, GroupProvider, HubMetrics, LocalGroups, Member, Next,
-    Outbox, OutboxReceiver,
+    BackplaneEvents, BindContext, ConnectionId, GroupError, GroupProvider, HubMetrics, LocalGroups,
+    Member, MembersLost, Next, Outbox, OutboxReceiver,
 };
 use tokio::sync::Notify;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -116,10 +116,21 @@ impl<D: Dispatch> HubServiceBuilder<D> {
         let node = hubs.inner.node;
         let local = Arc::new(LocalGroups::new(node));
         let metrics = Arc::new(HubMetrics::for_hub(D::SERVICE));
+        // The hub is built after its backplane: losses it reports find it through this.
+        let hub: Arc<OnceLock<Weak<HubShared<D>>>> = Arc::new(OnceLock::new());
+        let events = {
+            let hub = hub.clone();
+            BackplaneEvents::new(move |lost| {
+                if let Some(shared) = hub.get().and_then(Weak::upgrade) {
+                    members_lost(shared, lost);
+                }
+            })
+        };
         let backplane = provider.bind(BindContext {
             hub: D::SERVICE,
             local: local.clone(),
             metrics: metrics.clone(),
+            events,
         })?;
         let core = Arc::new(HubCore {
             service: D::SERVICE,
@@ -140,14 +151,43 @@ impl<D: Dispatch> HubServiceBuilder<D> {
             .unwrap_or_else(|e| e.into_inner())
             .push(Arc::downgrade(&core));
         tracing::debug!(hub = D::SERVICE, groups = provider.name(), %node, "hub bound");
-        Ok(HubService {
-            shared: Arc::new(HubShared {
-                dispatch: self.dispatch,
-                core,
-                identity: self.identity.over(&hubs.inner.identity),
-            }),
-        })
+        let shared = Arc::new(HubShared {
+            dispatch: self.dispatch,
+            core,
+            identity: self.identity.over(&hubs.inner.identity),
+        });
+        let _ = hub.set(Arc::downgrade(&shared));
+        Ok(HubService { shared })
     }
+}
+
+/// Hands members lost with their server to the hub's `on_members_lost` hook, on a
+/// task of its own (the backplane's task that noticed must not wait for the hub).
+fn members_lost<D: Dispatch>(shared: Arc<HubShared<D>>, lost: MembersLost) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let core = &shared.core;
+    for _ in &lost.members {
+        HubMetrics::incr(&core.metrics.backplane_members_lost);
+    }
+    tracing::info!(
+        hub = core.service,
+        group = %lost.group,
+        server = %lost.server,
+        members = lost.members.len(),
+        "members lost with their server"
+    );
+    runtime.spawn(async move {
+        let handle = HubHandle::new(shared.core.clone());
+        let hook = std::panic::AssertUnwindSafe(shared.dispatch.on_members_lost(handle, lost));
+        if futures_util::FutureExt::catch_unwind(hook).await.is_err() {
+            tracing::error!(
+                hub = shared.core.service,
+                "the hub's on_members_lost hook panicked"
+            );
+        }
+    });
 }
 
 impl<D: Dispatch> NamedService for HubService<D> {
@@ -400,6 +440,7 @@ async fn accept<D: Dispatch>(
         identity,
         kick: Mutex::new(None),
         kicked: Notify::new(),
+        departed: std::sync::OnceLock::new(),
     });
     let span = tracing::info_span!("connection", hub = D::SERVICE, conn = %id, peer = ?remote_addr);
     // Every connection of an authenticated user is reachable as that user, from

@@ -59,6 +59,44 @@ fn binary(name: &str, candidates: &[&str]) -> PathBuf {
     )
 }
 
+/// Sends `signal` (`STOP`, `CONT`) to a child process with `kill`.
+fn signal(child: &Option<Child>, signal: &str) {
+    let Some(c) = child else {
+        panic!("cannot send SIG{signal}: the server is not running");
+    };
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(c.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {} failed", c.id());
+}
+
+/// Stops a server with `SIGSTOP` (it hangs: connections stay open, nothing is
+/// answered) and lets it go on with `SIGCONT` when dropped, so a failing test never
+/// leaves a stopped process behind.
+#[derive(Debug)]
+#[must_use = "the server resumes when the pause is dropped"]
+pub struct Paused<'a> {
+    child: &'a Option<Child>,
+}
+
+impl Paused<'_> {
+    /// Resumes the server now.
+    pub fn resume(self) {}
+}
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        signal(self.child, "CONT");
+    }
+}
+
+fn pause(child: &Option<Child>) -> Paused<'_> {
+    signal(child, "STOP");
+    Paused { child }
+}
+
 fn kill_child(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
         let _ = c.kill();
@@ -135,6 +173,11 @@ impl RedisServer {
     /// Kills the server (an outage). [`RedisServer::restart`] brings it back on the same port.
     pub fn kill(&mut self) {
         kill_child(&mut self.child);
+    }
+
+    /// Stalls the server (`SIGSTOP`) until the returned guard is dropped or resumed.
+    pub fn pause(&self) -> Paused<'_> {
+        pause(&self.child)
     }
 
     /// Starts the server again on the same port (empty: nothing persisted).
@@ -230,6 +273,8 @@ pub struct NatsOptions {
     pub user: Option<(String, String)>,
     /// Require this token.
     pub token: Option<String>,
+    /// The largest message the server takes (`max_payload`; NATS' default is 1 MiB).
+    pub max_payload: Option<u32>,
 }
 
 /// A `nats-server` process on a free port.
@@ -283,6 +328,12 @@ impl NatsServer {
         if let Some(token) = &self.options.token {
             cmd.args(["--auth", token]);
         }
+        if let Some(max) = self.options.max_payload {
+            // No command-line flag for it: a config file.
+            let conf = self.dir.path().join("nats.conf");
+            std::fs::write(&conf, format!("max_payload: {max}\n")).expect("write nats.conf");
+            cmd.arg("-c").arg(conf);
+        }
         if let Some((name, route_port, all)) = &self.cluster {
             let routes: Vec<String> = all
                 .iter()
@@ -317,6 +368,11 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Stalls the server (`SIGSTOP`) until the returned guard is dropped or resumed.
+    pub fn pause(&self) -> Paused<'_> {
+        pause(&self.child)
     }
 }
 
@@ -486,6 +542,23 @@ mod tests {
         assert!(TcpStream::connect(("127.0.0.1", r.port())).is_err());
         r.restart();
         assert!(r.cli(&["ping"]).contains("PONG"));
+    }
+
+    #[test]
+    fn paused_servers_do_not_answer_until_resumed() {
+        let r = RedisServer::start();
+        let paused = r.pause();
+        let mut s = TcpStream::connect(("127.0.0.1", r.port())).expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        std::io::Write::write_all(&mut s, b"PING\r\n").expect("write");
+        let mut buf = [0u8; 16];
+        assert!(s.read(&mut buf).is_err(), "a paused server answered");
+        paused.resume();
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let n = s.read(&mut buf).expect("answer after resume");
+        assert_eq!(&buf[..n], b"+PONG\r\n");
     }
 
     #[test]

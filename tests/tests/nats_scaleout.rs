@@ -538,10 +538,12 @@ async fn user_password_and_token_auth() {
     let with_user = NatsServer::start_with(NatsOptions {
         user: Some(("hub".into(), "s3cret".into())),
         token: None,
+        ..Default::default()
     });
     let with_token = NatsServer::start_with(NatsOptions {
         user: None,
         token: Some("t0ken".into()),
+        ..Default::default()
     });
     let (up, tp) = (with_user.port(), with_token.port());
 
@@ -620,7 +622,15 @@ async fn chat_server_processes() {
     two.kill();
     let deadline = tokio::time::Instant::now() + WAIT * 2;
     loop {
-        let m = alice.members().await.unwrap();
+        // Until the dead server is presumed dead, a count cannot be sure: Unavailable.
+        let m = match alice.members().await {
+            Ok(m) => m,
+            Err(e) if e.code() == Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => panic!("members: {e}"),
+        };
         if m.members == vec!["alice"] {
             break;
         }
@@ -630,4 +640,162 @@ async fn chat_server_processes() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A provider with quick heartbeats (200 ms: a silent server is presumed dead after
+/// 600 ms), so that a stall longer than that is a real test of "our silence is not
+/// their death".
+async fn quick_beats(url: &str) -> NatsProvider {
+    NatsProvider::builder()
+        .options(
+            hub_nats::async_nats::ConnectOptions::new()
+                .reconnect_delay_callback(|_| Duration::from_millis(100)),
+        )
+        .heartbeat_interval(Duration::from_millis(200))
+        .connect(url)
+        .await
+        .expect("connect to NATS")
+}
+
+/// A stalled NATS (`SIGSTOP` for 2 s) gives no wrong answer: counts and member lists
+/// fail with UNAVAILABLE (the other servers cannot be heard), a whisper to a user on
+/// another server is UNAVAILABLE, not NOT_FOUND; nobody is presumed dead for the
+/// stall; once NATS answers, the counts are whole again.
+#[tokio::test]
+async fn a_stalled_nats_answers_unavailable_never_a_wrong_count() {
+    let nats = NatsServer::start();
+    let a = hub(quick_beats(&nats.url()).await).await;
+    let b = hub(quick_beats(&nats.url()).await).await;
+    let (alice, alice_rx) = joined(&a.url(), "room", "alice").await;
+    let (_ann, _) = joined(&a.url(), "room", "ann").await;
+    let (_bob, _) = joined(&b.url(), "room", "bob").await;
+    let (_bea, _) = joined(&b.url(), "room", "bea").await;
+    count_becomes(&a, "room", 4).await;
+    let seen = alice_rx.wait_for(3, WAIT).await;
+
+    let paused = nats.pause();
+    let members = alice.members().await;
+    let code = members.as_ref().map_err(|e| e.code());
+    assert_eq!(code.err(), Some(Code::Unavailable), "{members:?}");
+    let whisper = alice
+        .whisper(WhisperRequest {
+            user: "bob".into(),
+            text: "psst".into(),
+        })
+        .await;
+    assert_eq!(
+        whisper.as_ref().map_err(|e| e.code()).err(),
+        Some(Code::Unavailable),
+        "{whisper:?}"
+    );
+    println!(
+        "NATS stalled: members -> {:?}; whisper to a user elsewhere -> {:?}",
+        members.err().map(|e| e.code()),
+        whisper.err().map(|e| e.code())
+    );
+    // Longer than 3 heartbeats: still nobody presumed dead for our silence.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    paused.resume();
+    count_becomes(&a, "room", 4).await;
+    count_becomes(&b, "room", 4).await;
+    assert_eq!(a.handle.metrics().backplane_members_lost, 0);
+    assert_eq!(b.handle.metrics().backplane_members_lost, 0);
+    // No leave went out for anyone: the next push alice gets is the say after it.
+    let (carol, _) = joined(&b.url(), "room", "carol").await;
+    carol
+        .say(SayRequest {
+            text: "barrier".into(),
+        })
+        .await
+        .unwrap();
+    let after = alice_rx.wait_for(seen.len() + 2, WAIT).await;
+    assert_eq!(
+        after[seen.len()..],
+        [
+            join_notice("room", "carol"),
+            said("room", "carol", "barrier")
+        ]
+    );
+}
+
+/// A crashed server's members get `on_leave` on the other servers (the chat hub's
+/// `on_members_lost`), once, after they stopped being counted.
+#[tokio::test]
+async fn a_crashed_servers_members_get_on_leave_everywhere() {
+    let nats = NatsServer::start();
+    let a = hub(quick_beats(&nats.url()).await).await;
+    let b = hub(quick_beats(&nats.url()).await).await;
+    let url = nats.url();
+    let c =
+        CrashableServer::start(
+            move || async move {
+                Arc::new(quick_beats(&url).await) as Arc<dyn hub_server::GroupProvider>
+            },
+            HubConfig::default(),
+        )
+        .await;
+    let (alice, alice_rx) = joined(&a.url(), "room", "alice").await;
+    let (bob, bob_rx) = joined(&b.url(), "room", "bob").await;
+    let (_carol, _) = joined(&c.url(), "room", "carol").await;
+    let (_cy, _) = joined(&c.url(), "hall", "cy").await;
+    count_becomes(&a, "room", 3).await;
+    alice_rx.wait_for(2, WAIT).await;
+    bob_rx.wait_for(1, WAIT).await;
+    let (a0, b0) = (alice_rx.seen().len(), bob_rx.seen().len());
+
+    c.crash();
+    let crashed = tokio::time::Instant::now();
+    let seen = alice_rx.wait_for(a0 + 1, WAIT).await;
+    assert_eq!(seen.get(a0), Some(&left("room", "carol")), "{seen:?}");
+    let took = crashed.elapsed();
+    assert_eq!(
+        alice.members().await.expect("members").members,
+        ["alice", "bob"]
+    );
+    let seen = bob_rx.wait_for(b0 + 1, WAIT).await;
+    assert_eq!(seen.get(b0), Some(&left("room", "carol")), "{seen:?}");
+    // Once: bob says something, and nothing else came before it.
+    bob.say(SayRequest {
+        text: "barrier".into(),
+    })
+    .await
+    .unwrap();
+    let seen = alice_rx.wait_for(a0 + 2, WAIT).await;
+    assert_eq!(seen[a0 + 1..], [said("room", "bob", "barrier")]);
+    assert_eq!(a.handle.metrics().backplane_members_lost, 1);
+    assert_eq!(b.handle.metrics().backplane_members_lost, 1);
+    println!("NATS: on_leave for a crashed server's member after {took:?} (heartbeat 200 ms)");
+}
+
+/// On a NATS whose `max_payload` is 64 KiB, a say the backplane cannot carry is
+/// refused with OUT_OF_RANGE (not retryable) instead of UNAVAILABLE, and one just
+/// within the limit the hub enforces reaches the other server.
+#[tokio::test]
+async fn pushes_beyond_the_nats_payload_limit_are_out_of_range() {
+    let nats = NatsServer::start_with(NatsOptions {
+        max_payload: Some(64 * 1024),
+        ..Default::default()
+    });
+    let a = hub(provider(&nats.url()).await).await;
+    let b = hub(provider(&nats.url()).await).await;
+    let (alice, _) = joined(&a.url(), "room", "alice").await;
+    let (_bob, bob_rx) = joined(&b.url(), "room", "bob").await;
+
+    let big = alice
+        .say(SayRequest {
+            text: "x".repeat(100 * 1024),
+        })
+        .await;
+    assert_eq!(
+        big.as_ref().map_err(|e| e.code()).err(),
+        Some(Code::OutOfRange),
+        "{big:?}"
+    );
+    // Within the limit (the frame has a few bytes of its own around the text).
+    let fits = "y".repeat(60 * 1024);
+    alice
+        .say(SayRequest { text: fits.clone() })
+        .await
+        .expect("a say within the limit");
+    expect_nth(&bob_rx, 1, said("room", "alice", &fits)).await;
 }

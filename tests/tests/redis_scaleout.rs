@@ -513,3 +513,256 @@ async fn two_chat_server_processes_share_a_room() {
         (2, vec!["alice".to_string(), "bob".to_string()])
     );
 }
+
+/// A Redis that stalls (`SIGSTOP`, as under `DEBUG SLEEP`) while a user talks: a
+/// publish Redis does not answer within the publish timeout marks the link down, so
+/// the says after it fail at once with `UNAVAILABLE` (as in an outage) instead of
+/// being answered OK and lost; every say answered OK either reached the other server
+/// or is counted in `backplane_lost_after_ok`; traffic resumes once Redis answers.
+#[tokio::test]
+async fn a_stalled_redis_fails_fast_and_counts_what_it_may_have_lost() {
+    let redis = RedisServer::start();
+    let provider = || -> Arc<dyn GroupProvider> {
+        Arc::new(
+            RedisProvider::builder()
+                .url(redis.url())
+                .presence_ttl(Duration::from_secs(5))
+                .publish_timeout(Duration::from_millis(300))
+                .connect_timeout(Duration::from_millis(500))
+                .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(300))
+                .build()
+                .expect("provider"),
+        )
+    };
+    let a = TestServer::start(provider(), HubConfig::default()).await;
+    let b = TestServer::start(provider(), HubConfig::default()).await;
+    let (alice, _) = joined(&a.url(), "lobby", "alice").await;
+    let (_bob, bob_rx) = joined(&b.url(), "lobby", "bob").await;
+
+    // Alice says 0, 1, 2... every 10 ms; Redis stalls for 1.5 s in the middle.
+    let alice = Arc::new(alice);
+    let talker = {
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            let mut results = Vec::new();
+            for i in 0..250u32 {
+                let started = Instant::now();
+                let r = alice
+                    .say(SayRequest {
+                        text: i.to_string(),
+                    })
+                    .await;
+                results.push((i, r.map_err(|e| e.code()), started.elapsed()));
+                sleep(Duration::from_millis(10)).await;
+            }
+            results
+        })
+    };
+    sleep(Duration::from_millis(500)).await;
+    let paused = redis.pause();
+    sleep(Duration::from_millis(1500)).await;
+    paused.resume();
+    let results = tokio::time::timeout(WAIT * 3, talker)
+        .await
+        .expect("the talker finished")
+        .expect("talker");
+    // Traffic resumes: a last say gets through (the barrier for what was sent before).
+    eventually("a say after the stall gets through", || async {
+        alice
+            .say(SayRequest {
+                text: "last".into(),
+            })
+            .await
+            .is_ok()
+    })
+    .await;
+    eventually("the last say arrived", || async {
+        bob_rx.seen().contains(&said("lobby", "alice", "last"))
+    })
+    .await;
+    let received: std::collections::HashSet<String> = bob_rx
+        .seen()
+        .into_iter()
+        .filter_map(|s| match s {
+            Seen::Message(m) => Some(m.text),
+            _ => None,
+        })
+        .collect();
+
+    let failed: Vec<_> = results.iter().filter(|(_, r, _)| r.is_err()).collect();
+    assert!(
+        !failed.is_empty(),
+        "no say failed while Redis stalled: they were answered OK and queued behind it"
+    );
+    for (i, r, took) in &failed {
+        assert_eq!(*r, Err(tonic::Code::Unavailable), "say {i}");
+        assert!(
+            *took < Duration::from_millis(250),
+            "say {i} took {took:?} to fail: not fast"
+        );
+    }
+    let oked: Vec<u32> = results
+        .iter()
+        .filter(|(_, r, _)| r.is_ok())
+        .map(|(i, ..)| *i)
+        .collect();
+    let missing = oked
+        .iter()
+        .filter(|i| !received.contains(&i.to_string()))
+        .count() as u64;
+    let counted = a.handle.metrics().backplane_lost_after_ok;
+    println!(
+        "stall of 1.5 s: {} says OK, {} failed fast with UNAVAILABLE, {missing} OK'd says missing at the other server, backplane_lost_after_ok = {counted}",
+        oked.len(),
+        failed.len()
+    );
+    assert!(
+        missing <= counted,
+        "{missing} says answered OK never arrived, but only {counted} were counted lost"
+    );
+    // The first say after the stall began is the one that found it out.
+    assert!(a.handle.metrics().backplane_publish_failures >= failed.len() as u64);
+}
+
+/// After a server crashes, the others' members get `on_leave` for its members once
+/// they are no longer counted (the chat hub's `on_members_lost`), exactly once each,
+/// and a members call then no longer lists them.
+#[tokio::test]
+async fn a_crashed_servers_members_get_on_leave_everywhere() {
+    let redis = RedisServer::start();
+    let (a, c) = (server(&redis).await, server(&redis).await);
+    let url = redis.url();
+    let b =
+        CrashableServer::start(move || async move { provider(&url) }, HubConfig::default()).await;
+    let (alice, alice_rx) = joined(&a.url(), "lobby", "alice").await;
+    let (carol, carol_rx) = joined(&c.url(), "lobby", "carol").await;
+    let (_bob, _) = joined(&b.url(), "lobby", "bob").await;
+    let (_ben, _) = joined(&b.url(), "hall", "ben").await;
+    alice_rx.wait_for(2, WAIT).await;
+    carol_rx.wait_for(1, WAIT).await;
+    let (a0, c0) = (alice_rx.seen().len(), carol_rx.seen().len());
+
+    b.crash();
+    let crashed = Instant::now();
+    let seen = alice_rx.wait_for(a0 + 1, WAIT).await;
+    assert_eq!(
+        seen.get(a0),
+        Some(&leave_notice("lobby", "bob")),
+        "{seen:?}"
+    );
+    let took = crashed.elapsed();
+    // Visible before the event: the list no longer has bob.
+    assert_eq!(
+        alice.members().await.expect("members").members,
+        ["alice", "carol"]
+    );
+    let seen = carol_rx.wait_for(c0 + 1, WAIT).await;
+    assert_eq!(
+        seen.get(c0),
+        Some(&leave_notice("lobby", "bob")),
+        "{seen:?}"
+    );
+    // Exactly once: carol says something, and nothing else came before it.
+    carol
+        .say(SayRequest {
+            text: "barrier".into(),
+        })
+        .await
+        .expect("say");
+    let seen = alice_rx.wait_for(a0 + 2, WAIT).await;
+    assert_eq!(seen[a0 + 1..], [said("lobby", "carol", "barrier")]);
+    assert_eq!(a.handle.metrics().backplane_members_lost, 1);
+    assert_eq!(c.handle.metrics().backplane_members_lost, 1);
+    println!("Redis: on_leave for a crashed server's member after {took:?} (presence TTL 1 s)");
+}
+
+/// A backplane whose leaves take a while (a loaded Redis), to show the order of a
+/// disconnect: the leave is done before `on_disconnect` tells anyone.
+struct SlowLeaves(Arc<dyn GroupProvider>);
+
+struct SlowLeavesBackplane(Arc<dyn hub_core::Backplane>);
+
+impl GroupProvider for SlowLeaves {
+    fn name(&self) -> &'static str {
+        "slow-leaves"
+    }
+
+    fn bind(
+        &self,
+        ctx: hub_core::BindContext,
+    ) -> Result<Arc<dyn hub_core::Backplane>, hub_core::GroupError> {
+        Ok(Arc::new(SlowLeavesBackplane(self.0.bind(ctx)?)))
+    }
+}
+
+impl hub_core::Backplane for SlowLeavesBackplane {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn joined<'a>(
+        &'a self,
+        group: &'a hub_core::GroupName,
+        member: &'a hub_core::MemberInfo,
+        first: bool,
+    ) -> Option<hub_core::BoxFuture<'a, Result<(), hub_core::GroupError>>> {
+        self.0.joined(group, member, first)
+    }
+    fn left<'a>(
+        &'a self,
+        group: &'a hub_core::GroupName,
+        member: &'a hub_core::MemberInfo,
+        last: bool,
+    ) -> Option<hub_core::BoxFuture<'a, Result<(), hub_core::GroupError>>> {
+        Some(Box::pin(async move {
+            sleep(Duration::from_millis(300)).await;
+            match self.0.left(group, member, last) {
+                Some(f) => f.await,
+                None => Ok(()),
+            }
+        }))
+    }
+    fn publish<'a>(
+        &'a self,
+        group: Option<&'a hub_core::GroupName>,
+        target: &'a hub_core::Target,
+        frame: &'a bytes::Bytes,
+    ) -> Option<hub_core::BoxFuture<'a, Result<(), hub_core::GroupError>>> {
+        self.0.publish(group, target, frame)
+    }
+    fn member_count<'a>(
+        &'a self,
+        group: &'a hub_core::GroupName,
+    ) -> Option<hub_core::BoxFuture<'a, Result<u64, hub_core::GroupError>>> {
+        self.0.member_count(group)
+    }
+    fn members<'a>(
+        &'a self,
+        group: &'a hub_core::GroupName,
+    ) -> Option<hub_core::BoxFuture<'a, Result<Vec<hub_core::MemberInfo>, hub_core::GroupError>>>
+    {
+        self.0.members(group)
+    }
+    fn shutdown(&self) -> Option<hub_core::BoxFuture<'_, ()>> {
+        self.0.shutdown()
+    }
+}
+
+/// A members call made right after `on_leave` arrives never lists the leaver, even
+/// when the leave takes a while to reach Redis: the removal comes first.
+#[tokio::test]
+async fn members_right_after_on_leave_do_not_list_the_leaver() {
+    let redis = RedisServer::start();
+    let a = server(&redis).await;
+    let b = TestServer::start(
+        Arc::new(SlowLeaves(provider(&redis.url()))),
+        HubConfig::default(),
+    )
+    .await;
+    let (alice, alice_rx) = joined(&a.url(), "lobby", "alice").await;
+    let (bob, _) = joined(&b.url(), "lobby", "bob").await;
+    alice_rx.wait_for(1, WAIT).await;
+    drop(bob);
+    let seen = alice_rx.wait_for(2, WAIT).await;
+    assert_eq!(seen.get(1), Some(&leave_notice("lobby", "bob")), "{seen:?}");
+    assert_eq!(alice.members().await.expect("members").members, ["alice"]);
+}

@@ -77,11 +77,23 @@ pub mod chat_hub_server {
         > + Send {
             async { Ok(()) }
         }
-        /// Called when a connection ends, while it is still in its groups.
+        /// Called when a connection ends, once it has left its groups
+        /// (`ctx.groups()` still lists them).
         fn on_disconnect(
             &self,
             ctx: &ChatHubContext,
             reason: &::hub_server::codegen::DisconnectReason,
+        ) -> impl ::core::future::Future<Output = ()> + Send {
+            async {}
+        }
+        /// Called on every server with local members of `lost.group` when members
+        /// on another server are gone because that server died (no
+        /// `on_disconnect` ran for them). Pushes with `.local()` reach this
+        /// server's members only, so each server tells its own.
+        fn on_members_lost(
+            &self,
+            hub: &ChatHubHandle,
+            lost: &::hub_server::codegen::MembersLost,
         ) -> impl ::core::future::Future<Output = ()> + Send {
             async {}
         }
@@ -108,6 +120,10 @@ pub mod chat_hub_server {
             ids: impl IntoIterator<Item = ::hub_server::codegen::ConnectionId>,
         ) -> Self {
             ChatHubPush(self.0.only(ids))
+        }
+        /// Delivers to this server's connections only (nothing crosses servers).
+        pub fn local(self) -> Self {
+            ChatHubPush(self.0.local())
         }
         /// Push: someone joined the room.
         ///
@@ -451,6 +467,16 @@ pub mod chat_hub_server {
         ) -> ::hub_server::codegen::BoxFuture<'static, ()> {
             let hub = self.0.clone();
             ::std::boxed::Box::pin(async move { hub.on_disconnect(&ctx, &reason).await })
+        }
+        fn on_members_lost(
+            &self,
+            handle: ChatHubHandle,
+            lost: ::hub_server::codegen::MembersLost,
+        ) -> ::hub_server::codegen::BoxFuture<'static, ()> {
+            let hub = self.0.clone();
+            ::std::boxed::Box::pin(async move {
+                hub.on_members_lost(&handle, &lost).await
+            })
         }
     }
 }

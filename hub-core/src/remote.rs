@@ -1,0 +1,486 @@
+//! What crosses a backplane, written once for every backend: the versioned
+//! `hub.v1.Envelope` codec, the skipping of a server's own envelopes, the split of a
+//! send to named connections by server, and the delivery of received envelopes into
+//! [`LocalGroups`], with the counters.
+//!
+//! A backend only moves the bytes this module makes (publish to a channel or subject,
+//! subscribe, unsubscribe) and keeps its presence store; see `docs/backends.md`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message as _;
+use prost::encoding::{WireType, encode_key, encode_varint};
+
+use crate::proto;
+use crate::{
+    BackplaneEvents, ConnectionId, GroupName, HubMetrics, LocalGroups, MemberInfo, MembersLost,
+    NodeId, Target,
+};
+
+/// The `hub.v1.Envelope` version written and read.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// Field numbers of `hub.v1.Envelope`.
+const VERSION: u32 = 1;
+const ORIGIN: u32 = 2;
+const GROUP: u32 = 3;
+const TARGET: u32 = 4;
+const FRAME: u32 = 5;
+
+/// Writes the envelopes of one server. Its first fields (version and origin) never
+/// change, so they are encoded once and copied; the frame is copied once, into the
+/// message, and never decoded.
+#[derive(Clone, Debug)]
+pub struct EnvelopeWriter {
+    /// Fields 1 and 2, encoded.
+    head: Bytes,
+    /// The origin as text.
+    origin: Arc<str>,
+}
+
+impl EnvelopeWriter {
+    /// The writer of server `node`.
+    pub fn new(node: NodeId) -> Self {
+        let origin: Arc<str> = Arc::from(node.to_string());
+        let mut b = BytesMut::with_capacity(8 + origin.len());
+        encode_key(VERSION, WireType::Varint, &mut b);
+        encode_varint(u64::from(ENVELOPE_VERSION), &mut b);
+        put_bytes(ORIGIN, origin.as_bytes(), &mut b);
+        EnvelopeWriter {
+            head: b.freeze(),
+            origin,
+        }
+    }
+
+    /// The origin envelopes carry (the node id as 16 hex digits).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Whether `payload` was written by this writer (its own envelopes come back on
+    /// the group channels it is subscribed to): a prefix check, no decoding.
+    pub fn is_own(&self, payload: &[u8]) -> bool {
+        payload.starts_with(&self.head)
+    }
+
+    /// A push to the selected members of `group`: the same bytes prost writes.
+    pub fn group(&self, group: &GroupName, target: &Target, frame: &Bytes) -> Bytes {
+        self.frame(group.as_str(), target, frame)
+    }
+
+    /// A push to connections of one server, without a group.
+    pub fn connections(&self, ids: &[ConnectionId], frame: &Bytes) -> Bytes {
+        self.frame("", &Target::Only(Arc::from(ids)), frame)
+    }
+
+    fn frame(&self, group: &str, target: &Target, frame: &Bytes) -> Bytes {
+        let spec = target.to_proto();
+        let spec_len = spec.encoded_len();
+        let head = &self.head;
+        let mut b = BytesMut::with_capacity(head.len() + group.len() + spec_len + frame.len() + 24);
+        b.put_slice(head);
+        if !group.is_empty() {
+            put_bytes(GROUP, group.as_bytes(), &mut b);
+        }
+        encode_key(TARGET, WireType::LengthDelimited, &mut b);
+        encode_varint(spec_len as u64, &mut b);
+        spec.encode_raw(&mut b);
+        if !frame.is_empty() {
+            put_bytes(FRAME, frame, &mut b);
+        }
+        b.freeze()
+    }
+
+    /// A notice that members of a group were lost with their server.
+    pub fn lost(&self, lost: &MembersLost) -> Bytes {
+        let env = proto::Envelope {
+            version: ENVELOPE_VERSION,
+            origin: self.origin.to_string(),
+            group: lost.group.to_string(),
+            target: None,
+            frame: Bytes::new(),
+            lost: Some(proto::MembersLost {
+                server: lost.server.to_string(),
+                members: lost
+                    .members
+                    .iter()
+                    .map(|m| proto::LostMember {
+                        connection: m.connection.to_string(),
+                        user: m.user.clone(),
+                    })
+                    .collect(),
+            }),
+        };
+        Bytes::from(env.encode_to_vec())
+    }
+
+    /// The most bytes an envelope adds to a frame of a group push whose target names
+    /// `ids` connections: what a backend with a message size limit subtracts.
+    pub fn overhead(&self, ids: usize) -> usize {
+        // Head, group (key, length, name), target (key, length, kind, ids of at most
+        // 40 bytes each with their key and length), frame key and length.
+        self.head.len() + 3 + crate::MAX_GROUP_NAME_BYTES + 6 + ids * 42 + 6
+    }
+}
+
+fn put_bytes(tag: u32, value: &[u8], b: &mut BytesMut) {
+    encode_key(tag, WireType::LengthDelimited, b);
+    encode_varint(value.len() as u64, b);
+    b.put_slice(value);
+}
+
+/// Where a received envelope came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via<'a> {
+    /// A group's channel or subject: the envelope must name this group.
+    Group(&'a str),
+    /// This server's own channel or subject: sends to its connections.
+    Node,
+}
+
+/// What became of one received envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// Delivered to the selected local members (maybe none).
+    Delivered,
+    /// A loss notice, reported to the hub.
+    Lost,
+    /// Published by this server: skipped.
+    Own,
+    /// Not a readable envelope of this version for this channel: counted and dropped.
+    Malformed(&'static str),
+}
+
+/// Reads what other servers publish and delivers it here: one per bound hub,
+/// shared by a backend's reader tasks.
+#[derive(Clone, Debug)]
+pub struct Inbox {
+    /// The hub's full name, for logs.
+    hub: &'static str,
+    /// This server's writer (its own envelopes are skipped).
+    writer: EnvelopeWriter,
+    /// Where frames are delivered.
+    local: Arc<LocalGroups>,
+    /// `backplane_received`, `backplane_malformed`.
+    metrics: Arc<HubMetrics>,
+    /// Where loss notices go.
+    events: BackplaneEvents,
+}
+
+impl Inbox {
+    /// The inbox of one hub on this server.
+    pub fn new(
+        hub: &'static str,
+        local: Arc<LocalGroups>,
+        metrics: Arc<HubMetrics>,
+        events: BackplaneEvents,
+    ) -> Self {
+        Inbox {
+            hub,
+            writer: EnvelopeWriter::new(local.node()),
+            local,
+            metrics,
+            events,
+        }
+    }
+
+    /// This server's envelope writer.
+    pub fn writer(&self) -> &EnvelopeWriter {
+        &self.writer
+    }
+
+    /// The hub's local members.
+    pub fn local(&self) -> &Arc<LocalGroups> {
+        &self.local
+    }
+
+    /// The hub's counters.
+    pub fn metrics(&self) -> &Arc<HubMetrics> {
+        &self.metrics
+    }
+
+    /// Where a backend reports what its presence store learns (members lost).
+    pub fn events(&self) -> &BackplaneEvents {
+        &self.events
+    }
+
+    /// Handles one received message: skips this server's own, delivers frames to the
+    /// selected local members byte for byte, reports loss notices, counts the rest
+    /// as malformed.
+    pub fn receive(&self, payload: Bytes, via: Via<'_>) -> Received {
+        let outcome = self.handle(payload, via);
+        match outcome {
+            Received::Delivered | Received::Lost => {
+                HubMetrics::incr(&self.metrics.backplane_received)
+            }
+            Received::Malformed(why) => {
+                HubMetrics::incr(&self.metrics.backplane_malformed);
+                tracing::debug!(hub = self.hub, ?via, why, "dropped a malformed envelope");
+            }
+            Received::Own => {}
+        }
+        outcome
+    }
+
+    fn handle(&self, payload: Bytes, via: Via<'_>) -> Received {
+        if self.writer.is_own(&payload) {
+            return Received::Own;
+        }
+        let Ok(env) = proto::Envelope::decode(payload) else {
+            return Received::Malformed("not a hub.v1.Envelope");
+        };
+        if env.version != ENVELOPE_VERSION {
+            return Received::Malformed("unknown envelope version");
+        }
+        if *env.origin == *self.writer.origin {
+            return Received::Own;
+        }
+        if let Via::Group(group) = via
+            && env.group != group
+        {
+            return Received::Malformed("envelope group does not match its channel");
+        }
+        if let Some(lost) = env.lost {
+            return self.lost(&env.group, lost);
+        }
+        let target = Target::from_proto(env.target.as_ref());
+        if env.group.is_empty() {
+            let Target::Only(ids) = &target else {
+                return Received::Malformed("a send without a group must name its connections");
+            };
+            // Connections gone meanwhile miss it: delivery is at-most-once.
+            let _ = self.local.deliver_to(ids, &env.frame);
+        } else {
+            self.local.deliver(&env.group, &target, &env.frame);
+        }
+        Received::Delivered
+    }
+
+    fn lost(&self, group: &str, lost: proto::MembersLost) -> Received {
+        let (Ok(group), Ok(server)) = (
+            GroupName::from_wire(group),
+            u64::from_str_radix(&lost.server, 16),
+        ) else {
+            return Received::Malformed("a loss notice without a valid group and server");
+        };
+        let mut members: Vec<MemberInfo> = lost
+            .members
+            .into_iter()
+            .filter_map(|m| {
+                Some(MemberInfo {
+                    connection: m.connection.parse().ok()?,
+                    user: m.user,
+                })
+            })
+            .collect();
+        members.sort();
+        if self.local.count(group.as_str()) > 0 {
+            self.events.members_lost(MembersLost {
+                group,
+                server: NodeId(server),
+                members,
+            });
+        }
+        Received::Lost
+    }
+}
+
+/// The connections of `ids` on other servers than `me`, by server, in node order:
+/// a send to named connections is one message per server holding some of them.
+pub fn by_server(me: NodeId, ids: &[ConnectionId]) -> BTreeMap<NodeId, Vec<ConnectionId>> {
+    let mut out: BTreeMap<NodeId, Vec<ConnectionId>> = BTreeMap::new();
+    for id in ids.iter().filter(|id| id.node != me) {
+        out.entry(id.node).or_default().push(*id);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Member, Next, Outbox, OutboxReceiver, SlowConsumerPolicy};
+    use std::future::poll_fn;
+    use std::sync::Mutex;
+
+    fn inbox(node: u64) -> (Inbox, Arc<Mutex<Vec<MembersLost>>>) {
+        let local = Arc::new(LocalGroups::new(NodeId(node)));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let events = {
+            let seen = seen.clone();
+            BackplaneEvents::new(move |l| seen.lock().expect("lock").push(l))
+        };
+        let inbox = Inbox::new("t.v1.T", local, Arc::new(HubMetrics::default()), events);
+        (inbox, seen)
+    }
+
+    fn member(local: &LocalGroups, n: u64) -> (ConnectionId, OutboxReceiver) {
+        let id = ConnectionId {
+            node: local.node(),
+            local: n,
+        };
+        let (outbox, rx) = Outbox::new(
+            8,
+            SlowConsumerPolicy::Disconnect,
+            Arc::new(HubMetrics::default()),
+        );
+        local.register(Member {
+            id,
+            user: None,
+            outbox,
+        });
+        (id, rx)
+    }
+
+    async fn frame(rx: &mut OutboxReceiver) -> Option<Bytes> {
+        let next = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            poll_fn(|cx| rx.poll_next(cx)),
+        )
+        .await;
+        match next {
+            Ok(Some(Next::Frame(f, _))) => Some(f.bytes),
+            _ => None,
+        }
+    }
+
+    fn room() -> GroupName {
+        GroupName::new("room").expect("valid")
+    }
+
+    #[test]
+    fn the_writer_writes_what_prost_reads() {
+        let w = EnvelopeWriter::new(NodeId(9));
+        let id = ConnectionId {
+            node: NodeId(3),
+            local: 4,
+        };
+        let bytes = w.group(
+            &room(),
+            &Target::Except(Arc::from([id])),
+            &Bytes::from_static(b"f"),
+        );
+        let env = proto::Envelope::decode(bytes.clone()).expect("decodes");
+        assert_eq!(env.version, ENVELOPE_VERSION);
+        assert_eq!(env.origin, NodeId(9).to_string());
+        assert_eq!(env.group, "room");
+        assert_eq!(&env.frame[..], b"f");
+        assert_eq!(
+            Target::from_proto(env.target.as_ref()),
+            Target::Except(Arc::from([id]))
+        );
+        // prost writes the same bytes.
+        assert_eq!(&env.encode_to_vec()[..], &bytes[..]);
+        assert!(w.is_own(&bytes));
+        assert!(!EnvelopeWriter::new(NodeId(8)).is_own(&bytes));
+        assert!(bytes.len() - 1 <= w.overhead(1));
+    }
+
+    #[tokio::test]
+    async fn delivers_group_envelopes_and_skips_own() {
+        let (inbox, _) = inbox(2);
+        let (a, mut ra) = member(inbox.local(), 1);
+        let (b, mut rb) = member(inbox.local(), 2);
+        inbox.local().join(&room(), a);
+        inbox.local().join(&room(), b);
+        let other = EnvelopeWriter::new(NodeId(9));
+        let f = Bytes::from_static(b"\x08\x01");
+        let env = other.group(&room(), &Target::Except(Arc::from([b])), &f);
+        assert_eq!(inbox.receive(env, Via::Group("room")), Received::Delivered);
+        assert_eq!(frame(&mut ra).await, Some(f.clone()));
+        assert!(frame(&mut rb).await.is_none());
+
+        let own = inbox.writer().group(&room(), &Target::All, &f);
+        assert_eq!(inbox.receive(own, Via::Group("room")), Received::Own);
+        assert!(frame(&mut ra).await.is_none());
+        assert_eq!(inbox.metrics().snapshot().backplane_received, 1);
+
+        let direct = other.connections(&[a], &f);
+        assert_eq!(inbox.receive(direct, Via::Node), Received::Delivered);
+        assert_eq!(frame(&mut ra).await, Some(f));
+    }
+
+    #[test]
+    fn malformed_envelopes_are_counted() {
+        let (inbox, _) = inbox(2);
+        let other = EnvelopeWriter::new(NodeId(9));
+        let bad = [
+            Bytes::from_static(b"\xff\xff\xff"),
+            Bytes::from(
+                proto::Envelope {
+                    version: 2,
+                    origin: "x".into(),
+                    group: "room".into(),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            other.group(
+                &GroupName::new("other").expect("valid"),
+                &Target::All,
+                &Bytes::new(),
+            ),
+        ];
+        for b in bad {
+            assert!(matches!(
+                inbox.receive(b, Via::Group("room")),
+                Received::Malformed(_)
+            ));
+        }
+        let node_all = other.frame("", &Target::All, &Bytes::new());
+        assert!(matches!(
+            inbox.receive(node_all, Via::Node),
+            Received::Malformed(_)
+        ));
+        assert_eq!(inbox.metrics().snapshot().backplane_malformed, 4);
+        assert_eq!(inbox.metrics().snapshot().backplane_received, 0);
+    }
+
+    #[test]
+    fn loss_notices_reach_servers_with_members() {
+        let (inbox, seen) = inbox(2);
+        let other = EnvelopeWriter::new(NodeId(9));
+        let gone = |n| MemberInfo {
+            connection: ConnectionId {
+                node: NodeId(5),
+                local: n,
+            },
+            user: Some(format!("u{n}")),
+        };
+        let lost = MembersLost {
+            group: room(),
+            server: NodeId(5),
+            members: vec![gone(1), gone(2)],
+        };
+        // No local member of the group: nothing to tell.
+        assert_eq!(
+            inbox.receive(other.lost(&lost), Via::Group("room")),
+            Received::Lost
+        );
+        assert!(seen.lock().expect("lock").is_empty());
+        let (a, _ra) = member(inbox.local(), 1);
+        inbox.local().join(&room(), a);
+        assert_eq!(
+            inbox.receive(other.lost(&lost), Via::Group("room")),
+            Received::Lost
+        );
+        assert_eq!(*seen.lock().expect("lock"), vec![lost]);
+    }
+
+    #[test]
+    fn sends_split_by_server() {
+        let id = |node, local| ConnectionId {
+            node: NodeId(node),
+            local,
+        };
+        let split = by_server(NodeId(1), &[id(3, 1), id(1, 1), id(2, 1), id(3, 2)]);
+        assert_eq!(
+            split.into_iter().collect::<Vec<_>>(),
+            vec![
+                (NodeId(2), vec![id(2, 1)]),
+                (NodeId(3), vec![id(3, 1), id(3, 2)])
+            ]
+        );
+    }
+}
