@@ -300,7 +300,12 @@ impl RedisBackplane {
             });
         }
         let after = self.shared.cfg.publish_timeout;
-        let send = async {
+        let timed_out = || GroupError::Timeout {
+            backplane: BACKPLANE,
+            op: "publish",
+            after,
+        };
+        let enqueue = async {
             // Fails at once while the link is down; waits while first connecting.
             if !self.shared.is_up() {
                 self.shared.conn("publish").await?;
@@ -314,20 +319,23 @@ impl RedisBackplane {
                 })
                 .await
                 .map_err(|_| unavailable("publish: the hub is shut down"))?;
-            if !self.shared.cfg.confirm_publishes {
-                // The publisher counts a later failure (nobody waits for the answer).
-                return Ok(());
-            }
-            rx.await
-                .map_err(|_| unavailable("publish: the hub is shut down"))?
+            Ok::<_, GroupError>(rx)
         };
-        tokio::time::timeout(after, send)
+        let rx = tokio::time::timeout(after, enqueue)
             .await
-            .map_err(|_| GroupError::Timeout {
-                backplane: BACKPLANE,
-                op: "publish",
-                after,
-            })?
+            .map_err(|_| timed_out())??;
+        if !self.shared.cfg.confirm_publishes {
+            // The publisher counts a later failure (nobody waits for the answer).
+            return Ok(());
+        }
+        // The publisher answers within its own pipeline deadline, and on a timeout marks
+        // the link down *before* it answers, so the next publish fails fast. (A deadline
+        // of our own here would race it.) The bound only guards against a publisher held
+        // up behind earlier pipelines, each of which has the same deadline.
+        tokio::time::timeout(after.saturating_mul(2), rx)
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|_| unavailable("publish: the hub is shut down"))?
     }
 }
 
