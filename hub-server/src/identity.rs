@@ -50,8 +50,6 @@ use hub_core::{GroupError, GroupName, InvalidGroupName};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-use crate::context::ConnState;
-use crate::hub::HubCore;
 use crate::{HubServiceBuilder, HubsBuilder};
 
 /// The authenticated identity of a connection: a user id, and optionally what the
@@ -266,16 +264,6 @@ impl IdentityConfig {
             found => Ok(found),
         }
     }
-}
-
-/// Puts an authenticated connection into its user's group, so that user pushes reach it.
-pub(crate) async fn join_user_group(core: &HubCore, conn: &ConnState) -> Result<(), GroupError> {
-    let Some(identity) = &conn.identity else {
-        return Ok(());
-    };
-    let group = GroupName::reserved("user", identity.user_id())?;
-    core.join(&group, conn.id, Some(identity.user_id().to_owned()))
-        .await
 }
 
 /// Why [`Context::set_user_id`](crate::Context::set_user_id) failed.

@@ -445,7 +445,7 @@ async fn accept<D: Dispatch>(
     let span = tracing::info_span!("connection", hub = D::SERVICE, conn = %id, peer = ?remote_addr);
     // Every connection of an authenticated user is reachable as that user, from
     // `on_connect` on.
-    if let Err(e) = crate::identity::join_user_group(&core, &conn).await {
+    if let Err(e) = join_user_group(&core, &conn).await {
         HubMetrics::incr(&core.metrics.connections_rejected);
         tracing::debug!(parent: &span, error = %e, "could not register the connection's user");
         crate::connection::leave_everything(&core, &conn).await;
@@ -475,4 +475,14 @@ async fn accept<D: Dispatch>(
         ending: None,
         done: false,
     }))
+}
+
+/// Puts an authenticated connection into its user's group, so that user pushes reach it.
+async fn join_user_group(core: &HubCore, conn: &ConnState) -> Result<(), hub_core::GroupError> {
+    let Some(identity) = &conn.identity else {
+        return Ok(());
+    };
+    let group = hub_core::GroupName::reserved("user", identity.user_id())?;
+    core.join(&group, conn.id, Some(identity.user_id().to_owned()))
+        .await
 }
