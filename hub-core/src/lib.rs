@@ -4,7 +4,8 @@
 //!
 //! - [`ConnectionId`] and [`NodeId`]: who a frame goes to, unique across servers;
 //! - [`GroupName`]: a validated group (room) name;
-//! - [`Target`]: which members of a group receive a push (all, all except some, only some);
+//! - [`Target`]: which members of a group receive a push (all, all except some, only some),
+//!   and [`Destination`]: a group with its target, or named connections;
 //! - [`frame`]: the encoded frames that travel to clients ([`frame::OutFrame`]) and the
 //!   framework's own control and error frames, encoded without knowing the hub's types;
 //! - [`LocalGroups`]: the registry of this server's members of one hub, with
@@ -47,7 +48,7 @@ pub use provider::{
     Backplane, BackplaneEvents, BindContext, BoxFuture, GroupError, GroupProvider, LocalOnly,
     MembersLost, MemoryProvider,
 };
-pub use target::Target;
+pub use target::{Destination, Target};
 
 /// Includes the code `hub-build` generated for a proto package:
 /// `pub mod chat { hub_server::include_proto!("chat.v1"); }`.

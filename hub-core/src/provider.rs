@@ -6,7 +6,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::{
-    ConnectionId, GroupName, HubMetrics, InvalidGroupName, LocalGroups, MemberInfo, NodeId, Target,
+    ConnectionId, Destination, GroupName, HubMetrics, InvalidGroupName, LocalGroups, MemberInfo,
+    NodeId,
 };
 
 /// A boxed, sendable future, as the object-safe provider traits return.
@@ -185,6 +186,11 @@ pub trait Backplane: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// A local connection joined `group`; `first` when it is the group's first member here.
+    ///
+    /// `first` (and `last` in [`left`](Backplane::left)) are hints: the join and the
+    /// leave of one group by two connections run concurrently and may reach the
+    /// backplane in either order, so a backplane that subscribes keeps its own record
+    /// of what it is subscribed to.
     fn joined<'a>(
         &'a self,
         group: &'a GroupName,
@@ -206,15 +212,14 @@ pub trait Backplane: Send + Sync + 'static {
         None
     }
 
-    /// Sends an encoded frame to the selected members on the other servers: of `group`,
-    /// or, without a group, to the connections of a [`Target::Only`].
+    /// Sends an encoded push frame to what `dest` selects on the other servers. The
+    /// runtime has already delivered to this server's connections.
     fn publish<'a>(
         &'a self,
-        group: Option<&'a GroupName>,
-        target: &'a Target,
+        dest: &'a Destination,
         frame: &'a Bytes,
     ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
-        let _ = (group, target, frame);
+        let _ = (dest, frame);
         None
     }
 

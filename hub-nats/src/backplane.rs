@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use hub_core::remote::{self, Inbox};
-use hub_core::{Backplane, BindContext, BoxFuture, GroupError, GroupName, MemberInfo, Target};
+use hub_core::{
+    Backplane, BindContext, BoxFuture, Destination, GroupError, GroupName, MemberInfo, Target,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -96,23 +98,15 @@ impl NatsBackplane {
 
 impl Inner {
     /// Publishes a push for the other servers.
-    async fn publish(
-        &self,
-        group: Option<&GroupName>,
-        target: &Target,
-        frame: &Bytes,
-    ) -> Result<(), GroupError> {
+    async fn publish(&self, dest: &Destination, frame: &Bytes) -> Result<(), GroupError> {
         let writer = self.inbox.writer();
-        match group {
-            Some(g) => {
+        match dest {
+            Destination::Group { group: g, target } => {
                 let payload = writer.group(g, target, frame);
                 self.send("publish", self.subjects.group(g.as_str()), payload)
                     .await
             }
-            None => {
-                let Target::Only(ids) = target else {
-                    return Ok(());
-                };
+            Destination::Connections(ids) => {
                 for (node, ids) in remote::by_server(self.node, ids) {
                     let payload = writer.connections(&ids, frame);
                     self.send("publish", self.subjects.node(node), payload)
@@ -174,18 +168,24 @@ impl Backplane for NatsBackplane {
 
     fn publish<'a>(
         &'a self,
-        group: Option<&'a GroupName>,
-        target: &'a Target,
+        dest: &'a Destination,
         frame: &'a Bytes,
     ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
         let remote =
             |ids: &[hub_core::ConnectionId]| ids.iter().any(|id| id.node != self.inner.node);
-        match (group, target) {
+        match dest {
             // Only connections of this server, which the runtime already served:
             // nothing to publish (and, without a group, they are not connected).
-            (_, Target::Only(ids)) if !remote(ids) => None,
-            (None, Target::All | Target::Except(_)) => None,
-            _ => Some(Box::pin(self.inner.publish(group, target, frame))),
+            Destination::Group {
+                target: Target::Only(ids),
+                ..
+            }
+            | Destination::Connections(ids)
+                if !remote(ids) =>
+            {
+                None
+            }
+            _ => Some(Box::pin(self.inner.publish(dest, frame))),
         }
     }
 

@@ -230,9 +230,18 @@ impl Server {
         target: &Target,
         frame: &[u8],
     ) -> Result<bool, GroupError> {
-        let g = group.map(|g| GroupName::from_wire(g).unwrap());
+        let dest = match group {
+            Some(g) => hub_core::Destination::Group {
+                group: GroupName::from_wire(g).unwrap(),
+                target: target.clone(),
+            },
+            None => match target {
+                Target::Only(ids) => hub_core::Destination::Connections(ids.clone()),
+                _ => panic!("a send without a group names its connections"),
+            },
+        };
         let frame = Bytes::copy_from_slice(frame);
-        match self.bp.publish(g.as_ref(), target, &frame) {
+        match self.bp.publish(&dest, &frame) {
             Some(fut) => fut.await.map(|()| true),
             None => Ok(false),
         }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use hub_core::remote::{self, Inbox};
 use hub_core::{
-    Backplane, BindContext, BoxFuture, GroupError, GroupName, HubMetrics, LocalGroups, MemberInfo,
-    NodeId, Target,
+    Backplane, BindContext, BoxFuture, Destination, GroupError, GroupName, HubMetrics, LocalGroups,
+    MemberInfo, NodeId,
 };
 use redis::{RedisError, RedisResult};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -382,23 +382,18 @@ impl Backplane for RedisBackplane {
 
     fn publish<'a>(
         &'a self,
-        group: Option<&'a GroupName>,
-        target: &'a Target,
+        dest: &'a Destination,
         frame: &'a Bytes,
     ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
         Some(Box::pin(async move {
             let shared = &self.shared;
-            match group {
-                Some(g) => {
+            match dest {
+                Destination::Group { group: g, target } => {
                     let payload = shared.inbox.writer().group(g, target, frame);
                     self.publish_one(shared.keys.group_channel(g.as_str()), payload)
                         .await
                 }
-                None => {
-                    let Target::Only(ids) = target else {
-                        // The runtime sends group-less pushes to named connections only.
-                        return Ok(());
-                    };
+                Destination::Connections(ids) => {
                     // One envelope per server named, on that server's own channel.
                     let sends =
                         remote::by_server(shared.node, ids)

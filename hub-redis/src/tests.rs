@@ -94,9 +94,9 @@ impl Node {
     }
 
     async fn publish(&self, group: &str, target: Target, frame: &Bytes) -> Result<(), GroupError> {
-        let g = GroupName::new(group).expect("group");
+        let group = GroupName::new(group).expect("group");
         self.bp
-            .publish(Some(&g), &target, frame)
+            .publish(&hub_core::Destination::Group { group, target }, frame)
             .expect("a publish future")
             .await
     }
@@ -241,14 +241,14 @@ async fn direct_sends_go_to_the_server_holding_the_connection() {
             == 2
     })
     .await;
-    let ids = Target::Only(Arc::from([
+    let ids = hub_core::Destination::Connections(Arc::from([
         b1,
         ConnectionId {
             node: a.local.node(),
             local: 99,
         },
     ]));
-    a.bp.publish(None, &ids, &frame("direct"))
+    a.bp.publish(&ids, &frame("direct"))
         .expect("future")
         .await
         .expect("publish");
@@ -422,7 +422,7 @@ async fn shutdown_removes_this_servers_presence() {
     );
     let g = GroupName::new("room").expect("group");
     let err =
-        b.bp.publish(Some(&g), &Target::All, &frame("x"))
+        b.bp.publish(&hub_core::Destination::group(g.clone()), &frame("x"))
             .expect("future")
             .await;
     assert!(
@@ -622,9 +622,12 @@ async fn cluster_round_trip(sharded: bool) {
         let g = g.clone();
         let a = &a;
         async move {
-            a.bp.publish(Some(&g), &Target::All, &frame(&format!("{i}")))
-                .expect("future")
-                .await
+            a.bp.publish(
+                &hub_core::Destination::group(g.clone()),
+                &frame(&format!("{i}")),
+            )
+            .expect("future")
+            .await
         }
     });
     let results = futures_util::future::join_all(sends).await;

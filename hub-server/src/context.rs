@@ -4,8 +4,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use hub_core::{
-    ConnectionId, Delivery, GroupError, GroupName, HubMetrics, MemberInfo, MetricsSnapshot, Outbox,
-    Target,
+    ConnectionId, Delivery, Destination, GroupError, GroupName, HubMetrics, MemberInfo,
+    MetricsSnapshot, Outbox,
 };
 use tonic::metadata::MetadataMap;
 
@@ -261,7 +261,7 @@ impl<P: From<crate::Push>> HubHandle<P> {
     /// Pushes to the members of a group.
     pub fn group(&self, group: impl AsRef<str>) -> Result<P, GroupError> {
         let g = GroupName::new(group.as_ref())?;
-        Ok(Push::new(self.core.clone(), Dest::Group(g, Target::All)).into())
+        Ok(Push::new(self.core.clone(), Destination::group(g)).into())
     }
 
     /// Pushes to one connection, on any server.
@@ -273,7 +273,7 @@ impl<P: From<crate::Push>> HubHandle<P> {
     pub fn connections(&self, ids: impl IntoIterator<Item = ConnectionId>) -> P {
         Push::new(
             self.core.clone(),
-            Dest::Connections(ids.into_iter().collect()),
+            Destination::Connections(ids.into_iter().collect()),
         )
         .into()
     }
@@ -282,7 +282,7 @@ impl<P: From<crate::Push>> HubHandle<P> {
     /// as that user, see [`crate::identity`]), on every server.
     pub fn user(&self, user_id: &str) -> Result<P, GroupError> {
         let g = GroupName::reserved("user", user_id)?;
-        Ok(Push::new(self.core.clone(), Dest::Group(g, Target::All)).into())
+        Ok(Push::new(self.core.clone(), Destination::group(g)).into())
     }
 
     /// The number of members of a group, on every server.
@@ -327,19 +327,13 @@ impl<P: From<crate::Push>> HubHandle<P> {
 
 pub(crate) use crate::hub::SEQ_SUFFIX_BYTES;
 
-#[derive(Clone, Debug)]
-pub(crate) enum Dest {
-    Group(GroupName, Target),
-    Connections(Arc<[ConnectionId]>),
-}
-
 /// An untyped push: who receives it. Generated push types (`FooHubPush`) wrap it and
 /// add one method per push case, which encodes the frame once and calls
 /// [`Push::send_frame`].
 #[derive(Clone)]
 pub struct Push {
     core: Arc<HubCore>,
-    dest: Dest,
+    dest: Destination,
     /// Deliver to this server's connections only (see [`Push::local`]).
     local_only: bool,
 }
@@ -351,7 +345,7 @@ impl std::fmt::Debug for Push {
 }
 
 impl Push {
-    pub(crate) fn new(core: Arc<HubCore>, dest: Dest) -> Self {
+    pub(crate) fn new(core: Arc<HubCore>, dest: Destination) -> Self {
         Push {
             core,
             dest,
@@ -370,39 +364,14 @@ impl Push {
     /// Leaves these connections out (typically the caller: "everyone else in the room").
     pub fn except(mut self, ids: impl IntoIterator<Item = ConnectionId>) -> Self {
         let ids: Vec<ConnectionId> = ids.into_iter().collect();
-        self.dest = match self.dest {
-            Dest::Group(g, Target::All) => Dest::Group(g, Target::Except(ids.into())),
-            Dest::Group(g, Target::Except(old)) => {
-                Dest::Group(g, Target::Except(old.iter().copied().chain(ids).collect()))
-            }
-            Dest::Group(g, Target::Only(old)) => Dest::Group(
-                g,
-                Target::Only(old.iter().copied().filter(|c| !ids.contains(c)).collect()),
-            ),
-            Dest::Connections(old) => {
-                Dest::Connections(old.iter().copied().filter(|c| !ids.contains(c)).collect())
-            }
-        };
+        self.dest = self.dest.except(&ids);
         self
     }
 
     /// Keeps only these connections (of the group's members).
     pub fn only(mut self, ids: impl IntoIterator<Item = ConnectionId>) -> Self {
         let ids: Vec<ConnectionId> = ids.into_iter().collect();
-        self.dest = match self.dest {
-            Dest::Group(g, Target::All) => Dest::Group(g, Target::Only(ids.into())),
-            Dest::Group(g, Target::Except(old)) => Dest::Group(
-                g,
-                Target::Only(ids.into_iter().filter(|c| !old.contains(c)).collect()),
-            ),
-            Dest::Group(g, Target::Only(old)) => Dest::Group(
-                g,
-                Target::Only(old.iter().copied().filter(|c| ids.contains(c)).collect()),
-            ),
-            Dest::Connections(old) => {
-                Dest::Connections(old.iter().copied().filter(|c| ids.contains(c)).collect())
-            }
-        };
+        self.dest = self.dest.only(&ids);
         self
     }
 
@@ -423,23 +392,23 @@ impl Push {
             });
         }
         match &self.dest {
-            Dest::Group(g, target) => {
-                let mut d = core.local.deliver(g.as_str(), target, &frame);
+            Destination::Group { group, target } => {
+                let mut d = core.local.deliver(group.as_str(), target, &frame);
                 core.metrics.push_fanout.record(f64::from(d.local));
                 if self.local_only {
                     return Ok(d);
                 }
-                if let Some(publish) = core.backplane.publish(Some(g), target, &frame) {
+                if let Some(publish) = core.backplane.publish(&self.dest, &frame) {
                     core.published(timed(&core.metrics, publish).await, &mut d)?;
                 }
                 Ok(d)
             }
-            Dest::Connections(ids) => {
+            Destination::Connections(ids) => {
                 let (mut d, missing) = core.local.deliver_to(ids, &frame);
                 core.metrics.push_fanout.record(f64::from(d.local));
                 if !missing.is_empty() && !self.local_only {
-                    let target = Target::Only(missing.clone().into());
-                    match core.backplane.publish(None, &target, &frame) {
+                    let rest = Destination::Connections(missing.clone().into());
+                    match core.backplane.publish(&rest, &frame) {
                         Some(publish) => {
                             core.published(timed(&core.metrics, publish).await, &mut d)?
                         }
@@ -472,9 +441,10 @@ mod tests {
     use tokio::sync::Notify;
     use tokio_util::sync::CancellationToken;
 
-    use super::{Dest, Push};
+    use super::Push;
     use crate::HubConfig;
     use crate::hub::HubCore;
+    use hub_core::Destination;
 
     fn core() -> Arc<HubCore> {
         let node = NodeId(1);
@@ -520,10 +490,7 @@ mod tests {
 
     /// Whether connection `n` receives the push, from the push's destination.
     fn receives(push: &Push, n: u64) -> bool {
-        match &push.dest {
-            Dest::Group(_, target) => target.selects(&id(n)),
-            Dest::Connections(list) => list.contains(&id(n)),
-        }
+        push.dest.selects(&id(n))
     }
 
     /// The selection as sets: `except(X)` removes X, `only(Y)` keeps Y.
@@ -576,10 +543,10 @@ mod tests {
             }
         }
         for ops in &sequences {
-            let on_group = Push::new(core.clone(), Dest::Group(group.clone(), Target::All));
+            let on_group = Push::new(core.clone(), Destination::group(group.clone()));
             check(on_group, 0b1111, ops);
             for start in masks.clone() {
-                let on_list = Push::new(core.clone(), Dest::Connections(ids(start).into()));
+                let on_list = Push::new(core.clone(), Destination::Connections(ids(start).into()));
                 check(on_list, start, ops);
             }
         }
@@ -589,17 +556,19 @@ mod tests {
     fn composition_keeps_the_group_and_the_simplest_target() {
         let core = core();
         let g = GroupName::new("room").expect("valid");
-        let push = Push::new(core.clone(), Dest::Group(g.clone(), Target::All));
+        let push = Push::new(core.clone(), Destination::group(g.clone()));
         let except = push.clone().except([id(0)]).except([id(1)]);
         assert!(
-            matches!(&except.dest, Dest::Group(name, Target::Except(x)) if *name == g && x[..] == [id(0), id(1)])
+            matches!(&except.dest, Destination::Group { group: name, target: Target::Except(x) } if *name == g && x[..] == [id(0), id(1)])
         );
         let only = push.clone().except([id(0)]).only([id(0), id(2)]);
         assert!(
-            matches!(&only.dest, Dest::Group(name, Target::Only(x)) if *name == g && x[..] == [id(2)])
+            matches!(&only.dest, Destination::Group { group: name, target: Target::Only(x) } if *name == g && x[..] == [id(2)])
         );
         let none = push.only([id(1)]).only([id(2)]);
-        assert!(matches!(&none.dest, Dest::Group(_, Target::Only(x)) if x.is_empty()));
+        assert!(
+            matches!(&none.dest, Destination::Group { target: Target::Only(x), .. } if x.is_empty())
+        );
     }
 
     #[tokio::test]
@@ -609,7 +578,7 @@ mod tests {
         let max = core.config.max_message_bytes - super::SEQ_SUFFIX_BYTES;
         let push = Push::new(
             core,
-            Dest::Group(GroupName::new("room").expect("valid"), Target::All),
+            Destination::group(GroupName::new("room").expect("valid")),
         );
         let err = push
             .send_frame(bytes::Bytes::from(vec![0u8; max + 1]))
@@ -632,7 +601,10 @@ mod tests {
                 .local,
             0
         );
-        let direct = Push::new(push.core.clone(), Dest::Connections(Arc::from([id(3)])));
+        let direct = Push::new(
+            push.core.clone(),
+            Destination::Connections(Arc::from([id(3)])),
+        );
         let err = direct
             .send_frame(bytes::Bytes::from_static(b"x"))
             .await

@@ -723,11 +723,10 @@ impl hub_core::Backplane for SlowLeavesBackplane {
     }
     fn publish<'a>(
         &'a self,
-        group: Option<&'a hub_core::GroupName>,
-        target: &'a hub_core::Target,
+        dest: &'a hub_core::Destination,
         frame: &'a bytes::Bytes,
     ) -> Option<hub_core::BoxFuture<'a, Result<(), hub_core::GroupError>>> {
-        self.0.publish(group, target, frame)
+        self.0.publish(dest, frame)
     }
     fn member_count<'a>(
         &'a self,

@@ -1,4 +1,4 @@
-//! Run with: `cargo run --release -p hub-redis --example publish_rate`
+//! Run with: `cargo run --release -p hub-redis --example redis_publish_rate`
 //!
 //! Measures how many publishes per second one hub's Redis backplane sustains against
 //! a local `redis-server` (started on a free port), with many concurrent senders, for
@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hub_core::{
-    BindContext, ConnectionId, GroupName, GroupProvider, HubMetrics, LocalGroups, Member,
-    MemberInfo, NodeId, Outbox, SlowConsumerPolicy, Target,
+    BindContext, ConnectionId, Destination, GroupName, GroupProvider, HubMetrics, LocalGroups,
+    Member, MemberInfo, NodeId, Outbox, SlowConsumerPolicy,
 };
 use hub_redis::RedisProvider;
 
@@ -70,11 +70,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let start = Instant::now();
         let tasks: Vec<_> = (0..SENDERS)
             .map(|_| {
-                let (sender, frame, group) = (sender.clone(), frame.clone(), group.clone());
+                let (sender, frame) = (sender.clone(), frame.clone());
+                let dest = Destination::group(group.clone());
                 let (ok, failed) = (ok.clone(), failed.clone());
                 tokio::spawn(async move {
                     while start.elapsed() < RUN {
-                        let result = match sender.publish(Some(&group), &Target::All, &frame) {
+                        let result = match sender.publish(&dest, &frame) {
                             Some(f) => f.await.is_ok(),
                             None => false,
                         };

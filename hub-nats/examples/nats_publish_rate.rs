@@ -1,4 +1,4 @@
-//! Run with: `cargo run --release -p hub-nats --example publish_rate`
+//! Run with: `cargo run --release -p hub-nats --example nats_publish_rate`
 //!
 //! Measures how fast one hub's NATS backplane publishes to a group and how fast a
 //! second hub server (its own provider and connection) receives, against a local
@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hub_core::{
-    Backplane, BindContext, ConnectionId, GroupName, GroupProvider, HubMetrics, LocalGroups,
-    Member, MemberInfo, NodeId, Outbox, SlowConsumerPolicy, Target,
+    Backplane, BindContext, ConnectionId, Destination, GroupName, GroupProvider, HubMetrics,
+    LocalGroups, Member, MemberInfo, NodeId, Outbox, SlowConsumerPolicy,
 };
 use hub_nats::NatsProvider;
 
@@ -61,6 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let frame = Bytes::from(vec![7u8; 100]);
+    let dest = Destination::group(group.clone());
     let started = Instant::now();
     let reader = tokio::spawn(async move {
         let mut n = 0;
@@ -75,7 +76,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let mut failed = 0;
     for _ in 0..N {
-        if let Some(f) = sender.publish(Some(&group), &Target::All, &frame)
+        if let Some(f) = sender.publish(&dest, &frame)
             && f.await.is_err()
         {
             failed += 1;
