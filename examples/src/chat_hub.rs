@@ -7,7 +7,7 @@
 //! itself: whoever a connection is, its says, whispers and leaves are from that user.
 
 use hub_server::quote::quote;
-use hub_server::{DisconnectReason, MembersLost};
+use hub_server::{DisconnectReason, MembersLost, MembersRemoved};
 use tonic::Status;
 
 use crate::chat::chat_hub_server::{ChatHub, ChatHubContext, ChatHubHandle};
@@ -141,6 +141,23 @@ impl ChatHub for Chat {
             };
             if let Err(e) = push.clone().local().on_leave(left).await {
                 tracing::warn!(error = %e, "could not tell the room about a lost member");
+            }
+        }
+    }
+
+    async fn on_removed(&self, hub: &ChatHubHandle, removed: &MembersRemoved) {
+        // Removed from the room by a command from outside the hub (a game loop's
+        // `ChatHubEmitter::remove_from_group`): tell the room, as `leave` does.
+        let Ok(push) = hub.group(removed.group.as_str()) else {
+            return;
+        };
+        for member in &removed.members {
+            let left = UserEvent {
+                room: removed.group.to_string(),
+                user: member.user.clone().unwrap_or_default(),
+            };
+            if let Err(e) = push.clone().on_leave(left).await {
+                tracing::warn!(error = %e, "could not tell the room about a removed member");
             }
         }
     }

@@ -51,9 +51,10 @@ fn ty(p: &Option<String>) -> TokenStream {
 
 /// The server and client modules of one hub.
 pub(crate) fn hub_tokens(hub: &Hub, server: Option<&str>, client: Option<&str>) -> TokenStream {
+    let emitter = server.map(|rt| emitter_tokens(hub, &path(rt)));
     let server = server.map(|rt| server_tokens(hub, &path(rt)));
     let client = client.map(|rt| client_tokens(hub, &path(rt)));
-    quote! { #server #client }
+    quote! { #server #emitter #client }
 }
 
 fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
@@ -176,6 +177,15 @@ fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                 /// `on_disconnect` ran for them). Pushes with `.local()` reach this
                 /// server's members only, so each server tells its own.
                 fn on_members_lost(&self, hub: &#handle, lost: &#rt::codegen::MembersLost)
+                    -> impl ::core::future::Future<Output = ()> + Send {
+                    async {}
+                }
+
+                /// Called on each server whose connections were removed from
+                /// `removed.group` by a command from outside the hub (an emitter's
+                /// `remove_from_group`), once they have left it, as after a leave on
+                /// the server: tell the group here (the chat hub pushes `on_leave`).
+                fn on_removed(&self, hub: &#handle, removed: &#rt::codegen::MembersRemoved)
                     -> impl ::core::future::Future<Output = ()> + Send {
                     async {}
                 }
@@ -360,6 +370,160 @@ fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                     let hub = self.0.clone();
                     ::std::boxed::Box::pin(async move { hub.on_members_lost(&handle, &lost).await })
                 }
+
+                fn on_removed(&self, handle: #handle, removed: #rt::codegen::MembersRemoved) -> #rt::codegen::BoxFuture<'static, ()> {
+                    let hub = self.0.clone();
+                    ::std::boxed::Box::pin(async move { hub.on_removed(&handle, &removed).await })
+                }
+            }
+        }
+    }
+}
+
+/// The emitter of a hub: its typed pushes and the commands, from a process that is
+/// not a hub server, through a backplane (`hub_core::emit`).
+fn emitter_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
+    let snake = hub.name.to_snake_case();
+    let module = format_ident!("{}_emitter", snake);
+    let emitter = format_ident!("{}Emitter", hub.name);
+    let push = format_ident!("{}EmitterPush", hub.name);
+    let full = hub.full_name();
+    let response = path(&hub.response);
+    let event_enum = path(&hub.event_enum);
+    let module_doc = format!(
+        " Pushes to the connections of the `{full}` hub from outside the hub (a game loop, a worker), through the backplane its servers share."
+    );
+    let emitter_doc = format!(
+        " Pushes and commands to the `{full}` hub's connections on every server, from a process that is not a hub server: wrap a backplane emitter (`hub_redis::RedisEmitter`, `hub_nats::NatsEmitter`) in it."
+    );
+    let push_methods = hub.pushes.iter().map(|p| {
+        let v = format_ident!("{}", p.variant);
+        let name = format_ident!("{}", p.name);
+        let doc = docs(&p.doc);
+        let (arg, val) = match &p.message {
+            Some(m) => {
+                let m = path(m);
+                (quote!(message: #m), quote!(message))
+            }
+            None => (quote!(), quote!(())),
+        };
+        quote! {
+            #doc
+            ///
+            /// Encodes the push once and publishes it (one publish per group, or per
+            /// server for connections by id); at-most-once.
+            pub async fn #name(&self, #arg) -> ::core::result::Result<(), #rt::codegen::GroupError> {
+                let frame = #rt::codegen::encode(&#response {
+                    event: Some(#event_enum::#v(#val)),
+                    ..::core::default::Default::default()
+                });
+                self.0.send_frame(frame).await
+            }
+        }
+    });
+
+    quote! {
+        #[doc = #module_doc]
+        pub mod #module {
+            #![allow(unused_variables, dead_code, missing_docs, clippy::let_unit_value, clippy::unit_arg)]
+
+            /// The hub's full name: what the emitter's channels are named after.
+            pub const HUB: &str = #full;
+
+            #[doc = #emitter_doc]
+            ///
+            /// Every publish is fire-and-forget (nothing says who received it) and
+            /// fails when the backplane is down, within the backend's timeout. Pushes
+            /// of one emitter to one group arrive in order. Cheap to clone.
+            #[derive(Clone, Debug)]
+            pub struct #emitter(#rt::codegen::Emitter);
+
+            impl #emitter {
+                /// An emitter publishing through `backplane`.
+                pub fn new(backplane: impl #rt::codegen::Emit) -> Self {
+                    Self::from_arc(::std::sync::Arc::new(backplane))
+                }
+
+                /// An emitter publishing through a shared backplane.
+                pub fn from_arc(backplane: ::std::sync::Arc<dyn #rt::codegen::Emit>) -> Self {
+                    #emitter(#rt::codegen::Emitter::new(backplane, HUB))
+                }
+
+                /// Names the emitter in its envelopes' origin (`emitter/<name>/<random>`).
+                pub fn named(self, name: &str) -> Self {
+                    #emitter(self.0.named(name))
+                }
+
+                /// The untyped emitter underneath (raw frames, any destination, flush).
+                pub fn raw(&self) -> &#rt::codegen::Emitter {
+                    &self.0
+                }
+
+                /// Pushes to the members of a group (refine with `.except(..)` / `.only(..)`).
+                pub fn group(&self, group: impl AsRef<str>) -> ::core::result::Result<#push, #rt::codegen::GroupError> {
+                    let group = #rt::codegen::GroupName::new(group.as_ref()).map_err(#rt::codegen::GroupError::from)?;
+                    Ok(#push(#rt::codegen::EmitPush::new(self.0.clone(), #rt::codegen::Destination::group(group))))
+                }
+
+                /// Pushes to every connection of the user `user_id`, on every server.
+                pub fn user(&self, user_id: &str) -> ::core::result::Result<#push, #rt::codegen::GroupError> {
+                    Ok(#push(#rt::codegen::EmitPush::new(self.0.clone(), #rt::codegen::Destination::user(user_id)?)))
+                }
+
+                /// Pushes to one connection, on whichever server holds it.
+                pub fn connection(&self, id: #rt::codegen::ConnectionId) -> #push {
+                    self.connections([id])
+                }
+
+                /// Pushes to these connections, on whichever servers hold them.
+                pub fn connections(&self, ids: impl IntoIterator<Item = #rt::codegen::ConnectionId>) -> #push {
+                    let ids: ::std::sync::Arc<[#rt::codegen::ConnectionId]> = ids.into_iter().collect();
+                    #push(#rt::codegen::EmitPush::new(self.0.clone(), #rt::codegen::Destination::Connections(ids)))
+                }
+
+                /// Closes every connection of the user `user_id`, on every server: each
+                /// gets a goodbye with `code` and `reason`, then its stream ends with
+                /// that status.
+                pub async fn disconnect_user(&self, user_id: &str, code: #rt::codegen::tonic::Code, reason: &str) -> ::core::result::Result<(), #rt::codegen::GroupError> {
+                    self.0.disconnect_user(user_id, code, reason).await
+                }
+
+                /// Closes one connection, on whichever server holds it, as
+                /// [`disconnect_user`](Self::disconnect_user) does.
+                pub async fn disconnect_connection(&self, id: #rt::codegen::ConnectionId, code: #rt::codegen::tonic::Code, reason: &str) -> ::core::result::Result<(), #rt::codegen::GroupError> {
+                    self.0.disconnect_connection(id, code, reason).await
+                }
+
+                /// Removes every connection of the user `user_id` from `group`: each
+                /// server holding one runs the leave path and the hub's `on_removed` hook.
+                pub async fn remove_from_group(&self, group: impl AsRef<str>, user_id: &str) -> ::core::result::Result<(), #rt::codegen::GroupError> {
+                    let group = #rt::codegen::GroupName::new(group.as_ref()).map_err(#rt::codegen::GroupError::from)?;
+                    self.0.remove_user(&group, user_id).await
+                }
+
+                /// Waits until what was published reached the backplane server (call
+                /// it before the process exits).
+                pub async fn flush(&self) -> ::core::result::Result<(), #rt::codegen::GroupError> {
+                    self.0.flush().await
+                }
+            }
+
+            /// Typed pushes of an emitter to a selection of connections.
+            #[derive(Clone, Debug)]
+            pub struct #push(#rt::codegen::EmitPush);
+
+            impl #push {
+                /// Leaves these connections out.
+                pub fn except(self, ids: impl IntoIterator<Item = #rt::codegen::ConnectionId>) -> Self {
+                    #push(self.0.except(ids))
+                }
+
+                /// Keeps only these connections.
+                pub fn only(self, ids: impl IntoIterator<Item = #rt::codegen::ConnectionId>) -> Self {
+                    #push(self.0.only(ids))
+                }
+
+                #(#push_methods)*
             }
         }
     }

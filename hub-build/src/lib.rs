@@ -20,9 +20,14 @@
 //! For each hub `FooHub` this generates, next to the prost messages:
 //!
 //! - `foo_hub_server`: a `FooHub` trait (one async method per call, plus
-//!   `on_connect`/`on_disconnect` hooks), `FooHubServer<T>` (a tonic service),
+//!   `on_connect`/`on_disconnect`/`on_members_lost`/`on_removed` hooks), `FooHubServer<T>` (a tonic service),
 //!   `FooHubPush` (typed pushes: one method per push case), and the aliases
 //!   `FooHubContext` and `FooHubHandle`;
+//! - `foo_hub_emitter` (with the server side): `FooHubEmitter`, the same typed
+//!   pushes (`emitter.group(g)?.except(ids).on_thing(m)`, `.user(id)?`,
+//!   `.connection(id)`) and the commands (`disconnect_user`, `disconnect_connection`,
+//!   `remove_from_group`) from a process that is not a hub server, through a backplane
+//!   emitter (`hub_redis::RedisEmitter`, `hub_nats::NatsEmitter`);
 //! - `foo_hub_client`: `FooHubClient` (one async method per call and a
 //!   fire-and-forget `send_*` variant) and a `FooHubReceiver` trait (one method
 //!   per push case).

@@ -14,11 +14,14 @@
 //!   (in-memory, Redis, NATS);
 //! - [`remote`]: what crosses a backplane (the envelope codec, delivery of what
 //!   other servers send), written once for every backend;
+//! - [`emit`]: pushes and commands from processes that are not hub servers (a game
+//!   loop), through the same backplane;
 //! - [`HubMetrics`]: counters every part updates, so no failure is silent;
 //! - [`quote`]: bounded quoting of client input in error messages.
 //!
 //! The tonic service lives in `hub-server`; this crate has no server.
 
+pub mod emit;
 pub mod frame;
 mod group;
 mod id;

@@ -103,6 +103,8 @@ pub struct MembersLost {
 pub struct BackplaneEvents {
     /// Called with each loss; must not block (the runtime spawns the hub's hook).
     lost: Arc<dyn Fn(MembersLost) + Send + Sync>,
+    /// Called with each command for local connections (`crate::emit`).
+    pub(crate) commands: crate::emit::CommandHook,
 }
 
 impl BackplaneEvents {
@@ -110,6 +112,7 @@ impl BackplaneEvents {
     pub fn new(on_lost: impl Fn(MembersLost) + Send + Sync + 'static) -> Self {
         BackplaneEvents {
             lost: Arc::new(on_lost),
+            commands: Default::default(),
         }
     }
 

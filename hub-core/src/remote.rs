@@ -13,6 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message as _;
 use prost::encoding::{WireType, encode_key, encode_varint};
 
+use crate::emit::{Action, Commanded};
 use crate::proto;
 use crate::{
     BackplaneEvents, ConnectionId, GroupName, HubMetrics, LocalGroups, MemberInfo, MembersLost,
@@ -43,7 +44,18 @@ pub struct EnvelopeWriter {
 impl EnvelopeWriter {
     /// The writer of server `node`.
     pub fn new(node: NodeId) -> Self {
-        let origin: Arc<str> = Arc::from(node.to_string());
+        Self::with_origin(Arc::from(node.to_string()))
+    }
+
+    /// The writer of a publisher that is not a hub server (an emitter): its origin is
+    /// `emitter/<name>/<16 random hex digits>`, which no server's (16 hex digits)
+    /// equals. Receivers only compare origins, so the name is for logs.
+    pub fn emitter(name: &str) -> Self {
+        let origin = format!("emitter/{name}/{:016x}", rand::random::<u64>());
+        Self::with_origin(Arc::from(origin))
+    }
+
+    fn with_origin(origin: Arc<str>) -> Self {
         let mut b = BytesMut::with_capacity(8 + origin.len());
         encode_key(VERSION, WireType::Varint, &mut b);
         encode_varint(u64::from(ENVELOPE_VERSION), &mut b);
@@ -54,7 +66,8 @@ impl EnvelopeWriter {
         }
     }
 
-    /// The origin envelopes carry (the node id as 16 hex digits).
+    /// The origin envelopes carry (a server's node id as 16 hex digits, or an
+    /// emitter's `emitter/<name>/<random>`).
     pub fn origin(&self) -> &str {
         &self.origin
     }
@@ -75,7 +88,9 @@ impl EnvelopeWriter {
         self.frame("", &Target::Only(Arc::from(ids)), frame)
     }
 
-    fn frame(&self, group: &str, target: &Target, frame: &Bytes) -> Bytes {
+    /// A push to the selected members of `group`, or (empty group) to the connections
+    /// of a [`Target::Only`].
+    pub(crate) fn frame(&self, group: &str, target: &Target, frame: &Bytes) -> Bytes {
         let spec = target.to_proto();
         let spec_len = spec.encoded_len();
         let head = &self.head;
@@ -93,14 +108,26 @@ impl EnvelopeWriter {
         b.freeze()
     }
 
+    /// A command for the connections `target` selects in `group` (or, with an empty
+    /// group, the connections of a [`Target::Only`]).
+    pub fn command(&self, group: &str, target: &Target, command: &proto::Command) -> Bytes {
+        let env = proto::Envelope {
+            version: ENVELOPE_VERSION,
+            origin: self.origin.to_string(),
+            group: group.to_owned(),
+            target: Some(target.to_proto()),
+            command: Some(command.clone()),
+            ..Default::default()
+        };
+        Bytes::from(env.encode_to_vec())
+    }
+
     /// A notice that members of a group were lost with their server.
     pub fn lost(&self, lost: &MembersLost) -> Bytes {
         let env = proto::Envelope {
             version: ENVELOPE_VERSION,
             origin: self.origin.to_string(),
             group: lost.group.to_string(),
-            target: None,
-            frame: Bytes::new(),
             lost: Some(proto::MembersLost {
                 server: lost.server.to_string(),
                 members: lost
@@ -112,6 +139,7 @@ impl EnvelopeWriter {
                     })
                     .collect(),
             }),
+            ..Default::default()
         };
         Bytes::from(env.encode_to_vec())
     }
@@ -147,6 +175,8 @@ pub enum Received {
     Delivered,
     /// A loss notice, reported to the hub.
     Lost,
+    /// A command, handed to the hub for the local connections it selects (maybe none).
+    Command,
     /// Published by this server: skipped.
     Own,
     /// Not a readable envelope of this version for this channel: counted and dropped.
@@ -212,7 +242,7 @@ impl Inbox {
     pub fn receive(&self, payload: Bytes, via: Via<'_>) -> Received {
         let outcome = self.handle(payload, via);
         match outcome {
-            Received::Delivered | Received::Lost => {
+            Received::Delivered | Received::Lost | Received::Command => {
                 HubMetrics::incr(&self.metrics.backplane_received)
             }
             Received::Malformed(why) => {
@@ -245,6 +275,9 @@ impl Inbox {
         if let Some(lost) = env.lost {
             return self.lost(&env.group, lost);
         }
+        if let Some(command) = env.command {
+            return self.command(&env.group, env.target.as_ref(), command);
+        }
         let target = Target::from_proto(env.target.as_ref());
         if env.group.is_empty() {
             let Target::Only(ids) = &target else {
@@ -256,6 +289,70 @@ impl Inbox {
             self.local.deliver(&env.group, &target, &env.frame);
         }
         Received::Delivered
+    }
+
+    /// Hands a command to the hub with the local connections it selects: the members
+    /// of the group `target` selects, or (without a group) the connections named
+    /// that are on this server.
+    fn command(
+        &self,
+        group: &str,
+        target: Option<&proto::TargetSpec>,
+        command: proto::Command,
+    ) -> Received {
+        use proto::command::Kind;
+        let (action, user) = match command.kind {
+            Some(Kind::Disconnect(d)) => (
+                Action::Disconnect {
+                    code: tonic::Code::from(d.code),
+                    reason: d.reason,
+                },
+                None,
+            ),
+            Some(Kind::Leave(l)) => match GroupName::new(group) {
+                Ok(group) => (Action::Leave { group }, l.user),
+                Err(_) => {
+                    return Received::Malformed(
+                        "a leave command needs a group that is not reserved",
+                    );
+                }
+            },
+            None => return Received::Malformed("a command of an unknown kind"),
+        };
+        let target = Target::from_proto(target);
+        let mut members: Vec<MemberInfo> = if group.is_empty() {
+            let Target::Only(ids) = &target else {
+                return Received::Malformed("a command without a group must name its connections");
+            };
+            ids.iter()
+                .filter_map(|id| self.local.member(*id))
+                .map(|m| MemberInfo {
+                    connection: m.id,
+                    user: m.user.as_deref().map(str::to_owned),
+                })
+                .collect()
+        } else {
+            self.local
+                .members(group)
+                .into_iter()
+                .filter(|m| target.selects(&m.connection))
+                .collect()
+        };
+        if let Some(user) = user {
+            members.retain(|m| m.user.as_deref() == Some(user.as_str()));
+        }
+        members.sort();
+        members.dedup();
+        if !members.is_empty() {
+            tracing::debug!(
+                hub = self.hub,
+                ?action,
+                connections = members.len(),
+                "command received"
+            );
+            self.events.commanded(Commanded { action, members });
+        }
+        Received::Command
     }
 
     fn lost(&self, group: &str, lost: proto::MembersLost) -> Received {
@@ -466,6 +563,98 @@ mod tests {
             Received::Lost
         );
         assert_eq!(*seen.lock().expect("lock"), vec![lost]);
+    }
+
+    #[test]
+    fn commands_reach_the_hub_with_the_local_connections_they_select() {
+        let local = Arc::new(LocalGroups::new(NodeId(2)));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let events = {
+            let seen = seen.clone();
+            BackplaneEvents::ignored().with_commands(move |c| seen.lock().expect("lock").push(c))
+        };
+        let inbox = Inbox::new(
+            "t.v1.T",
+            local.clone(),
+            Arc::new(HubMetrics::default()),
+            events,
+        );
+        let (a, _ra) = member(&local, 1);
+        let (b, _rb) = member(&local, 2);
+        let (c, _rc) = member(&local, 3);
+        local.set_user(a, Some(Arc::from("ann")));
+        local.set_user(b, Some(Arc::from("bob")));
+        for id in [a, b, c] {
+            local.join(&room(), id);
+        }
+        let em = EnvelopeWriter::emitter("test");
+        assert!(em.origin().starts_with("emitter/test/"));
+        let bye = proto::Command {
+            kind: Some(proto::command::Kind::Disconnect(proto::Disconnect {
+                code: tonic::Code::PermissionDenied as i32,
+                reason: "banned".into(),
+            })),
+        };
+        let leave = |user: Option<&str>| proto::Command {
+            kind: Some(proto::command::Kind::Leave(proto::Leave {
+                user: user.map(str::to_owned),
+            })),
+        };
+        let info = |id: ConnectionId, user: Option<&str>| MemberInfo {
+            connection: id,
+            user: user.map(str::to_owned),
+        };
+        let disconnect = Action::Disconnect {
+            code: tonic::Code::PermissionDenied,
+            reason: "banned".into(),
+        };
+        // All but c in the group.
+        let env = em.command("room", &Target::Except(Arc::from([c])), &bye);
+        assert_eq!(inbox.receive(env, Via::Group("room")), Received::Command);
+        // Named connections on the node channel (one of another server: skipped).
+        let elsewhere = ConnectionId {
+            node: NodeId(7),
+            local: 1,
+        };
+        let env = em.command("", &Target::Only(Arc::from([c, elsewhere])), &bye);
+        assert_eq!(inbox.receive(env, Via::Node), Received::Command);
+        // A user's members of the group.
+        let env = em.command("room", &Target::All, &leave(Some("bob")));
+        assert_eq!(inbox.receive(env, Via::Group("room")), Received::Command);
+        // Nobody selected here: nothing reaches the hub.
+        let env = em.command("room", &Target::All, &leave(Some("nobody")));
+        assert_eq!(inbox.receive(env, Via::Group("room")), Received::Command);
+        assert_eq!(
+            *seen.lock().expect("lock"),
+            vec![
+                Commanded {
+                    action: disconnect.clone(),
+                    members: vec![info(a, Some("ann")), info(b, Some("bob"))]
+                },
+                Commanded {
+                    action: disconnect,
+                    members: vec![info(c, None)]
+                },
+                Commanded {
+                    action: Action::Leave { group: room() },
+                    members: vec![info(b, Some("bob"))]
+                },
+            ]
+        );
+        // Malformed: leave of a reserved group, a group-less command to everyone.
+        let user_group = GroupName::reserved("user", "ann").expect("valid");
+        let env = em.command(user_group.as_str(), &Target::All, &leave(None));
+        assert!(matches!(
+            inbox.receive(env, Via::Group(user_group.as_str())),
+            Received::Malformed(_)
+        ));
+        let env = em.command("", &Target::All, &bye);
+        assert!(matches!(
+            inbox.receive(env, Via::Node),
+            Received::Malformed(_)
+        ));
+        assert_eq!(inbox.metrics().snapshot().backplane_received, 4);
+        assert_eq!(inbox.metrics().snapshot().backplane_malformed, 2);
     }
 
     #[test]

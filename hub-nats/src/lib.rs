@@ -105,6 +105,18 @@
 //! members of its groups to the hub (`on_members_lost`), once they no longer count.
 //! A server that says `BYE` has no members left to lose.
 //!
+//! ## Pushing from outside the hub
+//!
+//! [`NatsEmitter`] publishes envelopes from a process that is not a hub server (a
+//! game loop owning the game state, a worker): a push to a group (all, all except
+//! some connections, only some), to a user (the group `$user/<id>`), to connections
+//! (on `P.n.<node id>` of their server), and the commands (the envelope's `command`):
+//! disconnect a user or a connection with a reason, remove a user from a group.
+//! Wrap it in the hub's generated emitter (`ChatHubEmitter::new(NatsEmitter::new(&provider))`)
+//! for typed pushes. Each is one publish; while NATS is down it fails at once. The
+//! wire, for publishers in other languages, is in the README ("Pushing from outside
+//! the hub").
+//!
 //! # Guarantees
 //!
 //! - **At-most-once.** NATS core does not store messages: a push is delivered to the
@@ -172,6 +184,7 @@
 //! own use.
 
 mod backplane;
+mod emitter;
 mod groups;
 mod members;
 mod peers;
@@ -188,6 +201,7 @@ use async_nats::{ConnectOptions, Event, ServerAddr};
 use hub_core::{Backplane, BindContext, GroupError, GroupName, GroupProvider};
 use tokio::sync::broadcast;
 
+pub use emitter::NatsEmitter;
 pub use subject::{DEFAULT_PREFIX, decode_group_token, group_token};
 
 /// The async-nats crate this provider is built on, for [`async_nats::ConnectOptions`]

@@ -513,7 +513,7 @@ async fn another_process_can_publish_to_a_group() {
         group: "lobby".into(),
         target: Some(Target::All.to_proto()),
         frame: Bytes::from_static(b"from elsewhere"),
-        lost: None,
+        ..Default::default()
     };
     let subject = b
         .provider
@@ -541,7 +541,7 @@ async fn malformed_messages_are_counted_and_dropped() {
                 group: group.into(),
                 target: None,
                 frame: Bytes::from_static(b"f"),
-                lost: None,
+                ..Default::default()
             }
             .encode_to_vec(),
         )

@@ -66,7 +66,20 @@
 //! `backplane_malformed`. A process in any language can push to a group by publishing
 //! such an envelope. The codec and the delivery are `hub_core::remote`'s, shared by
 //! every backend. An envelope with `lost` set instead of a frame is a loss notice
-//! (see below).
+//! (see below); one with `command` set closes the connections it selects or removes
+//! them from its group.
+//!
+//! ## Pushing from outside the hub
+//!
+//! [`RedisEmitter`] publishes those envelopes from a process that is not a hub server
+//! (a game loop owning the game state, a worker): a push to a group (all, all except
+//! some connections, only some), to a user (the group `$user/<id>`), to connections
+//! (on their server's node channel), and the commands: disconnect a user or a
+//! connection with a reason, remove a user from a group. Wrap it in the hub's
+//! generated emitter (`ChatHubEmitter::new(RedisEmitter::connect(url).await?)`) for
+//! typed pushes. Each is one `PUBLISH`, answered or failed within the publish
+//! timeout; delivery is at-most-once, in order per emitter and channel. The wire, for
+//! publishers in other languages, is in the README ("Pushing from outside the hub").
 //!
 //! ## Presence keys
 //!
@@ -164,6 +177,7 @@
 
 mod backplane;
 mod conn;
+mod emitter;
 mod envelope;
 mod keys;
 mod link;
@@ -178,6 +192,7 @@ use std::time::Duration;
 use hub_core::{Backplane, BindContext, GroupError, GroupProvider};
 
 use crate::conn::{Deployment, resp3};
+pub use emitter::RedisEmitter;
 pub use hub_core::remote::ENVELOPE_VERSION;
 
 /// The options of a provider, validated.

@@ -1,6 +1,7 @@
 //! The contract between generated code and the runtime.
 
 use bytes::Bytes;
+use hub_core::emit::MembersRemoved;
 use hub_core::proto::ClientControl;
 use hub_core::{BoxFuture, MembersLost};
 
@@ -70,6 +71,18 @@ pub trait Dispatch: Send + Sync + 'static {
         lost: MembersLost,
     ) -> BoxFuture<'static, ()> {
         let _ = (hub, lost);
+        Box::pin(async {})
+    }
+
+    /// Runs the hub's `on_removed` hook: members of this server were removed from a
+    /// group by a command from outside the hub (an emitter). They have left it (the
+    /// registry and the backplane no longer list them). The default does nothing.
+    fn on_removed(
+        &self,
+        hub: HubHandle<Self::Push>,
+        removed: MembersRemoved,
+    ) -> BoxFuture<'static, ()> {
+        let _ = (hub, removed);
         Box::pin(async {})
     }
 }

@@ -77,6 +77,7 @@ pub use config::{DEFAULT_MAX_OUTBOUND_BYTES, HubConfig, Hubs, HubsBuilder, RateL
 pub use context::{Context, HubHandle, Push};
 pub use dispatch::{Dispatch, Inbound};
 pub use error::{DisconnectReason, PushError};
+pub use hub_core::emit::MembersRemoved;
 pub use hub_core::quote;
 pub use hub_core::{
     ConnectionId, Delivery, GroupError, GroupName, GroupProvider, InvalidGroupName, MemberInfo,
@@ -89,13 +90,15 @@ pub use service::{HubService, HubServiceBuilder, OutboundStream, ServerCodec, Wr
 /// What generated code names. Not a stable API for hand-written code.
 #[doc(hidden)]
 pub mod codegen {
+    pub use crate::GroupName;
     pub use crate::{
         ConnectionId, Delivery, DisconnectReason, GroupError, GroupProvider, HubConfig, Hubs,
-        IdentityProvider, MembersLost, PushError,
+        IdentityProvider, MembersLost, MembersRemoved, PushError,
     };
     pub use crate::{Context, Dispatch, HubHandle, HubService, HubServiceBuilder, Inbound, Push};
     pub use bytes::Bytes;
     pub use hub_core::BoxFuture;
+    pub use hub_core::emit::{Destination, Emit, EmitPush, Emitter};
     pub use hub_core::proto as hub_v1;
     pub use prost;
     pub use prost_types;

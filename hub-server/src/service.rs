@@ -5,11 +5,12 @@ use std::task::{Context as TaskContext, Poll};
 
 use bytes::{Buf, Bytes};
 use futures_util::Stream;
+use hub_core::emit::{Action, Commanded, MembersRemoved};
 use hub_core::frame::{OutFrame, clamp_safe, control_frame};
 use hub_core::proto::{self, server_control::Kind};
 use hub_core::{
-    BackplaneEvents, BindContext, ConnectionId, GroupError, GroupProvider, HubMetrics, LocalGroups,
-    Member, MembersLost, Next, Outbox, OutboxReceiver,
+    BackplaneEvents, BindContext, CloseReason, ConnectionId, GroupError, GroupProvider, HubMetrics,
+    LocalGroups, Member, MembersLost, Next, Outbox, OutboxReceiver,
 };
 use tokio::sync::Notify;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -119,10 +120,15 @@ impl<D: Dispatch> HubServiceBuilder<D> {
         // The hub is built after its backplane: losses it reports find it through this.
         let hub: Arc<OnceLock<Weak<HubShared<D>>>> = Arc::new(OnceLock::new());
         let events = {
-            let hub = hub.clone();
+            let (hub, commands) = (hub.clone(), hub.clone());
             BackplaneEvents::new(move |lost| {
                 if let Some(shared) = hub.get().and_then(Weak::upgrade) {
                     members_lost(shared, lost);
+                }
+            })
+            .with_commands(move |command| {
+                if let Some(shared) = commands.get().and_then(Weak::upgrade) {
+                    commanded(shared, command);
                 }
             })
         };
@@ -188,6 +194,69 @@ fn members_lost<D: Dispatch>(shared: Arc<HubShared<D>>, lost: MembersLost) {
             );
         }
     });
+}
+
+/// Runs a command from outside the hub (an emitter) on this server's connections it
+/// selects: closes them as `Context::close` does, or runs the leave path (registry,
+/// backplane, then the hub's `on_removed` hook) on a task of its own.
+fn commanded<D: Dispatch>(shared: Arc<HubShared<D>>, command: Commanded) {
+    let core = &shared.core;
+    match command.action {
+        Action::Disconnect { code, reason } => {
+            tracing::info!(
+                hub = core.service,
+                connections = command.members.len(),
+                ?code,
+                %reason,
+                "disconnecting connections by command"
+            );
+            for m in &command.members {
+                if let Some(member) = core.local.member(m.connection) {
+                    member
+                        .outbox
+                        .close(CloseReason::draining(code, reason.clone()));
+                }
+            }
+        }
+        Action::Leave { group } => {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            tracing::info!(
+                hub = core.service,
+                %group,
+                connections = command.members.len(),
+                "removing connections from a group by command"
+            );
+            runtime.spawn(async move {
+                let core = &shared.core;
+                let mut removed = Vec::new();
+                for m in command.members {
+                    match core.leave(&group, m.connection, m.user.clone()).await {
+                        Ok(true) => removed.push(m),
+                        Ok(false) => {}
+                        Err(e) => {
+                            // It left here; the backplane failed to hear of it (counted).
+                            tracing::warn!(hub = core.service, %group, error = %e, "backplane leave failed");
+                            removed.push(m);
+                        }
+                    }
+                }
+                if removed.is_empty() {
+                    return;
+                }
+                let handle = HubHandle::new(core.clone());
+                let removed = MembersRemoved {
+                    group,
+                    members: removed,
+                };
+                let hook = std::panic::AssertUnwindSafe(shared.dispatch.on_removed(handle, removed));
+                if futures_util::FutureExt::catch_unwind(hook).await.is_err() {
+                    tracing::error!(hub = shared.core.service, "the hub's on_removed hook panicked");
+                }
+            });
+        }
+    }
 }
 
 impl<D: Dispatch> NamedService for HubService<D> {

@@ -97,6 +97,17 @@ pub mod chat_hub_server {
         ) -> impl ::core::future::Future<Output = ()> + Send {
             async {}
         }
+        /// Called on each server whose connections were removed from
+        /// `removed.group` by a command from outside the hub (an emitter's
+        /// `remove_from_group`), once they have left it, as after a leave on
+        /// the server: tell the group here (the chat hub pushes `on_leave`).
+        fn on_removed(
+            &self,
+            hub: &ChatHubHandle,
+            removed: &::hub_server::codegen::MembersRemoved,
+        ) -> impl ::core::future::Future<Output = ()> + Send {
+            async {}
+        }
     }
     /// Typed pushes of this hub to a selection of connections.
     #[derive(Clone, Debug)]
@@ -477,6 +488,235 @@ pub mod chat_hub_server {
             ::std::boxed::Box::pin(async move {
                 hub.on_members_lost(&handle, &lost).await
             })
+        }
+        fn on_removed(
+            &self,
+            handle: ChatHubHandle,
+            removed: ::hub_server::codegen::MembersRemoved,
+        ) -> ::hub_server::codegen::BoxFuture<'static, ()> {
+            let hub = self.0.clone();
+            ::std::boxed::Box::pin(async move {
+                hub.on_removed(&handle, &removed).await
+            })
+        }
+    }
+}
+/// Pushes to the connections of the `chat.v1.ChatHub` hub from outside the hub (a game loop, a worker), through the backplane its servers share.
+pub mod chat_hub_emitter {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::let_unit_value,
+        clippy::unit_arg
+    )]
+    /// The hub's full name: what the emitter's channels are named after.
+    pub const HUB: &str = "chat.v1.ChatHub";
+    /// Pushes and commands to the `chat.v1.ChatHub` hub's connections on every server, from a process that is not a hub server: wrap a backplane emitter (`hub_redis::RedisEmitter`, `hub_nats::NatsEmitter`) in it.
+    ///
+    /// Every publish is fire-and-forget (nothing says who received it) and
+    /// fails when the backplane is down, within the backend's timeout. Pushes
+    /// of one emitter to one group arrive in order. Cheap to clone.
+    #[derive(Clone, Debug)]
+    pub struct ChatHubEmitter(::hub_server::codegen::Emitter);
+    impl ChatHubEmitter {
+        /// An emitter publishing through `backplane`.
+        pub fn new(backplane: impl ::hub_server::codegen::Emit) -> Self {
+            Self::from_arc(::std::sync::Arc::new(backplane))
+        }
+        /// An emitter publishing through a shared backplane.
+        pub fn from_arc(
+            backplane: ::std::sync::Arc<dyn ::hub_server::codegen::Emit>,
+        ) -> Self {
+            ChatHubEmitter(::hub_server::codegen::Emitter::new(backplane, HUB))
+        }
+        /// Names the emitter in its envelopes' origin (`emitter/<name>/<random>`).
+        pub fn named(self, name: &str) -> Self {
+            ChatHubEmitter(self.0.named(name))
+        }
+        /// The untyped emitter underneath (raw frames, any destination, flush).
+        pub fn raw(&self) -> &::hub_server::codegen::Emitter {
+            &self.0
+        }
+        /// Pushes to the members of a group (refine with `.except(..)` / `.only(..)`).
+        pub fn group(
+            &self,
+            group: impl AsRef<str>,
+        ) -> ::core::result::Result<
+            ChatHubEmitterPush,
+            ::hub_server::codegen::GroupError,
+        > {
+            let group = ::hub_server::codegen::GroupName::new(group.as_ref())
+                .map_err(::hub_server::codegen::GroupError::from)?;
+            Ok(
+                ChatHubEmitterPush(
+                    ::hub_server::codegen::EmitPush::new(
+                        self.0.clone(),
+                        ::hub_server::codegen::Destination::group(group),
+                    ),
+                ),
+            )
+        }
+        /// Pushes to every connection of the user `user_id`, on every server.
+        pub fn user(
+            &self,
+            user_id: &str,
+        ) -> ::core::result::Result<
+            ChatHubEmitterPush,
+            ::hub_server::codegen::GroupError,
+        > {
+            Ok(
+                ChatHubEmitterPush(
+                    ::hub_server::codegen::EmitPush::new(
+                        self.0.clone(),
+                        ::hub_server::codegen::Destination::user(user_id)?,
+                    ),
+                ),
+            )
+        }
+        /// Pushes to one connection, on whichever server holds it.
+        pub fn connection(
+            &self,
+            id: ::hub_server::codegen::ConnectionId,
+        ) -> ChatHubEmitterPush {
+            self.connections([id])
+        }
+        /// Pushes to these connections, on whichever servers hold them.
+        pub fn connections(
+            &self,
+            ids: impl IntoIterator<Item = ::hub_server::codegen::ConnectionId>,
+        ) -> ChatHubEmitterPush {
+            let ids: ::std::sync::Arc<[::hub_server::codegen::ConnectionId]> = ids
+                .into_iter()
+                .collect();
+            ChatHubEmitterPush(
+                ::hub_server::codegen::EmitPush::new(
+                    self.0.clone(),
+                    ::hub_server::codegen::Destination::Connections(ids),
+                ),
+            )
+        }
+        /// Closes every connection of the user `user_id`, on every server: each
+        /// gets a goodbye with `code` and `reason`, then its stream ends with
+        /// that status.
+        pub async fn disconnect_user(
+            &self,
+            user_id: &str,
+            code: ::hub_server::codegen::tonic::Code,
+            reason: &str,
+        ) -> ::core::result::Result<(), ::hub_server::codegen::GroupError> {
+            self.0.disconnect_user(user_id, code, reason).await
+        }
+        /// Closes one connection, on whichever server holds it, as
+        /// [`disconnect_user`](Self::disconnect_user) does.
+        pub async fn disconnect_connection(
+            &self,
+            id: ::hub_server::codegen::ConnectionId,
+            code: ::hub_server::codegen::tonic::Code,
+            reason: &str,
+        ) -> ::core::result::Result<(), ::hub_server::codegen::GroupError> {
+            self.0.disconnect_connection(id, code, reason).await
+        }
+        /// Removes every connection of the user `user_id` from `group`: each
+        /// server holding one runs the leave path and the hub's `on_removed` hook.
+        pub async fn remove_from_group(
+            &self,
+            group: impl AsRef<str>,
+            user_id: &str,
+        ) -> ::core::result::Result<(), ::hub_server::codegen::GroupError> {
+            let group = ::hub_server::codegen::GroupName::new(group.as_ref())
+                .map_err(::hub_server::codegen::GroupError::from)?;
+            self.0.remove_user(&group, user_id).await
+        }
+        /// Waits until what was published reached the backplane server (call
+        /// it before the process exits).
+        pub async fn flush(
+            &self,
+        ) -> ::core::result::Result<(), ::hub_server::codegen::GroupError> {
+            self.0.flush().await
+        }
+    }
+    /// Typed pushes of an emitter to a selection of connections.
+    #[derive(Clone, Debug)]
+    pub struct ChatHubEmitterPush(::hub_server::codegen::EmitPush);
+    impl ChatHubEmitterPush {
+        /// Leaves these connections out.
+        pub fn except(
+            self,
+            ids: impl IntoIterator<Item = ::hub_server::codegen::ConnectionId>,
+        ) -> Self {
+            ChatHubEmitterPush(self.0.except(ids))
+        }
+        /// Keeps only these connections.
+        pub fn only(
+            self,
+            ids: impl IntoIterator<Item = ::hub_server::codegen::ConnectionId>,
+        ) -> Self {
+            ChatHubEmitterPush(self.0.only(ids))
+        }
+        /// Push: someone joined the room.
+        ///
+        /// Encodes the push once and publishes it (one publish per group, or per
+        /// server for connections by id); at-most-once.
+        pub async fn on_join(
+            &self,
+            message: super::UserEvent,
+        ) -> ::core::result::Result<(), ::hub_server::codegen::GroupError> {
+            let frame = ::hub_server::codegen::encode(
+                &super::ChatResponse {
+                    event: Some(super::chat_response::Event::OnJoin(message)),
+                    ..::core::default::Default::default()
+                },
+            );
+            self.0.send_frame(frame).await
+        }
+        /// Push: someone left the room.
+        ///
+        /// Encodes the push once and publishes it (one publish per group, or per
+        /// server for connections by id); at-most-once.
+        pub async fn on_leave(
+            &self,
+            message: super::UserEvent,
+        ) -> ::core::result::Result<(), ::hub_server::codegen::GroupError> {
+            let frame = ::hub_server::codegen::encode(
+                &super::ChatResponse {
+                    event: Some(super::chat_response::Event::OnLeave(message)),
+                    ..::core::default::Default::default()
+                },
+            );
+            self.0.send_frame(frame).await
+        }
+        /// Push: a message said in the room.
+        ///
+        /// Encodes the push once and publishes it (one publish per group, or per
+        /// server for connections by id); at-most-once.
+        pub async fn on_message(
+            &self,
+            message: super::ChatMessage,
+        ) -> ::core::result::Result<(), ::hub_server::codegen::GroupError> {
+            let frame = ::hub_server::codegen::encode(
+                &super::ChatResponse {
+                    event: Some(super::chat_response::Event::OnMessage(message)),
+                    ..::core::default::Default::default()
+                },
+            );
+            self.0.send_frame(frame).await
+        }
+        /// Push: a message whispered to this user.
+        ///
+        /// Encodes the push once and publishes it (one publish per group, or per
+        /// server for connections by id); at-most-once.
+        pub async fn on_whisper(
+            &self,
+            message: super::ChatMessage,
+        ) -> ::core::result::Result<(), ::hub_server::codegen::GroupError> {
+            let frame = ::hub_server::codegen::encode(
+                &super::ChatResponse {
+                    event: Some(super::chat_response::Event::OnWhisper(message)),
+                    ..::core::default::Default::default()
+                },
+            );
+            self.0.send_frame(frame).await
         }
     }
 }

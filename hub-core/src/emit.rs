@@ -1,0 +1,567 @@
+//! Pushes and commands from outside the hub: a process that is not a hub server (a
+//! game loop, a worker) publishes envelopes on the backplane the hub servers share,
+//! and every server holding a selected connection delivers or acts on it.
+//!
+//! - [`Emit`] is what a backend implements: publish one encoded envelope on a group's
+//!   channel or subject, or on one server's own (`hub_redis::RedisEmitter`,
+//!   `hub_nats::NatsEmitter`). It knows nothing of envelopes.
+//! - [`Emitter`] writes the envelopes (with an origin of its own,
+//!   `emitter/<name>/<random>`) and routes them: a push to a group, a user or
+//!   connections, and the commands (disconnect, remove from a group). Generated
+//!   `FooHubEmitter`s wrap it with the hub's typed pushes.
+//! - On the servers, [`crate::remote::Inbox`] delivers pushes as any other server's,
+//!   and hands the local connections a command selects to the hub runtime
+//!   ([`BackplaneEvents::with_commands`]), which closes them or runs the leave path.
+//!
+//! Delivery is what the backplane gives: at most once, in order per emitter and
+//! group (channel). A publish is one `PUBLISH` or NATS publish per channel, bounded by
+//! the backend's timeout; it fails with [`GroupError`] when the backplane is down.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::remote::EnvelopeWriter;
+use crate::{
+    BackplaneEvents, BoxFuture, ConnectionId, GroupError, GroupName, MemberInfo, NodeId, Target,
+    proto,
+};
+
+/// Who a push or a command is for: the selected members of a group, or connections
+/// by id (on whichever servers hold them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// The members of `group` that `target` selects.
+    Group {
+        /// The group (a user's connections are the reserved group `$user/<id>`).
+        group: GroupName,
+        /// Which of its members.
+        target: Target,
+    },
+    /// These connections, wherever they are connected.
+    Connections(Arc<[ConnectionId]>),
+}
+
+impl Destination {
+    /// Every member of `group`.
+    pub fn group(group: GroupName) -> Self {
+        Destination::Group {
+            group,
+            target: Target::All,
+        }
+    }
+
+    /// Every connection of the user `user_id` (the group `$user/<id>` the runtime keeps).
+    pub fn user(user_id: &str) -> Result<Self, GroupError> {
+        Ok(Self::group(GroupName::reserved("user", user_id)?))
+    }
+
+    /// Leaves these connections out.
+    pub fn except(self, ids: impl IntoIterator<Item = ConnectionId>) -> Self {
+        let ids: Vec<ConnectionId> = ids.into_iter().collect();
+        match self {
+            Destination::Group { group, target } => Destination::Group {
+                group,
+                target: match target {
+                    Target::All => Target::Except(ids.into()),
+                    Target::Except(old) => Target::Except(old.iter().copied().chain(ids).collect()),
+                    Target::Only(old) => {
+                        Target::Only(old.iter().copied().filter(|c| !ids.contains(c)).collect())
+                    }
+                },
+            },
+            Destination::Connections(old) => {
+                Destination::Connections(old.iter().copied().filter(|c| !ids.contains(c)).collect())
+            }
+        }
+    }
+
+    /// Keeps only these connections.
+    pub fn only(self, ids: impl IntoIterator<Item = ConnectionId>) -> Self {
+        let ids: Vec<ConnectionId> = ids.into_iter().collect();
+        match self {
+            Destination::Group { group, target } => Destination::Group {
+                group,
+                target: match target {
+                    Target::All => Target::Only(ids.into()),
+                    Target::Except(old) => {
+                        Target::Only(ids.into_iter().filter(|c| !old.contains(c)).collect())
+                    }
+                    Target::Only(old) => {
+                        Target::Only(old.iter().copied().filter(|c| ids.contains(c)).collect())
+                    }
+                },
+            },
+            Destination::Connections(old) => {
+                Destination::Connections(old.iter().copied().filter(|c| ids.contains(c)).collect())
+            }
+        }
+    }
+}
+
+/// Where one envelope is published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// The channel (subject) of a group, which every server with members of it
+    /// subscribes to.
+    Group(&'a GroupName),
+    /// The own channel (subject) of one server, for its connections by id.
+    Node(NodeId),
+}
+
+/// A backplane as a publisher that is not a hub server: one envelope to one
+/// channel. Implemented by `hub_redis::RedisEmitter` and `hub_nats::NatsEmitter`;
+/// [`Emitter`] does the rest.
+pub trait Emit: Send + Sync + 'static {
+    /// The backplane's name ("redis", "nats").
+    fn name(&self) -> &'static str;
+
+    /// Publishes `envelope` (an encoded `hub.v1.Envelope`) on the channel of `route`
+    /// in the hub `hub` (its full name, e.g. `chat.v1.ChatHub`): one publish,
+    /// answered within the backend's timeout. Fails with
+    /// [`GroupError::Unavailable`] or [`GroupError::Timeout`] when the backplane is
+    /// down or stalled, [`GroupError::TooLarge`] when it does not carry that much.
+    fn publish<'a>(
+        &'a self,
+        hub: &'a str,
+        route: Route<'a>,
+        envelope: Bytes,
+    ) -> BoxFuture<'a, Result<(), GroupError>>;
+
+    /// Waits (within the backend's timeout) until what was published has been handed
+    /// to the backplane server, for a backend that buffers publishes (NATS). Call it
+    /// before a process exits. The default has nothing to wait for.
+    fn flush(&self) -> BoxFuture<'_, Result<(), GroupError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Pushes and commands to one hub's connections from outside the hub, through an
+/// [`Emit`] backend. Cheap to clone.
+///
+/// Each publish goes out at once and is answered by the backend: fire-and-forget
+/// (nothing tells whether anyone received it; delivery is at-most-once), with an
+/// error when the backplane is down. Envelopes of one emitter to one group arrive in
+/// the order they were published.
+#[derive(Clone)]
+pub struct Emitter {
+    emit: Arc<dyn Emit>,
+    hub: Arc<str>,
+    writer: EnvelopeWriter,
+}
+
+impl std::fmt::Debug for Emitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emitter")
+            .field("hub", &self.hub)
+            .field("backplane", &self.emit.name())
+            .field("origin", &self.writer.origin())
+            .finish()
+    }
+}
+
+impl Emitter {
+    /// An emitter to the hub `hub` (full name) through `emit`, with the origin
+    /// `emitter/<backplane name>/<random>`.
+    pub fn new(emit: Arc<dyn Emit>, hub: &str) -> Self {
+        let writer = EnvelopeWriter::emitter(emit.name());
+        Emitter {
+            emit,
+            hub: Arc::from(hub),
+            writer,
+        }
+    }
+
+    /// Names this emitter in the origin of its envelopes: `emitter/<name>/<random>`
+    /// (logs and debugging only: receivers compare origins, never parse them).
+    pub fn named(mut self, name: &str) -> Self {
+        self.writer = EnvelopeWriter::emitter(name);
+        self
+    }
+
+    /// The hub's full name.
+    pub fn hub(&self) -> &str {
+        &self.hub
+    }
+
+    /// The origin its envelopes carry.
+    pub fn origin(&self) -> &str {
+        self.writer.origin()
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Emit> {
+        &self.emit
+    }
+
+    /// Sends one encoded response frame of the hub (a push: `id` 0, one `on_*` case)
+    /// to `dest`: one publish on the group's channel, or one per server holding
+    /// some of the connections. An empty list of connections sends nothing.
+    pub async fn push(&self, dest: &Destination, frame: Bytes) -> Result<(), GroupError> {
+        self.each(dest, |group, target| {
+            self.writer.frame(group, target, &frame)
+        })
+        .await
+    }
+
+    /// Closes the connections of `dest` on every server, as the hub's
+    /// `Context::close(code, reason)` does: the client gets what was queued for it,
+    /// a goodbye with the code and reason, then the stream ends with that status.
+    pub async fn disconnect(
+        &self,
+        dest: &Destination,
+        code: tonic::Code,
+        reason: &str,
+    ) -> Result<(), GroupError> {
+        let command = proto::Command {
+            kind: Some(proto::command::Kind::Disconnect(proto::Disconnect {
+                code: code as i32,
+                reason: reason.to_owned(),
+            })),
+        };
+        self.each(dest, |group, target| {
+            self.writer.command(group, target, &command)
+        })
+        .await
+    }
+
+    /// Removes the members of `group` that `target` selects (only those acting as
+    /// `user`, if given) from it: every server holding one runs the leave path (the
+    /// registry, the backplane's presence, then the hub's `on_removed` hook). One
+    /// publish on the group's channel.
+    pub async fn remove(
+        &self,
+        group: &GroupName,
+        target: &Target,
+        user: Option<&str>,
+    ) -> Result<(), GroupError> {
+        if group.as_str().starts_with('$') {
+            // Reserved groups are the runtime's (servers refuse to leave them).
+            return Err(crate::InvalidGroupName::Reserved(group.to_string()).into());
+        }
+        let command = proto::Command {
+            kind: Some(proto::command::Kind::Leave(proto::Leave {
+                user: user.map(str::to_owned),
+            })),
+        };
+        let envelope = self.writer.command(group.as_str(), target, &command);
+        self.emit
+            .publish(&self.hub, Route::Group(group), envelope)
+            .await
+    }
+
+    /// Closes every connection of the user `user_id`, on every server.
+    pub async fn disconnect_user(
+        &self,
+        user_id: &str,
+        code: tonic::Code,
+        reason: &str,
+    ) -> Result<(), GroupError> {
+        self.disconnect(&Destination::user(user_id)?, code, reason)
+            .await
+    }
+
+    /// Closes one connection, on whichever server holds it.
+    pub async fn disconnect_connection(
+        &self,
+        id: ConnectionId,
+        code: tonic::Code,
+        reason: &str,
+    ) -> Result<(), GroupError> {
+        self.disconnect(&Destination::Connections(Arc::from([id])), code, reason)
+            .await
+    }
+
+    /// Removes every connection of the user `user_id` from `group`, on every server.
+    pub async fn remove_user(&self, group: &GroupName, user_id: &str) -> Result<(), GroupError> {
+        self.remove(group, &Target::All, Some(user_id)).await
+    }
+
+    /// Waits until what was published reached the backplane server ([`Emit::flush`]).
+    pub async fn flush(&self) -> Result<(), GroupError> {
+        self.emit.flush().await
+    }
+
+    /// Publishes the envelope `write(group, target)` makes for `dest`: one on the
+    /// group's channel, or one per server on its own channel.
+    async fn each(
+        &self,
+        dest: &Destination,
+        write: impl Fn(&str, &Target) -> Bytes,
+    ) -> Result<(), GroupError> {
+        match dest {
+            Destination::Group { group, target } => {
+                let envelope = write(group.as_str(), target);
+                self.emit
+                    .publish(&self.hub, Route::Group(group), envelope)
+                    .await
+            }
+            Destination::Connections(ids) => {
+                let mut by_node: std::collections::BTreeMap<NodeId, Vec<ConnectionId>> =
+                    Default::default();
+                for id in ids.iter() {
+                    by_node.entry(id.node).or_default().push(*id);
+                }
+                let sends = by_node.into_iter().map(|(node, ids)| {
+                    let envelope = write("", &Target::Only(ids.into()));
+                    self.emit.publish(&self.hub, Route::Node(node), envelope)
+                });
+                join_all(sends).await
+            }
+        }
+    }
+}
+
+/// Runs the publishes together; the first error, if any.
+async fn join_all(
+    sends: impl Iterator<Item = BoxFuture<'_, Result<(), GroupError>>>,
+) -> Result<(), GroupError> {
+    let mut set: Vec<BoxFuture<'_, Result<(), GroupError>>> = sends.collect();
+    // Few servers at most: poll them all until each is done.
+    let mut first_error = None;
+    std::future::poll_fn(|cx| {
+        set.retain_mut(|f| match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(r) => {
+                if let Err(e) = r {
+                    first_error.get_or_insert(e);
+                }
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if set.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// A push from an [`Emitter`] to a selection of connections, before its frame is
+/// known: what generated `FooHubEmitterPush` types wrap.
+#[derive(Clone, Debug)]
+pub struct EmitPush {
+    emitter: Emitter,
+    dest: Destination,
+}
+
+impl EmitPush {
+    /// A push of `emitter` to `dest`.
+    pub fn new(emitter: Emitter, dest: Destination) -> Self {
+        EmitPush { emitter, dest }
+    }
+
+    /// Who receives it.
+    pub fn destination(&self) -> &Destination {
+        &self.dest
+    }
+
+    /// Leaves these connections out.
+    pub fn except(mut self, ids: impl IntoIterator<Item = ConnectionId>) -> Self {
+        self.dest = self.dest.except(ids);
+        self
+    }
+
+    /// Keeps only these connections.
+    pub fn only(mut self, ids: impl IntoIterator<Item = ConnectionId>) -> Self {
+        self.dest = self.dest.only(ids);
+        self
+    }
+
+    /// Sends one encoded push frame ([`Emitter::push`]).
+    pub async fn send_frame(&self, frame: Bytes) -> Result<(), GroupError> {
+        self.emitter.push(&self.dest, frame).await
+    }
+}
+
+/// A command received from the backplane, with this server's connections it applies
+/// to (never empty), as [`BackplaneEvents::commanded`] hands it to the runtime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commanded {
+    /// What to do.
+    pub action: Action,
+    /// The local connections selected, sorted by connection id.
+    pub members: Vec<MemberInfo>,
+}
+
+/// What a command asks of the server holding the connections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Close them with this status and reason.
+    Disconnect {
+        /// The status code (goodbye and end of stream).
+        code: tonic::Code,
+        /// Why, shown to the client.
+        reason: String,
+    },
+    /// Remove them from this group (never a reserved one).
+    Leave {
+        /// The group.
+        group: GroupName,
+    },
+}
+
+/// Members removed from a group by a command from outside the hub (an emitter's
+/// [`Emitter::remove`]), as the hub's `on_removed` hook gets them: they have left
+/// (registry and backplane), like after a leave on the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MembersRemoved {
+    /// The group.
+    pub group: GroupName,
+    /// This server's members that left it.
+    pub members: Vec<MemberInfo>,
+}
+
+/// The runtime's callback for commands (see [`BackplaneEvents::with_commands`]).
+#[derive(Clone, Default)]
+pub(crate) struct CommandHook(Option<Arc<dyn Fn(Commanded) + Send + Sync>>);
+
+impl BackplaneEvents {
+    /// These events, with `on_command` called with each command received for local
+    /// connections. It must return quickly (the runtime spawns what takes time).
+    /// Without it, commands are dropped.
+    pub fn with_commands(mut self, on_command: impl Fn(Commanded) + Send + Sync + 'static) -> Self {
+        self.commands = CommandHook(Some(Arc::new(on_command)));
+        self
+    }
+
+    /// Reports a command for local connections.
+    pub fn commanded(&self, command: Commanded) {
+        if let Some(hook) = &self.commands.0
+            && !command.members.is_empty()
+        {
+            hook(command);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records what it would publish.
+    #[derive(Default)]
+    struct Record(Mutex<Vec<(String, String, proto::Envelope)>>);
+
+    impl Emit for Record {
+        fn name(&self) -> &'static str {
+            "record"
+        }
+        fn publish<'a>(
+            &'a self,
+            hub: &'a str,
+            route: Route<'a>,
+            envelope: Bytes,
+        ) -> BoxFuture<'a, Result<(), GroupError>> {
+            let route = match route {
+                Route::Group(g) => format!("g:{g}"),
+                Route::Node(n) => format!("n:{n}"),
+            };
+            let env = <proto::Envelope as prost::Message>::decode(envelope).expect("decodes");
+            self.0
+                .lock()
+                .expect("lock")
+                .push((hub.to_owned(), route, env));
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn id(node: u64, local: u64) -> ConnectionId {
+        ConnectionId {
+            node: NodeId(node),
+            local,
+        }
+    }
+
+    #[tokio::test]
+    async fn routes_pushes_and_commands() {
+        let rec = Arc::new(Record::default());
+        let em = Emitter::new(rec.clone(), "t.v1.T").named("loop");
+        assert!(em.origin().starts_with("emitter/loop/"));
+        let room = GroupName::new("room").expect("valid");
+        let f = Bytes::from_static(b"\x08\x00");
+        em.push(
+            &Destination::group(room.clone()).except([id(1, 1)]),
+            f.clone(),
+        )
+        .await
+        .expect("push");
+        em.push(
+            &Destination::Connections(Arc::from([id(2, 1), id(3, 1), id(2, 2)])),
+            f.clone(),
+        )
+        .await
+        .expect("push");
+        em.disconnect_user("ann", tonic::Code::PermissionDenied, "banned")
+            .await
+            .expect("disconnect");
+        em.remove_user(&room, "ann").await.expect("remove");
+        assert!(
+            em.remove(
+                &GroupName::reserved("user", "ann").expect("valid"),
+                &Target::All,
+                None
+            )
+            .await
+            .is_err()
+        );
+        let got = rec.0.lock().expect("lock").clone();
+        let routes: Vec<&str> = got.iter().map(|(_, r, _)| r.as_str()).collect();
+        assert_eq!(
+            routes,
+            [
+                "g:room",
+                "n:0000000000000002",
+                "n:0000000000000003",
+                "g:$user/ann",
+                "g:room"
+            ]
+        );
+        assert!(got.iter().all(|(hub, _, e)| hub == "t.v1.T"
+            && e.origin == em.origin()
+            && e.version == crate::remote::ENVELOPE_VERSION));
+        assert_eq!(
+            Target::from_proto(got[0].2.target.as_ref()),
+            Target::Except(Arc::from([id(1, 1)]))
+        );
+        assert_eq!(&got[0].2.frame[..], &f[..]);
+        assert_eq!(
+            Target::from_proto(got[1].2.target.as_ref()),
+            Target::Only(Arc::from([id(2, 1), id(2, 2)]))
+        );
+        assert_eq!(got[1].2.group, "");
+        assert!(matches!(
+            &got[3].2.command,
+            Some(proto::Command { kind: Some(proto::command::Kind::Disconnect(d)) })
+                if d.code == tonic::Code::PermissionDenied as i32 && d.reason == "banned"
+        ));
+        assert!(matches!(
+            &got[4].2.command,
+            Some(proto::Command { kind: Some(proto::command::Kind::Leave(l)) })
+                if l.user.as_deref() == Some("ann")
+        ));
+    }
+
+    #[test]
+    fn destinations_compose_like_sets() {
+        let room = GroupName::new("room").expect("valid");
+        let d = Destination::group(room.clone())
+            .except([id(1, 1)])
+            .only([id(1, 1), id(1, 2)]);
+        assert_eq!(
+            d,
+            Destination::Group {
+                group: room,
+                target: Target::Only(Arc::from([id(1, 2)]))
+            }
+        );
+        let c = Destination::Connections(Arc::from([id(1, 1), id(1, 2)])).except([id(1, 2)]);
+        assert_eq!(c, Destination::Connections(Arc::from([id(1, 1)])));
+    }
+}

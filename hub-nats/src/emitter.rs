@@ -1,0 +1,170 @@
+//! [`NatsEmitter`]: pushes and commands to a hub's connections from a process that is
+//! not a hub server, published on the subjects the hub servers subscribe to.
+
+use std::task::Poll;
+use std::time::Duration;
+
+use async_nats::connection::State;
+use bytes::Bytes;
+use hub_core::emit::{Emit, Route};
+use hub_core::{BoxFuture, GroupError};
+
+use crate::subject::Subjects;
+use crate::{BACKPLANE, NatsError, NatsProvider, NatsProviderBuilder};
+
+/// Publishes envelopes of an emitter (`hub_core::emit::Emitter`, or a generated
+/// `FooHubEmitter`) to NATS: each is one publish on `<prefix>.<hub>.g.<group token>`
+/// or `<prefix>.<hub>.n.<node id>`, the subjects of the [crate docs](crate#subjects).
+///
+/// Built from a [`NatsProvider`] (it shares its connection, subject prefix and
+/// operation timeout) or on a connection of its own. One emitter serves any number of
+/// hubs. It subscribes to nothing and takes part in no roll call: hub servers do not
+/// count it as a server.
+///
+/// A publish is handed to the NATS client (which batches writes, as the hub servers'
+/// publishes are) within the [operation
+/// timeout](NatsProviderBuilder::operation_timeout); while the connection is down it
+/// fails at once with [`GroupError::Unavailable`] (nothing is buffered for later), and a
+/// message over the server's `max_payload` fails with [`GroupError::TooLarge`]. Call
+/// `flush` (through the emitter) before the process exits, so that nothing buffered is
+/// lost. Delivery is at-most-once: a server that is not subscribed at that moment misses
+/// it.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let nats = hub_nats::NatsEmitter::connect("nats://127.0.0.1:4222").await?;
+/// // With the generated emitter of a hub: `ChatHubEmitter::new(nats)`; or untyped:
+/// let emitter = hub_core::emit::Emitter::new(std::sync::Arc::new(nats), "chat.v1.ChatHub");
+/// emitter.remove_user(&hub_core::GroupName::new("lobby")?, "mallory").await?;
+/// emitter.flush().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct NatsEmitter {
+    client: async_nats::Client,
+    prefix: String,
+    op_timeout: Duration,
+}
+
+impl std::fmt::Debug for NatsEmitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsEmitter")
+            .field("prefix", &self.prefix)
+            .field("state", &self.client.connection_state())
+            .finish()
+    }
+}
+
+impl NatsEmitter {
+    /// An emitter on `provider`'s connection, with its subject prefix and operation
+    /// timeout.
+    pub fn new(provider: &NatsProvider) -> Self {
+        NatsEmitter {
+            client: provider.shared.client.clone(),
+            prefix: provider.shared.config.prefix.clone(),
+            op_timeout: provider.shared.config.op_timeout,
+        }
+    }
+
+    /// Connects to NATS at `urls` (one URL, or several comma-separated; see the
+    /// [crate docs](crate#options)) with the default settings (prefix `hub`).
+    pub async fn connect(urls: &str) -> Result<Self, NatsError> {
+        Self::connect_with(NatsProvider::builder(), urls).await
+    }
+
+    /// Connects with the options and settings of `builder` (connect options,
+    /// subject prefix, operation timeout).
+    pub async fn connect_with(builder: NatsProviderBuilder, urls: &str) -> Result<Self, NatsError> {
+        Ok(Self::new(&builder.connect(urls).await?))
+    }
+
+    /// The subject a route of hub `hub` is published on, or `None` if
+    /// `<prefix>.<hub>` is not a valid subject (`hub` must be a proto full name).
+    pub fn subject(&self, hub: &str, route: Route<'_>) -> Option<String> {
+        let subjects = Subjects::new(&self.prefix, hub)?;
+        Some(match route {
+            Route::Group(group) => subjects.group(group.as_str()),
+            Route::Node(node) => subjects.node(node),
+        })
+    }
+
+    /// The NATS connection.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    async fn send(&self, subject: String, payload: Bytes) -> Result<(), GroupError> {
+        let max = self.client.server_info().max_payload;
+        if max > 0 && payload.len() > max {
+            return Err(GroupError::TooLarge {
+                backplane: BACKPLANE,
+                size: payload.len(),
+                max,
+            });
+        }
+        match self.client.connection_state() {
+            State::Connected => {}
+            state => {
+                return Err(GroupError::Unavailable {
+                    backplane: BACKPLANE,
+                    message: format!("publish: not connected to NATS ({state}); nothing was sent"),
+                    source: None,
+                });
+            }
+        }
+        let refused =
+            |e| GroupError::unavailable(BACKPLANE, "publish: NATS refused the message", e);
+        let mut publish = std::pin::pin!(self.client.publish(subject, payload));
+        if let Poll::Ready(r) = futures_util::poll!(publish.as_mut()) {
+            return r.map_err(refused);
+        }
+        let after = self.op_timeout;
+        match tokio::time::timeout(after, publish).await {
+            Ok(r) => r.map_err(refused),
+            Err(_) => Err(GroupError::Timeout {
+                backplane: BACKPLANE,
+                op: "publish",
+                after,
+            }),
+        }
+    }
+}
+
+impl Emit for NatsEmitter {
+    fn name(&self) -> &'static str {
+        BACKPLANE
+    }
+
+    fn publish<'a>(
+        &'a self,
+        hub: &'a str,
+        route: Route<'a>,
+        envelope: Bytes,
+    ) -> BoxFuture<'a, Result<(), GroupError>> {
+        Box::pin(async move {
+            let subject = self.subject(hub, route).ok_or_else(|| GroupError::Unavailable {
+                backplane: BACKPLANE,
+                message: format!(
+                    "{}.{hub} is not a valid NATS subject prefix (hub names are proto full names)",
+                    self.prefix
+                ),
+                source: None,
+            })?;
+            self.send(subject, envelope).await
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), GroupError>> {
+        Box::pin(async move {
+            let after = self.op_timeout;
+            match tokio::time::timeout(after, self.client.flush()).await {
+                Ok(r) => r.map_err(|e| GroupError::unavailable(BACKPLANE, "flush", e)),
+                Err(_) => Err(GroupError::Timeout {
+                    backplane: BACKPLANE,
+                    op: "flush",
+                    after,
+                }),
+            }
+        })
+    }
+}

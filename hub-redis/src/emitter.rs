@@ -1,0 +1,229 @@
+//! [`RedisEmitter`]: pushes and commands to a hub's connections from a process that
+//! is not a hub server, published on the channels the hub servers subscribe to.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hub_core::emit::{Emit, Route};
+use hub_core::{BoxFuture, GroupError};
+use redis::aio::{AsyncPushSender, SendError};
+use redis::{PushInfo, PushKind};
+
+use crate::backplane::{BACKPLANE, redis_error, unavailable};
+use crate::conn::{self, Conn};
+use crate::keys::Keys;
+use crate::{Config, ConnectError, RedisProvider, RedisProviderBuilder};
+
+/// Publishes envelopes of an emitter (`hub_core::emit::Emitter`, or a generated
+/// `FooHubEmitter`) to Redis: each is one `PUBLISH` (`SPUBLISH` when
+/// [sharded](RedisProviderBuilder::sharded)) on `{prefix}:{hub}:g:{group}` or
+/// `{prefix}:{hub}:node:{node}`, the channels of the [crate docs](crate#channels).
+///
+/// It takes the options of a [`RedisProvider`] (address, prefix, sharding, publish and
+/// connect timeouts), so that it names the channels exactly as the hub servers do:
+/// give it the same prefix. One emitter serves any number of hubs; it holds one
+/// connection (per cluster node), opened at the first publish and again after Redis
+/// went away. It keeps no presence and subscribes to nothing.
+///
+/// A publish resolves on Redis's answer, within the
+/// [publish timeout](RedisProviderBuilder::publish_timeout) (connecting included):
+/// `Ok` means Redis took it (delivery is still at-most-once: a server that is not
+/// subscribed at that moment misses it), an error that Redis is unreachable
+/// ([`GroupError::Unavailable`]) or did not answer in time ([`GroupError::Timeout`]).
+/// Nothing is retried.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let redis = hub_redis::RedisEmitter::connect("redis://127.0.0.1:6379").await?;
+/// // With the generated emitter of a hub: `ChatHubEmitter::new(redis)`; or untyped:
+/// let emitter = hub_core::emit::Emitter::new(std::sync::Arc::new(redis), "chat.v1.ChatHub");
+/// emitter.remove_user(&hub_core::GroupName::new("lobby")?, "mallory").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisEmitter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The provider's options.
+    cfg: Arc<Config>,
+    /// The connection, and whether Redis said it closed.
+    current: Mutex<Option<(Conn, Arc<AtomicBool>)>>,
+    /// Held while a connection is being opened (one at a time).
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for RedisEmitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEmitter")
+            .field("redis", &self.inner.cfg.deployment.describe())
+            .field("prefix", &self.inner.cfg.prefix)
+            .field("sharded", &self.inner.cfg.sharded)
+            .finish()
+    }
+}
+
+/// Marks the connection closed when Redis (or the client) says so.
+struct Closed(Arc<AtomicBool>);
+
+impl AsyncPushSender for Closed {
+    fn send(&self, info: PushInfo) -> Result<(), SendError> {
+        if info.kind == PushKind::Disconnection {
+            self.0.store(true, Relaxed);
+        }
+        Ok(())
+    }
+}
+
+impl RedisEmitter {
+    /// An emitter with the options of `provider` (the same Redis, prefix and
+    /// timeouts). Opens no connection: the first publish does.
+    pub fn new(provider: &RedisProvider) -> Self {
+        RedisEmitter {
+            inner: Arc::new(Inner {
+                cfg: provider.config.clone(),
+                current: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Connects to the Redis server at `url` with the default options (prefix `hub`)
+    /// and checks that it answers.
+    pub async fn connect(url: &str) -> Result<Self, ConnectError> {
+        Self::connect_with(RedisProvider::builder().url(url)).await
+    }
+
+    /// An emitter with the options of `builder` (see [`RedisProviderBuilder`]),
+    /// after checking that Redis answers.
+    pub async fn connect_with(builder: RedisProviderBuilder) -> Result<Self, ConnectError> {
+        let emitter = Self::new(&builder.connect().await?);
+        // Keep the connection the check did not: open the emitter's own now.
+        let _ = emitter.inner.conn().await;
+        Ok(emitter)
+    }
+
+    /// The channel prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.cfg.prefix
+    }
+
+    /// The channel a route of hub `hub` is published on.
+    pub fn channel(&self, hub: &str, route: Route<'_>) -> String {
+        let keys = Keys::new(&self.inner.cfg.prefix, hub);
+        match route {
+            Route::Group(group) => keys.group_channel(group.as_str()),
+            Route::Node(node) => keys.node_channel(node),
+        }
+    }
+}
+
+impl Inner {
+    /// The open connection, or a new one.
+    async fn conn(&self) -> Result<Conn, GroupError> {
+        if let Some(c) = self.usable() {
+            return Ok(c);
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(c) = self.usable() {
+            return Ok(c);
+        }
+        let closed = Arc::new(AtomicBool::new(false));
+        let cfg = &self.cfg;
+        let conn = conn::open(&cfg.deployment, cfg.connect_timeout, Closed(closed.clone()))
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    GroupError::Timeout {
+                        backplane: BACKPLANE,
+                        op: "connect",
+                        after: cfg.connect_timeout,
+                    }
+                } else {
+                    redis_error("connect", e)
+                }
+            })?;
+        *self.lock() = Some((conn.clone(), closed));
+        Ok(conn)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Conn, Arc<AtomicBool>)>> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn usable(&self) -> Option<Conn> {
+        match &*self.lock() {
+            Some((c, closed)) if !closed.load(Relaxed) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// Drops the connection, so that the next publish opens another.
+    fn forget(&self) {
+        *self.lock() = None;
+    }
+
+    async fn publish(&self, channel: String, payload: Bytes) -> Result<(), GroupError> {
+        let max = self.cfg.max_payload;
+        if payload.len() > max {
+            return Err(GroupError::TooLarge {
+                backplane: BACKPLANE,
+                size: payload.len(),
+                max,
+            });
+        }
+        let after: Duration = self.cfg.publish_timeout;
+        let name = if self.cfg.sharded {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let send = async {
+            let conn = self.conn().await?;
+            let mut cmd = redis::cmd(name);
+            cmd.arg(&channel).arg(&payload[..]);
+            let results = conn.run_pipelined(vec![(channel.into_bytes(), cmd)]).await;
+            match results.into_iter().next() {
+                Some((_, Ok(()))) => Ok(()),
+                Some((_, Err(e))) => {
+                    if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                        self.forget();
+                    }
+                    Err(redis_error("publish", e))
+                }
+                None => Err(unavailable("publish: no answer")),
+            }
+        };
+        match tokio::time::timeout(after, send).await {
+            Ok(r) => r,
+            Err(_) => {
+                // A Redis that does not answer is treated as gone: connect again next time.
+                self.forget();
+                Err(GroupError::Timeout {
+                    backplane: BACKPLANE,
+                    op: "publish",
+                    after,
+                })
+            }
+        }
+    }
+}
+
+impl Emit for RedisEmitter {
+    fn name(&self) -> &'static str {
+        BACKPLANE
+    }
+
+    fn publish<'a>(
+        &'a self,
+        hub: &'a str,
+        route: Route<'a>,
+        envelope: Bytes,
+    ) -> BoxFuture<'a, Result<(), GroupError>> {
+        let channel = self.channel(hub, route);
+        Box::pin(self.inner.publish(channel, envelope))
+    }
+}
