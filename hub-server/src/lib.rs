@@ -98,7 +98,8 @@ pub mod codegen {
     pub use crate::{Context, Dispatch, HubHandle, HubService, HubServiceBuilder, Inbound, Push};
     pub use bytes::Bytes;
     pub use hub_core::BoxFuture;
-    pub use hub_core::emit::{Destination, Emit, EmitPush, Emitter};
+    pub use hub_core::Destination;
+    pub use hub_core::emit::{Emit, EmitPush, Emitter};
     pub use hub_core::proto as hub_v1;
     pub use prost;
     pub use prost_types;
