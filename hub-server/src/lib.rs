@@ -45,6 +45,15 @@
 //! calls are not read. Live delivery is at-most-once; pushes from one sender to one
 //! group arrive in order.
 //!
+//! # Pushes and commands from outside the hub
+//!
+//! With a backplane, a process that is not a hub server pushes to connections too
+//! (a generated `FooHubEmitter` on `hub_redis::RedisEmitter` or
+//! `hub_nats::NatsEmitter`, or any process publishing `hub.v1.Envelope`s), and sends
+//! commands: this server closes its selected connections as [`Context::close`] does,
+//! or removes them from a group (registry, backplane) and runs the hub's
+//! `on_removed` hook ([`MembersRemoved`]).
+//!
 //! # Liveness and shutdown
 //!
 //! The server pings every [`HubConfig::heartbeat_interval`] and closes a connection

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-if ! .venv/bin/python -c 'import grpc, grpc_tools, pytest' 2>/dev/null; then
+if ! .venv/bin/python -c 'import grpc, grpc_tools, pytest, redis, nats' 2>/dev/null; then
   echo "tests/python: .venv is missing or incomplete; running scripts/install-deps.sh"
   scripts/install-deps.sh
 fi
