@@ -16,11 +16,16 @@
 //!   other servers send), written once for every backend;
 //! - [`emit`]: pushes and commands from processes that are not hub servers (a game
 //!   loop), through the same backplane;
+//! - [`relay`]: a [`Backplane`] made of a backend's [`relay::Transport`] and
+//!   [`relay::Presence`] store, the only parts a backend writes;
+//! - [`bus`]: an in-process backend (several hub servers in one process), the
+//!   reference for writing one;
 //! - [`HubMetrics`]: counters every part updates, so no failure is silent;
 //! - [`quote`]: bounded quoting of client input in error messages.
 //!
 //! The tonic service lives in `hub-server`; this crate has no server.
 
+pub mod bus;
 pub mod emit;
 pub mod frame;
 mod group;
@@ -30,6 +35,7 @@ mod metrics;
 mod outbox;
 mod provider;
 pub mod quote;
+pub mod relay;
 pub mod remote;
 mod target;
 

@@ -1,0 +1,561 @@
+//! An in-process backplane: several hub servers in one process share their groups
+//! through a [`Bus`], as they would through Redis or NATS. For tests of multi-server
+//! behaviour without a broker, and the reference backend of `docs/backends.md`: it
+//! is a [`Transport`] and a [`Presence`] store under a [`Relay`], nothing more.
+//!
+//! ```
+//! use hub_core::bus::Bus;
+//!
+//! let bus = Bus::new();
+//! // Give each hub server in the process its own provider from the same bus.
+//! let (a, b) = (bus.provider(), bus.provider());
+//! # let _ = (a, b);
+//! ```
+//!
+//! Faults can be injected: [`Bus::set_down`] makes every operation fail as an
+//! unreachable broker would, and [`Bus::crash`] forgets a server as if it had died,
+//! telling the other servers which members it took with it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use crate::relay::{Channel, Presence, Relay, Transport};
+use crate::remote::{Inbox, Via};
+use crate::{
+    Backplane, BindContext, BoxFuture, ConnectionId, GroupError, GroupName, GroupProvider,
+    MemberInfo, MembersLost, NodeId,
+};
+
+/// The name in errors and logs.
+const NAME: &str = "bus";
+
+/// A channel of one hub.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Group(GroupName),
+    Node(NodeId),
+}
+
+#[derive(Default)]
+struct State {
+    /// Per hub and channel, the inboxes of the servers subscribed to it.
+    channels: HashMap<(&'static str, Key), Vec<(NodeId, Inbox)>>,
+    /// Per hub and group, its members on every server.
+    members: HashMap<(&'static str, GroupName), BTreeMap<ConnectionId, MemberInfo>>,
+    /// Set by [`Bus::set_down`].
+    down: bool,
+}
+
+/// Groups shared by the hub servers of one process. Cheap to clone; clones share
+/// the bus.
+#[derive(Clone, Default)]
+pub struct Bus {
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bus")
+    }
+}
+
+impl Bus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A group provider for one hub server on this bus.
+    pub fn provider(&self) -> Arc<dyn GroupProvider> {
+        Arc::new(self.clone())
+    }
+
+    /// While `down`, every publish, subscription and presence operation fails with
+    /// [`GroupError::Unavailable`], as with a broker that cannot be reached.
+    /// Subscriptions and presence entries made before are kept (a broker that comes
+    /// back), so deliveries resume when it is up again.
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+
+    /// Forgets server `node` as if it had died: its subscriptions and members are
+    /// gone, and the servers with members in its groups hear which members it took.
+    pub fn crash(&self, node: NodeId) {
+        let (lost, inboxes) = {
+            let mut state = self.lock();
+            for subscribers in state.channels.values_mut() {
+                subscribers.retain(|(n, _)| *n != node);
+            }
+            let mut lost = Vec::new();
+            for ((hub, group), members) in state.members.iter_mut() {
+                let gone: Vec<MemberInfo> = members
+                    .values()
+                    .filter(|m| m.connection.node == node)
+                    .cloned()
+                    .collect();
+                members.retain(|id, _| id.node != node);
+                if !gone.is_empty() {
+                    lost.push((*hub, group.clone(), gone));
+                }
+            }
+            let inboxes: Vec<(&'static str, Inbox)> = state
+                .channels
+                .iter()
+                .filter(|((_, key), _)| matches!(key, Key::Node(_)))
+                .flat_map(|((hub, _), subs)| subs.iter().map(|(_, i)| (*hub, i.clone())))
+                .collect();
+            (lost, inboxes)
+        };
+        for (hub, group, members) in lost {
+            for (_, inbox) in inboxes.iter().filter(|(h, _)| *h == hub) {
+                if inbox.local().count(group.as_str()) > 0 {
+                    inbox.events().members_lost(MembersLost {
+                        group: group.clone(),
+                        server: node,
+                        members: members.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding it; a poisoned lock still holds valid state.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state, unless the bus is down.
+    fn up(&self, op: &str) -> Result<MutexGuard<'_, State>, GroupError> {
+        let state = self.lock();
+        if state.down {
+            return Err(GroupError::Unavailable {
+                backplane: NAME,
+                message: format!("{op}: the bus is down"),
+                source: None,
+            });
+        }
+        Ok(state)
+    }
+}
+
+impl GroupProvider for Bus {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn bind(&self, ctx: BindContext) -> Result<Arc<dyn Backplane>, GroupError> {
+        let node = ctx.local.node();
+        let inbox = Inbox::new(ctx.hub, ctx.local, ctx.metrics, ctx.events);
+        self.lock()
+            .channels
+            .entry((ctx.hub, Key::Node(node)))
+            .or_default()
+            .push((node, inbox.clone()));
+        let transport = BusTransport {
+            bus: self.clone(),
+            hub: ctx.hub,
+            node,
+            inbox: inbox.clone(),
+        };
+        let presence = BusPresence {
+            bus: self.clone(),
+            hub: ctx.hub,
+            node,
+        };
+        Ok(Arc::new(Relay::new(inbox, transport, presence)))
+    }
+}
+
+/// Moves envelopes between the servers of one hub on the bus.
+struct BusTransport {
+    bus: Bus,
+    hub: &'static str,
+    node: NodeId,
+    inbox: Inbox,
+}
+
+impl Transport for BusTransport {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn publish<'a>(
+        &'a self,
+        channel: Channel<'a>,
+        payload: Bytes,
+    ) -> BoxFuture<'a, Result<(), GroupError>> {
+        let (key, via) = match channel {
+            Channel::Group(g) => (Key::Group(g.clone()), Via::Group(g.as_str())),
+            Channel::Node(n) => (Key::Node(n), Via::Node),
+        };
+        let subscribers: Vec<Inbox> = match self.bus.up("publish") {
+            Ok(state) => state
+                .channels
+                .get(&(self.hub, key))
+                .into_iter()
+                .flatten()
+                .filter(|(n, _)| *n != self.node)
+                .map(|(_, inbox)| inbox.clone())
+                .collect(),
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        // Delivered here, in the publisher's task: one publisher's envelopes arrive
+        // in the order it published them.
+        for inbox in subscribers {
+            inbox.receive(payload.clone(), via);
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn subscribe<'a>(&'a self, group: &'a GroupName) -> BoxFuture<'a, Result<(), GroupError>> {
+        let result = self.bus.up("subscribe").map(|mut state| {
+            let subs = state
+                .channels
+                .entry((self.hub, Key::Group(group.clone())))
+                .or_default();
+            if !subs.iter().any(|(n, _)| *n == self.node) {
+                subs.push((self.node, self.inbox.clone()));
+            }
+        });
+        Box::pin(async move { result })
+    }
+
+    fn unsubscribe<'a>(&'a self, group: &'a GroupName) -> BoxFuture<'a, Result<(), GroupError>> {
+        let mut state = self.bus.lock();
+        // A join may have come in meanwhile: keep the subscription for it.
+        if self.inbox.local().count(group.as_str()) == 0
+            && let Some(subs) = state
+                .channels
+                .get_mut(&(self.hub, Key::Group(group.clone())))
+        {
+            subs.retain(|(n, _)| *n != self.node);
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        let mut state = self.bus.lock();
+        for ((hub, _), subs) in state.channels.iter_mut() {
+            if *hub == self.hub {
+                subs.retain(|(n, _)| *n != self.node);
+            }
+        }
+        Box::pin(async {})
+    }
+}
+
+/// Who is a member where, for one hub on the bus.
+struct BusPresence {
+    bus: Bus,
+    hub: &'static str,
+    node: NodeId,
+}
+
+impl BusPresence {
+    fn ready<T: Send + 'static>(
+        result: Result<T, GroupError>,
+    ) -> BoxFuture<'static, Result<T, GroupError>> {
+        Box::pin(async move { result })
+    }
+}
+
+impl Presence for BusPresence {
+    fn joined<'a>(
+        &'a self,
+        group: &'a GroupName,
+        member: &'a MemberInfo,
+        _first: bool,
+    ) -> BoxFuture<'a, Result<(), GroupError>> {
+        Self::ready(self.bus.up("join").map(|mut state| {
+            state
+                .members
+                .entry((self.hub, group.clone()))
+                .or_default()
+                .insert(member.connection, member.clone());
+        }))
+    }
+
+    fn left<'a>(
+        &'a self,
+        group: &'a GroupName,
+        member: &'a MemberInfo,
+        _last: bool,
+    ) -> BoxFuture<'a, Result<(), GroupError>> {
+        Self::ready(self.bus.up("leave").map(|mut state| {
+            let key = (self.hub, group.clone());
+            if let Some(members) = state.members.get_mut(&key) {
+                members.remove(&member.connection);
+                if members.is_empty() {
+                    state.members.remove(&key);
+                }
+            }
+        }))
+    }
+
+    fn count<'a>(&'a self, group: &'a GroupName) -> BoxFuture<'a, Result<u64, GroupError>> {
+        Self::ready(self.bus.up("count").map(|state| {
+            state
+                .members
+                .get(&(self.hub, group.clone()))
+                .map_or(0, |m| m.len() as u64)
+        }))
+    }
+
+    fn members<'a>(
+        &'a self,
+        group: &'a GroupName,
+    ) -> BoxFuture<'a, Result<Vec<MemberInfo>, GroupError>> {
+        Self::ready(self.bus.up("members").map(|state| {
+            state
+                .members
+                .get(&(self.hub, group.clone()))
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default()
+        }))
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        let mut state = self.bus.lock();
+        for ((hub, _), members) in state.members.iter_mut() {
+            if *hub == self.hub {
+                members.retain(|id, _| id.node != self.node);
+            }
+        }
+        Box::pin(async {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        BackplaneEvents, Destination, HubMetrics, LocalGroups, Member, Next, Outbox,
+        OutboxReceiver, SlowConsumerPolicy, Target,
+    };
+    use std::future::poll_fn;
+    use std::time::Duration;
+
+    const HUB: &str = "t.v1.T";
+
+    struct Server {
+        local: Arc<LocalGroups>,
+        bp: Arc<dyn Backplane>,
+        lost: Arc<Mutex<Vec<MembersLost>>>,
+    }
+
+    fn server(bus: &Bus, node: u64) -> Server {
+        let local = Arc::new(LocalGroups::new(NodeId(node)));
+        let lost = Arc::new(Mutex::new(Vec::new()));
+        let events = {
+            let lost = lost.clone();
+            BackplaneEvents::new(move |l| lost.lock().expect("lock").push(l))
+        };
+        let bp = bus
+            .bind(BindContext {
+                hub: HUB,
+                local: local.clone(),
+                metrics: Arc::new(HubMetrics::default()),
+                events,
+            })
+            .expect("bind");
+        Server { local, bp, lost }
+    }
+
+    impl Server {
+        async fn member(&self, n: u64, group: &GroupName) -> (ConnectionId, OutboxReceiver) {
+            let id = ConnectionId {
+                node: self.local.node(),
+                local: n,
+            };
+            let (outbox, rx) = Outbox::new(
+                16,
+                SlowConsumerPolicy::Disconnect,
+                Arc::new(HubMetrics::default()),
+            );
+            self.local.register(Member {
+                id,
+                user: Some(format!("u{n}").into()),
+                outbox,
+            });
+            let first = self.local.join(group, id).expect("joins").first_local;
+            let info = MemberInfo {
+                connection: id,
+                user: Some(format!("u{n}")),
+            };
+            self.bp
+                .joined(group, &info, first)
+                .expect("a join future")
+                .await
+                .expect("joined");
+            (id, rx)
+        }
+
+        /// Delivers here as the runtime does, then publishes.
+        async fn push(&self, dest: Destination, frame: &'static [u8]) -> Result<(), GroupError> {
+            let frame = Bytes::from_static(frame);
+            match &dest {
+                Destination::Group { group, target } => {
+                    self.local.deliver(group.as_str(), target, &frame);
+                }
+                Destination::Connections(ids) => {
+                    self.local.deliver_to(ids, &frame);
+                }
+            }
+            match self.bp.publish(&dest, &frame) {
+                Some(f) => f.await,
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// The frames in `rx` right now (delivery on the bus is synchronous).
+    async fn frames(rx: &mut OutboxReceiver) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while let Ok(Some(Next::Frame(f, _))) =
+            tokio::time::timeout(Duration::from_millis(1), poll_fn(|cx| rx.poll_next(cx))).await
+        {
+            out.push(f.bytes);
+        }
+        out
+    }
+
+    fn room() -> GroupName {
+        GroupName::new("room").expect("valid")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_destination_reaches_the_other_servers_once() {
+        let bus = Bus::new();
+        let (a, b, c) = (server(&bus, 1), server(&bus, 2), server(&bus, 3));
+        let (a1, mut ra1) = a.member(1, &room()).await;
+        let (b1, mut rb1) = b.member(1, &room()).await;
+        let (b2, mut rb2) = b.member(2, &room()).await;
+        let (c1, mut rc1) = c.member(1, &GroupName::new("other").expect("valid")).await;
+
+        a.push(Destination::group(room()), b"all")
+            .await
+            .expect("ok");
+        a.push(Destination::group(room()).except(&[a1, b2]), b"except")
+            .await
+            .expect("ok");
+        a.push(Destination::group(room()).only(&[b2, c1]), b"only")
+            .await
+            .expect("ok");
+        a.push(Destination::Connections(Arc::from([b1, c1])), b"direct")
+            .await
+            .expect("ok");
+        assert_eq!(frames(&mut ra1).await, [&b"all"[..]]);
+        assert_eq!(
+            frames(&mut rb1).await,
+            [&b"all"[..], &b"except"[..], &b"direct"[..]]
+        );
+        assert_eq!(frames(&mut rb2).await, [&b"all"[..], &b"only"[..]]);
+        // c1 is not in the room: only the direct send reaches it.
+        assert_eq!(frames(&mut rc1).await, [&b"direct"[..]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sends_to_this_servers_connections_publish_nothing() {
+        let bus = Bus::new();
+        let a = server(&bus, 1);
+        let (a1, _ra1) = a.member(1, &room()).await;
+        let only_local = Destination::Group {
+            group: room(),
+            target: Target::Only(Arc::from([a1])),
+        };
+        assert!(a.bp.publish(&only_local, &Bytes::new()).is_none());
+        let gone = ConnectionId {
+            node: NodeId(1),
+            local: 9,
+        };
+        let direct = Destination::Connections(Arc::from([gone]));
+        assert!(a.bp.publish(&direct, &Bytes::new()).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn counts_members_outage_and_crash() {
+        let bus = Bus::new();
+        let (a, b) = (server(&bus, 1), server(&bus, 2));
+        let (_a1, mut ra1) = a.member(1, &room()).await;
+        let (b1, _rb1) = b.member(1, &room()).await;
+        let (b2, _rb2) = b.member(2, &room()).await;
+        let count = a.bp.member_count(&room()).expect("count").await;
+        assert_eq!(count.expect("ok"), 3);
+        let members = a.bp.members(&room()).expect("members").await.expect("ok");
+        assert_eq!(members.len(), 3);
+        assert!(members.windows(2).all(|w| w[0] <= w[1]), "sorted");
+
+        bus.set_down(true);
+        let err = b
+            .push(Destination::group(room()), b"lost")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GroupError::Unavailable { .. }), "{err}");
+        assert!(a.bp.member_count(&room()).expect("count").await.is_err());
+        bus.set_down(false);
+        b.push(Destination::group(room()), b"back")
+            .await
+            .expect("ok");
+        assert_eq!(frames(&mut ra1).await, [&b"back"[..]]);
+
+        bus.crash(NodeId(2));
+        assert_eq!(
+            a.bp.member_count(&room())
+                .expect("count")
+                .await
+                .expect("ok"),
+            1
+        );
+        let lost = a.lost.lock().expect("lock").clone();
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].server, NodeId(2));
+        let gone: Vec<ConnectionId> = lost[0].members.iter().map(|m| m.connection).collect();
+        assert_eq!(gone, [b1, b2]);
+        assert!(b.lost.lock().expect("lock").is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_leave_unsubscribes_and_shutdown_removes_presence() {
+        let bus = Bus::new();
+        let (a, b) = (server(&bus, 1), server(&bus, 2));
+        let (_a1, mut ra1) = a.member(1, &room()).await;
+        let (b1, _rb1) = b.member(1, &room()).await;
+        // b's member leaves: b unsubscribes and its entry goes.
+        let left = b.local.leave(&room(), b1);
+        let info = MemberInfo {
+            connection: b1,
+            user: Some("u1".into()),
+        };
+        b.bp.left(&room(), &info, left.last_local)
+            .expect("a leave future")
+            .await
+            .expect("left");
+        assert_eq!(
+            a.bp.member_count(&room())
+                .expect("count")
+                .await
+                .expect("ok"),
+            1
+        );
+        let subscribed = bus
+            .lock()
+            .channels
+            .get(&(HUB, Key::Group(room())))
+            .map(|s| s.iter().map(|(n, _)| *n).collect::<Vec<_>>());
+        assert_eq!(subscribed, Some(vec![NodeId(1)]));
+        a.bp.shutdown().expect("shutdown").await;
+        assert_eq!(
+            b.bp.member_count(&room())
+                .expect("count")
+                .await
+                .expect("ok"),
+            0
+        );
+        b.push(Destination::group(room()), b"after")
+            .await
+            .expect("ok");
+        assert!(frames(&mut ra1).await.is_empty());
+    }
+}

@@ -1,0 +1,270 @@
+//! A [`Backplane`] made of a backend's two parts: a [`Transport`] that moves bytes
+//! between servers and a [`Presence`] store that knows who is a member where.
+//!
+//! Everything else a backplane does is the same for every backend and is written
+//! here once: encoding a push into an envelope ([`crate::remote`]), skipping what
+//! needs no publish (a send to this server's own connections), splitting a send to
+//! named connections by server, the size check against the transport's limit,
+//! subscribing on a join and unsubscribing on the last leave, and the ordering of
+//! shutdown. A transport's readers hand what they receive to the [`Inbox`], which
+//! delivers it to this server's members.
+//!
+//! ```text
+//!   hub runtime ──► Relay (Backplane) ──► Transport::publish(channel, envelope)
+//!                     │                   Transport::subscribe / unsubscribe(group)
+//!                     └──────────────────► Presence::joined / left / count / members
+//!   transport reader ──► Inbox::receive(envelope, via) ──► LocalGroups
+//! ```
+//!
+//! `docs/backends.md` walks through a complete backend.
+
+use bytes::Bytes;
+
+use crate::remote::{self, Inbox};
+use crate::{Backplane, BoxFuture, Destination, GroupError, GroupName, MemberInfo, NodeId, Target};
+
+/// Where a transport publishes an envelope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel<'a> {
+    /// A group's channel (subject, stream): every server subscribed to the group
+    /// receives it, and hands it to its inbox with [`remote::Via::Group`].
+    Group(&'a GroupName),
+    /// One server's own channel, which it subscribes to for as long as it runs: sends
+    /// to its connections, handed to its inbox with [`remote::Via::Node`].
+    Node(NodeId),
+}
+
+/// How a backend moves envelopes between servers: what a new backend writes first.
+///
+/// Every method is called concurrently from many connections' tasks; none may block
+/// the thread. Each resolves within the backend's own deadline: a transport never
+/// leaves a caller waiting on a backplane that stopped answering.
+pub trait Transport: Send + Sync + 'static {
+    /// A short name for logs and errors ("redis", "nats").
+    fn name(&self) -> &'static str;
+
+    /// Sends one envelope to every server subscribed to `channel` (this server may get
+    /// it back: its inbox skips its own). Envelopes published by one caller to one
+    /// channel must arrive in the order they were published.
+    fn publish<'a>(
+        &'a self,
+        channel: Channel<'a>,
+        payload: Bytes,
+    ) -> BoxFuture<'a, Result<(), GroupError>>;
+
+    /// Makes sure this server receives the envelopes of `group`'s channel. Called on
+    /// every local join, so it must resolve at once when already subscribed; once it
+    /// returns `Ok`, envelopes published to the group after that reach this server.
+    fn subscribe<'a>(&'a self, group: &'a GroupName) -> BoxFuture<'a, Result<(), GroupError>>;
+
+    /// Stops receiving `group`'s channel: its last local member left. A join may race
+    /// it, so a transport that unsubscribes checks that the group is still empty here
+    /// ([`Inbox::local`]) and keeps its own record of what it is subscribed to.
+    fn unsubscribe<'a>(&'a self, group: &'a GroupName) -> BoxFuture<'a, Result<(), GroupError>>;
+
+    /// The largest envelope the transport carries, in bytes, if it has a limit. Larger
+    /// envelopes fail with [`GroupError::TooLarge`] before they are published.
+    fn max_payload(&self) -> Option<usize> {
+        None
+    }
+
+    /// The hub is shutting down, after [`Presence::shutdown`]: stop the readers and
+    /// background tasks, flush what is buffered.
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// Where a backend keeps which connections are members of which groups on every
+/// server, so that counts and member lists cover all of them, and how it notices a
+/// server that died (reporting its members through [`Inbox::events`]).
+pub trait Presence: Send + Sync + 'static {
+    /// `member` joined `group` on this server (`first`: a hint that it is the first
+    /// one here).
+    fn joined<'a>(
+        &'a self,
+        group: &'a GroupName,
+        member: &'a MemberInfo,
+        first: bool,
+    ) -> BoxFuture<'a, Result<(), GroupError>>;
+
+    /// `member` left `group` on this server, or disconnected (`last`: a hint that no
+    /// member is left here).
+    fn left<'a>(
+        &'a self,
+        group: &'a GroupName,
+        member: &'a MemberInfo,
+        last: bool,
+    ) -> BoxFuture<'a, Result<(), GroupError>>;
+
+    /// The number of members of `group` on every live server.
+    fn count<'a>(&'a self, group: &'a GroupName) -> BoxFuture<'a, Result<u64, GroupError>>;
+
+    /// The members of `group` on every live server, in any order.
+    fn members<'a>(
+        &'a self,
+        group: &'a GroupName,
+    ) -> BoxFuture<'a, Result<Vec<MemberInfo>, GroupError>>;
+
+    /// The hub is shutting down: remove this server's entries (others see its members
+    /// leave now, not when an entry expires).
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// The [`Backplane`] of one hub over a [`Transport`] and a [`Presence`] store: what a
+/// provider's `bind` returns.
+#[derive(Debug)]
+pub struct Relay<T, P> {
+    inbox: Inbox,
+    transport: T,
+    presence: P,
+}
+
+impl<T: Transport, P: Presence> Relay<T, P> {
+    /// The backplane of the hub whose `inbox` the transport's readers deliver to.
+    pub fn new(inbox: Inbox, transport: T, presence: P) -> Self {
+        Relay {
+            inbox,
+            transport,
+            presence,
+        }
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// The presence store.
+    pub fn presence(&self) -> &P {
+        &self.presence
+    }
+
+    /// The inbox envelopes are delivered through.
+    pub fn inbox(&self) -> &Inbox {
+        &self.inbox
+    }
+
+    /// Checks the size against the transport's limit, then publishes.
+    async fn send(&self, channel: Channel<'_>, payload: Bytes) -> Result<(), GroupError> {
+        if let Some(max) = self.transport.max_payload()
+            && payload.len() > max
+        {
+            return Err(GroupError::TooLarge {
+                backplane: self.transport.name(),
+                size: payload.len(),
+                max,
+            });
+        }
+        self.transport.publish(channel, payload).await
+    }
+}
+
+impl<T: Transport, P: Presence> Backplane for Relay<T, P> {
+    fn name(&self) -> &'static str {
+        self.transport.name()
+    }
+
+    fn joined<'a>(
+        &'a self,
+        group: &'a GroupName,
+        member: &'a MemberInfo,
+        first: bool,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        Some(Box::pin(async move {
+            // Every join waits for the subscription (at once when the group is already
+            // subscribed), so a push sent after any join reaches the new member.
+            let (sub, entry) = tokio::join!(
+                self.transport.subscribe(group),
+                self.presence.joined(group, member, first)
+            );
+            sub.and(entry)
+        }))
+    }
+
+    fn left<'a>(
+        &'a self,
+        group: &'a GroupName,
+        member: &'a MemberInfo,
+        last: bool,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        Some(Box::pin(async move {
+            if !last {
+                return self.presence.left(group, member, false).await;
+            }
+            let (entry, unsub) = tokio::join!(
+                self.presence.left(group, member, true),
+                self.transport.unsubscribe(group)
+            );
+            entry.and(unsub)
+        }))
+    }
+
+    fn publish<'a>(
+        &'a self,
+        dest: &'a Destination,
+        frame: &'a Bytes,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        let me = self.inbox.local().node();
+        let writer = self.inbox.writer();
+        match dest {
+            // Only connections of this server, which the runtime already served.
+            Destination::Group {
+                target: Target::Only(ids),
+                ..
+            } if ids.iter().all(|id| id.node == me) => None,
+            Destination::Group { group, target } => Some(Box::pin(
+                self.send(Channel::Group(group), writer.group(group, target, frame)),
+            )),
+            Destination::Connections(ids) => {
+                // One envelope per server named, on that server's own channel. Ids of
+                // this server are not connected (the runtime served those that are).
+                let split = remote::by_server(me, ids);
+                if split.is_empty() {
+                    return None;
+                }
+                Some(Box::pin(async move {
+                    let sends = split.into_iter().map(|(node, ids)| {
+                        self.send(Channel::Node(node), writer.connections(&ids, frame))
+                    });
+                    futures_util::future::try_join_all(sends).await.map(|_| ())
+                }))
+            }
+        }
+    }
+
+    fn member_count<'a>(
+        &'a self,
+        group: &'a GroupName,
+    ) -> Option<BoxFuture<'a, Result<u64, GroupError>>> {
+        Some(self.presence.count(group))
+    }
+
+    fn members<'a>(
+        &'a self,
+        group: &'a GroupName,
+    ) -> Option<BoxFuture<'a, Result<Vec<MemberInfo>, GroupError>>> {
+        Some(Box::pin(async move {
+            let mut members = self.presence.members(group).await?;
+            members.sort();
+            Ok(members)
+        }))
+    }
+
+    fn max_frame_bytes(&self) -> Option<usize> {
+        // Room for the envelope of a group push naming up to 16 connections.
+        let overhead = self.inbox.writer().overhead(16);
+        self.transport
+            .max_payload()
+            .map(|max| max.saturating_sub(overhead))
+    }
+
+    fn shutdown(&self) -> Option<BoxFuture<'_, ()>> {
+        Some(Box::pin(async move {
+            self.presence.shutdown().await;
+            self.transport.shutdown().await;
+        }))
+    }
+}
