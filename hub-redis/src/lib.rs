@@ -183,6 +183,7 @@ mod keys;
 mod link;
 mod presence;
 mod publish;
+mod shared;
 #[cfg(test)]
 mod tests;
 
@@ -318,7 +319,7 @@ impl GroupProvider for RedisProvider {
     }
 
     fn bind(&self, ctx: BindContext) -> Result<Arc<dyn Backplane>, GroupError> {
-        Ok(Arc::new(backplane::RedisBackplane::start(
+        Ok(Arc::new(backplane::RedisTransport::start(
             self.config.clone(),
             ctx,
         )?))

@@ -10,10 +10,10 @@ use hub_core::{GroupError, GroupName, HubMetrics};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::backplane::{Link, Shared, copy_error, unavailable};
 use crate::conn::{self, Conn};
 use crate::envelope::{Inbound, LossSignal};
 use crate::presence;
+use crate::shared::{Link, Shared, copy_error, unavailable};
 
 /// A request to subscribe to (or unsubscribe from) a group's channel.
 pub(crate) struct SubOp {

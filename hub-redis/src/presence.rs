@@ -20,9 +20,9 @@ use futures_util::{StreamExt, TryStreamExt};
 use hub_core::{ConnectionId, GroupError, GroupName, HubMetrics, MemberInfo, MembersLost};
 use redis::{Script, Value};
 
-use crate::backplane::Shared;
 use crate::conn::Conn;
 use crate::keys::incarnation;
+use crate::shared::Shared;
 
 /// Adds or refreshes a member. KEYS: count, members. ARGV: node, connection, value.
 static JOIN: LazyLock<Script> = LazyLock::new(|| {
@@ -156,13 +156,6 @@ return 0
 ",
     )
 });
-
-/// The current registration of this server.
-#[derive(Debug, Default)]
-pub(crate) struct Registration {
-    /// The live incarnation number, 0 before the first registration.
-    pub(crate) inc: u32,
-}
 
 /// A member entry's value: the incarnation (8 hex digits), then `|user` if it has one.
 pub(crate) fn entry_value(inc: u32, user: Option<&str>) -> String {

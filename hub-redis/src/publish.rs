@@ -9,9 +9,9 @@ use futures_util::stream::FuturesUnordered;
 use hub_core::{GroupError, HubMetrics};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::backplane::{BACKPLANE, Link, Shared, redis_error, unavailable};
 use crate::conn::Conn;
 use crate::envelope::LossSignal;
+use crate::shared::{BACKPLANE, Link, Shared, redis_error, unavailable};
 
 /// Pipelines sent and not yet answered, at most. Keeps Redis busy while the previous
 /// batch's replies are on their way. Ordering is kept: batches are taken from the
