@@ -1,15 +1,15 @@
-//! The [`Backplane`] of one hub on NATS: binding (state and tasks), and what the
-//! runtime calls: joins and leaves, publishes, member queries, shutdown.
+//! The backplane of one hub on NATS: binding (state and tasks), its [`Transport`]
+//! (core NATS subjects) and its [`Presence`] store (heartbeats, membership changes
+//! and roll calls), under hub-core's [`Relay`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use hub_core::remote::{self, Inbox};
-use hub_core::{
-    Backplane, BindContext, BoxFuture, Destination, GroupError, GroupName, MemberInfo, Target,
-};
+use hub_core::relay::{Channel, Presence, Relay, Transport};
+use hub_core::remote::Inbox;
+use hub_core::{BindContext, BoxFuture, GroupError, GroupName, MemberInfo};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -22,14 +22,23 @@ use crate::state::{Inner, Pending, lock};
 use crate::subject::Subjects;
 use crate::{BACKPLANE, ProviderShared};
 
-/// The [`Backplane`] of one hub on NATS (what [`crate::NatsProvider`] binds). Its
-/// tasks stop when it is dropped or shut down.
+/// The backplane of one hub on NATS, as [`crate::NatsProvider`] binds it.
+pub(crate) type NatsBackplane = Relay<NatsTransport, NatsPresence>;
+
+/// How one hub's envelopes cross NATS. The hub's tasks stop when it is dropped or
+/// shut down.
 #[derive(Debug)]
-pub(crate) struct NatsBackplane {
+pub(crate) struct NatsTransport {
     /// State shared with the tasks.
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     /// Cancels the tasks when the backplane goes away.
     _stop: DropGuard,
+}
+
+/// Who is a member where, from heartbeats, membership changes and roll calls.
+#[derive(Debug)]
+pub(crate) struct NatsPresence {
+    inner: Arc<Inner>,
 }
 
 /// Binds one hub: builds its state and starts its background tasks.
@@ -82,143 +91,105 @@ pub(crate) fn bind(
         shared.events.subscribe(),
     ));
     tracing::debug!(hub = ctx.hub, %node, subjects = %inner.subjects.base, max_payload, "hub bound to NATS");
-    Ok(Arc::new(NatsBackplane {
-        inner,
-        _stop: cancel.drop_guard(),
-    }))
+    Ok(Arc::new(Relay::new(
+        inner.inbox.clone(),
+        NatsTransport {
+            inner: inner.clone(),
+            _stop: cancel.drop_guard(),
+        },
+        NatsPresence { inner },
+    )))
 }
 
-impl NatsBackplane {
-    /// The state shared with the background tasks (for tests).
-    #[cfg(test)]
-    pub(crate) fn inner(&self) -> &Arc<Inner> {
-        &self.inner
-    }
-}
-
-impl Inner {
-    /// Publishes a push for the other servers.
-    async fn publish(&self, dest: &Destination, frame: &Bytes) -> Result<(), GroupError> {
-        let writer = self.inbox.writer();
-        match dest {
-            Destination::Group { group: g, target } => {
-                let payload = writer.group(g, target, frame);
-                self.send("publish", self.subjects.group(g.as_str()), payload)
-                    .await
-            }
-            Destination::Connections(ids) => {
-                for (node, ids) in remote::by_server(self.node, ids) {
-                    let payload = writer.connections(&ids, frame);
-                    self.send("publish", self.subjects.node(node), payload)
-                        .await?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// Says goodbye and stops every subscription and task.
-    async fn shutdown(&self) {
-        self.heartbeat(Kind::Bye).await;
-        self.cancel.cancel();
-        let groups = std::mem::take(&mut *lock(&self.groups));
-        drop(groups);
-        // Push the goodbye and the unsubscribes out before the process goes.
-        let _ = tokio::time::timeout(self.config.op_timeout, self.client.flush()).await;
-        tracing::debug!(hub = self.hub, "left NATS");
-    }
-}
-
-impl Backplane for NatsBackplane {
+impl Transport for NatsTransport {
     fn name(&self) -> &'static str {
         BACKPLANE
     }
 
+    fn publish<'a>(
+        &'a self,
+        channel: Channel<'a>,
+        payload: Bytes,
+    ) -> BoxFuture<'a, Result<(), GroupError>> {
+        let subjects = &self.inner.subjects;
+        let subject = match channel {
+            Channel::Group(g) => subjects.group(g.as_str()),
+            Channel::Node(node) => subjects.node(node),
+        };
+        Box::pin(self.inner.send("publish", subject, payload))
+    }
+
+    fn subscribe<'a>(&'a self, group: &'a GroupName) -> BoxFuture<'a, Result<(), GroupError>> {
+        Box::pin(async move {
+            if !self.inner.is_subscribed(group) {
+                self.inner.ensure_subscribed(group).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn unsubscribe<'a>(&'a self, group: &'a GroupName) -> BoxFuture<'a, Result<(), GroupError>> {
+        Box::pin(async move {
+            self.inner.release(group).await;
+            Ok(())
+        })
+    }
+
+    fn max_payload(&self) -> Option<usize> {
+        Some(self.inner.max_payload)
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            inner.cancel.cancel();
+            let groups = std::mem::take(&mut *lock(&inner.groups));
+            drop(groups);
+            // Push the goodbye and the unsubscribes out before the process goes.
+            let _ = tokio::time::timeout(inner.config.op_timeout, inner.client.flush()).await;
+            tracing::debug!(hub = inner.hub, "left NATS");
+        })
+    }
+}
+
+impl Presence for NatsPresence {
     fn joined<'a>(
         &'a self,
         group: &'a GroupName,
         member: &'a MemberInfo,
         _first: bool,
-    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
-        // `first` is a hint: a join and a leave of the same group can reach us in
-        // either order, so the subscription map is what decides.
-        Some(Box::pin(async move {
-            if !self.inner.is_subscribed(group) {
-                self.inner.ensure_subscribed(group).await?;
-            }
+    ) -> BoxFuture<'a, Result<(), GroupError>> {
+        Box::pin(async move {
             self.inner.announce(group, member, true).await;
             Ok(())
-        }))
+        })
     }
 
     fn left<'a>(
         &'a self,
         group: &'a GroupName,
         member: &'a MemberInfo,
-        last: bool,
-    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
-        Some(Box::pin(async move {
+        _last: bool,
+    ) -> BoxFuture<'a, Result<(), GroupError>> {
+        Box::pin(async move {
             self.inner.announce(group, member, false).await;
-            if last {
-                self.inner.release(group).await;
-            }
             Ok(())
-        }))
+        })
     }
 
-    fn publish<'a>(
-        &'a self,
-        dest: &'a Destination,
-        frame: &'a Bytes,
-    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
-        let remote =
-            |ids: &[hub_core::ConnectionId]| ids.iter().any(|id| id.node != self.inner.node);
-        match dest {
-            // Only connections of this server, which the runtime already served:
-            // nothing to publish (and, without a group, they are not connected).
-            Destination::Group {
-                target: Target::Only(ids),
-                ..
-            }
-            | Destination::Connections(ids)
-                if !remote(ids) =>
-            {
-                None
-            }
-            _ => Some(Box::pin(self.inner.publish(dest, frame))),
-        }
-    }
-
-    fn max_frame_bytes(&self) -> Option<usize> {
-        // Room for the envelope of a group push naming up to 16 connections.
-        Some(
-            self.inner
-                .max_payload
-                .saturating_sub(self.inner.inbox.writer().overhead(16)),
-        )
-    }
-
-    fn member_count<'a>(
-        &'a self,
-        group: &'a GroupName,
-    ) -> Option<BoxFuture<'a, Result<u64, GroupError>>> {
-        Some(Box::pin(async move {
-            Ok(roll_call::ask(&self.inner, group, true).await?.count)
-        }))
+    fn count<'a>(&'a self, group: &'a GroupName) -> BoxFuture<'a, Result<u64, GroupError>> {
+        Box::pin(async move { Ok(roll_call::ask(&self.inner, group, true).await?.count) })
     }
 
     fn members<'a>(
         &'a self,
         group: &'a GroupName,
-    ) -> Option<BoxFuture<'a, Result<Vec<MemberInfo>, GroupError>>> {
-        Some(Box::pin(async move {
-            let mut members = roll_call::ask(&self.inner, group, false).await?.members;
-            members.sort();
-            Ok(members)
-        }))
+    ) -> BoxFuture<'a, Result<Vec<MemberInfo>, GroupError>> {
+        Box::pin(async move { Ok(roll_call::ask(&self.inner, group, false).await?.members) })
     }
 
-    fn shutdown(&self) -> Option<BoxFuture<'_, ()>> {
-        Some(Box::pin(self.inner.shutdown()))
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        // Say goodbye first: the others drop this server's members at once.
+        Box::pin(self.inner.heartbeat(Kind::Bye))
     }
 }

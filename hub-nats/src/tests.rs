@@ -260,7 +260,8 @@ impl Server {
     fn subscribed(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .bp
-            .inner()
+            .transport()
+            .inner
             .subscribed_groups()
             .iter()
             .map(|g| g.to_string())
@@ -301,7 +302,8 @@ async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
 async fn know_each_other(servers: &[&Server]) {
     eventually("servers know each other", async || {
         servers.iter().all(|s| {
-            let (live, warming) = lock(&s.bp.inner().peers).expected(tokio::time::Instant::now());
+            let (live, warming) =
+                lock(&s.bp.transport().inner.peers).expected(tokio::time::Instant::now());
             live.len() == servers.len() - 1 && !warming
         })
     })
@@ -645,7 +647,7 @@ async fn a_crashed_server_is_not_counted() {
     // ...and once 3 heartbeats (200 ms) are missed, B's members are reported lost
     // and counts no longer wait for it.
     eventually("B presumed dead", async || {
-        let (live, _) = lock(&a.bp.inner().peers).expected(tokio::time::Instant::now());
+        let (live, _) = lock(&a.bp.transport().inner.peers).expected(tokio::time::Instant::now());
         live.is_empty()
     })
     .await;
@@ -682,7 +684,7 @@ async fn a_server_shutting_down_says_goodbye() {
     b.leave("room", b1).await;
     b.bp.shutdown().expect("nats shuts down").await;
     eventually("B forgotten after its goodbye", async || {
-        lock(&a.bp.inner().peers)
+        lock(&a.bp.transport().inner.peers)
             .expected(tokio::time::Instant::now())
             .0
             .is_empty()
