@@ -111,11 +111,7 @@ impl Transport for NatsTransport {
         channel: Channel<'a>,
         payload: Bytes,
     ) -> BoxFuture<'a, Result<(), GroupError>> {
-        let subjects = &self.inner.subjects;
-        let subject = match channel {
-            Channel::Group(g) => subjects.group(g.as_str()),
-            Channel::Node(node) => subjects.node(node),
-        };
+        let subject = self.inner.subjects.channel(channel);
         Box::pin(self.inner.send("publish", subject, payload))
     }
 

@@ -1,6 +1,7 @@
 //! Subject names: the per-hub prefix and the group-name encoding.
 
 use hub_core::NodeId;
+use hub_core::relay::Channel;
 
 /// The default first part of every subject; the hub's full name follows it.
 pub const DEFAULT_PREFIX: &str = "hub";
@@ -124,6 +125,14 @@ impl Subjects {
     /// The subject of one server's connections.
     pub(crate) fn node(&self, node: NodeId) -> String {
         format!("{}{node}", self.node_prefix)
+    }
+
+    /// The subject of a relay [`Channel`].
+    pub(crate) fn channel(&self, channel: Channel<'_>) -> String {
+        match channel {
+            Channel::Group(g) => self.group(g.as_str()),
+            Channel::Node(node) => self.node(node),
+        }
     }
 }
 

@@ -171,12 +171,7 @@ impl Transport for RedisTransport {
         channel: Channel<'a>,
         payload: Bytes,
     ) -> BoxFuture<'a, Result<(), GroupError>> {
-        let keys = &self.shared.keys;
-        let channel = match channel {
-            Channel::Group(g) => keys.group_channel(g.as_str()),
-            Channel::Node(node) => keys.node_channel(node),
-        };
-        Box::pin(self.publish_one(channel, payload))
+        Box::pin(self.publish_one(self.shared.keys.channel(channel), payload))
     }
 
     fn subscribe<'a>(&'a self, group: &'a GroupName) -> BoxFuture<'a, Result<(), GroupError>> {

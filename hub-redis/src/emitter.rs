@@ -11,9 +11,9 @@ use hub_core::{BoxFuture, GroupError};
 use redis::aio::{AsyncPushSender, SendError};
 use redis::{PushInfo, PushKind};
 
-use crate::backplane::{BACKPLANE, redis_error, unavailable};
 use crate::conn::{self, Conn};
 use crate::keys::Keys;
+use crate::shared::{BACKPLANE, redis_error, unavailable};
 use crate::{Config, ConnectError, RedisProvider, RedisProviderBuilder};
 
 /// Publishes envelopes of an emitter (`hub_core::emit::Emitter`, or a generated

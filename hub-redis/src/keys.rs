@@ -1,6 +1,7 @@
 //! Names of the channels and keys one hub uses in Redis, and the cluster slot of a key.
 
 use hub_core::NodeId;
+use hub_core::relay::Channel;
 
 /// The channels and keys of one hub, all under `{prefix}:{hub}` (the "base").
 #[derive(Debug, Clone)]
@@ -43,6 +44,14 @@ impl Keys {
     /// The pub/sub channel of one server (sends to its connections): `{base}:node:{node}`.
     pub(crate) fn node_channel(&self, node: NodeId) -> String {
         format!("{}{node}", self.node_channel_prefix)
+    }
+
+    /// The Redis channel of a relay [`Channel`].
+    pub(crate) fn channel(&self, channel: Channel<'_>) -> String {
+        match channel {
+            Channel::Group(g) => self.group_channel(g.as_str()),
+            Channel::Node(node) => self.node_channel(node),
+        }
     }
 
     /// The sorted set of live server incarnations (`{node}:{inc}`, scored by expiry time).
