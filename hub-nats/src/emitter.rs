@@ -10,7 +10,7 @@ use hub_core::emit::{Emit, Route};
 use hub_core::{BoxFuture, GroupError};
 
 use crate::subject::Subjects;
-use crate::{BACKPLANE, NatsError, NatsProvider, NatsProviderBuilder};
+use crate::{BACKPLANE, ConnectError, NatsProvider, NatsProviderBuilder};
 
 /// Publishes envelopes of an emitter (`hub_core::emit::Emitter`, or a generated
 /// `FooHubEmitter`) to NATS: each is one publish on `<prefix>.<hub>.g.<group token>`
@@ -68,13 +68,16 @@ impl NatsEmitter {
 
     /// Connects to NATS at `urls` (one URL, or several comma-separated; see the
     /// [crate docs](crate#options)) with the default settings (prefix `hub`).
-    pub async fn connect(urls: &str) -> Result<Self, NatsError> {
+    pub async fn connect(urls: &str) -> Result<Self, ConnectError> {
         Self::connect_with(NatsProvider::builder(), urls).await
     }
 
     /// Connects with the options and settings of `builder` (connect options,
     /// subject prefix, operation timeout).
-    pub async fn connect_with(builder: NatsProviderBuilder, urls: &str) -> Result<Self, NatsError> {
+    pub async fn connect_with(
+        builder: NatsProviderBuilder,
+        urls: &str,
+    ) -> Result<Self, ConnectError> {
         Ok(Self::new(&builder.connect(urls).await?))
     }
 

@@ -230,7 +230,7 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
 /// Why the provider could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum NatsError {
+pub enum ConnectError {
     /// No server URL was given.
     #[error("no NATS server URL given")]
     NoServers,
@@ -248,9 +248,9 @@ pub enum NatsError {
         "invalid subject prefix {0:?}: use one or more '.'-separated tokens of ASCII letters, digits, '-' and '_'"
     )]
     InvalidPrefix(String),
-    /// A setting is out of range.
-    #[error("invalid setting: {0}")]
-    InvalidSetting(&'static str),
+    /// An option is out of range or inconsistent.
+    #[error("invalid NATS provider option: {0}")]
+    InvalidOption(String),
     /// Connecting failed (unreachable, refused, authentication, TLS...).
     #[error("cannot connect to NATS at {servers}: {source}")]
     Connect {
@@ -262,8 +262,8 @@ pub enum NatsError {
     },
 }
 
-impl From<NatsError> for GroupError {
-    fn from(e: NatsError) -> Self {
+impl From<ConnectError> for GroupError {
+    fn from(e: ConnectError) -> Self {
         GroupError::Unavailable {
             backplane: BACKPLANE,
             message: e.to_string(),
@@ -332,11 +332,11 @@ impl NatsProvider {
     /// default settings. See the [crate docs](crate#options) for the URL forms.
     ///
     /// ```no_run
-    /// # async fn run() -> Result<(), hub_nats::NatsError> {
+    /// # async fn run() -> Result<(), hub_nats::ConnectError> {
     /// let groups = hub_nats::NatsProvider::connect("nats://127.0.0.1:4222").await?;
     /// # Ok(()) }
     /// ```
-    pub async fn connect(urls: &str) -> Result<Self, NatsError> {
+    pub async fn connect(urls: &str) -> Result<Self, ConnectError> {
         Self::builder().connect(urls).await
     }
 
@@ -447,9 +447,9 @@ impl NatsProviderBuilder {
     }
 
     /// Checks the settings and connects to `urls` (one URL, or several comma-separated).
-    pub async fn connect(self, urls: &str) -> Result<NatsProvider, NatsError> {
+    pub async fn connect(self, urls: &str) -> Result<NatsProvider, ConnectError> {
         if !subject::valid_prefix(&self.config.prefix) {
-            return Err(NatsError::InvalidPrefix(self.config.prefix));
+            return Err(ConnectError::InvalidPrefix(self.config.prefix));
         }
         for (d, what) in [
             (
@@ -466,7 +466,7 @@ impl NatsProviderBuilder {
             ),
         ] {
             if d < Duration::from_millis(10) {
-                return Err(NatsError::InvalidSetting(what));
+                return Err(ConnectError::InvalidOption(what.to_owned()));
             }
         }
         let servers = parse_servers(urls)?;
@@ -500,13 +500,14 @@ impl NatsProviderBuilder {
                 let _ = tx.send(event);
             }
         });
-        let client = options
-            .connect(servers.addrs)
-            .await
-            .map_err(|source| NatsError::Connect {
-                servers: shown.clone(),
-                source,
-            })?;
+        let client =
+            options
+                .connect(servers.addrs)
+                .await
+                .map_err(|source| ConnectError::Connect {
+                    servers: shown.clone(),
+                    source,
+                })?;
         tracing::info!(servers = %shown, prefix = %self.config.prefix, "connected to NATS");
         Ok(NatsProvider {
             shared: Arc::new(ProviderShared {
@@ -535,11 +536,11 @@ struct Servers {
 
 /// Reads a comma-separated list of server URLs. async-nats ignores credentials in
 /// URLs, so they are taken out here (and passed as options) and kept out of logs.
-fn parse_servers(urls: &str) -> Result<Servers, NatsError> {
+fn parse_servers(urls: &str) -> Result<Servers, ConnectError> {
     let mut addrs = Vec::new();
     let mut auth = None;
     for raw in urls.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let invalid = |source| NatsError::InvalidUrl {
+        let invalid = |source| ConnectError::InvalidUrl {
             url: redact(raw),
             source,
         };
@@ -558,7 +559,7 @@ fn parse_servers(urls: &str) -> Result<Servers, NatsError> {
         addrs.push(ServerAddr::from_url(url).map_err(invalid)?);
     }
     if addrs.is_empty() {
-        return Err(NatsError::NoServers);
+        return Err(ConnectError::NoServers);
     }
     Ok(Servers { addrs, auth })
 }

@@ -44,9 +44,9 @@ fn urls_credentials_and_redaction() {
     assert!(s.addrs[1].tls_required());
     assert_eq!(s.addrs[2].port(), 3);
 
-    assert!(matches!(parse_servers(" , "), Err(NatsError::NoServers)));
+    assert!(matches!(parse_servers(" , "), Err(ConnectError::NoServers)));
     let err = parse_servers("http://user:pw@x:1").unwrap_err();
-    assert!(matches!(err, NatsError::InvalidUrl { .. }));
+    assert!(matches!(err, ConnectError::InvalidUrl { .. }));
     assert!(!err.to_string().contains("pw"), "{err}");
     assert_eq!(redact("nats://u:p@h:1"), "nats://***@h:1");
     assert_eq!(redact("nats://h:1"), "nats://h:1");
@@ -60,13 +60,13 @@ async fn bad_settings_are_refused_before_connecting() {
         .connect("nats://127.0.0.1:1")
         .await
         .unwrap_err();
-    assert!(matches!(err, NatsError::InvalidPrefix(_)), "{err}");
+    assert!(matches!(err, ConnectError::InvalidPrefix(_)), "{err}");
     let err = NatsProvider::builder()
         .heartbeat_interval(Duration::ZERO)
         .connect("nats://127.0.0.1:1")
         .await
         .unwrap_err();
-    assert!(matches!(err, NatsError::InvalidSetting(_)), "{err}");
+    assert!(matches!(err, ConnectError::InvalidOption(_)), "{err}");
     let group: GroupError = err.into();
     assert!(matches!(
         group,
@@ -817,7 +817,7 @@ async fn user_and_password() {
 
     for url in [format!("nats://hub:wrong@127.0.0.1:{port}"), nats.url()] {
         let err = NatsProvider::connect(&url).await.unwrap_err();
-        assert!(matches!(err, NatsError::Connect { .. }), "{err}");
+        assert!(matches!(err, ConnectError::Connect { .. }), "{err}");
         assert!(!err.to_string().contains("wrong"), "password shown: {err}");
     }
 }
@@ -848,7 +848,7 @@ async fn token() {
     let err = NatsProvider::connect(&format!("nats://bad@127.0.0.1:{port}"))
         .await
         .unwrap_err();
-    assert!(matches!(err, NatsError::Connect { .. }), "{err}");
+    assert!(matches!(err, ConnectError::Connect { .. }), "{err}");
 }
 
 #[tokio::test]
@@ -860,7 +860,7 @@ async fn tls_url_requires_tls() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, NatsError::Connect { .. }),
+        matches!(err, ConnectError::Connect { .. }),
         "a plain server must not be accepted for tls://: {err}"
     );
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use examples::chat::chat_hub_client::ChatHubClient;
 use examples::chat::{ChatMessage, SayRequest, WhisperRequest};
-use hub_nats::{NatsError, NatsProvider};
+use hub_nats::{ConnectError, NatsProvider};
 use hub_server::{ConnectionId, HubConfig};
 use test_support::{ChatServer, NatsCluster, NatsOptions, NatsServer};
 use tests::{CrashableServer, Recorder, Seen, TestServer, join_notice, joined, said};
@@ -587,7 +587,7 @@ async fn user_password_and_token_auth() {
         format!("nats://wrong@127.0.0.1:{tp}"),
     ] {
         let err = NatsProvider::connect(&url).await.unwrap_err();
-        assert!(matches!(err, NatsError::Connect { .. }), "{url}: {err}");
+        assert!(matches!(err, ConnectError::Connect { .. }), "{url}: {err}");
         assert!(
             !err.to_string().contains("wrong"),
             "credentials in an error: {err}"
