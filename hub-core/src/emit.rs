@@ -141,7 +141,8 @@ impl Emitter {
 
     /// Closes the connections of `dest` on every server, as the hub's
     /// `Context::close(code, reason)` does: the client gets what was queued for it,
-    /// a goodbye with the code and reason, then the stream ends with that status.
+    /// a goodbye with the code and reason, then the stream ends with that status (a
+    /// call running at that moment gets no reply).
     pub async fn disconnect(
         &self,
         dest: &Destination,
