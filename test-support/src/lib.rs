@@ -240,19 +240,42 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout)
         );
         let c = RedisCluster { nodes };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let info = c.nodes[0].cli(&["cluster", "info"]);
-            if info.contains("cluster_state:ok") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cluster did not become ok: {info}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        c.wait_ok();
         c
+    }
+
+    /// Waits until every node reports `cluster_state:ok`.
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &self.nodes {
+            loop {
+                let info = node.cli(&["cluster", "info"]);
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster did not become ok: {info}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Kills every node (an outage of the whole cluster).
+    pub fn kill(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+    }
+
+    /// Starts every node again on its port with its cluster configuration (the slots
+    /// are kept, the data is not) and waits until the cluster is ok.
+    pub fn restart(&mut self) {
+        for node in &mut self.nodes {
+            node.restart();
+        }
+        self.wait_ok();
     }
 
     /// The nodes' URLs.
@@ -406,24 +429,54 @@ impl NatsCluster {
                 s
             })
             .collect();
-        // Routes connect asynchronously; give them a moment, then check every log says so.
+        let c = NatsCluster { nodes };
+        c.wait_for_routes(&[0, 0, 0]);
+        c
+    }
+
+    /// How many routes each node's log says were created.
+    fn routes_created(&self) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                std::fs::read_to_string(n.dir.path().join("nats.log"))
+                    .map(|log| log.matches("Route connection created").count())
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// Waits until each node's log has two more routes created than `before`.
+    fn wait_for_routes(&self, before: &[usize]) {
+        // Routes connect asynchronously: poll the logs (appended to across restarts).
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let ready = nodes.iter().all(|n| {
-                std::fs::read_to_string(n.dir.path().join("nats.log"))
-                    .map(|log| log.matches("Route connection created").count() >= 2)
-                    .unwrap_or(false)
-            });
-            if ready {
-                break;
+            let now = self.routes_created();
+            if now.iter().zip(before).all(|(n, b)| *n >= b + 2) {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
-                "NATS cluster routes did not come up"
+                "NATS cluster routes did not come up: {now:?} created, {before:?} before"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        NatsCluster { nodes }
+    }
+
+    /// Kills every node (an outage of the whole cluster).
+    pub fn kill(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+    }
+
+    /// Starts every node again on its ports and waits until their routes are up.
+    pub fn restart(&mut self) {
+        let before = self.routes_created();
+        for node in &mut self.nodes {
+            node.restart();
+        }
+        self.wait_for_routes(&before);
     }
 
     /// The nodes' client URLs.
