@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: in-process chat servers on
 //! `127.0.0.1:0` and chat clients that record what they receive; the probe hub
-//! ([`probe`]) and a raw client for bad-input tests ([`raw`]).
+//! ([`probe`]) and a raw client for bad-input tests ([`raw`]); the backplane
+//! conformance suite every topology runs ([`conformance`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use hub_server::{GroupProvider, HubConfig, Hubs};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+pub mod conformance;
 pub mod memory;
 pub mod probe;
 pub mod raw;
