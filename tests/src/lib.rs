@@ -240,13 +240,6 @@ impl Recorder {
             }
         }
     }
-
-    /// Waits `quiet` and returns what arrived. A sleep proves nothing: prefer
-    /// [`Recorder::barrier`], or a push from the same sender through the same group.
-    pub async fn settle(&self, quiet: Duration) -> Vec<Seen> {
-        tokio::time::sleep(quiet).await;
-        self.seen()
-    }
 }
 
 impl ChatHubReceiver for Recorder {

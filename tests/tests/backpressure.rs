@@ -215,8 +215,25 @@ async fn drop_newest_shows_a_gap_in_the_sequence_and_keeps_the_connection() {
         push_in_lockstep(&server, &fast_rx, n).await;
         n += 1;
     }
-    // Let several heartbeats meet the full queue.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Let several heartbeats meet the full queue. Not a sleep: a watcher connection,
+    // opened now with the same heartbeat interval, counts the pings it gets; by its
+    // tenth, the slow connection's heartbeat timer has fired about as often (a skipped
+    // ping leaves no other trace).
+    let mut watcher =
+        RawConn::<ProbeResponse>::open(tests::probe::channel(&server.url()).await, PATH, &[])
+            .await
+            .unwrap();
+    let mut pings = 0;
+    while pings < 10 {
+        let r = watcher
+            .next()
+            .await
+            .unwrap()
+            .expect("the watcher's stream goes on");
+        if matches!(Frame::of(&r).control(), Some(Kind::Ping(_))) {
+            pings += 1;
+        }
+    }
     assert_eq!(server.handle.metrics().slow_consumer_disconnects, 0);
 
     // The slow client reads what it got, then a push sent after it caught up.
