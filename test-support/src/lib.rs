@@ -269,6 +269,11 @@ impl RedisCluster {
         }
     }
 
+    /// Stalls every node (`SIGSTOP`) until the returned guards are dropped.
+    pub fn pause(&self) -> Vec<Paused<'_>> {
+        self.nodes.iter().map(RedisServer::pause).collect()
+    }
+
     /// Starts every node again on its port with its cluster configuration (the slots
     /// are kept, the data is not) and waits until the cluster is ok.
     pub fn restart(&mut self) {
@@ -468,6 +473,11 @@ impl NatsCluster {
         for node in &mut self.nodes {
             node.kill();
         }
+    }
+
+    /// Stalls every node (`SIGSTOP`) until the returned guards are dropped.
+    pub fn pause(&self) -> Vec<Paused<'_>> {
+        self.nodes.iter().map(NatsServer::pause).collect()
     }
 
     /// Starts every node again on its ports and waits until their routes are up.

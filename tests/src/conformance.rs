@@ -93,6 +93,9 @@ pub struct Capabilities {
     /// One node of a clustered backplane can die while the hub servers connected to it
     /// fail over to another ([`Topology::kill_node_of`]).
     pub node_failover: bool,
+    /// The whole backplane can stall (`SIGSTOP`: connections stay open, nothing is
+    /// answered) for [`Topology::tolerated_stall`] ([`Topology::pause_backplane`]).
+    pub backplane_pause: bool,
 }
 
 impl Capabilities {
@@ -101,6 +104,7 @@ impl Capabilities {
         server_crash: false,
         backplane_restart: false,
         node_failover: false,
+        backplane_pause: false,
     };
 
     /// `self == other`, in a constant.
@@ -108,6 +112,7 @@ impl Capabilities {
         self.server_crash == other.server_crash
             && self.backplane_restart == other.backplane_restart
             && self.node_failover == other.node_failover
+            && self.backplane_pause == other.backplane_pause
     }
 }
 
@@ -155,7 +160,24 @@ pub trait Topology: Sized + 'static {
         let _ = server;
         unsupported::<Self>("node_failover")
     }
+
+    /// Stalls every process of the backplane until the returned guard is dropped.
+    /// Needed for `backplane_pause`.
+    fn pause_backplane(&self) -> Box<dyn Stall + '_> {
+        unsupported::<Self>("backplane_pause")
+    }
+
+    /// The longest stall of the backplane after which nobody may be presumed dead:
+    /// the stall case lasts this long. Needed for `backplane_pause`.
+    fn tolerated_stall(&self) -> Duration {
+        unsupported::<Self>("backplane_pause")
+    }
 }
+
+/// A stalled backplane, resumed when dropped.
+pub trait Stall {}
+
+impl<T> Stall for T {}
 
 fn unsupported<T: Topology>(capability: &str) -> ! {
     panic!(
@@ -193,6 +215,11 @@ macro_rules! conformance_suite {
     (@capability $topology:ty; backplane_restart) => {
         $crate::conformance_suite!(@cases $topology;
             a_backplane_restart_in_the_middle_of_traffic,
+        );
+    };
+    (@capability $topology:ty; backplane_pause) => {
+        $crate::conformance_suite!(@cases $topology;
+            a_backplane_stall_hangs_nothing_and_kills_nobody,
         );
     };
     (@capability $topology:ty; node_failover) => {
@@ -1306,6 +1333,104 @@ pub async fn a_backplane_restart_in_the_middle_of_traffic<T: Topology>(mut t: T)
         "{:?}",
         bob_in.all()
     );
+}
+
+/// The whole backplane stalls (processes stopped, connections open, nothing
+/// answered) for as long as the topology tolerates while a member talks: every call
+/// comes back within [`CALL_BOUND`] (a say with OK or `UNAVAILABLE`, a member list
+/// with the right members or `UNAVAILABLE`, never a wrong list); once it answers
+/// again, traffic flows, in order and without duplicates, counts are whole, and
+/// nobody was presumed dead for the silence.
+pub async fn a_backplane_stall_hangs_nothing_and_kills_nobody<T: Topology>(t: T) {
+    let s = servers(&t, 2).await;
+    let (a, b) = (&s[0], &s[1]);
+    let (alice, mut alice_in) = member(a, "lobby", "alice").await;
+    let (_ann, _) = member(a, "lobby", "ann").await;
+    let (bob, mut bob_in) = member(b, "lobby", "bob").await;
+    let (_bea, _) = member(b, "lobby", "bea").await;
+    counts_become(&[a, b], "lobby", 4).await;
+    let everyone = ["alice", "ann", "bea", "bob"];
+
+    let talker = Talker::start(alice);
+    bob_in
+        .until(
+            "a first say",
+            |s| matches!(s, Seen::Message(m) if m.from == "alice"),
+        )
+        .await;
+    let stall = t.tolerated_stall();
+    let paused = t.pause_backplane();
+    let stalled = Instant::now();
+    let members = tokio::time::timeout(CALL_BOUND, bob.members())
+        .await
+        .expect("a members call during the stall returns");
+    match &members {
+        Ok(m) => assert_eq!(m.members, everyone, "a wrong list during the stall"),
+        Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e}"),
+    }
+    // A wait for time to pass: the stall lasts as long as the topology tolerates.
+    tokio::time::sleep_until(stalled + stall).await;
+    drop(paused);
+    let resumed_at = talker.outcomes().len() as u64;
+    println!(
+        "{}: members during a stall of {stall:?} -> {:?}",
+        T::NAME,
+        members.as_ref().map(|m| m.count).map_err(|e| e.code())
+    );
+
+    bob_in
+        .until("a say sent after the stall", |s| {
+            matches!(s, Seen::Message(m) if m.from == "alice"
+                && m.text.strip_prefix('m').and_then(|n| n.parse::<u64>().ok()) > Some(resumed_at))
+        })
+        .await;
+    let (_alice, outcomes) = talker.stop().await;
+    for (i, r, took) in &outcomes {
+        assert!(
+            matches!(r, Ok(()) | Err(Code::Unavailable)),
+            "say m{i}: {r:?} after {took:?}"
+        );
+        assert!(*took < CALL_BOUND, "say m{i} took {took:?}");
+    }
+    counts_become(&[a, b], "lobby", 4).await;
+    assert_eq!(
+        bob.members()
+            .await
+            .expect("members after the stall")
+            .members,
+        everyone
+    );
+    // Nobody presumed dead: no leave notice, no member reported lost.
+    read_past_a_marker_from(a, &mut bob_in).await;
+    read_past_a_marker_from(b, &mut alice_in).await;
+    for inbox in [&alice_in, &bob_in] {
+        let got = inbox.all();
+        assert!(!got.iter().any(|s| matches!(s, Seen::Leave(_))), "{got:?}");
+        let said = numbers(&got, "alice");
+        assert!(said.windows(2).all(|w| w[0] < w[1]), "{said:?}");
+    }
+    for (i, server) in s.iter().enumerate() {
+        assert_eq!(
+            server.handle.metrics().backplane_members_lost,
+            0,
+            "server {i}"
+        );
+    }
+}
+
+/// Pushes a marker from `server` to the lobby and reads `inbox` past it, whatever
+/// came before.
+async fn read_past_a_marker_from(server: &TestServer, inbox: &mut Inbox) {
+    let m = marker("lobby");
+    server
+        .handle
+        .group("lobby")
+        .expect("a room")
+        .on_message(m.clone())
+        .await
+        .expect("push a marker");
+    let m = Seen::Message(m);
+    inbox.until("the marker", |s| *s == m).await;
 }
 
 /// The backplane node one hub server is connected to dies: that server fails over to

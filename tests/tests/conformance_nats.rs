@@ -6,7 +6,7 @@ use std::time::Duration;
 use hub_nats::NatsProvider;
 use hub_server::GroupProvider;
 use test_support::NatsServer;
-use tests::conformance::{Capabilities, ProviderFuture, Topology};
+use tests::conformance::{Capabilities, ProviderFuture, Stall, Topology};
 
 /// Heartbeat interval of the suite's providers: a silent server is presumed dead
 /// after 3 of them (900 ms) instead of 6 s.
@@ -39,6 +39,7 @@ impl Topology for Nats {
         server_crash: true,
         backplane_restart: true,
         node_failover: false,
+        backplane_pause: true,
     };
 
     fn start() -> Self {
@@ -61,9 +62,20 @@ impl Topology for Nats {
         self.server.kill();
     }
 
+    fn pause_backplane(&self) -> Box<dyn Stall + '_> {
+        Box::new(self.server.pause())
+    }
+
+    /// Any: a server checks NATS answers it before presuming anyone dead, and gives
+    /// everyone a fresh grace period after its own silence. 1.5 s is 5 heartbeat
+    /// intervals.
+    fn tolerated_stall(&self) -> Duration {
+        Duration::from_millis(1500)
+    }
+
     fn restart_backplane(&mut self) {
         self.server.restart();
     }
 }
 
-tests::conformance_suite!(Nats; server_crash, backplane_restart);
+tests::conformance_suite!(Nats; server_crash, backplane_restart, backplane_pause);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use hub_nats::NatsProvider;
 use hub_server::GroupProvider;
 use test_support::NatsCluster;
-use tests::conformance::{Capabilities, ProviderFuture, Topology};
+use tests::conformance::{Capabilities, ProviderFuture, Stall, Topology};
 
 /// Heartbeat interval of the suite's providers: a silent server is presumed dead
 /// after 3 of them (900 ms) instead of 6 s.
@@ -48,6 +48,7 @@ impl Topology for Cluster {
         server_crash: true,
         backplane_restart: true,
         node_failover: true,
+        backplane_pause: true,
     };
 
     fn start() -> Self {
@@ -72,6 +73,17 @@ impl Topology for Cluster {
         self.cluster.kill();
     }
 
+    fn pause_backplane(&self) -> Box<dyn Stall + '_> {
+        Box::new(self.cluster.pause())
+    }
+
+    /// Any: a server checks NATS answers it before presuming anyone dead, and gives
+    /// everyone a fresh grace period after its own silence. 1.5 s is 5 heartbeat
+    /// intervals.
+    fn tolerated_stall(&self) -> Duration {
+        Duration::from_millis(1500)
+    }
+
     fn restart_backplane(&mut self) {
         self.cluster.restart();
     }
@@ -82,4 +94,4 @@ impl Topology for Cluster {
     }
 }
 
-tests::conformance_suite!(Cluster; server_crash, backplane_restart, node_failover);
+tests::conformance_suite!(Cluster; server_crash, backplane_restart, node_failover, backplane_pause);

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use hub_redis::RedisProvider;
 use test_support::RedisServer;
-use tests::conformance::{self, Capabilities, ProviderFuture, Topology};
+use tests::conformance::{self, Capabilities, ProviderFuture, Stall, Topology};
 
 /// Presence TTL of the suite's providers: short, so that a crash shows within a second.
 const PRESENCE_TTL: Duration = Duration::from_secs(1);
@@ -19,6 +19,7 @@ impl Topology for Redis {
         server_crash: true,
         backplane_restart: true,
         node_failover: false,
+        backplane_pause: true,
     };
 
     fn start() -> Self {
@@ -47,9 +48,19 @@ impl Topology for Redis {
         self.server.kill();
     }
 
+    fn pause_backplane(&self) -> Box<dyn Stall + '_> {
+        Box::new(self.server.pause())
+    }
+
+    /// Heartbeats come every TTL/3; a stall of TTL/3 leaves another TTL/3 before
+    /// anyone's presence expires.
+    fn tolerated_stall(&self) -> Duration {
+        PRESENCE_TTL / 3
+    }
+
     fn restart_backplane(&mut self) {
         self.server.restart();
     }
 }
 
-tests::conformance_suite!(Redis; server_crash, backplane_restart);
+tests::conformance_suite!(Redis; server_crash, backplane_restart, backplane_pause);

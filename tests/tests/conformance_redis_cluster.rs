@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hub_redis::RedisProvider;
 use test_support::RedisCluster;
-use tests::conformance::{self, Capabilities, ProviderFuture, Topology};
+use tests::conformance::{self, Capabilities, ProviderFuture, Stall, Topology};
 
 /// Presence TTL of the suite's providers: short, so that a crash shows within a second.
 const PRESENCE_TTL: Duration = Duration::from_secs(1);
@@ -22,6 +22,7 @@ impl Topology for Cluster {
         server_crash: true,
         backplane_restart: true,
         node_failover: false,
+        backplane_pause: true,
     };
 
     fn start() -> Self {
@@ -51,9 +52,19 @@ impl Topology for Cluster {
         self.cluster.kill();
     }
 
+    fn pause_backplane(&self) -> Box<dyn Stall + '_> {
+        Box::new(self.cluster.pause())
+    }
+
+    /// Heartbeats come every TTL/3; a stall of TTL/3 leaves another TTL/3 before
+    /// anyone's presence expires.
+    fn tolerated_stall(&self) -> Duration {
+        PRESENCE_TTL / 3
+    }
+
     fn restart_backplane(&mut self) {
         self.cluster.restart();
     }
 }
 
-tests::conformance_suite!(Cluster; server_crash, backplane_restart);
+tests::conformance_suite!(Cluster; server_crash, backplane_restart, backplane_pause);
