@@ -7,7 +7,11 @@
 # Usage: scripts/bench-compare.sh
 # Environment (defaults in brackets):
 #   ROUNDS [3]        rounds; each runs every fan-out and calls workload once
-#   CLIENTS [200] BROADCASTS [2000] WINDOW [32] PAYLOAD [64]   the fan-out (the peers' defaults)
+#   CLIENTS [200] BROADCASTS [20000] WINDOW [32] PAYLOAD [64]   the fan-out (the peers'
+#                     defaults but for BROADCASTS: 4 M deliveries, a few seconds a run, so
+#                     that rounds agree; 2,000 made runs of 0.2 s that moved by 30%)
+#   PEER_BROADCASTS [2000]   broadcasts of the peers' runs (10× slower: a few seconds too)
+#   BACKPLANES [1]    0: skip the Redis and NATS fan-outs (in-memory and calls only)
 #   CALL_SECS [5]     seconds of each calls run
 #   CONNS [10000]     idle connections (0: skip the conns workload)
 #   PEERS [../shared/peers/run.sh]   the peers' script ("" or SKIP_PEERS=1: skip)
@@ -15,7 +19,8 @@
 # Needs redis-server and nats-server (scripts/install-deps.sh), and node/npm for the peers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS="${ROUNDS:-3}"; C="${CLIENTS:-200}"; M="${BROADCASTS:-2000}"; W="${WINDOW:-32}"; P="${PAYLOAD:-64}"
+ROUNDS="${ROUNDS:-3}"; C="${CLIENTS:-200}"; M="${BROADCASTS:-20000}"; W="${WINDOW:-32}"; P="${PAYLOAD:-64}"
+PEER_M="${PEER_BROADCASTS:-2000}"; BACKPLANES="${BACKPLANES:-1}"
 CALL_SECS="${CALL_SECS:-5}"; CONNS="${CONNS:-10000}"
 PEERS="${PEERS-$(cd .. && pwd)/shared/peers/run.sh}"; [ -n "${SKIP_PEERS:-}" ] && PEERS=""
 OUT="${OUT:-target/bench-compare}"; mkdir -p "$OUT"
@@ -42,15 +47,17 @@ for r in $(seq 1 "$ROUNDS"); do
   run fanout-raw            fanout --kind raw --servers 1 "${fan[@]}"
   run fanout-hub-memory     fanout --kind hub --servers 1 --groups memory "${fan[@]}"
   run fanout-hub-memory-rawclient fanout --kind hub --client raw --servers 1 --groups memory "${fan[@]}"
-  run fanout-hub-redis      fanout --kind hub --servers 2 --groups redis "${fan[@]}"
-  run fanout-hub-nats       fanout --kind hub --servers 2 --groups nats "${fan[@]}"
-  # Not the peers' workload: the hub broadcasts from a spawned task, so the publisher
-  # is not paced by the Redis round trip (see BENCHMARKS.md, "What the profiles say").
-  run fanout-hub-redis-detached fanout --kind hub --servers 2 --groups redis --detach-publish "${fan[@]}"
+  if [ "$BACKPLANES" != 0 ]; then
+    run fanout-hub-redis      fanout --kind hub --servers 2 --groups redis "${fan[@]}"
+    run fanout-hub-nats       fanout --kind hub --servers 2 --groups nats "${fan[@]}"
+    # Not the peers' workload: the hub broadcasts from a spawned task, so the publisher
+    # is not paced by the Redis round trip (see BENCHMARKS.md, "What the profiles say").
+    run fanout-hub-redis-detached fanout --kind hub --servers 2 --groups redis --detach-publish "${fan[@]}"
+  fi
   if [ -n "$PEERS" ]; then
     # run.sh prints one line per peer; a peer that hangs (its bench has no deadline
     # while connecting) is cut by the timeout, and the lines printed so far are kept.
-    peers_out=$(timeout "${PEERS_TIMEOUT:-300}" bash "$PEERS" "$C" "$M" "$W" 2>/dev/null) \
+    peers_out=$(timeout "${PEERS_TIMEOUT:-300}" bash "$PEERS" "$C" "$PEER_M" "$W" 2>/dev/null) \
       || echo "  peers: run.sh failed or timed out; keeping the lines it printed" >&2
     while IFS= read -r line; do
       case "$line" in "{"*) ;; *) continue ;; esac
@@ -84,21 +91,21 @@ def fmt(x, nd=2):
     return f"{x:,.{nd}f}" if isinstance(x, float) else f"{x:,}"
 
 print(f"Medians of {max((len(v) for v in by.values()), default=0)} rounds.\n")
-print("| fan-out | servers | deliveries/s | p50 ms | p99 ms | server CPU s / M deliveries | complete |")
-print("|---|---|---|---|---|---|---|")
+print("| fan-out | servers | deliveries/s | p50 ms | p99 ms | server CPU s / M deliveries | client CPU s / M deliveries | complete |")
+print("|---|---|---|---|---|---|---|---|")
 fan_labels = [l for l in by if by[l][0].get("workload") == "fanout"]
 for l in fan_labels:
     d0 = by[l][0]
     complete = sum(1 for d in by[l] if d.get("complete")) 
-    print(f"| {d0['peer']} | {d0['servers']} | {fmt(med(l,'deliveries_per_sec'))} | {fmt(med(l,'p50_ms'))} | {fmt(med(l,'p99_ms'))} | {fmt(med(l,'server_cpu_s_per_million_deliveries'))} | {complete}/{len(by[l])} |")
+    print(f"| {d0['peer']} | {d0['servers']} | {fmt(med(l,'deliveries_per_sec'))} | {fmt(med(l,'p50_ms'))} | {fmt(med(l,'p99_ms'))} | {fmt(med(l,'server_cpu_s_per_million_deliveries'))} | {fmt(med(l,'client_cpu_s_per_million_deliveries'))} | {complete}/{len(by[l])} |")
 print()
 if "calls-hub" in by or "calls-raw" in by:
-    print("| calls | clients × in flight | calls/s | p50 ms | p99 ms | server CPU s / M calls |")
-    print("|---|---|---|---|---|---|")
+    print("| calls | clients × in flight | calls/s | p50 ms | p99 ms | server CPU s / M calls | client CPU s / M calls |")
+    print("|---|---|---|---|---|---|---|")
     for l in ("calls-raw", "calls-hub", "calls-hub-rawclient"):
         if l in by:
             d0 = by[l][0]
-            print(f"| {d0['peer']} | {d0['clients']} × {d0['in_flight']} | {fmt(med(l,'calls_per_sec'))} | {fmt(med(l,'p50_ms'))} | {fmt(med(l,'p99_ms'))} | {fmt(med(l,'server_cpu_s_per_million_calls'))} |")
+            print(f"| {d0['peer']} | {d0['clients']} × {d0['in_flight']} | {fmt(med(l,'calls_per_sec'))} | {fmt(med(l,'p50_ms'))} | {fmt(med(l,'p99_ms'))} | {fmt(med(l,'server_cpu_s_per_million_calls'))} | {fmt(med(l,'client_cpu_s_per_million_calls'))} |")
     print()
 if "conns-hub" in by or "conns-raw" in by:
     print("| idle connections | connected | server KiB / connection |")
@@ -108,6 +115,18 @@ if "conns-hub" in by or "conns-raw" in by:
             d0 = by[l][0]
             print(f"| {d0['peer']} | {d0['connected']:,} | {fmt(med(l,'server_kib_per_conn'))} |")
     print()
+
+# Every round's figure, to see how far rounds agree (the medians hide it).
+print("| per round | " + " | ".join(f"round {i+1}" for i in range(max((len(v) for v in by.values()), default=0))) + " | max/min |")
+print("|---|" + "---|" * (max((len(v) for v in by.values()), default=0) + 1))
+for l, ds in by.items():
+    key = "calls_per_sec" if "calls_per_sec" in ds[0] else "deliveries_per_sec" if "deliveries_per_sec" in ds[0] else None
+    if key is None: continue
+    vals = [d.get(key) for d in ds]
+    ok = [v for v in vals if v]
+    spread = f"{max(ok) / min(ok):.2f}" if len(ok) > 1 else "–"
+    print(f"| {l} ({key.split('_per_')[0]}/s) | " + " | ".join(fmt(v) for v in vals) + f" | {spread} |")
+print()
 
 peers = [l for l in by if l.startswith("peer:")]
 best_peer = max(peers, key=lambda l: med(l, "deliveries_per_sec") or 0, default=None)
@@ -130,6 +149,10 @@ targets.append(("hub calls ≥ 90% of raw bidi echo (calls/s)",
     ratio(med("calls-hub","calls_per_sec"), med("calls-raw","calls_per_sec")), 0.90, ">="))
 targets.append(("  same, both with the raw tonic client (server-side cost only)",
     ratio(med("calls-hub-rawclient","calls_per_sec"), med("calls-raw","calls_per_sec")), 0.90, ">="))
+targets.append(("  (client process CPU per delivery: hub client / plain tonic client, same hub server)",
+    ratio(med("fanout-hub-memory","client_cpu_s_per_million_deliveries"), med("fanout-hub-memory-rawclient","client_cpu_s_per_million_deliveries")), None, ""))
+targets.append(("  (client process CPU per call: hub client / plain tonic client, same hub server)",
+    ratio(med("calls-hub","client_cpu_s_per_million_calls"), med("calls-hub-rawclient","client_cpu_s_per_million_calls")), None, ""))
 conns_n = by.get("conns-hub", [{}])[0].get("conns")
 targets.append((f"≤ 16 KiB server memory per idle connection at {conns_n or '–'} connections",
     med("conns-hub","server_kib_per_conn"), 16.0, "<="))

@@ -16,7 +16,7 @@ use crate::bench::bench_response::Event;
 use crate::bench::{BenchRequest, Echo};
 use crate::fanout::start_servers;
 use crate::stats::{now_nanos, quantile_ms, round};
-use crate::{BoxError, Kind, hub, raw};
+use crate::{BoxError, Kind, hub, proc, raw};
 
 /// Parameters of one calls run.
 #[derive(Debug, Clone, clap::Args)]
@@ -64,7 +64,7 @@ pub async fn run(a: &CallsArgs) -> Result<serde_json::Value, BoxError> {
                 .buffer_unordered(32)
                 .try_collect()
                 .await?;
-            cpu0 = servers[0].cpu_secs();
+            cpu0 = (servers[0].cpu_secs(), proc::self_cpu_secs());
             t0 = Instant::now();
             let mut tasks = Vec::new();
             for c in clients {
@@ -111,7 +111,7 @@ pub async fn run(a: &CallsArgs) -> Result<serde_json::Value, BoxError> {
                     raw::echo(hub::channel(addr).await?, rx, a.kind == Kind::Hub).await?,
                 ));
             }
-            cpu0 = servers[0].cpu_secs();
+            cpu0 = (servers[0].cpu_secs(), proc::self_cpu_secs());
             t0 = Instant::now();
             let mut tasks = Vec::new();
             for (tx, mut replies) in streams {
@@ -165,7 +165,8 @@ pub async fn run(a: &CallsArgs) -> Result<serde_json::Value, BoxError> {
         lat.extend(t.await?);
     }
     let secs = t0.elapsed().as_secs_f64();
-    let cpu_s = servers[0].cpu_secs() - cpu0;
+    let cpu_s = servers[0].cpu_secs() - cpu0.0;
+    let client_cpu_s = proc::self_cpu_secs() - cpu0.1;
     drop(servers);
     lat.sort_unstable();
     let calls = lat.len() as f64;
@@ -188,5 +189,7 @@ pub async fn run(a: &CallsArgs) -> Result<serde_json::Value, BoxError> {
         "p99_ms": quantile_ms(&lat, 0.99),
         "server_cpu_s": round(cpu_s, 3),
         "server_cpu_s_per_million_calls": (calls > 0.0).then(|| round(cpu_s / calls * 1e6, 2)),
+        "client_cpu_s": round(client_cpu_s, 3),
+        "client_cpu_s_per_million_calls": (calls > 0.0).then(|| round(client_cpu_s / calls * 1e6, 2)),
     }))
 }

@@ -142,6 +142,11 @@ pub fn cpu_secs(pid: u32) -> f64 {
     (tick(11) + tick(12)) as f64 / clock_ticks()
 }
 
+/// utime + stime of this process (every thread) in seconds, as [`cpu_secs`] reads it.
+pub fn self_cpu_secs() -> f64 {
+    cpu_secs(std::process::id())
+}
+
 /// `VmRSS` of a process in KiB, from `/proc/PID/status`. 0 if the process is gone.
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
