@@ -5,7 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
+use std::future::Future;
+use std::task::Poll;
+
+use futures_util::StreamExt;
 use hub_core::proto::{self, client_control, server_control};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -40,86 +43,166 @@ pub(crate) struct Reader<S: ClientSpec> {
     pub(crate) dead_after: Option<Duration>,
 }
 
+/// What one pass of the reader's poll found.
+enum Step {
+    /// The stream ended (`Ok(None)`) or failed.
+    End(Result<Option<()>, tonic::Status>),
+    /// The timer is due: pings, the watchdog, call deadlines.
+    Timer,
+    /// A full batch of frames was handled; more may be ready.
+    More,
+}
+
+/// Frames handled in one pass before the timer is looked at.
+const BATCH: usize = 64;
+
 impl<S: ClientSpec> Reader<S> {
     pub(crate) async fn run(self, mut stream: tonic::Streaming<S::Response>) {
-        // Never a zero period: `interval` panics on it.
+        // Never a zero period.
         let min = Duration::from_millis(1);
-        let period = self
-            .ping_interval
-            .unwrap_or(Duration::from_secs(3600))
-            .max(min);
-        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
-        let check = self
-            .dead_after
-            .map_or(Duration::from_secs(3600), |d| d / 4)
-            .max(min);
-        let mut watchdog = tokio::time::interval_at(Instant::now() + check, check);
+        let start = Instant::now();
+        let ping_period = self.ping_interval.map(|p| p.max(min));
+        let check_period = self.dead_after.map(|d| (d / 4).max(min));
+        let mut next_ping = ping_period.map(|p| start + p);
+        let mut next_check = check_period.map(|c| start + c);
         // Liveness without a clock read per frame: frames set `heard`; the watchdog
         // notes when it last saw `heard` set, and gives up once that is too long ago.
         let mut heard = false;
-        let mut alive_at = Instant::now();
+        let mut alive_at = start;
         let mut ping: Option<(u64, Instant)> = None;
         // Each ping gets a new nonce, so a late pong cannot match a newer ping.
         let mut nonce = 0u64;
         let mut goodbye: Option<DisconnectReason> = None;
+        let mut expired = Vec::new();
+        // One timer for the pings, the watchdog and the calls timed by the reader. It is
+        // polled once after each reset (which registers it with this task's waker: the
+        // task runs unconstrained by tokio's budget, so that poll does register) and
+        // then only its state is read, so a pass over ready frames costs no timer poll.
+        let timer = tokio::time::sleep_until(self.next_wake(start, next_ping, next_check));
+        tokio::pin!(timer);
+        let mut timer_polled = false;
         let reason = loop {
-            tokio::select! {
-                msg = stream.message() => match msg {
-                    Ok(Some(frame)) => {
-                        heard = true;
-                        self.on_frame(frame, &mut ping, &mut goodbye);
-                        // Frames already received are handled here, not one pass of the
-                        // select (and its timers) each; a bounded batch keeps timers fair.
-                        let mut ended = None;
-                        for _ in 0..64 {
-                            match stream.message().now_or_never() {
-                                Some(Ok(Some(frame))) => self.on_frame(frame, &mut ping, &mut goodbye),
-                                Some(end) => {
-                                    ended = Some(end);
-                                    break;
-                                }
-                                None => break,
-                            }
+            let step = std::future::poll_fn(|cx| {
+                let mut more = true;
+                for _ in 0..BATCH {
+                    match stream.poll_next_unpin(cx) {
+                        Poll::Ready(Some(Ok(frame))) => {
+                            heard = true;
+                            self.on_frame(frame, &mut ping, &mut goodbye);
                         }
-                        if let Some(end) = ended {
-                            break end_reason(end, &mut goodbye);
+                        Poll::Ready(Some(Err(status))) => {
+                            return Poll::Ready(Step::End(Err(status)));
+                        }
+                        Poll::Ready(None) => return Poll::Ready(Step::End(Ok(None))),
+                        Poll::Pending => {
+                            more = false;
+                            break;
                         }
                     }
-                    end => break end_reason(end, &mut goodbye),
-                },
-                _ = ticker.tick(), if self.ping_interval.is_some() => {
-                    nonce += 1;
-                    ping = Some((nonce, Instant::now()));
-                    self.control(client_control::Kind::Ping(proto::Ping { nonce, last_rtt_us: 0 }));
                 }
-                _ = watchdog.tick(), if self.dead_after.is_some() => {
-                    if std::mem::take(&mut heard) {
-                        alive_at = Instant::now();
-                    }
-                    if let Some(limit) = self.dead_after
-                        && alive_at.elapsed() > limit
-                    {
-                        break DisconnectReason {
-                            code: tonic::Code::Unavailable,
-                            message: format!("heartbeat timeout: nothing from the server for {limit:?}"),
-                        };
-                    }
+                let due = if timer_polled {
+                    timer.is_elapsed()
+                } else {
+                    timer_polled = true;
+                    timer.as_mut().poll(cx).is_ready()
+                };
+                if due {
+                    Poll::Ready(Step::Timer)
+                } else if more {
+                    Poll::Ready(Step::More)
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+            match step {
+                Step::More => continue,
+                Step::End(end) => break end_reason(end, &mut goodbye),
+                Step::Timer => {}
+            }
+            let now = Instant::now();
+            if let (Some(period), Some(at)) = (ping_period, next_ping)
+                && now >= at
+            {
+                nonce += 1;
+                ping = Some((nonce, now));
+                self.control(client_control::Kind::Ping(proto::Ping {
+                    nonce,
+                    last_rtt_us: 0,
+                }));
+                next_ping = Some(at + period);
+            }
+            if let (Some(period), Some(at), Some(limit)) =
+                (check_period, next_check, self.dead_after)
+                && now >= at
+            {
+                if std::mem::take(&mut heard) {
+                    alive_at = now;
+                }
+                if now.duration_since(alive_at) > limit {
+                    break DisconnectReason {
+                        code: tonic::Code::Unavailable,
+                        message: format!(
+                            "heartbeat timeout: nothing from the server for {limit:?}"
+                        ),
+                    };
+                }
+                next_check = Some(at + period);
+            }
+            if let Some(t) = self.shared.call_timeout {
+                if let Some(calls) = self
+                    .shared
+                    .calls
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_mut()
+                {
+                    calls.expire(now, &mut expired);
+                }
+                for waiter in expired.drain(..) {
+                    let _ = waiter.send(Err(ClientError::Timeout(t)));
                 }
             }
+            timer
+                .as_mut()
+                .reset(self.next_wake(now, next_ping, next_check));
+            timer_polled = false;
         };
         tracing::debug!(%reason, "hub connection ended");
-        let pending = {
-            let mut slot = self
-                .shared
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+        let calls = {
+            let mut slot = self.shared.calls.lock().unwrap_or_else(|e| e.into_inner());
             self.shared.closed.send_replace(Some(reason.clone()));
             slot.take()
         };
-        for (_, waiter) in pending.into_iter().flatten() {
+        for (_, waiter) in calls.into_iter().flat_map(|c| c.waiting) {
             let _ = waiter.send(Err(ClientError::Disconnected(reason.clone())));
         }
+    }
+
+    /// When the timer is next due: the next ping, the next watchdog check, and the
+    /// first deadline of a call timed by the reader. With none waiting, `now` plus the
+    /// default call timeout: a call made later has a later deadline, so it needs no
+    /// wake-up of its own.
+    fn next_wake(
+        &self,
+        now: Instant,
+        next_ping: Option<Instant>,
+        next_check: Option<Instant>,
+    ) -> Instant {
+        let call = self.shared.call_timeout.map(|t| {
+            self.shared
+                .calls
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .and_then(|c| c.next_deadline())
+                .unwrap_or(now + t)
+        });
+        [next_ping, next_check, call]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + Duration::from_secs(3600))
     }
 
     fn control(&self, kind: client_control::Kind) {
@@ -174,11 +257,11 @@ impl<S: ClientSpec> Reader<S> {
         if parts.id != 0 && !frame_error {
             let waiter = self
                 .shared
-                .pending
+                .calls
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .as_mut()
-                .and_then(|p| p.remove(&parts.id));
+                .and_then(|c| c.take(parts.id));
             let Some(waiter) = waiter else {
                 tracing::debug!(id = parts.id, "reply to a call no longer waited for");
                 return;

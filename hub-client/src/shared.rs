@@ -1,21 +1,113 @@
 //! State shared by the [`HubClient`](crate::HubClient) handles and the connection's
 //! reader task.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 
 use crate::error::{ClientError, DisconnectReason};
 use crate::spec::ClientSpec;
 
-/// Calls waiting for their reply, by call id.
-pub(crate) type Pending<E> = HashMap<u64, oneshot::Sender<Result<E, ClientError>>>;
+/// Where a call's reply goes.
+pub(crate) type Reply<E> = oneshot::Sender<Result<E, ClientError>>;
+
+/// Hashes call ids: they are small, distinct and sequential, so one multiplication
+/// spreads them well (SipHash was 4% of the client's instructions per call).
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        // Fibonacci hashing: the high bits (hashbrown's tag) and the low bits (its
+        // bucket) both vary from one id to the next.
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// The calls waiting for their reply.
+///
+/// Calls with the client's default timeout are timed by the reader task, not by a
+/// timer each: their deadlines are `now + the same timeout`, taken under this lock, so
+/// they are queued in deadline order and the reader's one timer only has to look at
+/// the front. Calls with another timeout keep a timer of their own.
+pub(crate) struct Calls<E> {
+    /// Waiting calls by id.
+    pub(crate) waiting: HashMap<u64, Reply<E>, BuildHasherDefault<IdHasher>>,
+    /// (deadline, id) of calls timed by the reader, in call (= deadline) order. Ids
+    /// no longer waiting are dropped from the front as replies come (the server
+    /// answers a connection's calls in order), and by a sweep if they pile up.
+    pub(crate) deadlines: VecDeque<(Instant, u64)>,
+}
+
+impl<E> Calls<E> {
+    pub(crate) fn new() -> Self {
+        Calls {
+            waiting: HashMap::default(),
+            deadlines: VecDeque::new(),
+        }
+    }
+
+    /// Takes the waiter of call `id`, if it still waits.
+    pub(crate) fn take(&mut self, id: u64) -> Option<Reply<E>> {
+        let waiter = self.waiting.remove(&id)?;
+        self.trim();
+        Some(waiter)
+    }
+
+    /// Drops deadlines of calls no longer waiting: from the front, and all of them if
+    /// they outnumber the waiting calls (replies out of order, calls dropped early).
+    fn trim(&mut self) {
+        while let Some(&(_, id)) = self.deadlines.front() {
+            if self.waiting.contains_key(&id) {
+                break;
+            }
+            self.deadlines.pop_front();
+        }
+        if self.deadlines.len() > 2 * self.waiting.len() + 64 {
+            let waiting = &self.waiting;
+            self.deadlines.retain(|(_, id)| waiting.contains_key(id));
+        }
+    }
+
+    /// Takes the waiters of reader-timed calls whose deadline is not after `now`.
+    pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<Reply<E>>) {
+        while let Some(&(deadline, id)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if let Some(w) = self.waiting.remove(&id) {
+                out.push(w);
+            }
+        }
+        self.trim();
+    }
+
+    /// The earliest deadline of a reader-timed call still waiting.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.front().map(|&(d, _)| d)
+    }
+}
 
 pub(crate) struct Shared<S: ClientSpec> {
-    /// Calls waiting for their reply, by id; `None` once the connection is gone.
-    pub(crate) pending: Mutex<Option<Pending<S::Event>>>,
+    /// Calls waiting for their reply; `None` once the connection is gone.
+    pub(crate) calls: Mutex<Option<Calls<S::Event>>>,
+    /// The default call timeout: calls with it are timed by the reader task.
+    pub(crate) call_timeout: Option<Duration>,
     /// Why the connection ended, once it has.
     pub(crate) closed: watch::Sender<Option<DisconnectReason>>,
     /// The last measured round trip.

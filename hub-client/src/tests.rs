@@ -722,3 +722,89 @@ async fn a_frame_error_with_a_call_id_is_not_that_calls_answer() {
         vec![Got::Error(Code::AlreadyExists, "id in use".into())]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn calls_with_the_default_timeout_each_time_out_at_their_own_deadline() {
+    let timeout = Duration::from_secs(5);
+    let mut f = connect(quiet().call_timeout(Some(timeout))).await;
+    let call = |text: &'static str| {
+        let c = f.client.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            (c.call(text.into()).await, started.elapsed())
+        })
+    };
+    let a = call("a");
+    f.server.next_call().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let b = call("b");
+    f.server.next_call().await;
+    let answered = call("answered");
+    let req = f.server.next_call().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    f.server.reply(req.id, "in time");
+    let (reply, took) = bounded(answered).await.unwrap();
+    assert_eq!(reply.unwrap(), "in time");
+    assert_eq!(took, Duration::from_secs(1));
+    for late in [a, b] {
+        let (reply, took) = bounded(late).await.unwrap();
+        assert!(
+            matches!(reply, Err(ClientError::Timeout(t)) if t == timeout),
+            "{reply:?}"
+        );
+        assert_eq!(took, timeout);
+    }
+    assert_eq!(pending(&f.client), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_waiting_for_room_in_the_send_queue_still_times_out() {
+    let timeout = Duration::from_secs(5);
+    let mut options = quiet().call_timeout(Some(timeout));
+    options.send_queue = 1;
+    // The server reads no request: the first call fills the queue, the second waits.
+    let f = connect(options).await;
+    let started = Instant::now();
+    let calls: Vec<_> = ["queued", "waiting for room"]
+        .into_iter()
+        .map(|text| {
+            let c = f.client.clone();
+            tokio::spawn(async move { c.call(text.into()).await })
+        })
+        .collect();
+    for call in calls {
+        let err = bounded(call).await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, ClientError::Timeout(t) if t == timeout),
+            "{err:?}"
+        );
+    }
+    assert_eq!(started.elapsed(), timeout);
+    assert_eq!(pending(&f.client), 0);
+}
+
+#[test]
+fn deadlines_of_calls_answered_out_of_order_do_not_pile_up() {
+    let mut calls = crate::shared::Calls::<String>::new();
+    let now = Instant::now();
+    let mut receivers = Vec::new();
+    for id in 1..=10_000u64 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        receivers.push(rx);
+        calls.waiting.insert(id, tx);
+        calls
+            .deadlines
+            .push_back((now + Duration::from_secs(30), id));
+        // Call 1 is never answered; the others are, as they come.
+        if id > 1 {
+            assert!(calls.take(id).is_some());
+        }
+        assert!(calls.deadlines.len() <= 2 * calls.waiting.len() + 64 + 1);
+    }
+    assert_eq!(calls.waiting.len(), 1);
+    assert_eq!(calls.next_deadline(), Some(now + Duration::from_secs(30)));
+    let mut expired = Vec::new();
+    calls.expire(now + Duration::from_secs(30), &mut expired);
+    assert_eq!(expired.len(), 1);
+    assert!(calls.waiting.is_empty() && calls.deadlines.is_empty());
+}
