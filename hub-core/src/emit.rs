@@ -21,10 +21,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub use crate::command::{Action, Commanded, MembersRemoved};
+use crate::relay::Channel;
 use crate::remote::EnvelopeWriter;
 use crate::{
-    BackplaneEvents, BoxFuture, ConnectionId, Destination, GroupError, GroupName, MemberInfo,
-    NodeId, Target, proto,
+    BackplaneEvents, BoxFuture, ConnectionId, Destination, GroupError, GroupName, NodeId, Target,
+    proto,
 };
 
 impl Destination {
@@ -34,16 +36,6 @@ impl Destination {
     }
 }
 
-/// Where one envelope is published.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route<'a> {
-    /// The channel (subject) of a group, which every server with members of it
-    /// subscribes to.
-    Group(&'a GroupName),
-    /// The own channel (subject) of one server, for its connections by id.
-    Node(NodeId),
-}
-
 /// A backplane as a publisher that is not a hub server: one envelope to one
 /// channel. Implemented by `hub_redis::RedisEmitter` and `hub_nats::NatsEmitter`;
 /// [`Emitter`] does the rest.
@@ -51,7 +43,7 @@ pub trait Emit: Send + Sync + 'static {
     /// The backplane's name ("redis", "nats").
     fn name(&self) -> &'static str;
 
-    /// Publishes `envelope` (an encoded `hub.v1.Envelope`) on the channel of `route`
+    /// Publishes `envelope` (an encoded `hub.v1.Envelope`) on `channel`
     /// in the hub `hub` (its full name, e.g. `chat.v1.ChatHub`): one publish,
     /// answered within the backend's timeout. Fails with
     /// [`GroupError::Unavailable`] or [`GroupError::Timeout`] when the backplane is
@@ -59,7 +51,7 @@ pub trait Emit: Send + Sync + 'static {
     fn publish<'a>(
         &'a self,
         hub: &'a str,
-        route: Route<'a>,
+        channel: Channel<'a>,
         envelope: Bytes,
     ) -> BoxFuture<'a, Result<(), GroupError>>;
 
@@ -182,7 +174,7 @@ impl Emitter {
         };
         let envelope = self.writer.command(group.as_str(), target, &command);
         self.emit
-            .publish(&self.hub, Route::Group(group), envelope)
+            .publish(&self.hub, Channel::Group(group), envelope)
             .await
     }
 
@@ -229,7 +221,7 @@ impl Emitter {
             Destination::Group { group, target } => {
                 let envelope = write(group.as_str(), target);
                 self.emit
-                    .publish(&self.hub, Route::Group(group), envelope)
+                    .publish(&self.hub, Channel::Group(group), envelope)
                     .await
             }
             Destination::Connections(ids) => {
@@ -240,7 +232,7 @@ impl Emitter {
                 }
                 let sends = by_node.into_iter().map(|(node, ids)| {
                     let envelope = write("", &Target::Only(ids.into()));
-                    self.emit.publish(&self.hub, Route::Node(node), envelope)
+                    self.emit.publish(&self.hub, Channel::Node(node), envelope)
                 });
                 join_all(sends).await
             }
@@ -317,44 +309,6 @@ impl EmitPush {
     }
 }
 
-/// A command received from the backplane, with this server's connections it applies
-/// to (never empty), as [`BackplaneEvents::commanded`] hands it to the runtime.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Commanded {
-    /// What to do.
-    pub action: Action,
-    /// The local connections selected, sorted by connection id.
-    pub members: Vec<MemberInfo>,
-}
-
-/// What a command asks of the server holding the connections.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Close them with this status and reason.
-    Disconnect {
-        /// The status code (goodbye and end of stream).
-        code: tonic::Code,
-        /// Why, shown to the client.
-        reason: String,
-    },
-    /// Remove them from this group (never a reserved one).
-    Leave {
-        /// The group.
-        group: GroupName,
-    },
-}
-
-/// Members removed from a group by a command from outside the hub (an emitter's
-/// [`Emitter::remove`]), as the hub's `on_removed` hook gets them: they have left
-/// (registry and backplane), like after a leave on the server.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MembersRemoved {
-    /// The group.
-    pub group: GroupName,
-    /// This server's members that left it.
-    pub members: Vec<MemberInfo>,
-}
-
 /// The runtime's callback for commands (see [`BackplaneEvents::with_commands`]).
 #[derive(Clone, Default)]
 pub(crate) struct CommandHook(Option<Arc<dyn Fn(Commanded) + Send + Sync>>);
@@ -394,12 +348,12 @@ mod tests {
         fn publish<'a>(
             &'a self,
             hub: &'a str,
-            route: Route<'a>,
+            route: Channel<'a>,
             envelope: Bytes,
         ) -> BoxFuture<'a, Result<(), GroupError>> {
             let route = match route {
-                Route::Group(g) => format!("g:{g}"),
-                Route::Node(n) => format!("n:{n}"),
+                Channel::Group(g) => format!("g:{g}"),
+                Channel::Node(n) => format!("n:{n}"),
             };
             let env = <proto::Envelope as prost::Message>::decode(envelope).expect("decodes");
             self.0

@@ -26,6 +26,7 @@
 //! The tonic service lives in `hub-server`; this crate has no server.
 
 pub mod bus;
+pub mod command;
 pub mod emit;
 pub mod frame;
 mod group;

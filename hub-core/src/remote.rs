@@ -13,7 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message as _;
 use prost::encoding::{WireType, encode_key, encode_varint};
 
-use crate::emit::{Action, Commanded};
+use crate::command::{Action, Commanded};
 use crate::proto;
 use crate::{
     BackplaneEvents, ConnectionId, GroupName, HubMetrics, LocalGroups, MemberInfo, MembersLost,

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use async_nats::connection::State;
 use bytes::Bytes;
-use hub_core::emit::{Emit, Route};
+use hub_core::emit::Emit;
+use hub_core::relay::Channel;
 use hub_core::{BoxFuture, GroupError};
 
 use crate::subject::Subjects;
@@ -81,14 +82,10 @@ impl NatsEmitter {
         Ok(Self::new(&builder.connect(urls).await?))
     }
 
-    /// The subject a route of hub `hub` is published on, or `None` if
+    /// The subject of `channel` in hub `hub`, or `None` if
     /// `<prefix>.<hub>` is not a valid subject (`hub` must be a proto full name).
-    pub fn subject(&self, hub: &str, route: Route<'_>) -> Option<String> {
-        let subjects = Subjects::new(&self.prefix, hub)?;
-        Some(match route {
-            Route::Group(group) => subjects.group(group.as_str()),
-            Route::Node(node) => subjects.node(node),
-        })
+    pub fn subject(&self, hub: &str, channel: Channel<'_>) -> Option<String> {
+        Some(Subjects::new(&self.prefix, hub)?.channel(channel))
     }
 
     /// The NATS connection.
@@ -141,11 +138,11 @@ impl Emit for NatsEmitter {
     fn publish<'a>(
         &'a self,
         hub: &'a str,
-        route: Route<'a>,
+        channel: Channel<'a>,
         envelope: Bytes,
     ) -> BoxFuture<'a, Result<(), GroupError>> {
         Box::pin(async move {
-            let subject = self.subject(hub, route).ok_or_else(|| GroupError::Unavailable {
+            let subject = self.subject(hub, channel).ok_or_else(|| GroupError::Unavailable {
                 backplane: BACKPLANE,
                 message: format!(
                     "{}.{hub} is not a valid NATS subject prefix (hub names are proto full names)",

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hub_core::emit::{Emit, Route};
+use hub_core::emit::Emit;
+use hub_core::relay::Channel;
 use hub_core::{BoxFuture, GroupError};
 use redis::aio::{AsyncPushSender, SendError};
 use redis::{PushInfo, PushKind};
@@ -111,13 +112,9 @@ impl RedisEmitter {
         &self.inner.cfg.prefix
     }
 
-    /// The channel a route of hub `hub` is published on.
-    pub fn channel(&self, hub: &str, route: Route<'_>) -> String {
-        let keys = Keys::new(&self.inner.cfg.prefix, hub);
-        match route {
-            Route::Group(group) => keys.group_channel(group.as_str()),
-            Route::Node(node) => keys.node_channel(node),
-        }
+    /// The Redis channel name of `channel` in hub `hub`.
+    pub fn channel(&self, hub: &str, channel: Channel<'_>) -> String {
+        Keys::new(&self.inner.cfg.prefix, hub).channel(channel)
     }
 }
 
@@ -220,10 +217,10 @@ impl Emit for RedisEmitter {
     fn publish<'a>(
         &'a self,
         hub: &'a str,
-        route: Route<'a>,
+        channel: Channel<'a>,
         envelope: Bytes,
     ) -> BoxFuture<'a, Result<(), GroupError>> {
-        let channel = self.channel(hub, route);
+        let channel = self.channel(hub, channel);
         Box::pin(self.inner.publish(channel, envelope))
     }
 }
