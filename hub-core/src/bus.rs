@@ -14,18 +14,23 @@
 //!
 //! Faults can be injected: [`Bus::set_down`] makes every operation fail as an
 //! unreachable broker would, and [`Bus::crash`] forgets a server as if it had died,
-//! telling the other servers which members it took with it.
+//! telling the other servers which members it took with it. A server also dies on
+//! the bus when the Tokio runtime it was bound on stops without shutting the hub
+//! down (a crash of that runtime): bound inside a runtime, each hub keeps a task
+//! there whose end, unless the hub shut down first, is taken as the server's death,
+//! as a broker takes a lapsed heartbeat.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::relay::{Channel, Presence, Relay, Transport};
 use crate::remote::{Inbox, Via};
 use crate::{
     Backplane, BindContext, BoxFuture, ConnectionId, GroupError, GroupName, GroupProvider,
-    MemberInfo, MembersLost, NodeId,
+    HubMetrics, MemberInfo, MembersLost, NodeId,
 };
 
 /// The name in errors and logs.
@@ -75,21 +80,41 @@ impl Bus {
     /// While `down`, every publish, subscription and presence operation fails with
     /// [`GroupError::Unavailable`], as with a broker that cannot be reached.
     /// Subscriptions and presence entries made before are kept (a broker that comes
-    /// back), so deliveries resume when it is up again.
+    /// back), so deliveries resume when it is up again; each server then counts a
+    /// reconnect (`backplane_reconnects`).
     pub fn set_down(&self, down: bool) {
-        self.lock().down = down;
+        let mut state = self.lock();
+        let back = state.down && !down;
+        state.down = down;
+        if back {
+            for ((_, key), subscribers) in &state.channels {
+                if matches!(key, Key::Node(_)) {
+                    for (_, inbox) in subscribers {
+                        HubMetrics::incr(&inbox.metrics().backplane_reconnects);
+                    }
+                }
+            }
+        }
     }
 
     /// Forgets server `node` as if it had died: its subscriptions and members are
     /// gone, and the servers with members in its groups hear which members it took.
     pub fn crash(&self, node: NodeId) {
+        self.forget(None, node);
+    }
+
+    /// Forgets server `node` for hub `hub` (every hub when `None`).
+    fn forget(&self, only: Option<&'static str>, node: NodeId) {
+        let of = |hub: &'static str| only.is_none_or(|h| h == hub);
         let (lost, inboxes) = {
             let mut state = self.lock();
-            for subscribers in state.channels.values_mut() {
-                subscribers.retain(|(n, _)| *n != node);
+            for ((hub, _), subscribers) in state.channels.iter_mut() {
+                if of(hub) {
+                    subscribers.retain(|(n, _)| *n != node);
+                }
             }
             let mut lost = Vec::new();
-            for ((hub, group), members) in state.members.iter_mut() {
+            for ((hub, group), members) in state.members.iter_mut().filter(|((h, _), _)| of(h)) {
                 let gone: Vec<MemberInfo> = members
                     .values()
                     .filter(|m| m.connection.node == node)
@@ -153,11 +178,22 @@ impl GroupProvider for Bus {
             .entry((ctx.hub, Key::Node(node)))
             .or_default()
             .push((node, inbox.clone()));
+        let stop = CancellationToken::new();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let alive = Alive {
+                bus: self.clone(),
+                hub: ctx.hub,
+                node,
+                armed: true,
+            };
+            runtime.spawn(alive.watch(stop.clone()));
+        }
         let transport = BusTransport {
             bus: self.clone(),
             hub: ctx.hub,
             node,
             inbox: inbox.clone(),
+            _stop: stop.drop_guard(),
         };
         let presence = BusPresence {
             bus: self.clone(),
@@ -168,12 +204,39 @@ impl GroupProvider for Bus {
     }
 }
 
+/// The liveness of one hub server on the bus, as a task on the runtime it was bound
+/// on: dropped without being disarmed (that runtime stopped), the server is dead.
+struct Alive {
+    bus: Bus,
+    hub: &'static str,
+    node: NodeId,
+    armed: bool,
+}
+
+impl Alive {
+    /// Lives until the hub is shut down or dropped (`stop`), or its runtime stops.
+    async fn watch(mut self, stop: CancellationToken) {
+        stop.cancelled().await;
+        self.armed = false;
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        if self.armed {
+            self.bus.forget(Some(self.hub), self.node);
+        }
+    }
+}
+
 /// Moves envelopes between the servers of one hub on the bus.
 struct BusTransport {
     bus: Bus,
     hub: &'static str,
     node: NodeId,
     inbox: Inbox,
+    /// Disarms and ends this server's [`Alive`] task.
+    _stop: DropGuard,
 }
 
 impl Transport for BusTransport {
@@ -557,5 +620,38 @@ mod tests {
             .await
             .expect("ok");
         assert!(frames(&mut ra1).await.is_empty());
+    }
+
+    #[test]
+    fn a_server_whose_runtime_stops_is_dead_on_the_bus() {
+        let bus = Bus::new();
+        let main = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let a = main.block_on(async { server(&bus, 1) });
+        let (_a1, _ra1) = main.block_on(a.member(1, &room()));
+        // B lives on a runtime of its own, and dies with it.
+        let doomed = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let b = doomed.block_on(async { server(&bus, 2) });
+        let (b1, _rb1) = doomed.block_on(b.member(1, &room()));
+        let count = |s: &Server| main.block_on(s.bp.member_count(&room()).expect("count"));
+        assert_eq!(count(&a).expect("ok"), 2);
+        doomed.shutdown_background();
+        assert_eq!(count(&a).expect("ok"), 1);
+        let lost = a.lost.lock().expect("lock").clone();
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].members[0].connection, b1);
+        // A hub that is dropped is not dead: it left.
+        let c = main.block_on(async { server(&bus, 3) });
+        let (_c1, _rc1) = main.block_on(c.member(1, &room()));
+        main.block_on(c.bp.shutdown().expect("shutdown"));
+        drop(c);
+        main.block_on(tokio::task::yield_now());
+        assert_eq!(count(&a).expect("ok"), 1);
+        assert_eq!(a.lost.lock().expect("lock").len(), 1);
     }
 }

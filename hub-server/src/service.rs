@@ -119,11 +119,14 @@ impl<D: Dispatch> HubServiceBuilder<D> {
         let metrics = Arc::new(HubMetrics::for_hub(D::SERVICE));
         // The hub is built after its backplane: losses it reports find it through this.
         let hub: Arc<OnceLock<Weak<HubShared<D>>>> = Arc::new(OnceLock::new());
+        // The hook runs on the runtime the hub was built on: a backplane may report
+        // from elsewhere (a thread of its own, a runtime that is stopping).
+        let runtime = tokio::runtime::Handle::try_current().ok();
         let events = {
             let (hub, commands) = (hub.clone(), hub.clone());
             BackplaneEvents::new(move |lost| {
                 if let Some(shared) = hub.get().and_then(Weak::upgrade) {
-                    members_lost(shared, lost);
+                    members_lost(shared, lost, runtime.as_ref());
                 }
             })
             .with_commands(move |command| {
@@ -168,9 +171,21 @@ impl<D: Dispatch> HubServiceBuilder<D> {
 }
 
 /// Hands members lost with their server to the hub's `on_members_lost` hook, on a
-/// task of its own (the backplane's task that noticed must not wait for the hub).
-fn members_lost<D: Dispatch>(shared: Arc<HubShared<D>>, lost: MembersLost) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+/// task of its own (the backplane's task that noticed must not wait for the hub), on
+/// `runtime` (the hub's), else the current one.
+fn members_lost<D: Dispatch>(
+    shared: Arc<HubShared<D>>,
+    lost: MembersLost,
+    runtime: Option<&tokio::runtime::Handle>,
+) {
+    let Some(runtime) = runtime
+        .cloned()
+        .or_else(|| tokio::runtime::Handle::try_current().ok())
+    else {
+        tracing::warn!(
+            hub = shared.core.service,
+            "members lost, but no runtime to run the hook on"
+        );
         return;
     };
     let core = &shared.core;
