@@ -12,6 +12,10 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+echo "== cargo package --list (every published crate packages)"
+for crate in hub-core hub-server hub-client hub-build hub-redis hub-nats; do
+  cargo package --list --allow-dirty -p "$crate" > /dev/null
+done
 echo "== cargo build (binaries used by process-level tests)"
 cargo build --workspace --bins
 echo "== cargo test"
