@@ -61,6 +61,13 @@ pub trait Emit: Send + Sync + 'static {
     fn flush(&self) -> BoxFuture<'_, Result<(), GroupError>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// What this backend connects to, for logs and the fingerprint of a sharded
+    /// emitter ([`crate::shard::ShardedEmit`]): the same text as the matching
+    /// provider's `GroupProvider::describe`. Default: the name.
+    fn describe(&self) -> String {
+        self.name().to_owned()
+    }
 }
 
 /// Pushes and commands to one hub's connections from outside the hub, through an

@@ -18,6 +18,8 @@
 //!   loop), through the same backplane;
 //! - [`relay`]: a [`Backplane`] made of a backend's [`relay::Transport`] and
 //!   [`relay::Presence`] store, the only parts a backend writes;
+//! - [`shard`]: groups spread over several backplanes by a stable hash of their
+//!   name (client-side sharding over independent Redis or NATS servers);
 //! - [`bus`]: an in-process backend (several hub servers in one process), the
 //!   reference for writing one;
 //! - [`HubMetrics`]: counters every part updates, so no failure is silent;
@@ -38,6 +40,7 @@ mod provider;
 pub mod quote;
 pub mod relay;
 pub mod remote;
+pub mod shard;
 mod target;
 
 /// The framework's protobuf types (`hub.v1`), generated from `proto/hub/v1/hub.proto`.

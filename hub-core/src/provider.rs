@@ -167,6 +167,12 @@ pub trait GroupProvider: Send + Sync + 'static {
 
     /// Binds one hub: returns the backplane its groups use.
     fn bind(&self, ctx: BindContext) -> Result<Arc<dyn Backplane>, GroupError>;
+
+    /// What this provider connects to, for logs and the fingerprint of a sharded
+    /// setup ([`crate::shard`]): an address without credentials. Default: the name.
+    fn describe(&self) -> String {
+        self.name().to_owned()
+    }
 }
 
 /// The per-hub driver between this server's [`LocalGroups`] and other servers.

@@ -45,6 +45,8 @@ pub struct NatsEmitter {
     client: async_nats::Client,
     prefix: String,
     op_timeout: Duration,
+    /// The servers, credentials hidden.
+    servers: String,
 }
 
 impl std::fmt::Debug for NatsEmitter {
@@ -64,6 +66,7 @@ impl NatsEmitter {
             client: provider.shared.client.clone(),
             prefix: provider.shared.config.prefix.clone(),
             op_timeout: provider.shared.config.op_timeout,
+            servers: provider.shared.servers.clone(),
         }
     }
 
@@ -133,6 +136,10 @@ impl NatsEmitter {
 impl Emit for NatsEmitter {
     fn name(&self) -> &'static str {
         BACKPLANE
+    }
+
+    fn describe(&self) -> String {
+        self.servers.clone()
     }
 
     fn publish<'a>(

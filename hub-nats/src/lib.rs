@@ -304,8 +304,8 @@ pub(crate) struct ProviderShared {
     pub(crate) config: Arc<Config>,
     /// Connection events, for each bound hub's control task.
     pub(crate) events: broadcast::Sender<Event>,
-    /// The servers, credentials hidden (for `Debug`).
-    servers: String,
+    /// The servers, credentials hidden (for `Debug` and `describe`).
+    pub(crate) servers: String,
 }
 
 /// Groups shared by every hub server connected to one NATS (server or cluster).
@@ -369,6 +369,10 @@ impl GroupProvider for NatsProvider {
 
     fn bind(&self, ctx: BindContext) -> Result<Arc<dyn Backplane>, GroupError> {
         Ok(backplane::bind(&self.shared, ctx)?)
+    }
+
+    fn describe(&self) -> String {
+        self.shared.servers.clone()
     }
 }
 

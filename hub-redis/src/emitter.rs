@@ -214,6 +214,10 @@ impl Emit for RedisEmitter {
         BACKPLANE
     }
 
+    fn describe(&self) -> String {
+        self.inner.cfg.deployment.describe()
+    }
+
     fn publish<'a>(
         &'a self,
         hub: &'a str,

@@ -324,6 +324,10 @@ impl GroupProvider for RedisProvider {
             ctx,
         )?))
     }
+
+    fn describe(&self) -> String {
+        self.config.deployment.describe()
+    }
 }
 
 /// Where the builder connects.
