@@ -66,9 +66,9 @@ impl Topology for Nats {
         Box::new(self.server.pause())
     }
 
-    /// Any: a server checks NATS answers it before presuming anyone dead, and gives
-    /// everyone a fresh grace period after its own silence. 1.5 s is 5 heartbeat
-    /// intervals.
+    /// Five heartbeat intervals, longer than the three after which a silent server is
+    /// presumed dead: a server checks that NATS answers it before presuming anyone
+    /// dead, and gives everyone a fresh grace period after its own silence.
     fn tolerated_stall(&self) -> Duration {
         Duration::from_millis(1500)
     }
