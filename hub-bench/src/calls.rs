@@ -15,6 +15,7 @@ use crate::bench::bench_request::Call;
 use crate::bench::bench_response::Event;
 use crate::bench::{BenchRequest, Echo};
 use crate::fanout::start_servers;
+use crate::proc::BenchChild;
 use crate::stats::{now_nanos, quantile_ms, round};
 use crate::{BoxError, Kind, hub, proc, raw};
 
@@ -40,6 +41,10 @@ pub struct CallsArgs {
     /// Seconds of calls.
     #[arg(long, default_value_t = 5.0)]
     pub secs: f64,
+    /// Call a server already running there (`hub-bench serve`, e.g. under a profiler)
+    /// instead of starting one; its CPU is then not measured.
+    #[arg(long)]
+    pub server: Option<std::net::SocketAddr>,
 }
 
 /// Runs one calls workload and returns its JSON line.
@@ -47,8 +52,14 @@ pub async fn run(a: &CallsArgs) -> Result<serde_json::Value, BoxError> {
     if a.clients == 0 || a.in_flight == 0 {
         return Err("clients and in-flight must be at least 1".into());
     }
-    let (servers, addrs) = start_servers(a.kind, 1, "memory", &[])?;
-    let addr = addrs[0];
+    let (servers, addr) = match a.server {
+        Some(addr) => (Vec::new(), addr),
+        None => {
+            let (servers, addrs) = start_servers(a.kind, 1, "memory", &[])?;
+            (servers, addrs[0])
+        }
+    };
+    let server_cpu = || servers.iter().map(BenchChild::cpu_secs).sum::<f64>();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let payload: Vec<u8> = vec![b'x'; a.payload];
     let duration = Duration::from_secs_f64(a.secs);
@@ -64,7 +75,7 @@ pub async fn run(a: &CallsArgs) -> Result<serde_json::Value, BoxError> {
                 .buffer_unordered(32)
                 .try_collect()
                 .await?;
-            cpu0 = (servers[0].cpu_secs(), proc::self_cpu_secs());
+            cpu0 = (server_cpu(), proc::self_cpu_secs());
             t0 = Instant::now();
             let mut tasks = Vec::new();
             for c in clients {
@@ -111,7 +122,7 @@ pub async fn run(a: &CallsArgs) -> Result<serde_json::Value, BoxError> {
                     raw::echo(hub::channel(addr).await?, rx, a.kind == Kind::Hub).await?,
                 ));
             }
-            cpu0 = (servers[0].cpu_secs(), proc::self_cpu_secs());
+            cpu0 = (server_cpu(), proc::self_cpu_secs());
             t0 = Instant::now();
             let mut tasks = Vec::new();
             for (tx, mut replies) in streams {
@@ -165,7 +176,7 @@ pub async fn run(a: &CallsArgs) -> Result<serde_json::Value, BoxError> {
         lat.extend(t.await?);
     }
     let secs = t0.elapsed().as_secs_f64();
-    let cpu_s = servers[0].cpu_secs() - cpu0.0;
+    let cpu_s = server_cpu() - cpu0.0;
     let client_cpu_s = proc::self_cpu_secs() - cpu0.1;
     drop(servers);
     lat.sort_unstable();
