@@ -5,9 +5,12 @@
 //!
 //! - Calls are multiplexed on the one stream by call id; many may be in flight at
 //!   once (the server runs one connection's calls in order).
-//! - Each call has a timeout ([`ConnectOptions::call_timeout`], default 30 s).
+//! - Each call has a timeout ([`ConnectOptions::call_timeout`], default 30 s). Calls
+//!   with the default one are timed by the reader task's one timer; a call with its
+//!   own timeout ([`HubClient::call_with_timeout`]) has a timer of its own.
 //! - Pushes go to a receiver (the generated `FooHubReceiver` trait), called in order
-//!   on the client's reader task: keep its methods quick, or forward to a channel.
+//!   on the client's reader task: keep its methods quick, or forward to a channel (a
+//!   slow one delays the replies behind it, and the default timeouts).
 //! - The client answers server pings, pings the server itself to measure
 //!   [`HubClient::latency`], and treats a server it hears nothing from as gone.
 //! - [`HubClient::closed`] waits for the end of the connection and tells why.
