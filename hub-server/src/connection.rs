@@ -76,6 +76,11 @@ pub(crate) async fn run<D: Dispatch>(
     let mut closed = std::pin::pin!(state.outbox.closed());
     let shutdown = core.shutdown.clone();
     let mut shutdown = std::pin::pin!(shutdown.cancelled_owned());
+    // Kept across passes of the loop: a `Notified` made and dropped in every pass
+    // registers and unregisters itself under the `Notify`'s lock (12% of the server's
+    // instructions per call). Both are `notify_one`, whose permit waits for either.
+    let mut kicked = std::pin::pin!(state.kicked.notified());
+    let mut went_behind = std::pin::pin!(state.outbox.went_behind());
     // Ping every `heartbeat_interval`; without pings, still check the timeout (a
     // client's own pings keep it alive). Never a zero period: `interval` panics on it.
     let heartbeat = config.heartbeat_interval.is_some() || config.heartbeat_timeout.is_some();
@@ -136,16 +141,20 @@ pub(crate) async fn run<D: Dispatch>(
                     conn.start_next();
                 }
             }
-            _ = state.kicked.notified() => {
+            _ = kicked.as_mut() => {
+                kicked.set(state.kicked.notified());
                 // During a call, the kick waits for its reply (checked when it finishes).
                 if conn.running.is_none() {
                     conn.apply_kick();
                 }
             }
-            _ = state.outbox.went_behind(), if grace.is_none() => {
+            _ = went_behind.as_mut(), if grace.is_none() => {
+                went_behind.set(state.outbox.went_behind());
                 grace = state.outbox.enforce_grace();
             }
-            _ = tokio::time::sleep_until(grace.unwrap_or_else(Instant::now)), if grace.is_some() => {
+            // (A branch's future is made even when its condition is false: made lazily,
+            // no timer and no clock read per pass.)
+            _ = async { if let Some(g) = grace { tokio::time::sleep_until(g).await } }, if grace.is_some() => {
                 grace = state.outbox.enforce_grace();
             }
             _ = state.outbox.replies_drained(), if paused => {}
