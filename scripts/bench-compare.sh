@@ -16,6 +16,7 @@
 #   CONNS [10000]     idle connections (0: skip the conns workload)
 #   PEERS [../shared/peers/run.sh]   the peers' script ("" or SKIP_PEERS=1: skip)
 #   OUT [target/bench-compare]       where results.jsonl and table.md go
+#   BIN [target/release/hub-bench, built first]   the bench binary (e.g. an older build)
 # Needs redis-server and nats-server (scripts/install-deps.sh), and node/npm for the peers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +27,12 @@ PEERS="${PEERS-$(cd .. && pwd)/shared/peers/run.sh}"; [ -n "${SKIP_PEERS:-}" ] &
 OUT="${OUT:-target/bench-compare}"; mkdir -p "$OUT"
 results="$OUT/results.jsonl"; : > "$results"
 
-cargo build --release -q -p hub-bench
-B=target/release/hub-bench
+if [ -n "${BIN:-}" ]; then
+  B="$BIN"
+else
+  cargo build --release -q -p hub-bench
+  B=target/release/hub-bench
+fi
 
 # run LABEL ARGS...: one bench run, its JSON line tagged with LABEL.
 run() {
