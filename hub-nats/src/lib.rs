@@ -92,11 +92,15 @@
 //! timeout, since the list may still be incomplete. A server shutting down cleanly
 //! sends a `BYE`. When this server is alone, counts come from its own members.
 //!
-//! **Crashed servers.** A crashed server is presumed dead after 3 heartbeat intervals
-//! of silence (6 s by default); until then member queries fail with `Unavailable`,
-//! after that its members are no longer counted. Silence may be ours: before presuming
-//! anyone dead, a server checks with a round trip that NATS answers it, and after its
-//! own stall or reconnect every other server gets a fresh grace period.
+//! **Crashed servers.** A crashed server is presumed dead once it has been silent for
+//! 3 heartbeat intervals at two checks in a row, one interval apart (so 3 to 5
+//! intervals after its last heartbeat: 6 to 10 s by default); until then member
+//! queries fail with `Unavailable`, after that its members are no longer counted.
+//! Silence may be ours: before presuming anyone dead, a server checks with a round
+//! trip that NATS answers it, and after its own stall or reconnect every other server
+//! gets a fresh grace period. The second check covers a stall of a whole cluster: our
+//! own node may answer the round trip before the other nodes' heartbeats come
+//! through the routes.
 //!
 //! **Members lost.** Every server with members of a group keeps who the other
 //! servers' members of it are: each join and leave is announced on `P.m.<group
@@ -158,7 +162,7 @@
 //! - **Dropping vs. shutting down.** The runtime calls `Backplane::shutdown` on a
 //!   graceful shutdown: the server says `BYE` and unsubscribes. A backplane dropped
 //!   without it (or a crash) just goes silent: the others stop counting its members
-//!   at once and forget it after 3 heartbeat intervals.
+//!   at once and forget it after 3 to 5 heartbeat intervals.
 //!
 //! # Options
 //!

@@ -1,6 +1,6 @@
 //! Which other hub servers are alive, from their heartbeats.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -40,6 +40,9 @@ pub(crate) struct Peers {
     warm_until: Instant,
     /// The interval assumed for a server we heard from without a heartbeat.
     default_interval: Duration,
+    /// Servers found silent at the last check: presumed dead only if still silent at
+    /// the next one (see [`Peers::expire`]).
+    suspects: HashSet<String>,
 }
 
 impl Peers {
@@ -50,6 +53,7 @@ impl Peers {
             nodes: HashMap::new(),
             warm_until,
             default_interval,
+            suspects: HashSet::new(),
         }
     }
 
@@ -62,6 +66,7 @@ impl Peers {
             last_seen: now,
             interval: interval.clamp(MIN_INTERVAL, MAX_INTERVAL),
         };
+        self.suspects.remove(node);
         self.nodes.insert(node.to_owned(), peer).is_none()
     }
 
@@ -71,6 +76,7 @@ impl Peers {
             return;
         }
         let default = self.default_interval;
+        self.suspects.remove(node);
         self.nodes
             .entry(node.to_owned())
             .and_modify(|p| p.last_seen = now)
@@ -85,17 +91,24 @@ impl Peers {
         self.nodes.remove(node).is_some()
     }
 
-    /// Drops the servers silent for [`MISSED_BEATS`] intervals; returns their ids.
+    /// Drops the servers silent for [`MISSED_BEATS`] intervals at this check and at
+    /// the one before (both made after NATS answered our own probe); returns their
+    /// ids. The second check is what tells a dead server from one whose heartbeats
+    /// are still on their way after a stall of the backplane: in a cluster our own
+    /// node can answer us before the other nodes' traffic comes through the routes.
     pub(crate) fn expire(&mut self, now: Instant) -> Vec<String> {
-        let dead: Vec<String> = self
+        let due: Vec<String> = self
             .nodes
             .iter()
             .filter(|(_, p)| p.dead_at() <= now)
             .map(|(n, _)| n.clone())
             .collect();
+        let (dead, suspects): (Vec<String>, Vec<String>) =
+            due.into_iter().partition(|n| self.suspects.contains(n));
         for n in &dead {
             self.nodes.remove(n);
         }
+        self.suspects = suspects.into_iter().collect();
         dead
     }
 
@@ -110,6 +123,7 @@ impl Peers {
         for p in self.nodes.values_mut() {
             p.last_seen = p.last_seen.max(now);
         }
+        self.suspects.clear();
     }
 
     /// Restarts the warm-up (after a reconnect).
@@ -160,8 +174,29 @@ mod tests {
             vec!["a"],
             "b no longer expected once 3 beats are missed"
         );
-        assert_eq!(p.expire(t2), vec!["b".to_string()]);
-        assert_eq!(p.expected(t2).0, vec!["a"]);
+        // Silent at one check: suspected; still silent at the next: dead.
+        assert!(p.expire(t2).is_empty());
+        let t3 = t2 + BEAT;
+        p.beat("a", BEAT, t3);
+        assert_eq!(p.expire(t3), vec!["b".to_string()]);
+        assert_eq!(p.expected(t3).0, vec!["a"]);
+    }
+
+    #[test]
+    fn a_heartbeat_after_one_silent_check_clears_the_suspicion() {
+        // After a stall, our own probe may be answered before the others' heartbeats
+        // come through: one check finds "a" silent, its beat arrives before the next.
+        let t0 = Instant::now();
+        let mut p = Peers::new("me".into(), BEAT, t0);
+        p.beat("a", BEAT, t0);
+        let stalled = t0 + BEAT * 5;
+        assert!(p.expire(stalled).is_empty());
+        p.beat("a", BEAT, stalled + BEAT / 10);
+        assert!(p.expire(stalled + BEAT).is_empty());
+        // Silent again later: suspected afresh, not dead at once.
+        let again = stalled + BEAT * 5;
+        assert!(p.expire(again).is_empty());
+        assert_eq!(p.expire(again + BEAT), vec!["a".to_string()]);
     }
 
     #[test]
@@ -173,7 +208,8 @@ mod tests {
         assert!(!p.gone("a"));
         p.seen("c", t0);
         assert_eq!(p.expected(t0).0, vec!["c"]);
-        assert_eq!(p.expire(t0 + BEAT * 3), vec!["c".to_string()]);
+        assert!(p.expire(t0 + BEAT * 3).is_empty());
+        assert_eq!(p.expire(t0 + BEAT * 4), vec!["c".to_string()]);
     }
 
     #[test]
@@ -183,7 +219,10 @@ mod tests {
         p.beat("zero", Duration::ZERO, t0);
         p.beat("huge", Duration::from_secs(86_400), t0);
         let later = t0 + MAX_INTERVAL * MISSED_BEATS;
-        assert_eq!(sorted(p.expire(later)), vec!["huge", "zero"]);
+        assert_eq!(sorted(p.expire(t0 + BEAT * 3)), Vec::<String>::new());
+        assert_eq!(sorted(p.expire(t0 + BEAT * 4)), vec!["zero"]);
+        assert!(p.expire(later).is_empty());
+        assert_eq!(sorted(p.expire(later + BEAT)), vec!["huge"]);
     }
 
     #[test]
@@ -196,7 +235,8 @@ mod tests {
         p.grace(late);
         assert!(!p.any_due(late));
         assert!(p.expire(late + BEAT).is_empty());
-        assert_eq!(p.expire(late + BEAT * 3), vec!["a".to_string()]);
+        assert!(p.expire(late + BEAT * 3).is_empty());
+        assert_eq!(p.expire(late + BEAT * 4), vec!["a".to_string()]);
     }
 
     #[test]

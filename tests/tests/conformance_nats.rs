@@ -52,10 +52,11 @@ impl Topology for Nats {
         Box::pin(provider(self.server.url()))
     }
 
-    /// Presumed dead after 3 silent heartbeat intervals; then one more interval and a
-    /// roll-call timeout (500 ms) for the check that NATS answers.
+    /// Presumed dead when silent for 3 heartbeat intervals at two checks an interval
+    /// apart (at most 5 intervals), plus a roll-call timeout (500 ms) for the check
+    /// that NATS answers.
     fn presence_expiry(&self) -> Duration {
-        HEARTBEAT * 4 + Duration::from_millis(500)
+        HEARTBEAT * 5 + Duration::from_millis(500)
     }
 
     fn kill_backplane(&mut self) {

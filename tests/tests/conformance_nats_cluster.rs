@@ -63,10 +63,11 @@ impl Topology for Cluster {
         Box::pin(provider(urls.join(",")))
     }
 
-    /// Presumed dead after 3 silent heartbeat intervals; then one more interval and a
-    /// roll-call timeout (500 ms) for the check that NATS answers.
+    /// Presumed dead when silent for 3 heartbeat intervals at two checks an interval
+    /// apart (at most 5 intervals), plus a roll-call timeout (500 ms) for the check
+    /// that NATS answers.
     fn presence_expiry(&self) -> Duration {
-        HEARTBEAT * 4 + Duration::from_millis(500)
+        HEARTBEAT * 5 + Duration::from_millis(500)
     }
 
     fn kill_backplane(&mut self) {
@@ -77,14 +78,12 @@ impl Topology for Cluster {
         Box::new(self.cluster.pause())
     }
 
-    /// Less than the 3 heartbeat intervals after which a silent server is presumed
-    /// dead, minus one interval. A longer stall of the whole cluster can make a server
-    /// presume a live one dead: its liveness probe, sent during the stall, is answered
-    /// by its own node right after the stall, before the other server's heartbeats
-    /// have come through the other node, so it neither sees its own silence nor
-    /// hears the other server in time (seen with 1.5 s: several runs in thirty).
+    /// As long as the single server's: a server's liveness probe, sent during the
+    /// stall, may be answered by its own node right after it, before the other
+    /// server's heartbeats come through the other node; the second silent check
+    /// before presuming anyone dead gives them that time.
     fn tolerated_stall(&self) -> Duration {
-        HEARTBEAT * 3 - HEARTBEAT - Duration::from_millis(100)
+        Duration::from_millis(1500)
     }
 
     fn restart_backplane(&mut self) {
