@@ -9,7 +9,7 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{
     AsyncConnectionConfig, Cmd, ConnectionInfo, Pipeline, ProtocolVersion, RedisFuture,
-    RedisResult, Value,
+    RedisResult, TlsCertificates, Value,
 };
 
 use crate::keys::slot;
@@ -19,16 +19,26 @@ use crate::keys::slot;
 pub(crate) enum Deployment {
     /// One server (or a proxy that looks like one).
     Single(ConnectionInfo),
-    /// The seed nodes of a Redis Cluster.
-    Cluster(Vec<ConnectionInfo>),
+    /// The seed nodes of a Redis Cluster, and the certificates given for TLS (the
+    /// cluster client takes them apart from the addresses).
+    Cluster(Vec<ConnectionInfo>, Option<TlsCertificates>),
 }
 
 impl Deployment {
+    /// Whether the connections use TLS (`rediss://`).
+    pub(crate) fn is_tls(&self) -> bool {
+        let tls = |i: &ConnectionInfo| matches!(i.addr(), redis::ConnectionAddr::TcpTls { .. });
+        match self {
+            Deployment::Single(info) => tls(info),
+            Deployment::Cluster(nodes, _) => nodes.iter().any(tls),
+        }
+    }
+
     /// For logs: the first address.
     pub(crate) fn describe(&self) -> String {
         match self {
             Deployment::Single(info) => info.addr().to_string(),
-            Deployment::Cluster(nodes) => match nodes.first() {
+            Deployment::Cluster(nodes, _) => match nodes.first() {
                 Some(n) => format!("cluster via {}", n.addr()),
                 None => "an empty cluster".to_owned(),
             },
@@ -73,8 +83,12 @@ pub(crate) async fn open(
                 .await?;
             Ok(Conn::Single(conn))
         }
-        Deployment::Cluster(nodes) => {
-            let client = ClusterClientBuilder::new(nodes.clone())
+        Deployment::Cluster(nodes, tls) => {
+            let mut builder = ClusterClientBuilder::new(nodes.clone());
+            if let Some(certs) = tls {
+                builder = builder.certs(certs.clone());
+            }
+            let client = builder
                 .use_protocol(ProtocolVersion::RESP3)
                 .connection_timeout(connect_timeout)
                 // The cluster client retries internally; our callers have deadlines of

@@ -169,6 +169,18 @@
 //! connection's reader without another queue (delivery never waits: it only queues
 //! into each member's bounded outbox).
 //!
+//! # TLS and authentication
+//!
+//! `rediss://host:port` connects with TLS (rustls): the server's certificate is
+//! checked against the system's trust store, or against the CA given with
+//! [`tls_root_certificate`](RedisProviderBuilder::tls_root_certificate); a client
+//! certificate for mutual TLS is [`tls_client_certificate`](RedisProviderBuilder::tls_client_certificate).
+//! An ACL user and password go in the URL (`rediss://user:password@host:port`, the
+//! password percent-encoded); they never appear in logs or `Debug` output. With the
+//! default prefix the user needs at most
+//! `ACL SETUSER <user> on >password ~hub:* &hub:* +@pubsub +@scripting +@hash +@set
+//! +@sortedset +@string +@keyspace +@connection +time` (what the tests grant).
+//!
 //! # Connections
 //!
 //! Each hub bound to a provider opens two connections (per cluster node with Redis
@@ -291,8 +303,9 @@ pub struct RedisProvider {
 
 impl RedisProvider {
     /// Connects to the Redis server at `url` (`redis://[user:password@]host:port[/db]`,
-    /// or `rediss://` for TLS if the `redis` crate was built with TLS) with the default
-    /// options, and checks that it answers.
+    /// or `rediss://` for TLS, checked against the system's roots; see
+    /// [`RedisProviderBuilder::tls_root_certificate`] for a private CA) with the
+    /// default options, and checks that it answers.
     pub async fn connect(url: &str) -> Result<Self, ConnectError> {
         Self::builder().url(url).connect().await
     }
@@ -334,7 +347,7 @@ impl GroupProvider for RedisProvider {
 #[derive(Debug, Clone)]
 enum Source {
     Url(String),
-    Client(redis::Client),
+    Client(Box<redis::Client>),
     Cluster(Vec<String>),
 }
 
@@ -353,6 +366,8 @@ pub struct RedisProviderBuilder {
     max_batch: usize,
     confirm_publishes: bool,
     max_payload: usize,
+    tls_root: Option<Vec<u8>>,
+    tls_client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Redis's own limit on one argument (`proto-max-bulk-len`, 512 MiB by default).
@@ -373,6 +388,8 @@ impl Default for RedisProviderBuilder {
             max_batch: 128,
             confirm_publishes: false,
             max_payload: DEFAULT_MAX_PAYLOAD,
+            tls_root: None,
+            tls_client: None,
         }
     }
 }
@@ -387,7 +404,7 @@ impl RedisProviderBuilder {
     /// One Redis server, from an existing client (its address, database, credentials
     /// and TLS settings are used; the protocol is switched to RESP3).
     pub fn client(mut self, client: redis::Client) -> Self {
-        self.source = Some(Source::Client(client));
+        self.source = Some(Source::Client(Box::new(client)));
         self
     }
 
@@ -487,6 +504,26 @@ impl RedisProviderBuilder {
         self
     }
 
+    /// Trusts the CA certificate(s) `pem` (PEM) for TLS instead of the system's trust
+    /// store: for a Redis whose certificate a private CA signed. Needs `rediss://`
+    /// addresses. Without it, `rediss://` checks the server against the system's
+    /// roots. The server's name in the URL must match its certificate.
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate and key (PEM) to a Redis that asks for one
+    /// (mutual TLS, `tls-auth-clients yes`). Needs `rediss://` addresses.
+    pub fn tls_client_certificate(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls_client = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
     /// The most commands in one pipeline. Default 128.
     pub fn max_batch(mut self, commands: usize) -> Self {
         self.max_batch = commands;
@@ -503,21 +540,48 @@ impl RedisProviderBuilder {
                 }
             })
         };
+        let tls = (self.tls_root.is_some() || self.tls_client.is_some()).then(|| {
+            redis::TlsCertificates {
+                client_tls: self.tls_client.clone().map(|(client_cert, client_key)| {
+                    redis::ClientTlsConfig {
+                        client_cert,
+                        client_key,
+                    }
+                }),
+                root_cert: self.tls_root.clone(),
+            }
+        });
+        // Applies the certificates to one address (which must be `rediss://`).
+        let with_tls = |info: redis::ConnectionInfo| -> Result<_, ConnectError> {
+            let Some(certs) = &tls else { return Ok(info) };
+            let shown = info.addr().to_string();
+            redis::Client::build_with_tls(info, certs.clone())
+                .map(|c| c.get_connection_info().clone())
+                .map_err(|e| {
+                    ConnectError::InvalidOption(format!("TLS certificates for {shown}: {e}"))
+                })
+        };
         let deployment = match self.source.ok_or(ConnectError::NoAddress)? {
-            Source::Url(url) => Deployment::Single(resp3(parse(&url)?)),
+            Source::Url(url) => Deployment::Single(resp3(with_tls(parse(&url)?)?)),
             Source::Client(client) => {
-                Deployment::Single(resp3(client.get_connection_info().clone()))
+                Deployment::Single(resp3(with_tls(client.get_connection_info().clone())?))
             }
             Source::Cluster(nodes) if nodes.is_empty() => return Err(ConnectError::NoAddress),
             Source::Cluster(nodes) => Deployment::Cluster(
                 nodes
                     .iter()
-                    .map(|n| parse(n).map(resp3))
-                    .collect::<Result<_, _>>()?,
+                    .map(|n| Ok(resp3(with_tls(parse(n)?)?)))
+                    .collect::<Result<_, ConnectError>>()?,
+                tls.clone(),
             ),
         };
+        if deployment.is_tls() {
+            // rustls needs a crypto provider: ring, unless the application installed
+            // another one first (then this does nothing).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let invalid = |m: &str| Err(ConnectError::InvalidOption(m.to_owned()));
-        if self.sharded && !matches!(deployment, Deployment::Cluster(_)) {
+        if self.sharded && !matches!(deployment, Deployment::Cluster(..)) {
             return invalid(
                 "sharded pub/sub needs Redis Cluster: give the nodes with `cluster(..)`",
             );

@@ -104,10 +104,25 @@ fn kill_child(child: &mut Option<Child>) {
     }
 }
 
+/// A server's TLS files (PEM): its certificate chain and key, and the CA that
+/// signed the clients' certificates (for mutual TLS; with Redis also what
+/// `redis-cli` trusts).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The server's certificate (chain), PEM.
+    pub cert: PathBuf,
+    /// The server's private key, PEM.
+    pub key: PathBuf,
+    /// The CA certificate, PEM.
+    pub ca: PathBuf,
+}
+
 /// Where and how a redis-server runs.
 #[derive(Debug, Clone, Default)]
 struct RedisArgs {
     cluster: bool,
+    /// TLS only: `--port 0 --tls-port PORT`, clients not asked for certificates.
+    tls: Option<TlsFiles>,
 }
 
 /// A `redis-server` process on a free port.
@@ -123,6 +138,16 @@ impl RedisServer {
     /// Starts one server (no persistence).
     pub fn start() -> Self {
         Self::start_with(RedisArgs::default(), free_port())
+    }
+
+    /// Starts one server that speaks TLS only (`--port 0 --tls-port PORT`) with the
+    /// certificate and key of `tls`; clients need no certificate of their own.
+    pub fn start_tls(tls: TlsFiles) -> Self {
+        let args = RedisArgs {
+            tls: Some(tls),
+            ..Default::default()
+        };
+        Self::start_with(args, free_port())
     }
 
     fn start_with(args: RedisArgs, port: u16) -> Self {
@@ -143,9 +168,19 @@ impl RedisServer {
             &["/usr/bin/redis-server", "/usr/local/bin/redis-server"],
         );
         let mut cmd = Command::new(bin);
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        match &self.args.tls {
+            None => cmd.arg("--port").arg(self.port.to_string()),
+            Some(tls) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -165,9 +200,14 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT`, or `rediss://127.0.0.1:PORT` with TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.args.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Kills the server (an outage). [`RedisServer::restart`] brings it back on the same port.
@@ -197,11 +237,12 @@ impl RedisServer {
 
     /// Runs `redis-cli` against this server and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(binary("redis-cli", &["/usr/bin/redis-cli"]))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("run redis-cli");
+        let mut cmd = Command::new(binary("redis-cli", &["/usr/bin/redis-cli"]));
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(tls) = &self.args.tls {
+            cmd.arg("--tls").arg("--cacert").arg(&tls.ca);
+        }
+        let out = cmd.args(args).output().expect("run redis-cli");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -222,7 +263,15 @@ impl RedisCluster {
     /// Starts three cluster-enabled servers and joins them with `redis-cli --cluster create`.
     pub fn start() -> Self {
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::start_with(RedisArgs { cluster: true }, free_port()))
+            .map(|_| {
+                RedisServer::start_with(
+                    RedisArgs {
+                        cluster: true,
+                        tls: None,
+                    },
+                    free_port(),
+                )
+            })
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
@@ -303,6 +352,9 @@ pub struct NatsOptions {
     pub token: Option<String>,
     /// The largest message the server takes (`max_payload`; NATS' default is 1 MiB).
     pub max_payload: Option<u32>,
+    /// Require TLS (`--tls --tlscert --tlskey`), with this certificate and key;
+    /// clients need no certificate of their own.
+    pub tls: Option<TlsFiles>,
 }
 
 /// A `nats-server` process on a free port.
@@ -355,6 +407,13 @@ impl NatsServer {
         }
         if let Some(token) = &self.options.token {
             cmd.args(["--auth", token]);
+        }
+        if let Some(tls) = &self.options.tls {
+            cmd.arg("--tls")
+                .arg("--tlscert")
+                .arg(&tls.cert)
+                .arg("--tlskey")
+                .arg(&tls.key);
         }
         if let Some(max) = self.options.max_payload {
             // No command-line flag for it: a config file.
@@ -630,5 +689,64 @@ mod tests {
         assert!(TcpStream::connect(("127.0.0.1", n.port())).is_ok());
         n.restart();
         assert!(TcpStream::connect(("127.0.0.1", n.port())).is_ok());
+    }
+}
+
+/// A certificate authority made for one test, and a server certificate it signed for
+/// `localhost` and `127.0.0.1`, written as PEM files in a temporary directory.
+#[derive(Debug)]
+pub struct TestCa {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+}
+
+impl TestCa {
+    /// A new CA (its own key) and a server certificate signed by it.
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "hub test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().expect("server key");
+        let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("server params");
+        let cert = params.signed_by(&key, &issuer).expect("server certificate");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_pem = ca_cert.pem();
+        std::fs::write(dir.path().join("ca.pem"), &ca_pem).expect("write ca.pem");
+        std::fs::write(dir.path().join("server.pem"), cert.pem()).expect("write server.pem");
+        std::fs::write(dir.path().join("server.key"), key.serialize_pem())
+            .expect("write server.key");
+        TestCa { dir, ca_pem }
+    }
+
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The CA certificate's file.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// The server's files, for [`RedisServer::start_tls`] and [`NatsOptions::tls`].
+    pub fn server_files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.dir.path().join("server.pem"),
+            key: self.dir.path().join("server.key"),
+            ca: self.ca_file(),
+        }
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
     }
 }
