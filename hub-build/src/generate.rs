@@ -686,7 +686,7 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                 }
 
                 /// Waits for the connection to end and tells why.
-                pub async fn closed(&self) -> #rt::codegen::DisconnectReason {
+                pub async fn closed(&self) -> #rt::codegen::CloseStatus {
                     self.inner.closed().await
                 }
 

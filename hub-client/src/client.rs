@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tonic::codegen::{Body, StdError};
 
 use crate::connection::Reader;
-use crate::error::{ClientError, DisconnectReason, gone};
+use crate::error::{ClientError, CloseStatus, gone};
 use crate::options::ConnectOptions;
 use crate::shared::{Calls, Shared};
 
@@ -166,7 +166,7 @@ impl<S: ClientSpec> HubClient<S> {
     }
 
     /// Waits for the connection to end and tells why.
-    pub async fn closed(&self) -> DisconnectReason {
+    pub async fn closed(&self) -> CloseStatus {
         let mut rx = self.inner.shared.closed.subscribe();
         match rx.wait_for(Option::is_some).await {
             Ok(r) => r.clone().unwrap_or_else(gone),
@@ -174,7 +174,7 @@ impl<S: ClientSpec> HubClient<S> {
         }
     }
 
-    fn reason(&self) -> DisconnectReason {
+    fn reason(&self) -> CloseStatus {
         self.inner
             .shared
             .closed

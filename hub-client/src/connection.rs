@@ -13,21 +13,21 @@ use hub_core::proto::{self, client_control, server_control};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::error::{ClientError, DisconnectReason};
+use crate::error::{ClientError, CloseStatus};
 use crate::shared::Shared;
 use crate::spec::{ClientSpec, PushHandler};
 
 /// Why the stream ended, from what its last read returned (`Ok(Some(_))` never comes here).
 fn end_reason<T>(
     end: Result<Option<T>, tonic::Status>,
-    goodbye: &mut Option<DisconnectReason>,
-) -> DisconnectReason {
+    goodbye: &mut Option<CloseStatus>,
+) -> CloseStatus {
     goodbye.take().unwrap_or_else(|| match end {
-        Err(status) => DisconnectReason {
+        Err(status) => CloseStatus {
             code: status.code(),
             message: status.message().to_owned(),
         },
-        Ok(_) => DisconnectReason {
+        Ok(_) => CloseStatus {
             code: tonic::Code::Ok,
             message: "the server closed the stream".into(),
         },
@@ -72,7 +72,7 @@ impl<S: ClientSpec> Reader<S> {
         let mut ping: Option<(u64, Instant)> = None;
         // Each ping gets a new nonce, so a late pong cannot match a newer ping.
         let mut nonce = 0u64;
-        let mut goodbye: Option<DisconnectReason> = None;
+        let mut goodbye: Option<CloseStatus> = None;
         let mut expired = Vec::new();
         // One timer for the pings, the watchdog and the calls timed by the reader. It is
         // polled once after each reset (which registers it with this task's waker: the
@@ -140,7 +140,7 @@ impl<S: ClientSpec> Reader<S> {
                     alive_at = now;
                 }
                 if now.duration_since(alive_at) > limit {
-                    break DisconnectReason {
+                    break CloseStatus {
                         code: tonic::Code::Unavailable,
                         message: format!(
                             "heartbeat timeout: nothing from the server for {limit:?}"
@@ -219,7 +219,7 @@ impl<S: ClientSpec> Reader<S> {
         &self,
         frame: S::Response,
         ping: &mut Option<(u64, Instant)>,
-        goodbye: &mut Option<DisconnectReason>,
+        goodbye: &mut Option<CloseStatus>,
     ) {
         let parts = S::split(frame);
         if let Some(kind) = parts.control.and_then(|c| c.kind) {
@@ -240,7 +240,7 @@ impl<S: ClientSpec> Reader<S> {
                     }
                 }
                 server_control::Kind::Goodbye(g) => {
-                    *goodbye = Some(DisconnectReason {
+                    *goodbye = Some(CloseStatus {
                         code: tonic::Code::from_i32(g.code),
                         message: g.reason,
                     });

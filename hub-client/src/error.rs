@@ -1,5 +1,5 @@
 //! Errors: why a call failed ([`ClientError`]) and why a connection ended
-//! ([`DisconnectReason`]).
+//! ([`CloseStatus`]).
 
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ pub enum ClientError {
     Timeout(Duration),
     /// The connection is gone; the reason says why.
     #[error("disconnected: {0}")]
-    Disconnected(DisconnectReason),
+    Disconnected(CloseStatus),
     /// The server answered with a frame of a different kind than the call expects.
     #[error("unexpected reply to `{0}`")]
     UnexpectedReply(&'static str),
@@ -37,24 +37,25 @@ impl ClientError {
     }
 }
 
-/// Why a connection ended.
+/// How a connection ended, as the client saw it: the status its stream ended with.
+/// (The server side's view, with the cause, is `hub_server::DisconnectReason`.)
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DisconnectReason {
+pub struct CloseStatus {
     /// The status the stream ended with (`Ok` for a clean close).
     pub code: tonic::Code,
     /// The reason: the server's goodbye, the status message, or the client's own.
     pub message: String,
 }
 
-impl std::fmt::Display for DisconnectReason {
+impl std::fmt::Display for CloseStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?}: {}", self.code, self.message)
     }
 }
 
 /// The reason given when the connection is gone and nothing more precise is known.
-pub(crate) fn gone() -> DisconnectReason {
-    DisconnectReason {
+pub(crate) fn gone() -> CloseStatus {
+    CloseStatus {
         code: tonic::Code::Unavailable,
         message: "connection closed".into(),
     }
@@ -65,8 +66,8 @@ mod tests {
     use super::*;
     use tonic::Code;
 
-    fn reason(code: Code, message: &str) -> DisconnectReason {
-        DisconnectReason {
+    fn reason(code: Code, message: &str) -> CloseStatus {
+        CloseStatus {
             code,
             message: message.into(),
         }

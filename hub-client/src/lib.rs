@@ -31,7 +31,7 @@ mod spec;
 mod tests;
 
 pub use client::HubClient;
-pub use error::{ClientError, DisconnectReason};
+pub use error::{ClientError, CloseStatus};
 pub use hub_core::proto::ConnectionInfo;
 pub use hub_core::{include_file_descriptor_set, include_proto};
 pub use options::ConnectOptions;
@@ -41,8 +41,7 @@ pub use spec::{ClientSpec, PushHandler, ResponseParts};
 #[doc(hidden)]
 pub mod codegen {
     pub use crate::{
-        ClientError, ClientSpec, ConnectOptions, DisconnectReason, HubClient, PushHandler,
-        ResponseParts,
+        ClientError, ClientSpec, CloseStatus, ConnectOptions, HubClient, PushHandler, ResponseParts,
     };
     pub use hub_core::proto as hub_v1;
     pub use prost;

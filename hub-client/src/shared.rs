@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::error::{ClientError, DisconnectReason};
+use crate::error::{ClientError, CloseStatus};
 use crate::spec::ClientSpec;
 
 /// Where a call's reply goes.
@@ -109,7 +109,7 @@ pub(crate) struct Shared<S: ClientSpec> {
     /// The default call timeout: calls with it are timed by the reader task.
     pub(crate) call_timeout: Option<Duration>,
     /// Why the connection ended, once it has.
-    pub(crate) closed: watch::Sender<Option<DisconnectReason>>,
+    pub(crate) closed: watch::Sender<Option<CloseStatus>>,
     /// The last measured round trip.
     pub(crate) latency: Mutex<Option<Duration>>,
 }

@@ -836,7 +836,7 @@ pub mod chat_hub_client {
             self.inner.latency()
         }
         /// Waits for the connection to end and tells why.
-        pub async fn closed(&self) -> ::hub_client::codegen::DisconnectReason {
+        pub async fn closed(&self) -> ::hub_client::codegen::CloseStatus {
             self.inner.closed().await
         }
         /// Join a room (as the user of the connection's token); replies with the room's
