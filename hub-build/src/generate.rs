@@ -172,6 +172,21 @@ fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                     async {}
                 }
 
+                /// On a hub with sessions (`HubConfig::sessions`): called when the
+                /// connection's stream broke and its session waits for a resume (it is
+                /// still a member of its groups). `on_disconnect` runs later if no resume
+                /// comes within the grace period.
+                fn on_transport_lost(&self, ctx: &#context, reason: &#rt::codegen::DisconnectReason)
+                    -> impl ::core::future::Future<Output = ()> + Send {
+                    async {}
+                }
+
+                /// On a hub with sessions: called when a new stream resumed the
+                /// connection's session (same connection id, groups kept).
+                fn on_resumed(&self, ctx: &#context) -> impl ::core::future::Future<Output = ()> + Send {
+                    async {}
+                }
+
                 /// Called on every server with local members of `lost.group` when members
                 /// on another server are gone because that server died (no
                 /// `on_disconnect` ran for them). Pushes with `.local()` reach this
@@ -364,6 +379,16 @@ fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                 fn on_disconnect(&self, ctx: #context, reason: #rt::codegen::DisconnectReason) -> #rt::codegen::BoxFuture<'static, ()> {
                     let hub = self.0.clone();
                     ::std::boxed::Box::pin(async move { hub.on_disconnect(&ctx, &reason).await })
+                }
+
+                fn on_transport_lost(&self, ctx: #context, reason: #rt::codegen::DisconnectReason) -> #rt::codegen::BoxFuture<'static, ()> {
+                    let hub = self.0.clone();
+                    ::std::boxed::Box::pin(async move { hub.on_transport_lost(&ctx, &reason).await })
+                }
+
+                fn on_resumed(&self, ctx: #context) -> #rt::codegen::BoxFuture<'static, ()> {
+                    let hub = self.0.clone();
+                    ::std::boxed::Box::pin(async move { hub.on_resumed(&ctx).await })
                 }
 
                 fn on_members_lost(&self, handle: #handle, lost: #rt::codegen::MembersLost) -> #rt::codegen::BoxFuture<'static, ()> {

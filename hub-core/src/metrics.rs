@@ -262,6 +262,30 @@ counters! {
     /// Members of other servers reported lost because their server died (presence
     /// expired), each reported to the hub's `on_members_lost` hook.
     backplane_members_lost,
+    /// Connections whose stream broke and whose session was kept for a resume
+    /// (`SessionConfig::grace`).
+    sessions_detached,
+    /// Sessions resumed by a new stream (same connection id, groups kept, missed
+    /// pushes replayed).
+    sessions_resumed,
+    /// Detached sessions that ended because no resume came within their grace period
+    /// (or too many were detached).
+    sessions_expired,
+    /// Sessions ended to make room for a new one of the same identity
+    /// (`SessionConfig::max_per_identity`).
+    sessions_evicted,
+    /// Resumes refused: the session had ended (`RESUME_OUTCOME_EXPIRED`).
+    resumes_failed_expired,
+    /// Resumes refused: the credential matched no session (`RESUME_OUTCOME_UNKNOWN`).
+    resumes_failed_unknown,
+    /// Resumes refused: the pushes missed were no longer all held (`RESUME_OUTCOME_GAP`).
+    resumes_failed_gap,
+    /// Resumes refused: another identity presented the credential
+    /// (`RESUME_OUTCOME_IDENTITY_MISMATCH`).
+    resumes_failed_identity,
+    /// Resumes refused otherwise: no sessions on the hub, or a malformed request
+    /// (`RESUME_OUTCOME_REFUSED`).
+    resumes_failed_refused,
 }
 
 impl HubMetrics {

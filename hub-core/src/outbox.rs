@@ -747,6 +747,12 @@ impl OutboxReceiver {
         Poll::Ready(None)
     }
 
+    /// The sequence number of the last push handed out (0: none yet). The next push
+    /// gets a larger one.
+    pub fn last_seq(&self) -> u64 {
+        self.seq
+    }
+
     fn start_closing(&mut self) {
         let reason = self
             .shared

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::SessionConfig;
 use hub_core::{
     GroupProvider, MemoryProvider, NodeId, OutboundBudget, OutboxLimits, SlowConsumerPolicy,
 };
@@ -84,6 +85,13 @@ pub struct HubConfig {
     /// it alive). While the connection does not read because its replies wait, the
     /// time counts from when it stopped reading. `None`: never. Default 45 s.
     pub heartbeat_timeout: Option<Duration>,
+    /// Sessions that survive a dropped stream (see [`SessionConfig`]): a client that
+    /// reconnects within the grace period with its resume credential keeps its
+    /// connection id and groups and gets the pushes it missed. With sessions,
+    /// `on_disconnect` runs when the session ends, not when a stream breaks (that runs
+    /// `on_transport_lost`). `None` (the default): no sessions; a broken stream ends
+    /// the connection.
+    pub sessions: Option<SessionConfig>,
 }
 
 /// A token bucket: a sustained rate and the burst it may reach.
@@ -118,11 +126,18 @@ impl Default for HubConfig {
             flood_window: Duration::from_secs(10),
             heartbeat_interval: Some(Duration::from_secs(15)),
             heartbeat_timeout: Some(Duration::from_secs(45)),
+            sessions: None,
         }
     }
 }
 
 impl HubConfig {
+    /// Sets [`HubConfig::sessions`].
+    pub fn sessions(mut self, sessions: Option<SessionConfig>) -> Self {
+        self.sessions = sessions;
+        self
+    }
+
     /// Sets [`HubConfig::outbound_queue`].
     pub fn outbound_queue(mut self, frames: usize) -> Self {
         self.outbound_queue = frames.max(1);

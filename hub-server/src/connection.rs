@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::context::ConnState;
 use crate::hub::{HubCore, HubShared};
 use crate::inbound::{InboundLimits, Verdict};
+use crate::session::Attachments;
 use crate::{Context, DisconnectReason, Dispatch, Inbound};
 
 /// What a finished call hands back: its id, call case, name, and its outcome (`Err(())`: it panicked).
@@ -56,8 +57,13 @@ struct Conn<D: Dispatch> {
 pub(crate) async fn run<D: Dispatch>(
     shared: Arc<HubShared<D>>,
     state: Arc<ConnState>,
-    mut inbound: Streaming<Bytes>,
+    inbound: Streaming<Bytes>,
+    mut session: Option<Attachments>,
 ) {
+    // The stream being read; `None` while the session is detached.
+    let mut inbound = Some(inbound);
+    // While detached: when the session's grace ends, and how the stream broke.
+    let mut detached: Option<(Instant, String)> = None;
     let core = shared.core.clone();
     let config = core.config.clone();
     let mut conn = Conn {
@@ -99,7 +105,7 @@ pub(crate) async fn run<D: Dispatch>(
     let mut grace: Option<Instant> = None;
 
     let reason = loop {
-        if !reading && conn.running.is_none() && conn.queue.is_empty() {
+        if detached.is_none() && !reading && conn.running.is_none() && conn.queue.is_empty() {
             // Reading may have stopped because the server closed the stream (a frame
             // too large, a broken request stream): that reason, not a clean client
             // close, is what `on_disconnect` must see.
@@ -158,7 +164,7 @@ pub(crate) async fn run<D: Dispatch>(
                 grace = state.outbox.enforce_grace();
             }
             _ = state.outbox.replies_drained(), if paused => {}
-            msg = inbound.message(), if reading && !paused => match msg {
+            msg = async { inbound.as_mut().expect("guarded").message().await }, if reading && !paused && inbound.is_some() => match msg {
                 Ok(Some(frame)) => {
                     last_heard = Instant::now();
                     conn.on_frame(frame);
@@ -170,11 +176,35 @@ pub(crate) async fn run<D: Dispatch>(
                         HubMetrics::incr(&core.metrics.frames_rejected);
                         state.outbox.close(reason);
                     } else {
-                        break DisconnectReason::Transport(status.message().to_owned());
+                        let why = status.message().to_owned();
+                        if !conn.detach(session.as_ref(), &why).await {
+                            break DisconnectReason::Transport(why);
+                        }
+                        inbound = None;
+                        detached = Some((Instant::now() + conn.grace(), why));
                     }
                 }
             },
-            _ = ticker.tick(), if heartbeat => {
+            new = async { session.as_mut().expect("guarded").rx.recv().await }, if session.is_some() => {
+                if let Some(new) = new {
+                    conn.attached(new, &mut inbound, &mut detached, &mut reading, &mut last_heard).await;
+                }
+            }
+            _ = tokio::time::sleep_until(detached.as_ref().map_or_else(Instant::now, |d| d.0)), if detached.is_some() => {
+                let sessions = core.sessions.as_ref().expect("detached with sessions");
+                let att = session.as_mut().expect("detached with a session");
+                match sessions.end_unless_resumed(att) {
+                    Some(new) => {
+                        conn.attached(new, &mut inbound, &mut detached, &mut reading, &mut last_heard).await;
+                    }
+                    None => {
+                        HubMetrics::incr(&core.metrics.sessions_expired);
+                        let why = detached.take().map(|d| d.1).unwrap_or_default();
+                        break DisconnectReason::SessionExpired(why);
+                    }
+                }
+            }
+            _ = ticker.tick(), if heartbeat && detached.is_none() => {
                 if let Some(timeout) = config.heartbeat_timeout
                     && last_heard.elapsed() >= timeout
                 {
@@ -184,7 +214,14 @@ pub(crate) async fn run<D: Dispatch>(
                     } else {
                         format!("heartbeat timeout: nothing received from the client for {timeout:?}")
                     };
-                    state.outbox.close(CloseReason::new(Code::Unavailable, why));
+                    // With a session, a silent peer is a dropped stream: detach.
+                    if conn.detach(session.as_ref(), &why).await {
+                        inbound = None;
+                        reading = false;
+                        detached = Some((Instant::now() + conn.grace(), why));
+                    } else {
+                        state.outbox.close(CloseReason::new(Code::Unavailable, why));
+                    }
                     continue;
                 }
                 if config.heartbeat_interval.is_some() {
@@ -194,6 +231,10 @@ pub(crate) async fn run<D: Dispatch>(
         }
     };
 
+    // The session (if any) ends with the connection: no stream attaches any more.
+    if let (Some(sessions), Some(att)) = (&core.sessions, &session) {
+        sessions.end(&att.session);
+    }
     // End the outbound stream: after a clean client close, send what is queued and
     // finish with OK; otherwise the first close reason set above stands.
     state.outbox.close(CloseReason::draining(Code::Ok, ""));
@@ -262,6 +303,64 @@ fn stream_error(status: &tonic::Status) -> Option<CloseReason> {
 impl<D: Dispatch> Conn<D> {
     fn core(&self) -> &HubCore {
         &self.shared.core
+    }
+
+    /// The grace period of a detached session.
+    fn grace(&self) -> Duration {
+        self.core()
+            .sessions
+            .as_ref()
+            .map_or(Duration::ZERO, |s| s.config.grace)
+    }
+
+    /// The stream broke (`why`): detaches the session, if the connection has one and
+    /// there is room for another detached session, and runs `on_transport_lost`.
+    /// Returns whether it did (else the connection ends).
+    async fn detach(&mut self, session: Option<&Attachments>, why: &str) -> bool {
+        let (Some(sessions), Some(att)) = (&self.core().sessions, session) else {
+            return false;
+        };
+        if !sessions.detach(&att.session) {
+            HubMetrics::incr(&self.core().metrics.sessions_expired);
+            tracing::info!(
+                detached = sessions.detached(),
+                "stream broke; too many sessions detached to keep this one"
+            );
+            return false;
+        }
+        HubMetrics::incr(&self.core().metrics.sessions_detached);
+        tracing::debug!(%why, "stream broke; the session waits for a resume");
+        let reason = DisconnectReason::Transport(why.to_owned());
+        let hook = AssertUnwindSafe(
+            self.shared
+                .dispatch
+                .on_transport_lost(self.ctx.clone(), reason),
+        );
+        if hook.catch_unwind().await.is_err() {
+            tracing::error!("the hub's on_transport_lost hook panicked");
+        }
+        true
+    }
+
+    /// A resuming stream attached: read it from now on, and run `on_resumed`.
+    async fn attached(
+        &mut self,
+        new: Streaming<Bytes>,
+        inbound: &mut Option<Streaming<Bytes>>,
+        detached: &mut Option<(Instant, String)>,
+        reading: &mut bool,
+        last_heard: &mut Instant,
+    ) {
+        *inbound = Some(new);
+        *detached = None;
+        *reading = true;
+        *last_heard = Instant::now();
+        self.ping = None;
+        tracing::debug!("session resumed");
+        let hook = AssertUnwindSafe(self.shared.dispatch.on_resumed(self.ctx.clone()));
+        if hook.catch_unwind().await.is_err() {
+            tracing::error!("the hub's on_resumed hook panicked");
+        }
     }
 
     /// Applies a close asked for by `Context::close`, if any.

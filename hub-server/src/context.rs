@@ -460,6 +460,7 @@ mod tests {
             next_conn: AtomicU64::new(0),
             conn_closed: Notify::new(),
             outbound: Arc::new(hub_core::OutboundBudget::unlimited()),
+            sessions: None,
         })
     }
 

@@ -62,6 +62,26 @@ pub trait Dispatch: Send + Sync + 'static {
         reason: DisconnectReason,
     ) -> BoxFuture<'static, ()>;
 
+    /// Runs the hub's `on_transport_lost` hook (hubs with sessions only): the
+    /// connection's stream broke and its session waits for a resume; the connection
+    /// is still a member of its groups. `on_disconnect` runs later if the session ends
+    /// without one. The default does nothing.
+    fn on_transport_lost(
+        &self,
+        ctx: Context<Self::Push>,
+        reason: DisconnectReason,
+    ) -> BoxFuture<'static, ()> {
+        let _ = (ctx, reason);
+        Box::pin(async {})
+    }
+
+    /// Runs the hub's `on_resumed` hook (hubs with sessions only): a new stream
+    /// resumed the connection's session. The default does nothing.
+    fn on_resumed(&self, ctx: Context<Self::Push>) -> BoxFuture<'static, ()> {
+        let _ = ctx;
+        Box::pin(async {})
+    }
+
     /// Runs the hub's `on_members_lost` hook: members of a group on another server are
     /// gone because that server died. Called on every server with local members of the
     /// group. The default does nothing.

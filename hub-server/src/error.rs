@@ -61,6 +61,9 @@ pub enum DisconnectReason {
         /// Why.
         message: String,
     },
+    /// On a hub with sessions: the stream broke (the message says how) and no resume
+    /// came within the session's grace period, or too many sessions were detached.
+    SessionExpired(String),
 }
 
 impl std::fmt::Display for DisconnectReason {
@@ -70,6 +73,9 @@ impl std::fmt::Display for DisconnectReason {
             DisconnectReason::Transport(m) => write!(f, "stream broke: {m}"),
             DisconnectReason::Server { code, message } => {
                 write!(f, "closed by server ({code:?}): {message}")
+            }
+            DisconnectReason::SessionExpired(m) => {
+                write!(f, "session expired without a resume after: {m}")
             }
         }
     }

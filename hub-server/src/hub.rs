@@ -42,6 +42,8 @@ pub(crate) struct HubCore {
     pub(crate) conn_closed: Notify,
     /// The server-wide budget of bytes queued to clients.
     pub(crate) outbound: Arc<hub_core::OutboundBudget>,
+    /// Sessions of connections, on a hub that keeps them.
+    pub(crate) sessions: Option<crate::session::Sessions>,
 }
 
 impl HubCore {

@@ -80,6 +80,7 @@ mod hub;
 pub mod identity;
 mod inbound;
 mod service;
+mod session;
 pub mod transport;
 
 pub use config::{DEFAULT_MAX_OUTBOUND_BYTES, HubConfig, Hubs, HubsBuilder, RateLimit};
@@ -95,6 +96,7 @@ pub use hub_core::{
 pub use hub_core::{include_file_descriptor_set, include_proto};
 pub use identity::{BearerToken, FromExtensions, Identity, IdentityProvider};
 pub use service::{HubService, HubServiceBuilder, OutboundStream, ServerCodec, WriteItem};
+pub use session::{RESUME_KEY, RESUME_SEQ_KEY, SessionConfig};
 
 /// What generated code names. Not a stable API for hand-written code.
 #[doc(hidden)]

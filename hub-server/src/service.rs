@@ -22,6 +22,7 @@ use tracing::Instrument;
 use crate::context::ConnState;
 use crate::hub::{HubCore, HubShared};
 use crate::identity::{ConnectRequest, IdentityOverride};
+use crate::session::{RESUME_KEY, RESUME_SEQ_KEY, SessionIo};
 use crate::{Context, Dispatch, HubConfig, HubHandle, Hubs};
 
 /// A hub as a tonic service: add it to `tonic::transport::Server` like any other
@@ -146,13 +147,17 @@ impl<D: Dispatch> HubServiceBuilder<D> {
             node,
             local,
             backplane,
-            config,
-            metrics,
+            config: config.clone(),
+            metrics: metrics.clone(),
             shutdown: hubs.inner.shutdown.child_token(),
             shutdown_reason: OnceLock::new(),
             next_conn: AtomicU64::new(0),
             conn_closed: Notify::new(),
             outbound: hubs.inner.outbound.clone(),
+            sessions: config
+                .sessions
+                .clone()
+                .map(|c| crate::session::Sessions::new(c, metrics.clone())),
         });
         hubs.inner
             .hubs
@@ -380,11 +385,56 @@ impl Decoder for ServerCodec {
 /// The response stream of one connection: its outbound queue, then a goodbye frame
 /// and the closing status.
 pub struct OutboundStream {
-    rx: OutboxReceiver,
+    source: Source,
     /// Set once the goodbye frame went out: how to end then (a status, or `None`
     /// for a clean end).
     ending: Option<Option<Status>>,
     done: bool,
+}
+
+/// Where an [`OutboundStream`] reads its frames.
+enum Source {
+    /// The connection's own queue (no session).
+    Owned(OutboxReceiver),
+    /// A session's queue, shared with the streams that resume it: written while
+    /// `generation` is the session's.
+    Session {
+        io: Arc<Mutex<SessionIo>>,
+        generation: u64,
+    },
+}
+
+impl Source {
+    fn poll_next(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Next>> {
+        let (io, generation) = match self {
+            Source::Owned(rx) => return rx.poll_next(cx),
+            Source::Session { io, generation } => (io, *generation),
+        };
+        let mut io = io.lock().unwrap_or_else(|e| e.into_inner());
+        if io.generation != generation {
+            // Another stream resumed the session, or this one was given up.
+            return Poll::Ready(Some(Next::Close(CloseReason::new(
+                tonic::Code::Unavailable,
+                "this stream no longer serves the session (resumed elsewhere or timed out)",
+            ))));
+        }
+        if let Some((frame, seq)) = io.first.pop_front() {
+            return Poll::Ready(Some(Next::Frame(frame, seq)));
+        }
+        match io.rx.poll_next(cx) {
+            Poll::Ready(Some(Next::Frame(frame, seq))) => {
+                io.written(&frame, seq);
+                Poll::Ready(Some(Next::Frame(frame, seq)))
+            }
+            Poll::Pending => {
+                if !io.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    io.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
 }
 
 impl Stream for OutboundStream {
@@ -399,7 +449,7 @@ impl Stream for OutboundStream {
             this.done = true;
             return Poll::Ready(end.map(Err));
         }
-        match this.rx.poll_next(cx) {
+        match this.source.poll_next(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Next::Frame(frame, seq))) => {
                 Poll::Ready(Some(Ok(WriteItem { frame, seq })))
@@ -482,6 +532,59 @@ async fn accept<D: Dispatch>(
         }
     };
     let user = identity.as_ref().map(|i| i.user_arc());
+    let mut inbound = Some(inbound);
+    let mut resumption = None;
+    if let Some(credential) = metadata.get(RESUME_KEY) {
+        let credential = credential.to_str().unwrap_or_default();
+        let seq = metadata.get(RESUME_SEQ_KEY).and_then(|v| v.to_str().ok());
+        let outcome = match &core.sessions {
+            None => Err(crate::session::Refusal::refused(
+                "this hub keeps no sessions",
+            )),
+            Some(sessions) => sessions.resume(
+                core.node,
+                core.next_conn.load(Relaxed) + 1,
+                crate::session::ResumeAsk {
+                    credential,
+                    seq,
+                    user: user.as_deref(),
+                },
+                &mut inbound,
+                |id, credential, replayed| {
+                    hello_frame(
+                        &core,
+                        &id.to_string(),
+                        credential,
+                        Some(proto::Resumption {
+                            outcome: proto::ResumeOutcome::Resumed as i32,
+                            reason: String::new(),
+                            replayed,
+                        }),
+                    )
+                },
+            ),
+        };
+        match outcome {
+            Ok(resumed) => {
+                HubMetrics::incr(&core.metrics.sessions_resumed);
+                tracing::debug!(hub = D::SERVICE, conn = %resumed.session.id, "session resumed");
+                return Ok(tonic::Response::new(OutboundStream {
+                    source: Source::Session {
+                        io: resumed.session.io.clone(),
+                        generation: resumed.generation,
+                    },
+                    ending: None,
+                    done: false,
+                }));
+            }
+            Err(refusal) => {
+                refusal.count(&core.metrics);
+                tracing::debug!(hub = D::SERVICE, reason = %refusal.reason, "resume refused");
+                resumption = Some(refusal.resumption());
+            }
+        }
+    }
+    let inbound = inbound.expect("a refused resume leaves the stream");
     let id = ConnectionId {
         node: core.node,
         local: core.next_conn.fetch_add(1, Relaxed) + 1,
@@ -493,21 +596,22 @@ async fn accept<D: Dispatch>(
         core.metrics.clone(),
         core.outbound.clone(),
     );
-    let hello = control_frame(Kind::Hello(proto::ConnectionInfo {
-        connection_id: id.to_string(),
-        server_id: core.node.to_string(),
-        hub: D::SERVICE.to_owned(),
-        heartbeat_interval_ms: config
-            .heartbeat_interval
-            .map_or(0, |d| clamp_safe(d.as_millis())),
-        heartbeat_timeout_ms: config
-            .heartbeat_timeout
-            .map_or(0, |d| clamp_safe(d.as_millis())),
-        max_message_bytes: clamp_safe(config.max_message_bytes as u128),
-        max_outbound_message_bytes: clamp_safe(core.max_outbound() as u128),
-    }));
+    let (source, attachments, credential) = match &core.sessions {
+        Some(sessions) => match sessions.open(id, user.clone(), &outbox, rx) {
+            Ok((att, credential)) => {
+                let source = Source::Session {
+                    io: att.session.io.clone(),
+                    generation: att.session.io().generation,
+                };
+                (source, Some(att), credential)
+            }
+            Err(rx) => (Source::Owned(rx), None, String::new()),
+        },
+        None => (Source::Owned(rx), None, String::new()),
+    };
+    let hello = hello_frame(&core, &id.to_string(), &credential, resumption);
     // First frame of the stream, so the client knows its id before any push.
-    let _ = outbox.push(OutFrame::reply(hello));
+    let _ = outbox.push(hello);
     core.local.register(Member {
         id,
         user: user.clone(),
@@ -532,6 +636,7 @@ async fn accept<D: Dispatch>(
     if let Err(e) = join_user_group(&core, &conn).await {
         HubMetrics::incr(&core.metrics.connections_rejected);
         tracing::debug!(parent: &span, error = %e, "could not register the connection's user");
+        end_session(&core, attachments.as_ref());
         crate::connection::leave_everything(&core, &conn).await;
         return Err(e.into());
     }
@@ -548,17 +653,55 @@ async fn accept<D: Dispatch>(
         HubMetrics::incr(&core.metrics.connections_rejected);
         let status = Status::new(status.code(), hub_core::quote::bound_str(status.message()));
         tracing::debug!(parent: &span, %status, "connection refused by on_connect");
+        end_session(&core, attachments.as_ref());
         crate::connection::leave_everything(&core, &conn).await;
         return Err(status);
     }
     HubMetrics::incr(&core.metrics.connections_opened);
     core.metrics.connections.increment(1.0);
-    tokio::spawn(crate::connection::run(shared, conn, inbound).instrument(span));
+    tokio::spawn(crate::connection::run(shared, conn, inbound, attachments).instrument(span));
     Ok(tonic::Response::new(OutboundStream {
-        rx,
+        source,
         ending: None,
         done: false,
     }))
+}
+
+/// Ends the session of a connection refused before it started.
+fn end_session(core: &HubCore, attachments: Option<&crate::session::Attachments>) {
+    if let (Some(sessions), Some(att)) = (&core.sessions, attachments) {
+        sessions.end(&att.session);
+    }
+}
+
+/// The hello frame: the connection's id and limits, its resume credential (empty
+/// without a session) and the answer to a resume it asked for.
+fn hello_frame(
+    core: &HubCore,
+    connection_id: &str,
+    credential: &str,
+    resumption: Option<proto::Resumption>,
+) -> OutFrame {
+    let config = &core.config;
+    OutFrame::reply(control_frame(Kind::Hello(proto::ConnectionInfo {
+        connection_id: connection_id.to_owned(),
+        server_id: core.node.to_string(),
+        hub: core.service.to_owned(),
+        heartbeat_interval_ms: config
+            .heartbeat_interval
+            .map_or(0, |d| clamp_safe(d.as_millis())),
+        heartbeat_timeout_ms: config
+            .heartbeat_timeout
+            .map_or(0, |d| clamp_safe(d.as_millis())),
+        max_message_bytes: clamp_safe(config.max_message_bytes as u128),
+        max_outbound_message_bytes: clamp_safe(core.max_outbound() as u128),
+        resume_credential: credential.to_owned(),
+        resumption,
+        session_grace_ms: core
+            .sessions
+            .as_ref()
+            .map_or(0, |s| clamp_safe(s.config.grace.as_millis())),
+    })))
 }
 
 /// Puts an authenticated connection into its user's group, so that user pushes reach it.
