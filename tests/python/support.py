@@ -187,6 +187,7 @@ class Chat:
         if token is None and user is not None:
             token = (await self.login(login_at or server, user)).token
         metadata = [("authorization", f"Bearer {token}")] if token is not None else []
+        metadata += kw.pop("metadata_extra", [])
         channel = grpc.aio.insecure_channel(server.addr)
         try:
             hub = await HubClient.connect(self.grpc.ChatHubStub(channel).Connect, self.pb.ChatRequest,

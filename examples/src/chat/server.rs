@@ -36,6 +36,10 @@ struct Args {
     /// Seconds of client silence before the connection is closed (0: never).
     #[arg(long, default_value_t = 45)]
     heartbeat_timeout: u64,
+    /// Seconds a connection's session waits for a resume after its stream drops (0: no
+    /// sessions; a dropped stream ends the connection).
+    #[arg(long, default_value_t = 0)]
+    session_grace: u64,
     /// Largest frame in bytes, either direction.
     #[arg(long, default_value_t = 1024 * 1024)]
     max_message_bytes: usize,
@@ -99,7 +103,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = HubConfig::default()
         .heartbeat(secs(args.heartbeat_interval), secs(args.heartbeat_timeout))
         .max_message_bytes(args.max_message_bytes)
-        .outbound_queue(args.outbound_queue);
+        .outbound_queue(args.outbound_queue)
+        .sessions(
+            secs(args.session_grace).map(|grace| hub_server::SessionConfig::default().grace(grace)),
+        );
     let login = args.login == "on";
     let secret = match &args.token_secret {
         Some(s) => TokenSecret::new(s.as_bytes())?,

@@ -1,0 +1,113 @@
+"""Sessions with a stock grpcio client: the hello carries a resume credential; after
+the stream drops, a new `Connect` with `hub-resume` and `hub-resume-seq` metadata
+resumes the same connection, and the pushes missed while it was down arrive once, in
+order, with their original seq."""
+
+import asyncio
+from types import SimpleNamespace
+
+from support import WAIT, run, unique
+
+SESSIONS = ("--session-grace", "60")
+
+
+class Relay:
+    """A TCP relay to `target` whose connections `cut()` drops, as a network that fails
+    does: the server sees its TCP connection end, with no clean end of the stream."""
+
+    def __init__(self, target: str):
+        self.host, port = target.rsplit(":", 1)
+        self.port = int(port)
+        self.writers = []
+
+    async def start(self):
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.addr = "127.0.0.1:%d" % self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _relay(self, down_r, down_w):
+        up_r, up_w = await asyncio.open_connection(self.host, self.port)
+        self.writers += [down_w, up_w]
+
+        async def pipe(r, w):
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                w.close()
+
+        await asyncio.gather(pipe(down_r, up_w), pipe(up_r, down_w))
+
+    def cut(self):
+        for w in self.writers:
+            w.transport.abort()
+        self.writers.clear()
+
+    def close(self):
+        self.cut()
+        self.server.close()
+
+
+def test_a_stock_client_resumes_with_the_metadata(generated, chat_servers):
+    server = chat_servers("memory", *SESSIONS)
+    room = unique("room")
+
+    async def scenario():
+        token = (await generated.login(server, "alice")).token
+        relay = await Relay(server.addr).start()
+        alice = await generated.connect(SimpleNamespace(addr=relay.addr), token=token)
+        bob = await generated.connect(server, "bob")
+        try:
+            info = alice.hub.info
+            assert info.resume_credential and info.session_grace_ms == 60000, info
+            await alice.join(room)
+            await bob.join(room)
+            await alice.expect("on_join", room=room, user="bob")
+            await bob.say("before")
+            seen = await alice.expect("on_message", text="before")
+            # The network fails under alice's stream.
+            relay.cut()
+            await bob.say("while away 1")
+            await bob.say("while away 2")
+            again = await generated.connect(server, token=token, metadata_extra=[
+                ("hub-resume", info.resume_credential),
+                ("hub-resume-seq", str(seen.seq)),
+            ])
+            try:
+                r = again.hub.info
+                assert r.resumption.outcome == generated.hub.RESUME_OUTCOME_RESUMED, r
+                assert r.connection_id == info.connection_id
+                await bob.say("live")
+                got = [await again.expect("on_message", text=t)
+                       for t in ("while away 1", "while away 2", "live")]
+                assert [p.seq for p in got] == [seen.seq + 1, seen.seq + 2, seen.seq + 3]
+                # Still in the room: bob hears alice.
+                await again.say("back")
+                while True:
+                    p = await bob.next_push()
+                    assert p.name != "on_leave", p
+                    if p.name == "on_message" and p.message.text == "back":
+                        break
+                # A forged credential for the live session is refused, with the reason, on a
+                # new connection.
+                forged = await generated.connect(server, token=token, metadata_extra=[
+                    ("hub-resume", info.connection_id + "." + "0" * 32),
+                    ("hub-resume-seq", "0"),
+                ])
+                try:
+                    f = forged.hub.info
+                    assert f.resumption.outcome == generated.hub.RESUME_OUTCOME_UNKNOWN, f
+                    assert f.connection_id != info.connection_id
+                finally:
+                    await forged.close()
+            finally:
+                await again.close()
+        finally:
+            await bob.close()
+            relay.close()
+            await alice.channel.close(grace=None)
+
+    run(asyncio.wait_for(scenario(), 4 * WAIT))
