@@ -7,7 +7,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={}", file.display());
     let fds = protox::compile([&file], [&proto_dir])?;
     let mut config = prost_build::Config::new();
-    config.bytes([".hub.v1.Envelope.frame"]);
+    config.bytes([
+        ".hub.v1.Envelope.frame",
+        ".hub.v1.Ask.frame",
+        ".hub.v1.Answer.frame",
+    ]);
     config.compile_fds(fds)?;
     Ok(())
 }

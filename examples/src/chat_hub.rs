@@ -11,7 +11,11 @@ use hub_server::{DisconnectReason, MembersLost, MembersRemoved};
 use tonic::Status;
 
 use crate::chat::chat_hub_server::{ChatHub, ChatHubContext, ChatHubHandle};
-use crate::chat::{ChatMessage, JoinRequest, MembersReply, SayRequest, UserEvent, WhisperRequest};
+use crate::chat::{
+    ChatMessage, CheckReadyRequest, JoinRequest, MemberReady, MembersReply, ReadyCheck,
+    ReadyReport, ReadyState, SayRequest, UserEvent, WhisperRequest,
+};
+use hub_server::AskOutcome;
 
 /// The chat hub.
 #[derive(Debug, Default, Clone)]
@@ -123,6 +127,49 @@ impl ChatHub for Chat {
     async fn members(&self, ctx: &ChatHubContext) -> Result<MembersReply, Status> {
         let room = require_room(ctx)?;
         members_reply(ctx, &room).await
+    }
+
+    async fn check_ready(
+        &self,
+        ctx: &ChatHubContext,
+        req: CheckReadyRequest,
+    ) -> Result<ReadyReport, Status> {
+        let room = require_room(ctx)?;
+        let mut group = ctx.group(&room)?;
+        if req.timeout_ms > 0 {
+            group = group.ask_timeout(std::time::Duration::from_millis(req.timeout_ms.min(60_000)));
+        }
+        // Every member of the room, on every server, the asker included: its own
+        // answer is read by its connection's reader while this call waits.
+        let replies = group
+            .ready_check(ReadyCheck {
+                room: room.clone(),
+                from: user_of(ctx),
+            })
+            .await?;
+        let members = replies
+            .into_iter()
+            .map(|r| {
+                let (state, detail) = match r.outcome {
+                    AskOutcome::Answered(a) if a.ready => (ReadyState::Ready, String::new()),
+                    AskOutcome::Answered(_) => (ReadyState::NotReady, String::new()),
+                    AskOutcome::Failed(s) => (
+                        ReadyState::Failed,
+                        format!("{:?}: {}", s.code(), s.message()),
+                    ),
+                    AskOutcome::TimedOut => (ReadyState::TimedOut, String::new()),
+                    AskOutcome::Disconnected(why) => (ReadyState::Disconnected, why),
+                    AskOutcome::Unreachable(why) => (ReadyState::Unreachable, why),
+                };
+                MemberReady {
+                    user: r.user.unwrap_or_default(),
+                    connection: r.connection.to_string(),
+                    state: state as i32,
+                    detail,
+                }
+            })
+            .collect();
+        Ok(ReadyReport { room, members })
     }
 
     async fn on_members_lost(&self, hub: &ChatHubHandle, lost: &MembersLost) {

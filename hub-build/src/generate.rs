@@ -141,6 +141,52 @@ fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
         }
     });
 
+    let ask_methods = hub.asks.iter().map(|a| {
+        let v = format_ident!("{}", a.variant);
+        let name = format_ident!("{}", a.name);
+        let doc = docs(&a.doc);
+        let answer = ty(&a.answer);
+        let n = &a.name;
+        let answer_enum = path(hub.answer_enum.as_deref().expect("a hub with asks has an answer oneof"));
+        let (arg, val) = match &a.message {
+            Some(m) => {
+                let m = path(m);
+                (quote!(message: #m), quote!(message))
+            }
+            None => (quote!(), quote!(())),
+        };
+        let wrong = format!("the answer is not a `{n}` answer");
+        quote! {
+            #doc
+            ///
+            /// An ask: sends it to every selected connection (on any server) and waits
+            /// for each one's answer, up to the ask's timeout. One reply per target.
+            pub async fn #name(&self, #arg) -> ::core::result::Result<::std::vec::Vec<#rt::codegen::AskReply<#answer>>, #rt::codegen::GroupError> {
+                let frame = #rt::codegen::encode(&#response {
+                    event: Some(#event_enum::#v(#val)),
+                    ..::core::default::Default::default()
+                });
+                let replies = self.0.ask_frame(frame).await?;
+                Ok(#rt::codegen::decode_answers(replies, |bytes| {
+                    match <#request as #rt::codegen::prost::Message>::decode(bytes) {
+                        Ok(#request { answer: Some(#answer_enum::#v(a)), .. }) => Ok(a),
+                        Ok(_) => Err(#rt::codegen::tonic::Status::invalid_argument(#wrong)),
+                        Err(e) => Err(#rt::codegen::tonic::Status::invalid_argument(e.to_string())),
+                    }
+                }))
+            }
+        }
+    });
+    let ask_timeout = (!hub.asks.is_empty()).then(|| {
+        quote! {
+            /// How long the asks of this selection wait for each answer (default
+            /// `HubConfig::ask_timeout`, 5 s).
+            pub fn ask_timeout(self, timeout: ::std::time::Duration) -> Self {
+                #push(self.0.ask_timeout(timeout))
+            }
+        }
+    });
+
     quote! {
         #[doc = #module_doc]
         pub mod #module {
@@ -232,7 +278,11 @@ fn server_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                     #push(self.0.local())
                 }
 
+                #ask_timeout
+
                 #(#push_methods)*
+
+                #(#ask_methods)*
             }
 
             /// The hub as a tonic service.
@@ -625,6 +675,92 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
         let name = format_ident!("{}", p.name);
         quote!(#event_enum::#v(m) => self.0.#name(m),)
     });
+    let answer_ty = match &hub.answer_enum {
+        Some(a) => path(a),
+        None => quote!(()),
+    };
+    let ask_receiver_methods = hub.asks.iter().map(|a| {
+        let name = format_ident!("{}", a.name);
+        let doc = docs(&a.doc);
+        let message = ty(&a.message);
+        let answer = ty(&a.answer);
+        let n = &a.name;
+        let unimplemented = format!("this client does not answer `{n}`");
+        quote! {
+            #doc
+            ///
+            /// An ask from the server: return the answer (or a status). Runs on a task
+            /// of its own; it may make calls on the client meanwhile. The default
+            /// answers `UNIMPLEMENTED`.
+            fn #name(&self, message: #message) -> impl ::core::future::Future<Output = ::core::result::Result<#answer, #rt::codegen::tonic::Status>> + Send {
+                async move { Err(#rt::codegen::tonic::Status::unimplemented(#unimplemented)) }
+            }
+        }
+    });
+    let ask_arc_methods = hub.asks.iter().map(|a| {
+        let name = format_ident!("{}", a.name);
+        let message = ty(&a.message);
+        let answer = ty(&a.answer);
+        quote! {
+            fn #name(&self, message: #message) -> impl ::core::future::Future<Output = ::core::result::Result<#answer, #rt::codegen::tonic::Status>> + Send {
+                (**self).#name(message)
+            }
+        }
+    });
+    let ask_arms = hub.asks.iter().map(|a| {
+        let v = format_ident!("{}", a.variant);
+        let name = format_ident!("{}", a.name);
+        let answer_enum = path(
+            hub.answer_enum
+                .as_deref()
+                .expect("asks have an answer oneof"),
+        );
+        quote! {
+            #event_enum::#v(m) => Ok(::std::boxed::Box::pin(async move {
+                self.0.#name(m).await.map(#answer_enum::#v)
+            })),
+        }
+    });
+    let on_ask = (!hub.asks.is_empty()).then(|| quote! {
+        fn on_ask(self: ::std::sync::Arc<Self>, event: #event_enum) -> ::core::result::Result<#rt::codegen::BoxFuture<'static, ::core::result::Result<#answer_ty, #rt::codegen::tonic::Status>>, #event_enum> {
+            match event {
+                #(#ask_arms)*
+                other => Err(other),
+            }
+        }
+    });
+    let (answer_field, answer_none) = if hub.answer_enum.is_some() {
+        (quote!(answer), quote!(answer: None,))
+    } else {
+        (quote!(), quote!())
+    };
+    let answer_body = if hub.answer_enum.is_some() {
+        quote! {
+            let (answer, error) = match answer {
+                Ok(a) => (Some(a), None),
+                Err(s) => (None, Some(#rt::codegen::hub_v1::CallError { code: s.code() as i32, message: s.message().to_owned(), ..::core::default::Default::default() })),
+            };
+            #request {
+                id: 0,
+                call: None,
+                control: Some(#rt::codegen::hub_v1::ClientControl {
+                    kind: Some(#rt::codegen::hub_v1::client_control::Kind::Answer(#rt::codegen::hub_v1::AnswerInfo { id, error })),
+                }),
+                #answer_field
+            }
+        }
+    } else {
+        quote! {
+            let error = answer.err().map(|s| #rt::codegen::hub_v1::CallError { code: s.code() as i32, message: s.message().to_owned(), ..::core::default::Default::default() });
+            #request {
+                id: 0,
+                call: None,
+                control: Some(#rt::codegen::hub_v1::ClientControl {
+                    kind: Some(#rt::codegen::hub_v1::client_control::Kind::Answer(#rt::codegen::hub_v1::AnswerInfo { id, error })),
+                }),
+            }
+        }
+    };
 
     quote! {
         #[doc = #module_doc]
@@ -636,6 +772,8 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
             /// an empty default.
             pub trait #receiver: Send + Sync + 'static {
                 #(#receiver_methods)*
+
+                #(#ask_receiver_methods)*
 
                 /// Called with the sequence number of each push, before its method.
                 /// A gap means pushes were dropped for this connection.
@@ -651,6 +789,8 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
             /// A shared receiver.
             impl<R: #receiver + ?Sized> #receiver for ::std::sync::Arc<R> {
                 #(#arc_methods)*
+
+                #(#ask_arc_methods)*
 
                 fn on_seq(&self, seq: u64) {
                     (**self).on_seq(seq)
@@ -727,10 +867,15 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                 type Response = #response;
                 type Call = #call_enum;
                 type Event = #event_enum;
+                type Answer = #answer_ty;
                 const PATH: &'static str = #path_str;
 
                 fn request(id: u64, call: Option<#call_enum>, control: Option<#rt::codegen::hub_v1::ClientControl>) -> #request {
-                    #request { id, call, control }
+                    #request { id, call, control, #answer_none }
+                }
+
+                fn answer(id: u64, answer: ::core::result::Result<#answer_ty, #rt::codegen::tonic::Status>) -> #request {
+                    #answer_body
                 }
 
                 fn split(r: #response) -> #rt::codegen::ResponseParts<#event_enum> {
@@ -740,7 +885,7 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
 
             struct Handler<R>(R);
 
-            impl<R: #receiver> #rt::codegen::PushHandler<#event_enum> for Handler<R> {
+            impl<R: #receiver> #rt::codegen::PushHandler<#event_enum, #answer_ty> for Handler<R> {
                 fn on_push(&self, seq: u64, event: #event_enum) {
                     self.0.on_seq(seq);
                     match event {
@@ -752,6 +897,8 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                 fn on_error(&self, code: #rt::codegen::tonic::Code, message: &str) {
                     self.0.on_error(code, message)
                 }
+
+                #on_ask
             }
         }
     }

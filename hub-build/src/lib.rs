@@ -43,15 +43,25 @@
 //!   uint64 id = 1;                       // call id; 0 = fire-and-forget
 //!   hub.v1.ClientControl control = 15;
 //!   oneof call { BarRequest bar = 16; google.protobuf.Empty baz = 17; }
+//!   oneof answer { Verdict confirm = 200; }   // optional: answers to the server's asks
 //! }
 //! message FooResponse {
 //!   uint64 id = 1; uint64 seq = 2; hub.v1.CallError error = 3; hub.v1.ServerControl control = 15;
 //!   oneof event {
 //!     BarReply bar = 16; google.protobuf.Empty baz = 17;   // a reply per call: same name and number
 //!     Thing on_thing = 100;                                // pushes: named on_*
+//!     Offer confirm = 200;                                 // asks: same name and number as an answer case
 //!   }
 //! }
 //! ```
+//!
+//! An **ask** is a response case paired by name and field number with a case of the
+//! request's optional `oneof answer`: the server sends `Offer` and waits for the
+//! client's `Verdict`. Generated: `ctx.connection(id).confirm(offer)` and the same on
+//! users and groups (one `AskReply` per target connection), and a receiver method
+//! `async fn confirm(&self, offer) -> Result<Verdict, Status>` on the client. An
+//! answer case without its ask case (or with another number) fails the build naming
+//! the answer case; ask names follow the call rules (not `on_*`, not reserved).
 //!
 //! Call and push payloads are messages (`google.protobuf.Empty` becomes `()` and is
 //! left out of method signatures). Field numbers below 16 are the framework's.
@@ -61,7 +71,7 @@ mod model;
 
 use std::path::{Path, PathBuf};
 
-pub use model::{Call, Hub, PushCase};
+pub use model::{AskCase, Call, Hub, PushCase};
 
 /// The framework proto, built in so hub protos can `import "hub/v1/hub.proto"`.
 ///

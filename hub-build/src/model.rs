@@ -29,6 +29,11 @@ pub struct Hub {
     pub calls: Vec<Call>,
     /// The push cases.
     pub pushes: Vec<PushCase>,
+    /// The asks: response cases the client answers (paired by name and number with a
+    /// case of the request's `oneof answer`).
+    pub asks: Vec<AskCase>,
+    /// Rust path of the request's `oneof answer` enum, if the hub has asks.
+    pub answer_enum: Option<String>,
 }
 
 impl Hub {
@@ -70,6 +75,21 @@ pub struct PushCase {
     pub doc: Vec<String>,
 }
 
+/// One ask of a hub: the server asks, the client answers.
+#[derive(Debug, Clone)]
+pub struct AskCase {
+    /// The case name, e.g. `ready_check` (the same in the response and the answer oneof).
+    pub name: String,
+    /// The Rust enum variant, e.g. `ReadyCheck`.
+    pub variant: String,
+    /// Rust path of what the server sends, `None` for `google.protobuf.Empty`.
+    pub message: Option<String>,
+    /// Rust path of the answer, `None` for `google.protobuf.Empty`.
+    pub answer: Option<String>,
+    /// Comment lines.
+    pub doc: Vec<String>,
+}
+
 /// Names generated code defines on the server, client or push types; calls and pushes may not take them.
 const RESERVED: &[&str] = &[
     "connect",
@@ -89,6 +109,8 @@ const RESERVED: &[&str] = &[
     "connection_id",
     "raw",
     "with_timeout",
+    "ask_timeout",
+    "ask_frame",
     "on_error",
     "on_seq",
     "send_frame",
@@ -288,7 +310,32 @@ fn hub(
         Some(".hub.v1.ServerControl"),
     )?;
 
-    let req_cases = oneof_cases(req, &req_el, "call", &["id", "control"])?;
+    // The optional `oneof answer`: its fields are framework-checked below, not calls.
+    let answer_fields: Vec<String> = match req
+        .desc
+        .oneof_decl
+        .iter()
+        .position(|o| o.name() == "answer")
+    {
+        Some(idx) => req
+            .desc
+            .field
+            .iter()
+            .filter(|f| f.oneof_index == Some(idx as i32))
+            .map(|f| f.name().to_owned())
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut req_framework = vec!["id", "control"];
+    req_framework.extend(answer_fields.iter().map(String::as_str));
+    let req_cases = oneof_cases(req, &req_el, "call", &req_framework)?;
+    let answer_cases = if answer_fields.is_empty() {
+        Vec::new()
+    } else {
+        let mut allowed = vec!["id", "control"];
+        allowed.extend(req_cases.iter().map(|(_, f)| f.name()));
+        oneof_cases(req, &req_el, "answer", &allowed)?
+    };
     let resp_cases = oneof_cases(resp, &resp_el, "event", &["id", "seq", "error", "control"])?;
 
     let payload = |f: &FieldDescriptorProto,
@@ -389,9 +436,57 @@ fn hub(
             ));
         }
     }
+    let mut asks = Vec::new();
+    for (i, a) in &answer_cases {
+        let a_el = format!("{req_el}.answer.{}", a.name());
+        if a.name().starts_with("on_") {
+            return Err(err(
+                a_el,
+                "ask names must not start with `on_` (that prefix marks pushes)",
+            ));
+        }
+        check_name(a.name(), &a_el)?;
+        let (answer, _) = payload(a, &a_el)?;
+        let Some((ri, r)) = resp_cases.iter().find(|(_, r)| r.name() == a.name()) else {
+            return Err(err(
+                &a_el,
+                format!(
+                    "no ask case `{}` in {resp_el}.event: every answer case needs an ask case with the same name and number",
+                    a.name()
+                ),
+            ));
+        };
+        let r_el = format!("{resp_el}.event.{}", r.name());
+        if r.number() != a.number() {
+            return Err(err(
+                r_el,
+                format!(
+                    "the ask case must have its answer case's field number {} (found {})",
+                    a.number(),
+                    r.number()
+                ),
+            ));
+        }
+        let (message, _) = payload(r, &r_el)?;
+        let mut loc = resp.loc.clone();
+        loc.extend([2, *ri as i32]);
+        let mut doc = doc(resp.file, &loc);
+        if doc.is_empty() {
+            let mut l = req.loc.clone();
+            l.extend([2, *i as i32]);
+            doc = self::doc(req.file, &l);
+        }
+        asks.push(AskCase {
+            name: a.name().to_owned(),
+            variant: a.name().to_upper_camel_case(),
+            message,
+            answer,
+            doc,
+        });
+    }
     let mut pushes = Vec::new();
     for (i, f) in &resp_cases {
-        if calls.iter().any(|c| c.name == f.name()) {
+        if calls.iter().any(|c| c.name == f.name()) || asks.iter().any(|a| a.name == f.name()) {
             continue;
         }
         let el = format!("{resp_el}.event.{}", f.name());
@@ -422,6 +517,8 @@ fn hub(
         event_enum: format!("{}::Event", rust_module(resp, &package)),
         calls,
         pushes,
+        answer_enum: (!asks.is_empty()).then(|| format!("{}::Answer", rust_module(req, &package))),
+        asks,
     })
 }
 

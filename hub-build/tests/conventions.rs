@@ -353,3 +353,58 @@ fn files_without_services_generate_nothing() {
     let plain = "syntax = \"proto3\";\npackage t.v1;\nmessage Plain { string x = 1; }\n";
     assert!(generate(plain).expect("valid").is_empty());
 }
+
+/// A hub with `answers` in the request's `oneof answer` and `events` in the response's.
+fn with_answers(answers: &str, events: &str) -> String {
+    hub(
+        SERVICE,
+        &format!("{REQUEST_HEAD} oneof call {{ Bar bar = 16; }} oneof answer {{ {answers} }}"),
+        &format!("{RESPONSE_HEAD} oneof event {{ Bar bar = 16; {events} }}"),
+    )
+}
+
+#[test]
+fn asks_pair_an_answer_case_with_an_event_case() {
+    let hubs = generate(&with_answers(
+        "Bar confirm = 200; google.protobuf.Empty ping_back = 201;",
+        "Bar confirm = 200; Bar ping_back = 201; Bar on_bar = 100;",
+    ))
+    .expect("valid");
+    let code = &hubs[0].1;
+    assert!(code.contains("pub async fn confirm"), "{code}");
+    assert!(code.contains("fn ping_back"), "{code}");
+    assert!(
+        code.contains("type Answer = super::foo_request::Answer"),
+        "{code}"
+    );
+    // No ask case for the answer.
+    fails(
+        &with_answers("Bar confirm = 200;", "Bar on_bar = 100;"),
+        "t.v1.FooRequest.answer.confirm",
+        "no ask case `confirm`",
+    );
+    // Another number.
+    fails(
+        &with_answers("Bar confirm = 200;", "Bar confirm = 201;"),
+        "t.v1.FooResponse.event.confirm",
+        "field number 200",
+    );
+    // Named like a push.
+    fails(
+        &with_answers("Bar on_confirm = 200;", "Bar on_confirm = 200;"),
+        "t.v1.FooRequest.answer.on_confirm",
+        "must not start with `on_`",
+    );
+    // A scalar answer.
+    fails(
+        &with_answers("string confirm = 200;", "Bar confirm = 200;"),
+        "t.v1.FooRequest.answer.confirm",
+        "must be a message",
+    );
+    // An answer field number of the framework.
+    fails(
+        &with_answers("Bar confirm = 14;", "Bar confirm = 14;"),
+        "t.v1.FooRequest.answer.confirm",
+        "reserved for the framework",
+    );
+}

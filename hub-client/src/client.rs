@@ -60,7 +60,7 @@ impl<S: ClientSpec> HubClient<S> {
     pub async fn connect<T>(
         service: T,
         options: ConnectOptions,
-        handler: Arc<dyn PushHandler<S::Event>>,
+        handler: Arc<dyn PushHandler<S::Event, S::Answer>>,
     ) -> Result<Self, ClientError>
     where
         T: tonic::client::GrpcService<tonic::body::Body>,

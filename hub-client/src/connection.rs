@@ -38,7 +38,7 @@ pub(crate) struct Reader<S: ClientSpec> {
     pub(crate) shared: Arc<Shared<S>>,
     /// Weak, so that dropping every `HubClient` ends the request stream.
     pub(crate) tx: mpsc::WeakSender<S::Request>,
-    pub(crate) handler: Arc<dyn PushHandler<S::Event>>,
+    pub(crate) handler: Arc<dyn PushHandler<S::Event, S::Answer>>,
     pub(crate) ping_interval: Option<Duration>,
     pub(crate) dead_after: Option<Duration>,
 }
@@ -215,6 +215,36 @@ impl<S: ClientSpec> Reader<S> {
         }
     }
 
+    /// Runs the receiver's answer on a task of its own and sends it back: the reader
+    /// goes on reading meanwhile (replies to calls the answerer makes, other asks).
+    /// An answer later than the ask's timeout is not sent (the server stopped waiting).
+    fn on_ask(&self, info: proto::AskInfo, event: Option<S::Event>) {
+        let answering = match event {
+            Some(event) => self.handler.clone().on_ask(event).ok(),
+            None => None,
+        };
+        let tx = self.tx.clone();
+        let id = info.id;
+        let limit = (info.timeout_ms > 0).then(|| Duration::from_millis(info.timeout_ms));
+        tokio::spawn(async move {
+            let result = match answering {
+                None => Err(tonic::Status::unimplemented(
+                    "this client does not answer this ask",
+                )),
+                Some(fut) => match limit {
+                    Some(limit) => match tokio::time::timeout(limit, fut).await {
+                        Ok(r) => r,
+                        Err(_) => return,
+                    },
+                    None => fut.await,
+                },
+            };
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx.send(S::answer(id, result)).await;
+            }
+        });
+    }
+
     fn on_frame(
         &self,
         frame: S::Response,
@@ -222,8 +252,10 @@ impl<S: ClientSpec> Reader<S> {
         goodbye: &mut Option<CloseStatus>,
     ) {
         let parts = S::split(frame);
+        let mut ask = None;
         if let Some(kind) = parts.control.and_then(|c| c.kind) {
             match kind {
+                server_control::Kind::Ask(info) => ask = Some(info),
                 server_control::Kind::Ping(p) => {
                     self.control(client_control::Kind::Pong(proto::Pong { nonce: p.nonce }));
                 }
@@ -247,6 +279,9 @@ impl<S: ClientSpec> Reader<S> {
                 }
                 server_control::Kind::Hello(_) => {}
             }
+        }
+        if let Some(info) = ask {
+            return self.on_ask(info, parts.event);
         }
         // An error scoped to a frame answers no call, even with an id (a reused id: the
         // call holding it still gets its own answer).

@@ -43,6 +43,7 @@ pub mod codegen {
     pub use crate::{
         ClientError, ClientSpec, CloseStatus, ConnectOptions, HubClient, PushHandler, ResponseParts,
     };
+    pub use hub_core::BoxFuture;
     pub use hub_core::proto as hub_v1;
     pub use prost;
     pub use prost_types;

@@ -13,6 +13,9 @@ pub trait ClientSpec: Send + Sync + 'static {
     type Call: Send + 'static;
     /// The response's `oneof event`.
     type Event: Send + 'static;
+    /// The request's `oneof answer` (answers to the server's asks), `()` for a hub
+    /// without asks.
+    type Answer: Send + 'static;
     /// The `Connect` method's path, e.g. `/chat.v1.ChatHub/Connect`.
     const PATH: &'static str;
 
@@ -25,6 +28,10 @@ pub trait ClientSpec: Send + Sync + 'static {
 
     /// Splits a response frame.
     fn split(response: Self::Response) -> ResponseParts<Self::Event>;
+
+    /// The request frame answering the ask `id`: the answer, or the status the
+    /// client failed it with.
+    fn answer(id: u64, answer: Result<Self::Answer, tonic::Status>) -> Self::Request;
 }
 
 /// A response frame, split.
@@ -42,8 +49,10 @@ pub struct ResponseParts<E> {
     pub event: Option<E>,
 }
 
-/// Where pushes go. Generated receivers (`FooHubReceiver`) implement it through an adapter.
-pub trait PushHandler<E>: Send + Sync + 'static {
+/// Where pushes go, and who answers the server's asks. Generated receivers
+/// (`FooHubReceiver`) implement it through an adapter. `A` is the hub's answer type
+/// ([`ClientSpec::Answer`]).
+pub trait PushHandler<E, A = ()>: Send + Sync + 'static {
     /// A push arrived with sequence number `seq`.
     fn on_push(&self, seq: u64, event: E);
 
@@ -51,5 +60,17 @@ pub trait PushHandler<E>: Send + Sync + 'static {
     /// call, a malformed frame).
     fn on_error(&self, code: tonic::Code, message: &str) {
         tracing::warn!(?code, message, "hub error frame");
+    }
+
+    /// The server asks something (`event` is the ask case): returns the future that
+    /// answers it, run on a task of its own (so the reader goes on reading, and the
+    /// answerer may make calls), or gives the event back if this is no ask it
+    /// answers (the server then gets `UNIMPLEMENTED`).
+    #[allow(clippy::type_complexity)]
+    fn on_ask(
+        self: std::sync::Arc<Self>,
+        event: E,
+    ) -> Result<hub_core::BoxFuture<'static, Result<A, tonic::Status>>, E> {
+        Err(event)
     }
 }

@@ -58,7 +58,26 @@ impl ClientSpec for Spec {
     type Response = Resp;
     type Call = String;
     type Event = String;
+    type Answer = ();
     const PATH: &'static str = "/test.v1.FakeHub/Connect";
+
+    fn answer(id: u64, answer: Result<(), tonic::Status>) -> Req {
+        let error = answer.err().map(|s| proto::CallError {
+            code: s.code() as i32,
+            message: s.message().to_owned(),
+            ..Default::default()
+        });
+        Req {
+            id: 0,
+            call: None,
+            control: Some(proto::ClientControl {
+                kind: Some(proto::client_control::Kind::Answer(proto::AnswerInfo {
+                    id,
+                    error,
+                })),
+            }),
+        }
+    }
 
     fn request(id: u64, call: Option<String>, control: Option<proto::ClientControl>) -> Req {
         Req { id, control, call }

@@ -85,7 +85,22 @@ impl Bus {
     pub fn set_down(&self, down: bool) {
         let mut state = self.lock();
         let back = state.down && !down;
+        let gone = !state.down && down;
         state.down = down;
+        if gone {
+            // Every server's link is down: asks waiting on other servers end now.
+            let inboxes: Vec<Inbox> = state
+                .channels
+                .iter()
+                .filter(|((_, key), _)| matches!(key, Key::Node(_)))
+                .flat_map(|(_, subs)| subs.iter().map(|(_, i)| i.clone()))
+                .collect();
+            drop(state);
+            for inbox in inboxes {
+                inbox.events().link_down("the bus is down");
+            }
+            return;
+        }
         if back {
             for ((_, key), subscribers) in &state.channels {
                 if matches!(key, Key::Node(_)) {
@@ -133,6 +148,9 @@ impl Bus {
                 .collect();
             (lost, inboxes)
         };
+        for (_, inbox) in inboxes.iter().filter(|(h, _)| of(h)) {
+            inbox.events().server_dead(node);
+        }
         for (hub, group, members) in lost {
             for (_, inbox) in inboxes.iter().filter(|(h, _)| *h == hub) {
                 if inbox.local().count(group.as_str()) > 0 {

@@ -23,10 +23,12 @@
 //! - [`bus`]: an in-process backend (several hub servers in one process), the
 //!   reference for writing one;
 //! - [`HubMetrics`]: counters every part updates, so no failure is silent;
+//! - [`ask`]: asks to clients that wait for answers, across servers too;
 //! - [`quote`]: bounded quoting of client input in error messages.
 //!
 //! The tonic service lives in `hub-server`; this crate has no server.
 
+pub mod ask;
 pub mod bus;
 pub mod command;
 pub mod emit;

@@ -286,6 +286,26 @@ counters! {
     /// Resumes refused otherwise: no sessions on the hub, or a malformed request
     /// (`RESUME_OUTCOME_REFUSED`).
     resumes_failed_refused,
+    /// Asks sent to one target connection (a group ask counts one per member asked).
+    asks,
+    /// Of `asks`: answered by the client.
+    asks_answered,
+    /// Of `asks`: the client answered with an error.
+    asks_failed,
+    /// Of `asks`: no answer within the ask's timeout.
+    asks_timed_out,
+    /// Of `asks`: the target was gone (closed, not connected, or its server died).
+    asks_disconnected,
+    /// Of `asks`: the target's server could not be reached (backplane down or failed).
+    asks_unreachable,
+    /// Of `asks`: refused before sending, over `HubConfig::max_asks_per_connection`
+    /// (asks in flight from one asking connection) or `max_asks_per_target` (asks
+    /// waiting on one target connection), or too large.
+    asks_refused,
+    /// Of `asks`: abandoned because the asking connection went away.
+    asks_cancelled,
+    /// Answers that matched no waiting ask (late, after the timeout, or unknown).
+    answers_unmatched,
 }
 
 impl HubMetrics {

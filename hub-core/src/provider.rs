@@ -105,6 +105,8 @@ pub struct BackplaneEvents {
     lost: Arc<dyn Fn(MembersLost) + Send + Sync>,
     /// Called with each command for local connections (`crate::emit`).
     pub(crate) commands: crate::emit::CommandHook,
+    /// Called with asks, answers, dead servers and a lost link (`crate::ask`).
+    pub(crate) asks: crate::ask::AskHook,
 }
 
 impl BackplaneEvents {
@@ -113,6 +115,7 @@ impl BackplaneEvents {
         BackplaneEvents {
             lost: Arc::new(on_lost),
             commands: Default::default(),
+            asks: Default::default(),
         }
     }
 
@@ -256,6 +259,29 @@ pub trait Backplane: Send + Sync + 'static {
         group: &'a GroupName,
     ) -> Option<BoxFuture<'a, Result<Vec<MemberInfo>, GroupError>>> {
         let _ = group;
+        None
+    }
+
+    /// Sends an ask to connections of server `node` (on its own channel); their
+    /// answers come back to this server's channel. `None`: this backplane does not
+    /// cross servers (the connections are not connected anywhere).
+    fn ask<'a>(
+        &'a self,
+        node: NodeId,
+        ids: &'a [ConnectionId],
+        ask: &'a crate::proto::Ask,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        let _ = (node, ids, ask);
+        None
+    }
+
+    /// Sends one connection's answer to an ask back to the asking server `node`.
+    fn answer<'a>(
+        &'a self,
+        node: NodeId,
+        answer: &'a crate::proto::Answer,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        let _ = (node, answer);
         None
     }
 

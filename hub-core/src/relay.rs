@@ -242,6 +242,25 @@ impl<T: Transport, P: Presence> Backplane for Relay<T, P> {
         Some(self.presence.count(group))
     }
 
+    fn ask<'a>(
+        &'a self,
+        node: NodeId,
+        ids: &'a [crate::ConnectionId],
+        ask: &'a crate::proto::Ask,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        let payload = self.inbox.writer().ask(ids, ask);
+        Some(Box::pin(self.send(Channel::Node(node), payload)))
+    }
+
+    fn answer<'a>(
+        &'a self,
+        node: NodeId,
+        answer: &'a crate::proto::Answer,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        let payload = self.inbox.writer().answer(answer);
+        Some(Box::pin(self.send(Channel::Node(node), payload)))
+    }
+
     fn members<'a>(
         &'a self,
         group: &'a GroupName,

@@ -122,6 +122,29 @@ impl EnvelopeWriter {
         Bytes::from(env.encode_to_vec())
     }
 
+    /// An ask to connections of one server (its node channel).
+    pub fn ask(&self, ids: &[ConnectionId], ask: &proto::Ask) -> Bytes {
+        let env = proto::Envelope {
+            version: ENVELOPE_VERSION,
+            origin: self.origin.to_string(),
+            target: Some(Target::Only(Arc::from(ids)).to_proto()),
+            ask: Some(ask.clone()),
+            ..Default::default()
+        };
+        Bytes::from(env.encode_to_vec())
+    }
+
+    /// One connection's answer, for the asking server's node channel.
+    pub fn answer(&self, answer: &proto::Answer) -> Bytes {
+        let env = proto::Envelope {
+            version: ENVELOPE_VERSION,
+            origin: self.origin.to_string(),
+            answer: Some(answer.clone()),
+            ..Default::default()
+        };
+        Bytes::from(env.encode_to_vec())
+    }
+
     /// A notice that members of a group were lost with their server.
     pub fn lost(&self, lost: &MembersLost) -> Bytes {
         let env = proto::Envelope {
@@ -177,6 +200,10 @@ pub enum Received {
     Lost,
     /// A command, handed to the hub for the local connections it selects (maybe none).
     Command,
+    /// An ask for connections of this server, handed to the hub.
+    Ask,
+    /// An answer to an ask of this server, handed to the hub.
+    Answer,
     /// Published by this server: skipped.
     Own,
     /// Not a readable envelope of this version for this channel: counted and dropped.
@@ -242,9 +269,11 @@ impl Inbox {
     pub fn receive(&self, payload: Bytes, via: Via<'_>) -> Received {
         let outcome = self.handle(payload, via);
         match outcome {
-            Received::Delivered | Received::Lost | Received::Command => {
-                HubMetrics::incr(&self.metrics.backplane_received)
-            }
+            Received::Delivered
+            | Received::Lost
+            | Received::Command
+            | Received::Ask
+            | Received::Answer => HubMetrics::incr(&self.metrics.backplane_received),
             Received::Malformed(why) => {
                 HubMetrics::incr(&self.metrics.backplane_malformed);
                 tracing::debug!(hub = self.hub, ?via, why, "dropped a malformed envelope");
@@ -274,6 +303,14 @@ impl Inbox {
         }
         if let Some(lost) = env.lost {
             return self.lost(&env.group, lost);
+        }
+        if let Some(ask) = env.ask {
+            return self.asked(env.target.as_ref(), ask);
+        }
+        if let Some(answer) = env.answer {
+            self.events
+                .ask_event(crate::ask::AskEvent::Answered(answer));
+            return Received::Answer;
         }
         if let Some(command) = env.command {
             return self.command(&env.group, env.target.as_ref(), command);
@@ -355,6 +392,30 @@ impl Inbox {
         Received::Command
     }
 
+    /// Hands an ask for connections of this server to the runtime.
+    fn asked(&self, target: Option<&proto::TargetSpec>, ask: proto::Ask) -> Received {
+        let (Target::Only(ids), Ok(node)) = (
+            Target::from_proto(target),
+            u64::from_str_radix(&ask.reply_to, 16),
+        ) else {
+            return Received::Malformed("an ask must name its connections and its asker");
+        };
+        let connections = ids
+            .iter()
+            .filter(|id| id.node == self.local.node())
+            .copied()
+            .collect();
+        self.events
+            .ask_event(crate::ask::AskEvent::Asked(crate::ask::RemoteAsk {
+                id: ask.id,
+                reply_to: NodeId(node),
+                timeout: std::time::Duration::from_millis(ask.timeout_ms),
+                frame: ask.frame,
+                connections,
+            }));
+        Received::Ask
+    }
+
     fn lost(&self, group: &str, lost: proto::MembersLost) -> Received {
         let (Ok(group), Ok(server)) = (
             GroupName::from_wire(group),
@@ -373,6 +434,8 @@ impl Inbox {
             })
             .collect();
         members.sort();
+        // Whoever waits for answers from that server stops waiting.
+        self.events.server_dead(NodeId(server));
         if self.local.count(group.as_str()) > 0 {
             self.events.members_lost(MembersLost {
                 group,

@@ -183,6 +183,8 @@ fn report_lost(inner: &Inner, node: &str) {
     let Ok(server) = u64::from_str_radix(node, 16) else {
         return;
     };
+    // Asks waiting on its connections end now.
+    inner.inbox.events().server_dead(NodeId(server));
     let lost = lock(&inner.whereabouts).server_gone(node);
     for (group, members) in lost {
         let group: GroupName = group;
@@ -235,10 +237,17 @@ async fn on_heartbeat(inner: &Inner, msg: Message) {
 async fn on_event(inner: &Arc<Inner>, event: Option<Event>) {
     match event {
         None | Some(Event::Connected) => check_reconnect(inner).await,
-        Some(Event::Disconnected) => tracing::warn!(
-            hub = inner.hub,
-            "lost the NATS connection: publishes, first joins and member queries fail with Unavailable until it is back"
-        ),
+        Some(Event::Disconnected) => {
+            tracing::warn!(
+                hub = inner.hub,
+                "lost the NATS connection: publishes, first joins and member queries fail with Unavailable until it is back"
+            );
+            // Asks waiting on other servers end now, not at their timeout.
+            inner
+                .inbox
+                .events()
+                .link_down("nats backplane down: lost the connection");
+        }
         Some(Event::SlowConsumer(sid)) => {
             HubMetrics::incr(&inner.metrics().backplane_errors);
             tracing::warn!(

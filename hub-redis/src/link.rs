@@ -83,6 +83,11 @@ pub(crate) async fn supervise(shared: Arc<Shared>, mut ops: mpsc::Receiver<SubOp
                     Ended::Cancelled => break,
                     Ended::Lost(reason) => {
                         tracing::warn!(hub = shared.hub, %reason, "lost the connection to Redis; reconnecting");
+                        // Asks waiting on other servers end now, not at their timeout.
+                        shared
+                            .inbox
+                            .events()
+                            .link_down(format!("redis backplane down: {reason}"));
                         shared.link.send_replace(Link::Down {
                             reason: reason.into(),
                         });

@@ -92,6 +92,18 @@ pub struct HubConfig {
     /// `on_transport_lost`). `None` (the default): no sessions; a broken stream ends
     /// the connection.
     pub sessions: Option<SessionConfig>,
+    /// How long an ask waits for each target's answer when it sets no timeout of its
+    /// own (`.ask_timeout(..)`); then that target's outcome is `TimedOut` (counted in
+    /// `asks_timed_out`). Default 5 s.
+    pub ask_timeout: Duration,
+    /// Asks (to one connection, a user or a group: one each) a connection's calls may
+    /// have in flight at once; one more is refused at once, every target's outcome
+    /// `RESOURCE_EXHAUSTED` (counted in `asks_refused`). Default 16.
+    pub max_asks_per_connection: usize,
+    /// Asks waiting for one target connection's answer on this server; one more to it
+    /// is refused (its outcome `RESOURCE_EXHAUSTED`, counted in `asks_refused`), the
+    /// other targets are asked. Default 16.
+    pub max_asks_per_target: usize,
 }
 
 /// A token bucket: a sustained rate and the burst it may reach.
@@ -127,6 +139,9 @@ impl Default for HubConfig {
             heartbeat_interval: Some(Duration::from_secs(15)),
             heartbeat_timeout: Some(Duration::from_secs(45)),
             sessions: None,
+            ask_timeout: hub_core::ask::DEFAULT_ASK_TIMEOUT,
+            max_asks_per_connection: 16,
+            max_asks_per_target: 16,
         }
     }
 }

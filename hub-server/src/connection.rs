@@ -43,6 +43,11 @@ struct Conn<D: Dispatch> {
     in_flight: HashSet<u64>,
     /// The call being run.
     running: Option<Running>,
+    /// What the running call shares with its asks.
+    call_state: Option<Arc<crate::ask::CallState>>,
+    /// Calls parked while they wait on an answer from this connection's client: they
+    /// finish on their own, while the next calls run.
+    parked: futures_util::stream::FuturesUnordered<Running>,
     /// Last ping sent: nonce and when.
     ping: Option<(u64, Instant)>,
     /// Nonce of the last ping sent (each ping gets a new one, so a late pong cannot
@@ -73,6 +78,8 @@ pub(crate) async fn run<D: Dispatch>(
         queue: VecDeque::new(),
         in_flight: HashSet::new(),
         running: None,
+        call_state: None,
+        parked: Default::default(),
         ping: None,
         nonce: 0,
         last_rtt_us: 0,
@@ -105,7 +112,12 @@ pub(crate) async fn run<D: Dispatch>(
     let mut grace: Option<Instant> = None;
 
     let reason = loop {
-        if detached.is_none() && !reading && conn.running.is_none() && conn.queue.is_empty() {
+        if detached.is_none()
+            && !reading
+            && conn.running.is_none()
+            && conn.queue.is_empty()
+            && conn.parked.is_empty()
+        {
             // Reading may have stopped because the server closed the stream (a frame
             // too large, a broken request stream): that reason, not a clean client
             // close, is what `on_disconnect` must see.
@@ -146,6 +158,18 @@ pub(crate) async fn run<D: Dispatch>(
                 if !conn.apply_kick() {
                     conn.start_next();
                 }
+            }
+            _ = state.ask_wait.notified(), if conn.running.is_some() => {
+                // The running call waits on its own client's answer: park it, so the
+                // client's calls made to answer it are not stuck behind it.
+                if conn.call_state.as_ref().is_some_and(|c| c.self_asks.load(std::sync::atomic::Ordering::Acquire) > 0) {
+                    let running = conn.running.take().expect("guarded");
+                    conn.parked.push(running);
+                    conn.start_next();
+                }
+            }
+            Some(done) = futures_util::StreamExt::next(&mut conn.parked), if !conn.parked.is_empty() => {
+                conn.finish(done);
             }
             _ = kicked.as_mut() => {
                 kicked.set(state.kicked.notified());
@@ -256,6 +280,7 @@ pub(crate) async fn run<D: Dispatch>(
 pub(crate) async fn leave_everything(core: &HubCore, state: &ConnState) {
     let _ = state.departed.set(core.local.groups_of(state.id));
     let left = core.local.unregister(state.id);
+    core.asks.connection_closed(state.id);
     core.count_groups();
     let info = MemberInfo {
         connection: state.id,
@@ -464,7 +489,7 @@ impl<D: Dispatch> Conn<D> {
         let Inbound { id, control, call } = D::split(request);
         let had_control = control.is_some();
         if let Some(c) = control {
-            self.on_control(c);
+            self.on_control(c, &frame);
         }
         match call {
             Some(call) => self.enqueue(id, head.call.unwrap_or(0), call),
@@ -489,8 +514,14 @@ impl<D: Dispatch> Conn<D> {
         }
     }
 
-    fn on_control(&mut self, control: proto::ClientControl) {
+    fn on_control(&mut self, control: proto::ClientControl, frame: &Bytes) {
         match control.kind {
+            Some(client_control::Kind::Answer(a)) => {
+                // Routed to the waiting ask at once: never queued behind calls.
+                let core = self.core();
+                core.asks
+                    .answered(&core.metrics, self.state.id, a, frame.clone());
+            }
             Some(client_control::Kind::Pong(p)) => {
                 if let Some((nonce, sent)) = self.ping
                     && nonce == p.nonce
@@ -571,7 +602,12 @@ impl<D: Dispatch> Conn<D> {
         let name = D::call_name(&call);
         HubMetrics::incr(&self.core().metrics.calls);
         let span = tracing::info_span!("call", call = name, id);
-        let fut = self.shared.dispatch.dispatch(self.ctx.clone(), id, call);
+        let call_state = Arc::new(crate::ask::CallState::default());
+        self.call_state = Some(call_state.clone());
+        let fut = crate::ask::CALL.scope(
+            call_state,
+            self.shared.dispatch.dispatch(self.ctx.clone(), id, call),
+        );
         let (metrics, started) = (self.core().metrics.clone(), Instant::now());
         self.running = Some(Box::pin(
             AssertUnwindSafe(fut)

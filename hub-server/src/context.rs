@@ -12,6 +12,7 @@ use tonic::metadata::MetadataMap;
 use crate::PushError;
 use crate::hub::HubCore;
 use crate::identity::{Identity, SetUserError};
+use hub_core::ask::{AskOutcome, AskReply};
 
 /// What one connection carries for its whole life.
 pub(crate) struct ConnState {
@@ -40,6 +41,11 @@ pub(crate) struct ConnState {
     /// The groups it was in, once it left them all at disconnect (before
     /// `on_disconnect` runs, so that counts and member lists no longer show it).
     pub(crate) departed: std::sync::OnceLock<Vec<GroupName>>,
+    /// Asks this connection's calls have in flight (`HubConfig::max_asks_per_connection`).
+    pub(crate) asks_in_flight: std::sync::atomic::AtomicUsize,
+    /// Wakes the connection task when its running call starts waiting on its own
+    /// caller's answer (it is then parked, and the next calls run).
+    pub(crate) ask_wait: tokio::sync::Notify,
 }
 
 /// The per-connection context a hub method gets: who is calling, the request
@@ -109,25 +115,31 @@ impl<P: From<crate::Push>> Context<P> {
         HubHandle::new(self.conn.core.clone())
     }
 
-    /// Pushes to the caller only.
+    fn push_to(&self, dest: Destination) -> P {
+        let mut push = Push::new(self.conn.core.clone(), dest);
+        push.asker = Some(self.conn.clone());
+        push.into()
+    }
+
+    /// Pushes to (or asks) the caller only.
     pub fn caller(&self) -> P {
-        self.hub().connection(self.conn.id)
+        self.connection(self.conn.id)
     }
 
-    /// Pushes to the members of a group (refine with `.except(..)` / `.only(..)`).
+    /// Pushes to (or asks) the members of a group (refine with `.except(..)` / `.only(..)`).
     pub fn group(&self, group: impl AsRef<str>) -> Result<P, GroupError> {
-        self.hub().group(group)
+        Ok(self.push_to(Destination::group(GroupName::new(group.as_ref())?)))
     }
 
-    /// Pushes to one connection, on any server.
+    /// Pushes to (or asks) one connection, on any server.
     pub fn connection(&self, id: ConnectionId) -> P {
-        self.hub().connection(id)
+        self.push_to(Destination::Connections(Arc::from([id])))
     }
 
-    /// Pushes to every connection of the user `user_id`, on any server: the
+    /// Pushes to (or asks) every connection of the user `user_id`, on any server: the
     /// connections authenticated as that user (see [`crate::identity`]).
     pub fn user(&self, user_id: &str) -> Result<P, GroupError> {
-        self.hub().user(user_id)
+        Ok(self.push_to(Destination::group(GroupName::reserved("user", user_id)?)))
     }
 
     /// Who the `Connect` request was authenticated as, if anyone: set once, before
@@ -336,6 +348,10 @@ pub struct Push {
     dest: Destination,
     /// Deliver to this server's connections only (see [`Push::local`]).
     local_only: bool,
+    /// The connection whose call asks (bounded per connection, cancelled with it).
+    asker: Option<Arc<ConnState>>,
+    /// How long an ask waits ([`Push::ask_timeout`]); `None`: the hub's default.
+    ask_timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for Push {
@@ -350,6 +366,124 @@ impl Push {
             core,
             dest,
             local_only: false,
+            asker: None,
+            ask_timeout: None,
+        }
+    }
+
+    /// How long an ask waits for each target's answer (default
+    /// [`crate::HubConfig::ask_timeout`], 5 s).
+    pub fn ask_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.ask_timeout = Some(timeout);
+        self
+    }
+
+    /// Sends one encoded ask frame (a response with one ask case set; generated ask
+    /// methods encode it) to every selected connection, on any server, and waits for
+    /// each one's answer, up to the ask's timeout. Returns one [`AskReply`] per target,
+    /// in the order the member list (or the connection list) gives them; the answer
+    /// is the client's request frame. A group or user ask lists its members first
+    /// (every server): if that fails (backplane down), the error, and nobody is asked.
+    ///
+    /// Asked from a call ([`Context`]), the ask counts against the asking
+    /// connection's [`crate::HubConfig::max_asks_per_connection`] and ends (every
+    /// outcome `CANCELLED`) if that connection goes away.
+    pub async fn ask_frame(&self, frame: Bytes) -> Result<Vec<AskReply<Bytes>>, GroupError> {
+        let core = &self.core;
+        let mut targets: Vec<(ConnectionId, Option<String>)> = match &self.dest {
+            Destination::Group { group, target } => core
+                .members(group)
+                .await?
+                .into_iter()
+                .filter(|m| target.selects(&m.connection))
+                .map(|m| (m.connection, m.user))
+                .collect(),
+            Destination::Connections(ids) => ids
+                .iter()
+                .map(|id| {
+                    let user = core
+                        .local
+                        .member(*id)
+                        .and_then(|m| m.user.as_deref().map(str::to_owned));
+                    (*id, user)
+                })
+                .collect(),
+        };
+        if self.local_only {
+            targets.retain(|(c, _)| c.node == core.node);
+        }
+        let timeout = self.ask_timeout.unwrap_or(core.config.ask_timeout);
+        let Some(asker) = &self.asker else {
+            return Ok(core.ask(targets, frame, timeout, true).await);
+        };
+        let max = core.config.max_asks_per_connection;
+        let in_flight = &asker.asks_in_flight;
+        if in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= max {
+            in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            let refused = || {
+                HubMetrics::incr(&core.metrics.asks);
+                HubMetrics::incr(&core.metrics.asks_refused);
+                AskOutcome::Failed(tonic::Status::resource_exhausted(format!(
+                    "this connection already has {max} asks in flight"
+                )))
+            };
+            return Ok(targets
+                .into_iter()
+                .map(|(connection, user)| AskReply {
+                    connection,
+                    user,
+                    outcome: refused(),
+                })
+                .collect());
+        }
+        struct Release<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
+        let _release = Release(in_flight);
+        // Asking its own caller from the call itself: the connection parks this call
+        // and goes on with the next ones until the answer comes.
+        struct SelfAsk(Arc<crate::ask::CallState>);
+        impl Drop for SelfAsk {
+            fn drop(&mut self) {
+                self.0
+                    .self_asks
+                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
+        let _self_ask = if targets.iter().any(|(c, _)| *c == asker.id) {
+            crate::ask::CALL
+                .try_with(|call| call.clone())
+                .ok()
+                .map(|call| {
+                    call.self_asks
+                        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    asker.ask_wait.notify_one();
+                    SelfAsk(call)
+                })
+        } else {
+            None
+        };
+        let listed = targets.clone();
+        tokio::select! {
+            replies = core.ask(targets, frame, timeout, true) => Ok(replies),
+            _ = asker.outbox.closed() => {
+                Ok(listed
+                    .into_iter()
+                    .map(|(connection, user)| {
+                        HubMetrics::incr(&core.metrics.asks_cancelled);
+                        AskReply {
+                            connection,
+                            user,
+                            outcome: AskOutcome::Failed(tonic::Status::cancelled(
+                                "the asking connection went away",
+                            )),
+                        }
+                    })
+                    .collect())
+            }
         }
     }
 
@@ -461,6 +595,7 @@ mod tests {
             conn_closed: Notify::new(),
             outbound: Arc::new(hub_core::OutboundBudget::unlimited()),
             sessions: None,
+            asks: Default::default(),
         })
     }
 

@@ -44,6 +44,8 @@ pub(crate) struct HubCore {
     pub(crate) outbound: Arc<hub_core::OutboundBudget>,
     /// Sessions of connections, on a hub that keeps them.
     pub(crate) sessions: Option<crate::session::Sessions>,
+    /// Asks waiting for answers on this server.
+    pub(crate) asks: crate::ask::Asks,
 }
 
 impl HubCore {

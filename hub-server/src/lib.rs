@@ -71,6 +71,7 @@
 //!
 //! [`HubMetrics`]: hub_core::HubMetrics
 
+mod ask;
 mod config;
 mod connection;
 mod context;
@@ -87,6 +88,7 @@ pub use config::{DEFAULT_MAX_OUTBOUND_BYTES, HubConfig, Hubs, HubsBuilder, RateL
 pub use context::{Context, HubHandle, Push};
 pub use dispatch::{Dispatch, Inbound};
 pub use error::{DisconnectReason, PushError};
+pub use hub_core::ask::{AskOutcome, AskReply};
 pub use hub_core::emit::MembersRemoved;
 pub use hub_core::quote;
 pub use hub_core::{
@@ -110,12 +112,35 @@ pub mod codegen {
     pub use bytes::Bytes;
     pub use hub_core::BoxFuture;
     pub use hub_core::Destination;
+    pub use hub_core::ask::{AskOutcome, AskReply};
     pub use hub_core::emit::{Emit, EmitPush, Emitter};
     pub use hub_core::proto as hub_v1;
     pub use prost;
     pub use prost_types;
     pub use tonic;
     pub use tower;
+
+    /// Decodes each answered reply with `decode` (a reply that does not decode becomes
+    /// `Failed` with the decoder's status).
+    pub fn decode_answers<A>(
+        replies: Vec<AskReply<Bytes>>,
+        decode: impl Fn(Bytes) -> Result<A, tonic::Status>,
+    ) -> Vec<AskReply<A>> {
+        replies
+            .into_iter()
+            .map(|r| AskReply {
+                connection: r.connection,
+                user: r.user,
+                outcome: match r.outcome {
+                    AskOutcome::Answered(b) => match decode(b) {
+                        Ok(a) => AskOutcome::Answered(a),
+                        Err(s) => AskOutcome::Failed(s),
+                    },
+                    other => other.map(|_| unreachable!("answered is matched above")),
+                },
+            })
+            .collect()
+    }
 
     /// Encodes a message into a fresh buffer.
     pub fn encode<M: prost::Message>(msg: &M) -> Bytes {

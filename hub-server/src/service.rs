@@ -124,7 +124,8 @@ impl<D: Dispatch> HubServiceBuilder<D> {
         // from elsewhere (a thread of its own, a runtime that is stopping).
         let runtime = tokio::runtime::Handle::try_current().ok();
         let events = {
-            let (hub, commands) = (hub.clone(), hub.clone());
+            let (hub, commands, asks) = (hub.clone(), hub.clone(), hub.clone());
+            let ask_runtime = runtime.clone();
             BackplaneEvents::new(move |lost| {
                 if let Some(shared) = hub.get().and_then(Weak::upgrade) {
                     members_lost(shared, lost, runtime.as_ref());
@@ -133,6 +134,11 @@ impl<D: Dispatch> HubServiceBuilder<D> {
             .with_commands(move |command| {
                 if let Some(shared) = commands.get().and_then(Weak::upgrade) {
                     commanded(shared, command);
+                }
+            })
+            .with_asks(move |event| {
+                if let Some(shared) = asks.get().and_then(Weak::upgrade) {
+                    crate::ask::on_event(&shared.core, event, ask_runtime.as_ref());
                 }
             })
         };
@@ -158,6 +164,7 @@ impl<D: Dispatch> HubServiceBuilder<D> {
                 .sessions
                 .clone()
                 .map(|c| crate::session::Sessions::new(c, metrics.clone())),
+            asks: Default::default(),
         });
         hubs.inner
             .hubs
@@ -629,6 +636,8 @@ async fn accept<D: Dispatch>(
         kick: Mutex::new(None),
         kicked: Notify::new(),
         departed: std::sync::OnceLock::new(),
+        asks_in_flight: Default::default(),
+        ask_wait: Notify::new(),
     });
     let span = tracing::info_span!("connection", hub = D::SERVICE, conn = %id, peer = ?remote_addr);
     // Every connection of an authenticated user is reachable as that user, from

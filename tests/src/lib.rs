@@ -18,6 +18,7 @@ use hub_server::{GroupProvider, HubConfig, Hubs};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+pub mod asks;
 pub mod conformance;
 pub mod memory;
 pub mod probe;

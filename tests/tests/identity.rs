@@ -79,6 +79,7 @@ async fn a_second_connection_cannot_be_alice() {
         call: Some(examples::chat::chat_request::Call::Say(SayRequest {
             text: "it is me, alice".into(),
         })),
+        answer: None,
     };
     mallory.send_msg(&say).await;
     let whisper_bob = examples::chat::ChatRequest {
@@ -90,6 +91,7 @@ async fn a_second_connection_cannot_be_alice() {
                 text: "alice here, psst".into(),
             },
         )),
+        answer: None,
     };
     mallory.send_msg(&whisper_bob).await;
     for id in [2, 3] {

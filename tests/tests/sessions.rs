@@ -118,6 +118,7 @@ async fn send(conn: &RawConn<ChatResponse>, id: u64, call: Call) {
         id,
         control: None,
         call: Some(call),
+        answer: None,
     })
     .await;
 }

@@ -12,7 +12,8 @@ use std::time::Duration;
 use clap::Parser;
 use examples::chat::chat_hub_client::{ChatHubClient, ChatHubReceiver};
 use examples::chat::{
-    ChatMessage, JoinRequest, MembersReply, SayRequest, UserEvent, WhisperRequest,
+    ChatMessage, CheckReadyRequest, JoinRequest, MembersReply, ReadyAnswer, ReadyCheck, ReadyState,
+    SayRequest, UserEvent, WhisperRequest,
 };
 use examples::login::LoginRequest;
 use examples::login::chat_login_client::ChatLoginClient;
@@ -61,10 +62,33 @@ struct Args {
     /// Print JSON lines instead of text.
     #[arg(long)]
     json: bool,
+    /// How to answer a ready check: `yes`, `no`, `late` (yes after --late-ms),
+    /// `never` (no answer: the asker times out) or `error` (fails the ask).
+    #[arg(long, default_value = "yes")]
+    answer: Answer,
+    /// The delay of `--answer late`, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    late_ms: u64,
+    /// Start a ready check of the room (after the messages) and print each member's
+    /// outcome; the value is the timeout in milliseconds (0: the server's default).
+    #[arg(long)]
+    ready_check: Option<u64>,
+}
+
+/// How the client answers a ready check.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Yes,
+    No,
+    Late,
+    Never,
+    Error,
 }
 
 struct Printer {
     json: bool,
+    answer: Answer,
+    late: Duration,
     received: AtomicUsize,
     notify: Notify,
 }
@@ -117,6 +141,23 @@ impl ChatHubReceiver for Printer {
         self.got();
     }
 
+    async fn ready_check(&self, m: ReadyCheck) -> Result<ReadyAnswer, tonic::Status> {
+        self.out(
+            json!({"ask": "ready_check", "room": m.room, "from": m.from, "answer": format!("{:?}", self.answer)}),
+            format!("? {} asks {}: ready? ({:?})", m.from, m.room, self.answer),
+        );
+        match self.answer {
+            Answer::Yes => Ok(ReadyAnswer { ready: true }),
+            Answer::No => Ok(ReadyAnswer { ready: false }),
+            Answer::Late => {
+                tokio::time::sleep(self.late).await;
+                Ok(ReadyAnswer { ready: true })
+            }
+            Answer::Never => std::future::pending().await,
+            Answer::Error => Err(tonic::Status::failed_precondition("not at the keyboard")),
+        }
+    }
+
     fn on_error(&self, code: tonic::Code, message: &str) {
         self.out(
             json!({"error": format!("{code:?}"), "message": message}),
@@ -150,6 +191,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let printer = Arc::new(Printer {
         json: args.json,
+        answer: args.answer,
+        late: Duration::from_millis(args.late_ms),
         received: AtomicUsize::new(0),
         notify: Notify::new(),
     });
@@ -212,6 +255,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.members {
         let m = client.members().await?;
         members_out(&printer, "members", &m);
+    }
+    if let Some(timeout_ms) = args.ready_check {
+        let report = client.check_ready(CheckReadyRequest { timeout_ms }).await?;
+        for m in &report.members {
+            let state = ReadyState::try_from(m.state).unwrap_or(ReadyState::Unspecified);
+            let name = state
+                .as_str_name()
+                .trim_start_matches("READY_STATE_")
+                .to_lowercase();
+            printer.out(
+                json!({"ready": m.user, "connection": m.connection, "state": name, "detail": m.detail}),
+                format!("ready check: {} ({}) {name} {}", m.user, m.connection, m.detail),
+            );
+        }
     }
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(args.listen.max(0.0));

@@ -67,6 +67,18 @@ pub mod chat_hub_server {
                 ::hub_server::codegen::tonic::Status,
             >,
         > + Send;
+        /// A ready check: asks every member of the room (on every server) whether they
+        /// are ready, and replies with each member's outcome.
+        fn check_ready(
+            &self,
+            ctx: &ChatHubContext,
+            request: super::CheckReadyRequest,
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<
+                super::ReadyReport,
+                ::hub_server::codegen::tonic::Status,
+            >,
+        > + Send;
         /// Called when a client connects, before any call. An error refuses the
         /// connection with that status (e.g. `unauthenticated`).
         fn on_connect(
@@ -155,6 +167,11 @@ pub mod chat_hub_server {
         pub fn local(self) -> Self {
             ChatHubPush(self.0.local())
         }
+        /// How long the asks of this selection wait for each answer (default
+        /// `HubConfig::ask_timeout`, 5 s).
+        pub fn ask_timeout(self, timeout: ::std::time::Duration) -> Self {
+            ChatHubPush(self.0.ask_timeout(timeout))
+        }
         /// Push: someone joined the room.
         ///
         /// Encodes the push once and sends it to every selected connection.
@@ -226,6 +243,58 @@ pub mod chat_hub_server {
                 },
             );
             self.0.send_frame(frame).await
+        }
+        /// Ask: a member of the room asks whether this member is ready; answer with
+        /// `ChatRequest.ready_check` (and `control.answer` carrying this frame's
+        /// `control.ask.id`).
+        ///
+        /// An ask: sends it to every selected connection (on any server) and waits
+        /// for each one's answer, up to the ask's timeout. One reply per target.
+        pub async fn ready_check(
+            &self,
+            message: super::ReadyCheck,
+        ) -> ::core::result::Result<
+            ::std::vec::Vec<::hub_server::codegen::AskReply<super::ReadyAnswer>>,
+            ::hub_server::codegen::GroupError,
+        > {
+            let frame = ::hub_server::codegen::encode(
+                &super::ChatResponse {
+                    event: Some(super::chat_response::Event::ReadyCheck(message)),
+                    ..::core::default::Default::default()
+                },
+            );
+            let replies = self.0.ask_frame(frame).await?;
+            Ok(
+                ::hub_server::codegen::decode_answers(
+                    replies,
+                    |bytes| {
+                        match <super::ChatRequest as ::hub_server::codegen::prost::Message>::decode(
+                            bytes,
+                        ) {
+                            Ok(
+                                super::ChatRequest {
+                                    answer: Some(super::chat_request::Answer::ReadyCheck(a)),
+                                    ..
+                                },
+                            ) => Ok(a),
+                            Ok(_) => {
+                                Err(
+                                    ::hub_server::codegen::tonic::Status::invalid_argument(
+                                        "the answer is not a `ready_check` answer",
+                                    ),
+                                )
+                            }
+                            Err(e) => {
+                                Err(
+                                    ::hub_server::codegen::tonic::Status::invalid_argument(
+                                        e.to_string(),
+                                    ),
+                                )
+                            }
+                        }
+                    },
+                ),
+            )
         }
     }
     /// The hub as a tonic service.
@@ -392,6 +461,7 @@ pub mod chat_hub_server {
                 super::chat_request::Call::Say(_) => "say",
                 super::chat_request::Call::Whisper(_) => "whisper",
                 super::chat_request::Call::Members(_) => "members",
+                super::chat_request::Call::CheckReady(_) => "check_ready",
             }
         }
         fn dispatch(
@@ -472,6 +542,20 @@ pub mod chat_hub_server {
                                 &super::ChatResponse {
                                     id,
                                     event: Some(super::chat_response::Event::Members(reply)),
+                                    ..::core::default::Default::default()
+                                },
+                            ),
+                        )
+                    })
+                }
+                super::chat_request::Call::CheckReady(request) => {
+                    ::std::boxed::Box::pin(async move {
+                        let reply = hub.check_ready(&ctx, request).await?;
+                        Ok(
+                            ::hub_server::codegen::encode(
+                                &super::ChatResponse {
+                                    id,
+                                    event: Some(super::chat_response::Event::CheckReady(reply)),
                                     ..::core::default::Default::default()
                                 },
                             ),
@@ -779,6 +863,30 @@ pub mod chat_hub_client {
         fn on_message(&self, message: super::ChatMessage) {}
         /// Push: a message whispered to this user.
         fn on_whisper(&self, message: super::ChatMessage) {}
+        /// Ask: a member of the room asks whether this member is ready; answer with
+        /// `ChatRequest.ready_check` (and `control.answer` carrying this frame's
+        /// `control.ask.id`).
+        ///
+        /// An ask from the server: return the answer (or a status). Runs on a task
+        /// of its own; it may make calls on the client meanwhile. The default
+        /// answers `UNIMPLEMENTED`.
+        fn ready_check(
+            &self,
+            message: super::ReadyCheck,
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<
+                super::ReadyAnswer,
+                ::hub_client::codegen::tonic::Status,
+            >,
+        > + Send {
+            async move {
+                Err(
+                    ::hub_client::codegen::tonic::Status::unimplemented(
+                        "this client does not answer `ready_check`",
+                    ),
+                )
+            }
+        }
         /// Called with the sequence number of each push, before its method.
         /// A gap means pushes were dropped for this connection.
         fn on_seq(&self, seq: u64) {}
@@ -800,6 +908,17 @@ pub mod chat_hub_client {
         }
         fn on_whisper(&self, message: super::ChatMessage) {
             (**self).on_whisper(message)
+        }
+        fn ready_check(
+            &self,
+            message: super::ReadyCheck,
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<
+                super::ReadyAnswer,
+                ::hub_client::codegen::tonic::Status,
+            >,
+        > + Send {
+            (**self).ready_check(message)
         }
         fn on_seq(&self, seq: u64) {
             (**self).on_seq(seq)
@@ -963,6 +1082,34 @@ pub mod chat_hub_client {
         ) -> ::core::result::Result<(), ::hub_client::codegen::ClientError> {
             self.inner.send(super::chat_request::Call::Members(())).await
         }
+        /// A ready check: asks every member of the room (on every server) whether they
+        /// are ready, and replies with each member's outcome.
+        pub async fn check_ready(
+            &self,
+            request: super::CheckReadyRequest,
+        ) -> ::core::result::Result<
+            super::ReadyReport,
+            ::hub_client::codegen::ClientError,
+        > {
+            match self.inner.call(super::chat_request::Call::CheckReady(request)).await?
+            {
+                super::chat_response::Event::CheckReady(reply) => Ok(reply),
+                _ => {
+                    Err(
+                        ::hub_client::codegen::ClientError::UnexpectedReply(
+                            "check_ready",
+                        ),
+                    )
+                }
+            }
+        }
+        /// Sends `check_ready` without waiting for a reply (fire-and-forget, call id 0). A failure comes back to the receiver's `on_error`.
+        pub async fn send_check_ready(
+            &self,
+            request: super::CheckReadyRequest,
+        ) -> ::core::result::Result<(), ::hub_client::codegen::ClientError> {
+            self.inner.send(super::chat_request::Call::CheckReady(request)).await
+        }
     }
     #[doc(hidden)]
     #[derive(Debug)]
@@ -972,6 +1119,7 @@ pub mod chat_hub_client {
         type Response = super::ChatResponse;
         type Call = super::chat_request::Call;
         type Event = super::chat_response::Event;
+        type Answer = super::chat_request::Answer;
         const PATH: &'static str = "/chat.v1.ChatHub/Connect";
         fn request(
             id: u64,
@@ -982,6 +1130,41 @@ pub mod chat_hub_client {
                 id,
                 call,
                 control,
+                answer: None,
+            }
+        }
+        fn answer(
+            id: u64,
+            answer: ::core::result::Result<
+                super::chat_request::Answer,
+                ::hub_client::codegen::tonic::Status,
+            >,
+        ) -> super::ChatRequest {
+            let (answer, error) = match answer {
+                Ok(a) => (Some(a), None),
+                Err(s) => {
+                    (
+                        None,
+                        Some(::hub_client::codegen::hub_v1::CallError {
+                            code: s.code() as i32,
+                            message: s.message().to_owned(),
+                            ..::core::default::Default::default()
+                        }),
+                    )
+                }
+            };
+            super::ChatRequest {
+                id: 0,
+                call: None,
+                control: Some(::hub_client::codegen::hub_v1::ClientControl {
+                    kind: Some(
+                        ::hub_client::codegen::hub_v1::client_control::Kind::Answer(::hub_client::codegen::hub_v1::AnswerInfo {
+                            id,
+                            error,
+                        }),
+                    ),
+                }),
+                answer,
             }
         }
         fn split(
@@ -999,7 +1182,10 @@ pub mod chat_hub_client {
     struct Handler<R>(R);
     impl<
         R: ChatHubReceiver,
-    > ::hub_client::codegen::PushHandler<super::chat_response::Event> for Handler<R> {
+    > ::hub_client::codegen::PushHandler<
+        super::chat_response::Event,
+        super::chat_request::Answer,
+    > for Handler<R> {
         fn on_push(&self, seq: u64, event: super::chat_response::Event) {
             self.0.on_seq(seq);
             match event {
@@ -1012,6 +1198,33 @@ pub mod chat_hub_client {
         }
         fn on_error(&self, code: ::hub_client::codegen::tonic::Code, message: &str) {
             self.0.on_error(code, message)
+        }
+        fn on_ask(
+            self: ::std::sync::Arc<Self>,
+            event: super::chat_response::Event,
+        ) -> ::core::result::Result<
+            ::hub_client::codegen::BoxFuture<
+                'static,
+                ::core::result::Result<
+                    super::chat_request::Answer,
+                    ::hub_client::codegen::tonic::Status,
+                >,
+            >,
+            super::chat_response::Event,
+        > {
+            match event {
+                super::chat_response::Event::ReadyCheck(m) => {
+                    Ok(
+                        ::std::boxed::Box::pin(async move {
+                            self.0
+                                .ready_check(m)
+                                .await
+                                .map(super::chat_request::Answer::ReadyCheck)
+                        }),
+                    )
+                }
+                other => Err(other),
+            }
         }
     }
 }

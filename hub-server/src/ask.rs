@@ -1,0 +1,452 @@
+//! Asks: the server sends a frame to target connections and waits for each one's
+//! answer, on this server or on another through the backplane.
+//!
+//! The answers are read by each target connection's reader (like pings, never queued
+//! behind the connection's calls) and routed here by ask id. A target on another
+//! server gets an `Ask` envelope on its server's node channel; its server asks it as
+//! a local target and publishes the outcome back on the asker's node channel.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hub_core::ask::{AskEvent, AskOutcome, AskReply, RemoteAsk, ask_frame};
+use hub_core::frame::{MAX_SAFE_INTEGER, OutFrame, clamp_safe};
+use hub_core::proto::{self, AnswerOutcome};
+use hub_core::{ConnectionId, HubMetrics, NodeId};
+use tokio::sync::oneshot;
+
+use crate::hub::HubCore;
+
+/// What a running call shares with the asks it makes: how many of them wait on its
+/// own caller's answer. While one does, the connection parks the call and runs its
+/// next ones (the caller may need a call answered to answer).
+#[derive(Default)]
+pub(crate) struct CallState {
+    pub(crate) self_asks: std::sync::atomic::AtomicUsize,
+}
+
+tokio::task_local! {
+    /// The call being polled (set by the connection task around each call).
+    pub(crate) static CALL: Arc<CallState>;
+}
+
+/// An untyped outcome: the answer is the client's request frame.
+pub(crate) type Raw = AskOutcome<Bytes>;
+
+/// The asks of one hub waiting on this server.
+#[derive(Default)]
+pub(crate) struct Asks {
+    next: AtomicU64,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Asks sent to local connections, by wire id.
+    local: HashMap<u64, Local>,
+    /// Local asks waiting per target connection.
+    per_target: HashMap<ConnectionId, usize>,
+    /// Asks waiting on connections of other servers, by (ask id, connection).
+    remote: HashMap<(u64, ConnectionId), oneshot::Sender<Raw>>,
+}
+
+struct Local {
+    target: ConnectionId,
+    tx: oneshot::Sender<Raw>,
+}
+
+/// Which entry a waiting ask holds, removed when it stops waiting.
+#[derive(Clone, Copy)]
+enum Key {
+    Local(u64),
+    Remote(u64, ConnectionId),
+}
+
+/// Removes the entries an ask still holds when it stops waiting (answered, timed out,
+/// or dropped because the asking call went away).
+struct Holding<'a> {
+    asks: &'a Asks,
+    keys: Vec<Key>,
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        let mut s = self.asks.lock();
+        for key in self.keys.drain(..) {
+            match key {
+                Key::Local(id) => {
+                    if let Some(l) = s.local.remove(&id) {
+                        s.release(l.target);
+                    }
+                }
+                Key::Remote(id, c) => {
+                    s.remote.remove(&(id, c));
+                }
+            }
+        }
+    }
+}
+
+impl State {
+    fn release(&mut self, target: ConnectionId) {
+        if let Some(n) = self.per_target.get_mut(&target) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_target.remove(&target);
+            }
+        }
+    }
+}
+
+impl Asks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn next_id(&self) -> u64 {
+        // Ids stay within 2^53-1 (they go on the wire); wrapping takes centuries.
+        (self.next.fetch_add(1, Relaxed) % MAX_SAFE_INTEGER) + 1
+    }
+
+    /// An answer read from `from`'s stream.
+    pub(crate) fn answered(
+        &self,
+        metrics: &HubMetrics,
+        from: ConnectionId,
+        info: proto::AnswerInfo,
+        frame: Bytes,
+    ) {
+        let waiter = {
+            let mut s = self.lock();
+            match s.local.get(&info.id) {
+                Some(l) if l.target == from => {
+                    let l = s.local.remove(&info.id).expect("present");
+                    s.release(l.target);
+                    Some(l.tx)
+                }
+                _ => None,
+            }
+        };
+        let Some(tx) = waiter else {
+            HubMetrics::incr(&metrics.answers_unmatched);
+            tracing::debug!(ask = info.id, "answer to no waiting ask");
+            return;
+        };
+        let outcome = match info.error {
+            Some(e) => AskOutcome::Failed(tonic::Status::new(
+                tonic::Code::from_i32(e.code),
+                hub_core::quote::bound_str(&e.message),
+            )),
+            None => AskOutcome::Answered(frame),
+        };
+        let _ = tx.send(outcome);
+    }
+
+    /// A local connection ended: its asks end `Disconnected`.
+    pub(crate) fn connection_closed(&self, id: ConnectionId) {
+        let gone: Vec<oneshot::Sender<Raw>> = {
+            let mut s = self.lock();
+            let ids: Vec<u64> = s
+                .local
+                .iter()
+                .filter(|(_, l)| l.target == id)
+                .map(|(k, _)| *k)
+                .collect();
+            s.per_target.remove(&id);
+            ids.iter()
+                .filter_map(|k| s.local.remove(k))
+                .map(|l| l.tx)
+                .collect()
+        };
+        for tx in gone {
+            let _ = tx.send(AskOutcome::Disconnected("the connection closed".into()));
+        }
+    }
+
+    /// Ends the remote asks `which` selects with `outcome`.
+    fn end_remote(&self, which: impl Fn(&ConnectionId) -> bool, outcome: impl Fn() -> Raw) {
+        let gone: Vec<oneshot::Sender<Raw>> = {
+            let mut s = self.lock();
+            let keys: Vec<(u64, ConnectionId)> =
+                s.remote.keys().filter(|(_, c)| which(c)).copied().collect();
+            keys.iter().filter_map(|k| s.remote.remove(k)).collect()
+        };
+        for tx in gone {
+            let _ = tx.send(outcome());
+        }
+    }
+}
+
+/// Handles an ask event from the backplane (called from a backend's task: spawns).
+pub(crate) fn on_event(
+    core: &Arc<HubCore>,
+    event: AskEvent,
+    runtime: Option<&tokio::runtime::Handle>,
+) {
+    match event {
+        AskEvent::Answered(a) => {
+            let Ok(conn) = a.connection.parse::<ConnectionId>() else {
+                HubMetrics::incr(&core.metrics.backplane_malformed);
+                return;
+            };
+            let tx = core.asks.lock().remote.remove(&(a.id, conn));
+            let Some(tx) = tx else {
+                HubMetrics::incr(&core.metrics.answers_unmatched);
+                return;
+            };
+            let outcome = match a.outcome() {
+                AnswerOutcome::Answered => AskOutcome::Answered(a.frame),
+                AnswerOutcome::Failed => AskOutcome::Failed(tonic::Status::new(
+                    tonic::Code::from_i32(a.code),
+                    hub_core::quote::bound_str(&a.message),
+                )),
+                AnswerOutcome::TimedOut => AskOutcome::TimedOut,
+                AnswerOutcome::Disconnected | AnswerOutcome::Unspecified => {
+                    AskOutcome::Disconnected(if a.message.is_empty() {
+                        "the connection is not connected".into()
+                    } else {
+                        a.message
+                    })
+                }
+            };
+            let _ = tx.send(outcome);
+        }
+        AskEvent::ServerDead(node) => core.asks.end_remote(
+            |c| c.node == node,
+            || AskOutcome::Disconnected(format!("its server {node} died")),
+        ),
+        AskEvent::LinkDown(why) => core
+            .asks
+            .end_remote(|_| true, || AskOutcome::Unreachable(why.clone())),
+        AskEvent::Asked(ask) => {
+            let core = core.clone();
+            let task = async move { serve_remote(core, ask).await };
+            match runtime {
+                Some(rt) => {
+                    rt.spawn(task);
+                }
+                None => {
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        rt.spawn(task);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Asks this server's connections what another server asks them, and sends each
+/// outcome back.
+async fn serve_remote(core: Arc<HubCore>, ask: RemoteAsk) {
+    let targets = ask.connections.iter().map(|c| (*c, None)).collect();
+    let timeout = ask.timeout.min(Duration::from_secs(3600));
+    let replies = core.ask(targets, ask.frame, timeout, false).await;
+    for r in replies {
+        let mut answer = proto::Answer {
+            id: ask.id,
+            connection: r.connection.to_string(),
+            ..Default::default()
+        };
+        match r.outcome {
+            AskOutcome::Answered(frame) => {
+                answer.set_outcome(AnswerOutcome::Answered);
+                answer.frame = frame;
+            }
+            AskOutcome::Failed(s) => {
+                answer.set_outcome(AnswerOutcome::Failed);
+                answer.code = s.code() as i32;
+                answer.message = s.message().to_owned();
+            }
+            AskOutcome::TimedOut => answer.set_outcome(AnswerOutcome::TimedOut),
+            AskOutcome::Disconnected(why) | AskOutcome::Unreachable(why) => {
+                answer.set_outcome(AnswerOutcome::Disconnected);
+                answer.message = why;
+            }
+        }
+        if let Some(fut) = core.backplane.answer(ask.reply_to, &answer)
+            && let Err(e) = fut.await
+        {
+            HubMetrics::incr(&core.metrics.backplane_publish_failures);
+            tracing::debug!(error = %e, "could not send an answer back to the asking server");
+        }
+    }
+}
+
+/// What one target is waiting on.
+enum Wait {
+    Done(Raw),
+    On(oneshot::Receiver<Raw>),
+}
+
+impl HubCore {
+    /// Asks `targets` (with their users, when known) with the encoded ask `frame`,
+    /// waits up to `timeout` for each, and returns every target's outcome in order.
+    /// `count`: book the outcomes in the metrics (not for asks served for another
+    /// server, which books them itself).
+    pub(crate) async fn ask(
+        &self,
+        targets: Vec<(ConnectionId, Option<String>)>,
+        frame: Bytes,
+        timeout: Duration,
+        count: bool,
+    ) -> Vec<AskReply<Bytes>> {
+        let metrics = &self.metrics;
+        let timeout_ms = clamp_safe(timeout.as_millis());
+        let mut holding = Holding {
+            asks: &self.asks,
+            keys: Vec::new(),
+        };
+        let mut waits: Vec<Wait> = Vec::with_capacity(targets.len());
+        // Room for the control field each copy gets (and the sequence number margin).
+        let too_large = frame.len() + 24 > self.max_outbound();
+        let mut remote: std::collections::BTreeMap<NodeId, Vec<(usize, ConnectionId)>> =
+            Default::default();
+        for (i, (target, _)) in targets.iter().enumerate() {
+            if count {
+                HubMetrics::incr(&metrics.asks);
+            }
+            if too_large {
+                waits.push(Wait::Done(AskOutcome::Failed(tonic::Status::out_of_range(
+                    format!(
+                        "the ask is {} bytes; the limit is {}",
+                        frame.len(),
+                        self.max_outbound()
+                    ),
+                ))));
+                continue;
+            }
+            if target.node != self.node {
+                remote.entry(target.node).or_default().push((i, *target));
+                waits.push(Wait::Done(AskOutcome::TimedOut)); // replaced below
+                continue;
+            }
+            waits.push(self.ask_local(*target, &frame, timeout_ms, &mut holding));
+        }
+        for (node, ids) in remote {
+            let id = self.asks.next_id();
+            let conns: Vec<ConnectionId> = ids.iter().map(|(_, c)| *c).collect();
+            {
+                let mut s = self.asks.lock();
+                for (i, c) in &ids {
+                    let (tx, rx) = oneshot::channel();
+                    s.remote.insert((id, *c), tx);
+                    holding.keys.push(Key::Remote(id, *c));
+                    waits[*i] = Wait::On(rx);
+                }
+            }
+            let ask = proto::Ask {
+                id,
+                reply_to: self.node.to_string(),
+                timeout_ms,
+                frame: frame.clone(),
+            };
+            let failed = match self.backplane.ask(node, &conns, &ask) {
+                None => Some(AskOutcome::Disconnected(
+                    "the connection is not connected (no backplane)".into(),
+                )),
+                Some(fut) => match fut.await {
+                    Ok(()) => {
+                        HubMetrics::incr(&metrics.backplane_published);
+                        None
+                    }
+                    Err(e) => {
+                        HubMetrics::incr(&metrics.backplane_publish_failures);
+                        Some(AskOutcome::Unreachable(e.to_string()))
+                    }
+                },
+            };
+            if let Some(outcome) = failed {
+                let mut s = self.asks.lock();
+                for (i, c) in &ids {
+                    s.remote.remove(&(id, *c));
+                    waits[*i] = Wait::Done(outcome.clone());
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::with_capacity(targets.len());
+        for ((connection, user), wait) in targets.into_iter().zip(waits) {
+            let outcome = match wait {
+                Wait::Done(o) => o,
+                Wait::On(rx) => match tokio::time::timeout_at(deadline, rx).await {
+                    Ok(Ok(o)) => o,
+                    Ok(Err(_)) => AskOutcome::Disconnected("the hub shut down".into()),
+                    Err(_) => AskOutcome::TimedOut,
+                },
+            };
+            if count {
+                HubMetrics::incr(match &outcome {
+                    AskOutcome::Answered(_) => &metrics.asks_answered,
+                    AskOutcome::Failed(s)
+                        if s.code() == tonic::Code::ResourceExhausted
+                            || s.code() == tonic::Code::OutOfRange =>
+                    {
+                        &metrics.asks_refused
+                    }
+                    AskOutcome::Failed(_) => &metrics.asks_failed,
+                    AskOutcome::TimedOut => &metrics.asks_timed_out,
+                    AskOutcome::Disconnected(_) => &metrics.asks_disconnected,
+                    AskOutcome::Unreachable(_) => &metrics.asks_unreachable,
+                });
+            }
+            out.push(AskReply {
+                connection,
+                user,
+                outcome,
+            });
+        }
+        drop(holding);
+        out
+    }
+
+    /// Sends the ask to a local connection and registers its waiter.
+    fn ask_local(
+        &self,
+        target: ConnectionId,
+        frame: &Bytes,
+        timeout_ms: u64,
+        holding: &mut Holding<'_>,
+    ) -> Wait {
+        let Some(member) = self.local.member(target) else {
+            return Wait::Done(AskOutcome::Disconnected(
+                "the connection is not connected".into(),
+            ));
+        };
+        let id = self.asks.next_id();
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut s = self.asks.lock();
+            let n = s.per_target.entry(target).or_default();
+            if *n >= self.config.max_asks_per_target {
+                let max = self.config.max_asks_per_target;
+                return Wait::Done(AskOutcome::Failed(tonic::Status::resource_exhausted(
+                    format!("{max} asks already wait for this connection's answers"),
+                )));
+            }
+            *n += 1;
+            s.local.insert(id, Local { target, tx });
+        }
+        holding.keys.push(Key::Local(id));
+        if member
+            .outbox
+            .offer(OutFrame::reply(ask_frame(frame, id, timeout_ms)))
+            .is_err()
+        {
+            let mut s = self.asks.lock();
+            if let Some(l) = s.local.remove(&id) {
+                s.release(l.target);
+            }
+            return Wait::Done(if member.outbox.is_closed() {
+                AskOutcome::Disconnected("the connection is closing".into())
+            } else {
+                AskOutcome::Failed(tonic::Status::resource_exhausted(
+                    "the connection's outbound queue is full",
+                ))
+            });
+        }
+        Wait::On(rx)
+    }
+}
