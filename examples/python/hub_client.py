@@ -16,6 +16,13 @@ generates from the hub's proto (see docs/clients.md):
   registered with `client.on(name, callback)` (`"*"` for every push);
 - frames with id 0 and an `error` (a failed fire-and-forget call, a malformed
   frame) go to the `"error"` callbacks and `client.errors`;
+- a frame with `control.ask` is an ask: the server waits for an answer. The
+  handler registered with `client.answer(name, handler)` (`handler(message)`, a
+  function or a coroutine function) returns the answer message, or raises
+  `HubError` to fail the ask; it runs on a task of its own, so it may make calls.
+  Its result goes back as a request frame with `control.answer.id` and the
+  request's `answer` case of the same name (or `control.answer.error`). An ask
+  without a handler is failed with UNIMPLEMENTED;
 - `control.ping` is answered with `control.pong` (same nonce) at once, so the
   server does not close the connection after its heartbeat timeout;
 - when the stream ends, `client.close_code` / `client.close_reason` say why
@@ -25,6 +32,7 @@ generates from the hub's proto (see docs/clients.md):
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import logging
 import time
@@ -75,6 +83,9 @@ class HubClient:
         self._pings: dict = {}  # nonce -> (future, time sent) of our own pings
         self._ids, self._nonces = itertools.count(1), itertools.count(1)
         self._callbacks: dict = {}  # push name, "*" or "error" -> callbacks
+        self._answerers: dict = {}  # ask name -> handler
+        self._answering: set = set()  # tasks answering asks
+        self.asks_answered = 0  # answers (and failures) sent
         self._hello, self._done = loop.create_future(), loop.create_future()
         self.info = None  # hub.v1.ConnectionInfo from the hello frame
         self.goodbye = None  # hub.v1.Goodbye, if the server sent one
@@ -103,6 +114,33 @@ class HubClient:
                 await client.close(timeout=1.0)
             raise
         return client
+
+    def answer(self, name: str, handler: Callable) -> None:
+        """Answers the asks `name` with `handler(message)` (returns the answer, or raises HubError)."""
+        self._answerers[name] = handler
+
+    async def _answer(self, case: str, ask: Any, message: Any) -> None:
+        frame = self._request_type()
+        frame.control.answer.id = ask.id
+        handler = self._answerers.get(case)
+        try:
+            if handler is None:
+                raise HubError(12, f"this client does not answer `{case}`")
+            result = handler(message)
+            if inspect.isawaitable(result):
+                result = await asyncio.wait_for(result, ask.timeout_ms / 1000) if ask.timeout_ms else await result
+            getattr(frame, case).CopyFrom(result)
+        except asyncio.TimeoutError:
+            return  # the server stopped waiting: nothing to send
+        except HubError as e:
+            frame.control.answer.error.code = e.code.value[0]
+            frame.control.answer.error.message = str(e.message)
+        except Exception as e:  # a handler's bug fails the ask, it does not kill the client
+            log.exception("hub_client answer to %s failed", case)
+            frame.control.answer.error.code = 13
+            frame.control.answer.error.message = f"the client's answer failed: {e}"
+        self.send_frame(frame)
+        self.asks_answered += 1
 
     def on(self, name: str, callback: Callable) -> None:
         """Calls `callback(Push)` for each push `name` ("*": all), or `callback(HubError)` for "error"."""
@@ -214,6 +252,11 @@ class HubClient:
                     future.set_result(time.monotonic() - sent)
             elif kind == "goodbye":
                 self.goodbye = body
+            elif kind == "ask":
+                case = frame.WhichOneof("event")
+                task = asyncio.ensure_future(self._answer(case, body, getattr(frame, case) if case else None))
+                self._answering.add(task)
+                task.add_done_callback(self._answering.discard)
             return
         case = frame.WhichOneof("event")
         if frame.id:

@@ -472,6 +472,9 @@ pub(crate) async fn purge(
         let Ok(inc_n) = u32::from_str_radix(inc, 16) else {
             continue;
         };
+        // Asks of this server waiting on that server's connections end now (whoever
+        // cleans up; the others hear it from the loss notices).
+        shared.inbox.events().server_dead(hub_core::NodeId(node_id));
         let lock: Option<String> = shared
             .timed(
                 "purge",

@@ -22,6 +22,12 @@
 //!   heartbeats or pushes to it (they are read and written by the connection task
 //!   meanwhile). Up to [`HubConfig::max_queued_calls`] calls wait; one more gets an
 //!   error frame at once. For long work, spawn a task and push the result later.
+//! - **Asks** (a proto's `oneof answer`, see `hub-build`): a call may ask connections
+//!   and wait for their answers ([`Push::ask_frame`], typed per ask). Answers are read
+//!   by each connection's reader like pongs, never queued behind its calls. While a
+//!   call waits on an answer from its own caller, that call is parked and the
+//!   connection runs its next calls (the client may need one to answer); the parked
+//!   call's reply may then come after theirs. See the README, "Asking clients".
 //! - A call with `id` 0 is fire-and-forget: no reply, but a failure still comes back
 //!   as an error frame with `id` 0, scope `CALL` and the call case's field number
 //!   (`hub.v1.CallError`), which tells it from a frame the server could not read
