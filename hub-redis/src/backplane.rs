@@ -42,6 +42,7 @@ impl RedisTransport {
     /// Starts the tasks of one hub on the current Tokio runtime.
     pub(crate) fn start(
         cfg: Arc<Config>,
+        wire: Arc<crate::wire::Wire>,
         ctx: BindContext,
     ) -> Result<Relay<RedisTransport, RedisPresence>, GroupError> {
         let runtime = tokio::runtime::Handle::try_current()
@@ -63,6 +64,8 @@ impl RedisTransport {
             next_inc: AtomicU32::new(1),
             janitor_busy: AtomicBool::new(false),
             cancel: cancel.clone(),
+            hub_id: wire.hub_id(),
+            wire,
             cfg,
         });
         let (ops_tx, ops_rx) = mpsc::channel(1024);

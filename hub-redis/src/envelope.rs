@@ -1,12 +1,9 @@
-//! What the subscriber connection receives: envelopes handed to the hub's
-//! [`Inbox`] (the codec and delivery live in `hub_core::remote`), and the notice that
-//! a connection closed.
+//! What the subscriber connection receives for one hub: envelopes handed to the
+//! hub's [`Inbox`] (the codec and delivery live in `hub_core::remote`); and the signal
+//! that tells a hub's supervisor its connections failed.
 
 use bytes::Bytes;
-use hub_core::HubMetrics;
 use hub_core::remote::{Inbox, Received, Via};
-use redis::aio::{AsyncPushSender, SendError};
-use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
 use crate::keys::Keys;
@@ -27,18 +24,10 @@ impl LossSignal {
     }
 }
 
-impl AsyncPushSender for LossSignal {
-    fn send(&self, info: PushInfo) -> Result<(), SendError> {
-        if info.kind == PushKind::Disconnection {
-            self.fire();
-        }
-        Ok(())
-    }
-}
-
-/// Receives the pushes of the subscriber connection and delivers envelopes to local
-/// members right there: delivery only queues into bounded outboxes and never waits,
-/// so no queue is needed between Redis and the members.
+/// Delivers the messages of one hub's channels to its local members, right on the
+/// subscriber connection's reader (`crate::wire` routes them by channel): delivery
+/// only queues into bounded outboxes and never waits, so no queue is needed between
+/// Redis and the members.
 pub(crate) struct Inbound {
     /// This hub's channel names.
     pub(crate) keys: Keys,
@@ -46,8 +35,6 @@ pub(crate) struct Inbound {
     pub(crate) node_channel: String,
     /// Delivery, own-origin skipping, counters.
     pub(crate) inbox: Inbox,
-    /// Fired when the connection closes.
-    pub(crate) lost: LossSignal,
 }
 
 impl Inbound {
@@ -62,38 +49,16 @@ impl Inbound {
     }
 }
 
-impl AsyncPushSender for Inbound {
-    fn send(&self, info: PushInfo) -> Result<(), SendError> {
-        match info.kind {
-            PushKind::Message | PushKind::SMessage => {
-                let mut data = info.data.into_iter();
-                match (data.next(), data.next()) {
-                    (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) => {
-                        self.receive(&channel, Bytes::from(payload));
-                    }
-                    _ => {
-                        HubMetrics::incr(&self.inbox.metrics().backplane_malformed);
-                    }
-                }
-            }
-            PushKind::Disconnection => self.lost.fire(),
-            other => tracing::trace!(kind = ?other, data = ?info.data, "push"),
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use hub_core::remote::EnvelopeWriter;
-    use hub_core::{BackplaneEvents, ConnectionId, LocalGroups, NodeId, Target};
+    use hub_core::{BackplaneEvents, ConnectionId, HubMetrics, LocalGroups, NodeId, Target};
     use std::sync::Arc;
 
     #[test]
     fn channels_map_to_groups_and_this_server() {
         let local = Arc::new(LocalGroups::new(NodeId(2)));
-        let (tx, _rx) = mpsc::channel(1);
         let keys = Keys::new("hub", "t.v1.T");
         let inbound = Inbound {
             node_channel: keys.node_channel(NodeId(2)),
@@ -104,7 +69,6 @@ mod tests {
                 Arc::new(HubMetrics::default()),
                 BackplaneEvents::ignored(),
             ),
-            lost: LossSignal { epoch: 1, tx },
         };
         let other = EnvelopeWriter::new(NodeId(9));
         let room = hub_core::GroupName::new("room").expect("valid");

@@ -183,9 +183,19 @@
 //!
 //! # Connections
 //!
-//! Each hub bound to a provider opens two connections (per cluster node with Redis
-//! Cluster): one for commands and publishes, one for subscriptions. Both speak RESP3,
-//! so Redis 6 or newer is required. Bind the provider inside a Tokio runtime.
+//! A provider opens two connections (per cluster node with Redis Cluster), shared by
+//! every hub bound to it: one for commands and publishes, one for subscriptions,
+//! whose messages are routed to the hubs subscribed to each channel. Build one
+//! provider per process and give it to every hub (`Hubs::builder().default_groups`).
+//! Each hub keeps its own supervisor (heartbeats, health checks, resubscription); a
+//! failure any hub notices (a connection closed, a publish pipeline or heartbeats not
+//! answered in time) replaces the pair for all of them, and each resubscribes its
+//! channels and re-registers its presence on the new one. A channel two hubs use (the
+//! same hub on two servers in one process) is unsubscribed only when neither does.
+//! `RedisEmitter` opens a connection of its own. Both speak RESP3, so Redis 6 or newer
+//! is required. Bind the provider inside a Tokio runtime: the connections run on the
+//! runtime of the hub that opened them (a hub on another runtime that stops takes
+//! them along; the others notice and open new ones).
 
 mod backplane;
 mod conn;
@@ -198,6 +208,7 @@ mod publish;
 mod shared;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -292,13 +303,16 @@ impl From<ConnectError> for GroupError {
 
 /// Groups shared by every hub server connected to one Redis or Redis Cluster.
 ///
-/// Cheap to clone; one provider can serve several hubs (each gets its own channels,
-/// keys and connections). See the [crate docs](crate) for the channels, keys and
-/// guarantees.
+/// Cheap to clone (clones share the connections); one provider serves every hub of a
+/// process over one command and one subscriber connection (each hub has its own
+/// channels and keys). See the [crate docs](crate) for the channels, keys,
+/// connections and guarantees.
 #[derive(Debug, Clone)]
 pub struct RedisProvider {
     /// The validated options, shared by every hub bound to this provider.
     config: Arc<Config>,
+    /// The connections, shared by every hub bound to this provider.
+    wire: Arc<wire::Wire>,
 }
 
 impl RedisProvider {
@@ -334,6 +348,7 @@ impl GroupProvider for RedisProvider {
     fn bind(&self, ctx: BindContext) -> Result<Arc<dyn Backplane>, GroupError> {
         Ok(Arc::new(backplane::RedisTransport::start(
             self.config.clone(),
+            self.wire.clone(),
             ctx,
         )?))
     }
@@ -614,22 +629,24 @@ impl RedisProviderBuilder {
         if self.max_payload < 64 * 1024 {
             return invalid("the largest payload must be at least 64 KiB");
         }
+        let config = Arc::new(Config {
+            deployment,
+            sharded: self.sharded,
+            prefix: self.prefix,
+            command_timeout: self.command_timeout,
+            publish_timeout: self.publish_timeout,
+            connect_timeout: self.connect_timeout,
+            presence_ttl: self.presence_ttl,
+            backoff_min,
+            backoff_max,
+            publish_queue: self.publish_queue,
+            max_batch: self.max_batch,
+            confirm_publishes: self.confirm_publishes,
+            max_payload: self.max_payload,
+        });
         Ok(RedisProvider {
-            config: Arc::new(Config {
-                deployment,
-                sharded: self.sharded,
-                prefix: self.prefix,
-                command_timeout: self.command_timeout,
-                publish_timeout: self.publish_timeout,
-                connect_timeout: self.connect_timeout,
-                presence_ttl: self.presence_ttl,
-                backoff_min,
-                backoff_max,
-                publish_queue: self.publish_queue,
-                max_batch: self.max_batch,
-                confirm_publishes: self.confirm_publishes,
-                max_payload: self.max_payload,
-            }),
+            wire: Arc::new(wire::Wire::new(config.clone())),
+            config,
         })
     }
 

@@ -10,10 +10,11 @@ use hub_core::{GroupError, GroupName, HubMetrics};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::conn::{self, Conn};
+use crate::conn::Conn;
 use crate::envelope::{Inbound, LossSignal};
 use crate::presence;
 use crate::shared::{Link, Shared, copy_error, unavailable};
+use crate::wire::SubHandle;
 
 /// A request to subscribe to (or unsubscribe from) a group's channel.
 pub(crate) struct SubOp {
@@ -41,11 +42,13 @@ pub(crate) async fn supervise(shared: Arc<Shared>, mut ops: mpsc::Receiver<SubOp
     let mut epoch = 0u64;
     let mut failures = 0u32;
     let mut was_up = false;
+    // The provider's connections this hub saw fail last (replaced at the next attempt).
+    let mut failed: Option<u64> = None;
     'outer: loop {
         epoch += 1;
         let attempt = tokio::select! {
             _ = shared.cancel.cancelled() => break,
-            r = establish(&shared, epoch, &events_tx) => r,
+            r = establish(&shared, epoch, &events_tx, failed.take()) => r,
         };
         match attempt {
             Ok((cmd, sub, mut subscribed)) => {
@@ -80,8 +83,19 @@ pub(crate) async fn supervise(shared: Arc<Shared>, mut ops: mpsc::Receiver<SubOp
                 )
                 .await
                 {
-                    Ended::Cancelled => break,
+                    Ended::Cancelled => {
+                        // Unsubscribe what only this hub used on the shared connection.
+                        let _ = tokio::time::timeout(
+                            shared.cfg.command_timeout,
+                            sub.release(shared.cfg.sharded),
+                        )
+                        .await;
+                        break;
+                    }
                     Ended::Lost(reason) => {
+                        // Condemned for every hub sharing it, now.
+                        shared.wire.condemn(sub.pair_number());
+                        failed = Some(sub.pair_number());
                         tracing::warn!(hub = shared.hub, %reason, "lost the connection to Redis; reconnecting");
                         // Asks waiting on other servers end now, not at their timeout.
                         shared
@@ -153,14 +167,17 @@ fn backoff(shared: &Shared, failures: u32, epoch: u64) -> Duration {
     base.mul_f64(factor)
 }
 
-/// Opens the command and subscriber connections of one epoch, subscribes to this
-/// server's channel and every group with local members, and registers presence.
-/// Returns the connections and the groups subscribed.
+/// Takes the provider's command and subscriber connections for one epoch (opening
+/// them if no hub has), subscribes to this server's channel and every group with
+/// local members, and registers presence. Returns the command connection, this hub's
+/// subscriptions and the groups subscribed. `failed`: the connections this hub saw
+/// fail, replaced first.
 async fn establish(
     shared: &Arc<Shared>,
     epoch: u64,
     events: &mpsc::Sender<u64>,
-) -> Result<(Conn, Conn, HashSet<GroupName>), GroupError> {
+    failed: Option<u64>,
+) -> Result<(Conn, SubHandle, HashSet<GroupName>), GroupError> {
     let cfg = &shared.cfg;
     let loss = LossSignal {
         epoch,
@@ -170,28 +187,31 @@ async fn establish(
         keys: shared.keys.clone(),
         node_channel: shared.node_channel.clone(),
         inbox: shared.inbox.clone(),
-        lost: loss.clone(),
     };
     let limit = cfg.connect_timeout;
-    let cmd = shared
-        .timed("connect", limit, conn::open(&cfg.deployment, limit, loss))
+    let pair = shared
+        .timed("connect", limit, shared.wire.acquire(failed, limit))
         .await?;
-    let sub = shared
-        .timed(
-            "connect",
-            limit,
-            conn::open(&cfg.deployment, limit, inbound),
-        )
-        .await?;
-    let groups: HashSet<GroupName> = shared.local.groups().into_iter().collect();
-    let mut channels = vec![shared.node_channel.clone()];
-    channels.extend(groups.iter().map(|g| shared.keys.group_channel(g.as_str())));
-    let after = cfg.command_timeout * (1 + (channels.len() / 1024) as u32);
-    shared
-        .timed("subscribe", after, sub.subscribe(&channels, cfg.sharded))
-        .await?;
-    presence::register(shared, &cmd).await?;
-    Ok((cmd, sub, groups))
+    let cmd = pair.cmd().clone();
+    let sub = pair.join(shared.hub_id, loss, inbound);
+    let ready = async {
+        let groups: HashSet<GroupName> = shared.local.groups().into_iter().collect();
+        let mut channels = vec![shared.node_channel.clone()];
+        channels.extend(groups.iter().map(|g| shared.keys.group_channel(g.as_str())));
+        let after = cfg.command_timeout * (1 + (channels.len() / 1024) as u32);
+        shared
+            .timed("subscribe", after, sub.subscribe(&channels, cfg.sharded))
+            .await?;
+        presence::register(shared, &cmd).await?;
+        Ok::<_, GroupError>(groups)
+    };
+    match ready.await {
+        Ok(groups) => Ok((cmd, sub, groups)),
+        Err(e) => {
+            shared.wire.condemn(pair.number());
+            Err(e)
+        }
+    }
 }
 
 /// Serves one connected epoch: subscription requests, health checks, heartbeats.
@@ -199,7 +219,7 @@ async fn serve(
     shared: &Arc<Shared>,
     epoch: u64,
     cmd: &Conn,
-    sub: &Conn,
+    sub: &SubHandle,
     subscribed: &mut HashSet<GroupName>,
     ops: &mut mpsc::Receiver<SubOp>,
     events: &mut mpsc::Receiver<u64>,
@@ -284,7 +304,7 @@ async fn serve(
 /// no subscription.
 async fn apply(
     shared: &Shared,
-    sub: &Conn,
+    sub: &SubHandle,
     subscribed: &mut HashSet<GroupName>,
     batch: Vec<SubOp>,
 ) -> Result<(), GroupError> {
@@ -360,7 +380,7 @@ async fn apply(
 /// missed, e.g. a last member leaving while the link was down.
 async fn reconcile(
     shared: &Shared,
-    sub: &Conn,
+    sub: &SubHandle,
     subscribed: &mut HashSet<GroupName>,
 ) -> Result<(), GroupError> {
     let local: HashSet<GroupName> = shared.local.groups().into_iter().collect();

@@ -81,6 +81,10 @@ pub(crate) struct Shared {
     pub(crate) janitor_busy: AtomicBool,
     /// Stops every task of this backplane.
     pub(crate) cancel: CancellationToken,
+    /// The provider's connections, shared by every hub bound to it.
+    pub(crate) wire: Arc<crate::wire::Wire>,
+    /// This hub's number on the wire.
+    pub(crate) hub_id: u64,
 }
 
 impl Shared {
