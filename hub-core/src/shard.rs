@@ -26,7 +26,8 @@
 //! one [`shard_of`] picks for N's node key. Both sides follow the same rule, and the
 //! server receives on every shard anyway, so the rule only spreads the node traffic.
 //! When that shard is down, sends to server N's connections fail with
-//! `UNAVAILABLE` until it is back.
+//! `UNAVAILABLE` until it is back. Asks to connections of server N and their answers
+//! (to the asking server) follow the same rule.
 //!
 //! # Changing the shards
 //!
@@ -376,6 +377,25 @@ impl Backplane for ShardedBackplane {
         group: &'a GroupName,
     ) -> Option<BoxFuture<'a, Result<Vec<MemberInfo>, GroupError>>> {
         self.of(group).members(group)
+    }
+
+    fn ask<'a>(
+        &'a self,
+        node: NodeId,
+        ids: &'a [ConnectionId],
+        ask: &'a crate::proto::Ask,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        // On the asked server's node shard, as sends to its connections.
+        self.shards[self.ring.node(node)].ask(node, ids, ask)
+    }
+
+    fn answer<'a>(
+        &'a self,
+        node: NodeId,
+        answer: &'a crate::proto::Answer,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        // On the asking server's node shard.
+        self.shards[self.ring.node(node)].answer(node, answer)
     }
 
     fn max_frame_bytes(&self) -> Option<usize> {

@@ -54,3 +54,15 @@ impl Topology for ShardedBuses {
 }
 
 tests::conformance_suite!(ShardedBuses; server_crash, backplane_restart);
+
+/// Asks and their answers cross servers on their node shards: a ready check over
+/// three servers whose groups and node channels are spread over three buses.
+#[tokio::test]
+async fn a_ready_check_across_three_servers_on_sharded_buses() {
+    let buses: Vec<Bus> = (0..3).map(|_| Bus::new()).collect();
+    let make: tests::asks::MakeProvider = Arc::new(move || {
+        let shards = buses.iter().map(Bus::provider).collect();
+        conformance::ready(Arc::new(Sharded::new(shards)))
+    });
+    tests::asks::group_across_servers(make).await;
+}
