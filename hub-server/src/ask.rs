@@ -111,6 +111,13 @@ impl Asks {
         (self.next.fetch_add(1, Relaxed) % MAX_SAFE_INTEGER) + 1
     }
 
+    /// Whether no ask waits (tests: nothing is left behind).
+    #[cfg(test)]
+    pub(crate) fn idle(&self) -> bool {
+        let s = self.lock();
+        s.local.is_empty() && s.remote.is_empty() && s.per_target.is_empty()
+    }
+
     /// An answer read from `from`'s stream.
     pub(crate) fn answered(
         &self,
@@ -282,6 +289,12 @@ enum Wait {
 }
 
 impl HubCore {
+    /// Whether no ask waits on this hub (tests).
+    #[cfg(test)]
+    pub(crate) fn asks_idle(&self) -> bool {
+        self.asks.idle()
+    }
+
     /// Asks `targets` (with their users, when known) with the encoded ask `frame`,
     /// waits up to `timeout` for each, and returns every target's outcome in order.
     /// `count`: book the outcomes in the metrics (not for asks served for another

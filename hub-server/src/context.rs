@@ -750,4 +750,97 @@ mod tests {
             "{err:?}"
         );
     }
+
+    /// A frame's `control` (field 15), as an ask frame carries it.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct WithControl {
+        #[prost(message, optional, tag = "15")]
+        control: Option<hub_core::proto::ServerControl>,
+    }
+
+    /// Registers connection `n` on `core`; returns its outbox's receiver.
+    fn member(core: &HubCore, n: u64) -> hub_core::OutboxReceiver {
+        let (outbox, rx) = hub_core::Outbox::new(
+            8,
+            hub_core::SlowConsumerPolicy::Disconnect,
+            Arc::new(HubMetrics::default()),
+        );
+        core.local.register(hub_core::Member {
+            id: id(n),
+            user: None,
+            outbox,
+        });
+        rx
+    }
+
+    /// The ask id of the next frame queued to `rx`.
+    async fn asked(rx: &mut hub_core::OutboxReceiver) -> u64 {
+        let next = std::future::poll_fn(|cx| rx.poll_next(cx)).await;
+        let Some(hub_core::Next::Frame(f, _)) = next else {
+            panic!("no frame: {next:?}");
+        };
+        let frame = <WithControl as prost::Message>::decode(f.bytes).expect("decodes");
+        match frame.control.and_then(|c| c.kind) {
+            Some(hub_core::proto::server_control::Kind::Ask(a)) => a.id,
+            other => panic!("not an ask: {other:?}"),
+        }
+    }
+
+    /// On paused time: an ask nobody answers ends at the default timeout (5 s), not
+    /// before; an answer from the asked connection resolves its ask, one from another
+    /// connection (or a second one) matches nothing.
+    #[tokio::test(start_paused = true)]
+    async fn asks_time_out_at_the_default_and_answers_resolve_them() {
+        use hub_core::ask::AskOutcome;
+        let core = core();
+        let mut rx = member(&core, 1);
+        let push = Push::new(core.clone(), Destination::Connections(Arc::from([id(1)])));
+        let started = tokio::time::Instant::now();
+        let r = push
+            .ask_frame(bytes::Bytes::from_static(b"\x08\x00"))
+            .await
+            .expect("ask");
+        assert_eq!(started.elapsed(), hub_core::ask::DEFAULT_ASK_TIMEOUT);
+        assert!(matches!(r[0].outcome, AskOutcome::TimedOut), "{r:?}");
+        let first = asked(&mut rx).await;
+
+        let waiting = tokio::spawn({
+            let push = push.clone().ask_timeout(std::time::Duration::from_secs(60));
+            async move { push.ask_frame(bytes::Bytes::from_static(b"\x08\x00")).await }
+        });
+        let second = asked(&mut rx).await;
+        assert_ne!(first, second);
+        let answer = |ask| hub_core::proto::AnswerInfo {
+            id: ask,
+            error: None,
+        };
+        // A late answer to the first, and an answer from another connection: unmatched.
+        core.asks
+            .answered(&core.metrics, id(1), answer(first), bytes::Bytes::new());
+        core.asks
+            .answered(&core.metrics, id(2), answer(second), bytes::Bytes::new());
+        core.asks.answered(
+            &core.metrics,
+            id(1),
+            answer(second),
+            bytes::Bytes::from_static(b"yes"),
+        );
+        let r = waiting.await.expect("task").expect("ask");
+        assert!(
+            matches!(&r[0].outcome, AskOutcome::Answered(b) if &b[..] == b"yes"),
+            "{r:?}"
+        );
+        let m = core.metrics.snapshot();
+        assert_eq!(
+            (
+                m.asks,
+                m.asks_timed_out,
+                m.asks_answered,
+                m.answers_unmatched
+            ),
+            (2, 1, 1, 2)
+        );
+        // The answered ask holds nothing: the connection can be asked again at once.
+        assert!(core.asks_idle());
+    }
 }
