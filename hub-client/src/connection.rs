@@ -278,6 +278,10 @@ impl<S: ClientSpec> Reader<S> {
                     });
                 }
                 server_control::Kind::Hello(_) => {}
+                server_control::Kind::PushesLost(p) => {
+                    // Not yet handed to the app: logged, so a gap is never silent.
+                    tracing::warn!(group = %p.group, missed = p.missed, reason = %p.reason, "pushes to a group were lost between servers");
+                }
             }
         }
         if let Some(info) = ask {

@@ -262,6 +262,12 @@ counters! {
     /// Members of other servers reported lost because their server died (presence
     /// expired), each reported to the hub's `on_members_lost` hook.
     backplane_members_lost,
+    /// Gaps seen in a group's backplane offsets (pushes published and never received
+    /// here, or offsets that restarted); each told the group's local members
+    /// (`ServerControl.pushes_lost`).
+    backplane_gaps,
+    /// Pushes those gaps skipped (offsets never received).
+    backplane_pushes_missed,
     /// Connections whose stream broke and whose session was kept for a resume
     /// (`SessionConfig::grace`).
     sessions_detached,

@@ -174,6 +174,10 @@ impl<T: Transport, P: Presence> Backplane for Relay<T, P> {
         first: bool,
     ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
         Some(Box::pin(async move {
+            if first {
+                // A new subscription: offsets seen before it say nothing of what follows.
+                self.inbox.forget(group.as_str());
+            }
             // Every join waits for the subscription (at once when the group is already
             // subscribed), so a push sent after any join reaches the new member.
             let (sub, entry) = tokio::join!(
@@ -198,6 +202,7 @@ impl<T: Transport, P: Presence> Backplane for Relay<T, P> {
                 self.presence.left(group, member, true),
                 self.transport.unsubscribe(group)
             );
+            self.inbox.forget(group.as_str());
             entry.and(unsub)
         }))
     }

@@ -6,8 +6,8 @@
 //! A backend only moves the bytes this module makes (publish to a channel or subject,
 //! subscribe, unsubscribe) and keeps its presence store; see `docs/backends.md`.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message as _;
@@ -224,6 +224,42 @@ pub struct Inbox {
     metrics: Arc<HubMetrics>,
     /// Where loss notices go.
     events: BackplaneEvents,
+    /// The last offset seen of each subscribed group, with its epoch (envelopes that
+    /// carry one: a backplane with group offsets).
+    offsets: Arc<Mutex<HashMap<String, (u64, u64)>>>,
+}
+
+/// The group offset and epoch a broker prepended to an envelope (`offset = 8`,
+/// `epoch = 9`, varints, in that order, before `version`), and the envelope after them.
+pub fn split_offset(payload: &Bytes) -> (Option<(u64, u64)>, Bytes) {
+    fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*at)?;
+            *at += 1;
+            n |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(n);
+            }
+        }
+        None
+    }
+    let b = &payload[..];
+    if b.first() != Some(&0x40) {
+        return (None, payload.clone());
+    }
+    let mut at = 1;
+    let Some(offset) = varint(b, &mut at) else {
+        return (None, payload.clone());
+    };
+    if b.get(at) != Some(&0x48) {
+        return (None, payload.clone());
+    }
+    at += 1;
+    let Some(epoch) = varint(b, &mut at) else {
+        return (None, payload.clone());
+    };
+    (Some((offset, epoch)), payload.slice(at..))
 }
 
 impl Inbox {
@@ -240,6 +276,74 @@ impl Inbox {
             local,
             metrics,
             events,
+            offsets: Arc::default(),
+        }
+    }
+
+    /// Forgets the offsets seen of `group`: its subscription is new (or gone), and what
+    /// was published while this server was not subscribed is none of its business.
+    pub fn forget(&self, group: &str) {
+        self.offsets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(group);
+    }
+
+    /// Checks a group envelope's offset against the last one seen, and tells the
+    /// group's local members when some were skipped.
+    fn check_offset(&self, group: &str, offset: u64, epoch: u64) {
+        let gap = {
+            let mut seen = self.offsets.lock().unwrap_or_else(|e| e.into_inner());
+            match seen.get_mut(group) {
+                None => {
+                    seen.insert(group.to_owned(), (epoch, offset));
+                    None
+                }
+                Some(last) if last.0 != epoch => {
+                    *last = (epoch, offset);
+                    Some((
+                        0,
+                        "the group's offsets restarted (the broker lost its state): pushes may be lost"
+                            .to_owned(),
+                    ))
+                }
+                Some(last) if offset > last.1 + 1 => {
+                    let missed = offset - last.1 - 1;
+                    let from = last.1 + 1;
+                    last.1 = offset;
+                    Some((
+                        missed,
+                        format!(
+                            "{missed} push(es) to the group (offsets {from} to {}) never reached this server",
+                            offset - 1
+                        ),
+                    ))
+                }
+                Some(last) => {
+                    last.1 = last.1.max(offset);
+                    None
+                }
+            }
+        };
+        let Some((missed, reason)) = gap else {
+            return;
+        };
+        HubMetrics::incr(&self.metrics.backplane_gaps);
+        self.metrics.backplane_pushes_missed.add(missed);
+        tracing::warn!(hub = self.hub, group, missed, %reason, "group pushes lost on the backplane");
+        let notice = crate::frame::control_frame(proto::server_control::Kind::PushesLost(
+            proto::PushesLost {
+                group: group.to_owned(),
+                missed,
+                reason,
+            },
+        ));
+        for m in self.local.members(group) {
+            if let Some(member) = self.local.member(m.connection) {
+                let _ = member
+                    .outbox
+                    .push(crate::frame::OutFrame::reply(notice.clone()));
+            }
         }
     }
 
@@ -284,6 +388,11 @@ impl Inbox {
     }
 
     fn handle(&self, payload: Bytes, via: Via<'_>) -> Received {
+        let (offset, payload) = split_offset(&payload);
+        if let (Some((offset, epoch)), Via::Group(group)) = (offset, via) {
+            // Own envelopes too: they take offsets of the group like any other.
+            self.check_offset(group, offset, epoch);
+        }
         if self.writer.is_own(&payload) {
             return Received::Own;
         }
@@ -535,6 +644,70 @@ mod tests {
         assert!(w.is_own(&bytes));
         assert!(!EnvelopeWriter::new(NodeId(8)).is_own(&bytes));
         assert!(bytes.len() - 1 <= w.overhead(1));
+    }
+
+    /// `env` as a broker with group offsets publishes it: offset and epoch first.
+    fn with_offset(offset: u64, epoch: u64, env: &Bytes) -> Bytes {
+        let mut b = BytesMut::new();
+        encode_key(8, WireType::Varint, &mut b);
+        encode_varint(offset, &mut b);
+        encode_key(9, WireType::Varint, &mut b);
+        encode_varint(epoch, &mut b);
+        b.put_slice(env);
+        b.freeze()
+    }
+
+    fn pushes_lost(f: &Bytes) -> Option<proto::PushesLost> {
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct Control {
+            #[prost(message, optional, tag = "15")]
+            control: Option<proto::ServerControl>,
+        }
+        match Control::decode(f.clone()).ok()?.control?.kind? {
+            proto::server_control::Kind::PushesLost(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn skipped_group_offsets_are_told_to_the_members() {
+        let (inbox, _) = inbox(2);
+        let (a, mut ra) = member(inbox.local(), 1);
+        inbox.local().join(&room(), a);
+        let other = EnvelopeWriter::new(NodeId(9));
+        let f = Bytes::from_static(b"\x08\x01");
+        let env = other.group(&room(), &Target::All, &f);
+        let own = inbox.writer().group(&room(), &Target::All, &f);
+        // The envelope with its offset decodes as prost reads it, offset and all.
+        let decoded = proto::Envelope::decode(with_offset(3, 7, &env)).expect("decodes");
+        assert_eq!(
+            (decoded.offset, decoded.epoch, decoded.group.as_str()),
+            (3, 7, "room")
+        );
+        for (offset, payload) in [(1, &env), (2, &own), (3, &env)] {
+            inbox.receive(with_offset(offset, 7, payload), Via::Group("room"));
+        }
+        // Own envelopes take offsets too: no gap so far.
+        assert_eq!(frame(&mut ra).await, Some(f.clone()));
+        assert_eq!(frame(&mut ra).await, Some(f.clone()));
+        assert!(frame(&mut ra).await.is_none());
+        assert_eq!(inbox.metrics().snapshot().backplane_gaps, 0);
+        // Offsets 4 and 5 never came: the member hears of it before the next push.
+        inbox.receive(with_offset(6, 7, &env), Via::Group("room"));
+        let notice = pushes_lost(&frame(&mut ra).await.expect("notice")).expect("pushes_lost");
+        assert_eq!((notice.group.as_str(), notice.missed), ("room", 2));
+        assert_eq!(frame(&mut ra).await, Some(f.clone()));
+        // A new epoch: the offsets restarted, and that is told too (missed unknown).
+        inbox.receive(with_offset(1, 8, &env), Via::Group("room"));
+        let notice = pushes_lost(&frame(&mut ra).await.expect("notice")).expect("pushes_lost");
+        assert_eq!(notice.missed, 0);
+        assert_eq!(frame(&mut ra).await, Some(f.clone()));
+        // A new subscription starts afresh.
+        inbox.forget("room");
+        inbox.receive(with_offset(40, 8, &env), Via::Group("room"));
+        assert_eq!(frame(&mut ra).await, Some(f.clone()));
+        let m = inbox.metrics().snapshot();
+        assert_eq!((m.backplane_gaps, m.backplane_pushes_missed), (2, 2));
     }
 
     #[tokio::test]

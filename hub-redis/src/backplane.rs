@@ -123,7 +123,12 @@ impl RedisTransport {
     }
 
     /// Publishes one envelope: queued for the publisher, which pipelines it with others.
-    async fn publish_one(&self, channel: String, payload: Bytes) -> Result<(), GroupError> {
+    async fn publish_one(
+        &self,
+        channel: String,
+        offsets: Option<String>,
+        payload: Bytes,
+    ) -> Result<(), GroupError> {
         let after = self.shared.cfg.publish_timeout;
         let timed_out = || GroupError::Timeout {
             backplane: BACKPLANE,
@@ -139,6 +144,7 @@ impl RedisTransport {
             self.publishes
                 .send(PubReq {
                     channel,
+                    offsets,
                     payload,
                     done,
                 })
@@ -174,7 +180,13 @@ impl Transport for RedisTransport {
         channel: Channel<'a>,
         payload: Bytes,
     ) -> BoxFuture<'a, Result<(), GroupError>> {
-        Box::pin(self.publish_one(self.shared.keys.channel(channel), payload))
+        let offsets = match channel {
+            Channel::Group(g) if self.shared.cfg.group_offsets => {
+                Some(self.shared.keys.offsets(g.as_str()))
+            }
+            _ => None,
+        };
+        Box::pin(self.publish_one(self.shared.keys.channel(channel), offsets, payload))
     }
 
     fn subscribe<'a>(&'a self, group: &'a GroupName) -> BoxFuture<'a, Result<(), GroupError>> {

@@ -67,6 +67,11 @@ impl Keys {
         format!("{}:count:{{g:{group}}}", self.base)
     }
 
+    /// The hash of `group`'s push offset (`o`) and its epoch (`e`).
+    pub(crate) fn offsets(&self, group: &str) -> String {
+        format!("{}:offset:{{g:{group}}}", self.base)
+    }
+
     /// The hash connection id -> `{inc}` or `{inc}|{user}` of the members of `group`.
     pub(crate) fn members(&self, group: &str) -> String {
         format!("{}:members:{{g:{group}}}", self.base)

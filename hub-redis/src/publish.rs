@@ -20,10 +20,37 @@ use crate::shared::{BACKPLANE, Link, Shared, redis_error, unavailable};
 /// pushed.
 const MAX_IN_FLIGHT: usize = 4;
 
+/// Publishes a group envelope with the group's next offset and its epoch in front
+/// (`offset = 8`, `epoch = 9`, varints: protobuf reads fields in any order), in one
+/// atomic step, so offsets follow the order of publication on the channel.
+/// KEYS[1]: the group's offset hash; ARGV: channel, envelope, an epoch for a new hash,
+/// the publish command.
+const OFFSET_SCRIPT: &str = r#"
+local o = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  e = ARGV[3]
+  redis.call('HSET', KEYS[1], 'e', e)
+end
+local function varint(n)
+  local t = {}
+  while n >= 128 do
+    t[#t + 1] = string.char(n % 128 + 128)
+    n = math.floor(n / 128)
+  end
+  t[#t + 1] = string.char(n)
+  return table.concat(t)
+end
+redis.call(ARGV[4], ARGV[1], '\64' .. varint(o) .. '\72' .. varint(tonumber(e)) .. ARGV[2])
+return o
+"#;
+
 /// One queued publish.
 pub(crate) struct PubReq {
     /// The channel.
     pub(crate) channel: String,
+    /// The group's offset hash, when group pushes carry offsets.
+    pub(crate) offsets: Option<String>,
     /// The encoded envelope.
     pub(crate) payload: Bytes,
     /// The caller's answer.
@@ -90,9 +117,26 @@ async fn send(shared: Arc<Shared>, conn: Conn, loss: LossSignal, batch: Vec<PubR
     let mut commands = Vec::with_capacity(batch.len());
     let mut answers = Vec::with_capacity(batch.len());
     for r in batch {
-        let mut cmd = redis::cmd(name);
-        cmd.arg(&r.channel).arg(&r.payload[..]);
-        commands.push((r.channel.into_bytes(), cmd));
+        match r.offsets {
+            Some(key) => {
+                // A fresh epoch offered each time; the script keeps the first one.
+                let epoch = (rand::random::<u64>() & hub_core::frame::MAX_SAFE_INTEGER) | 1;
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(OFFSET_SCRIPT)
+                    .arg(1)
+                    .arg(&key)
+                    .arg(&r.channel)
+                    .arg(&r.payload[..])
+                    .arg(epoch)
+                    .arg(name);
+                commands.push((key.into_bytes(), cmd));
+            }
+            None => {
+                let mut cmd = redis::cmd(name);
+                cmd.arg(&r.channel).arg(&r.payload[..]);
+                commands.push((r.channel.into_bytes(), cmd));
+            }
+        }
         answers.push(Some(r.done));
     }
     let after = shared.cfg.publish_timeout;
