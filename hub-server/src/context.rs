@@ -467,20 +467,39 @@ impl Push {
             None
         };
         let listed = targets.clone();
+        // Counts the targets as cancelled unless the ask finished: the asking
+        // connection closed while it waited, or its call was dropped with it.
+        struct Cancelled<'a> {
+            metrics: &'a HubMetrics,
+            targets: usize,
+            finished: bool,
+        }
+        impl Drop for Cancelled<'_> {
+            fn drop(&mut self) {
+                if !self.finished {
+                    self.metrics.asks_cancelled.add(self.targets as u64);
+                }
+            }
+        }
+        let mut cancelled = Cancelled {
+            metrics: &core.metrics,
+            targets: listed.len(),
+            finished: false,
+        };
         tokio::select! {
-            replies = core.ask(targets, frame, timeout, true) => Ok(replies),
+            replies = core.ask(targets, frame, timeout, true) => {
+                cancelled.finished = true;
+                Ok(replies)
+            }
             _ = asker.outbox.closed() => {
                 Ok(listed
                     .into_iter()
-                    .map(|(connection, user)| {
-                        HubMetrics::incr(&core.metrics.asks_cancelled);
-                        AskReply {
-                            connection,
-                            user,
-                            outcome: AskOutcome::Failed(tonic::Status::cancelled(
-                                "the asking connection went away",
-                            )),
-                        }
+                    .map(|(connection, user)| AskReply {
+                        connection,
+                        user,
+                        outcome: AskOutcome::Failed(tonic::Status::cancelled(
+                            "the asking connection went away",
+                        )),
                     })
                     .collect())
             }

@@ -333,3 +333,72 @@ async fn the_bus_going_down_ends_the_ask_at_once() {
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
     assert!(s0.handle.metrics().asks_unreachable >= 2);
 }
+
+#[tokio::test]
+async fn an_ask_ends_when_the_asking_connection_goes() {
+    use examples::chat::chat_request::Call;
+    use examples::chat::{ChatRequest, ChatResponse, CheckReadyRequest, JoinRequest};
+    // The server pings every 100 ms and closes a client silent for 600 ms.
+    let config = HubConfig::default().heartbeat(
+        Some(Duration::from_millis(100)),
+        Some(Duration::from_millis(600)),
+    );
+    let s = TestServer::memory(config).await;
+    let (_bob, b) = answerer(&s.url(), "r", "bob", Mode::Never).await;
+    // Alice, on a raw stream, asks the room and then goes silent: no pong, no answer.
+    let token = tests::login(&s.url(), "alice").await;
+    let bearer = format!("Bearer {token}");
+    let alice = tests::raw::RawConn::<ChatResponse>::open(
+        tests::channel(&s.url()).await,
+        "/chat.v1.ChatHub/Connect",
+        &[("authorization", bearer.as_str())],
+    )
+    .await
+    .expect("open");
+    let call = |id, call| ChatRequest {
+        id,
+        control: None,
+        call: Some(call),
+        answer: None,
+    };
+    alice
+        .send_msg(&call(1, Call::Join(JoinRequest { room: "r".into() })))
+        .await;
+    alice
+        .send_msg(&call(
+            2,
+            Call::CheckReady(CheckReadyRequest { timeout_ms: 30_000 }),
+        ))
+        .await;
+    b.wait_asked(1, Duration::from_secs(5)).await;
+    // The heartbeat timeout closes alice's connection: her ask to bob and herself ends.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = s.handle.metrics();
+        if m.asks_cancelled == 2 {
+            assert_eq!(m.heartbeat_timeouts, 1, "{m:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not cancelled: {m:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Bob is still connected and can be asked again.
+    b.set(Mode::Yes);
+    let r = s
+        .handle
+        .user("bob")
+        .expect("user")
+        .ready_check(ask())
+        .await
+        .expect("ask");
+    assert!(
+        matches!(
+            r[0].outcome,
+            AskOutcome::Answered(ReadyAnswer { ready: true })
+        ),
+        "{r:?}"
+    );
+}
