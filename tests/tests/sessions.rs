@@ -408,3 +408,91 @@ async fn a_hub_without_sessions_says_so() {
     let (_a, h) = open(&server.url(), &token, Some(("x.y", 0))).await;
     assert_eq!(outcome(&h), ResumeOutcome::Refused, "{h:?}");
 }
+
+#[tokio::test]
+async fn a_silent_peer_is_a_dropped_stream_its_session_waits() {
+    let config = config(SessionConfig::default()).heartbeat(
+        Some(Duration::from_millis(50)),
+        Some(Duration::from_millis(300)),
+    );
+    let server = TestServer::memory(config).await;
+    let token = login(&server.url(), "alice").await;
+    // A raw stream answers no ping: the heartbeat times out.
+    let (mut alice, hello) = open(&server.url(), &token, None).await;
+    eventually("the session detached", || {
+        server.handle.metrics().sessions_detached == 1
+    })
+    .await;
+    // The old stream is given up (it no longer serves the session).
+    let end = loop {
+        match alice.next().await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(&end, Err(s) if s.code() == tonic::Code::Unavailable),
+        "{end:?}"
+    );
+    let (_alice, h) = open(&server.url(), &token, Some((&hello.resume_credential, 0))).await;
+    assert_eq!(outcome(&h), ResumeOutcome::Resumed, "{h:?}");
+    assert_eq!(h.connection_id, hello.connection_id);
+    let m = server.handle.metrics();
+    assert_eq!((m.heartbeat_timeouts, m.sessions_expired), (1, 0));
+}
+
+/// On a backplane the detached connection stays a member everywhere: pushes from
+/// another server reach its queue, and the resume gets them.
+#[tokio::test]
+async fn on_redis_pushes_from_another_server_wait_for_the_resume() {
+    let redis = test_support::RedisServer::start();
+    let provider = |url: &str| -> Arc<dyn hub_server::GroupProvider> {
+        Arc::new(
+            hub_redis::RedisProvider::builder()
+                .url(url)
+                .build()
+                .expect("provider"),
+        )
+    };
+    let a = TestServer::start(provider(&redis.url()), config(SessionConfig::default())).await;
+    let b = Proxied::start(
+        TestServer::start(provider(&redis.url()), config(SessionConfig::default())).await,
+    )
+    .await;
+    let token = login(&b.url(), "alice").await;
+    let (mut alice, hello) = open(&b.url(), &token, None).await;
+    send(
+        &alice,
+        1,
+        Call::Join(JoinRequest {
+            room: "lobby".into(),
+        }),
+    )
+    .await;
+    until_reply(&mut alice, 1).await;
+    let (bob, _) = joined(&a.url(), "lobby", "bob").await;
+    say(&bob, "m1").await;
+    let seen = lines(&mut alice, 1).await;
+    b.cut();
+    eventually("the session detached", || {
+        b.handle.metrics().sessions_detached == 1
+    })
+    .await;
+    say(&bob, "m2").await;
+    say(&bob, "m3").await;
+    let (mut alice, h) = open(
+        &b.url(),
+        &token,
+        Some((&hello.resume_credential, seen[0].0)),
+    )
+    .await;
+    assert_eq!(outcome(&h), ResumeOutcome::Resumed, "{h:?}");
+    let got = lines(&mut alice, 2).await;
+    assert_eq!(
+        got,
+        [
+            (seen[0].0 + 1, "m2".to_owned()),
+            (seen[0].0 + 2, "m3".to_owned())
+        ]
+    );
+}
