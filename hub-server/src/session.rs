@@ -273,21 +273,24 @@ impl Sessions {
         outbox: &Outbox,
         rx: OutboxReceiver,
     ) -> Result<(Attachments, String), OutboxReceiver> {
+        // Locks are taken session first, registry second, never the other way: the
+        // identity's sessions are copied out before each is looked at.
+        let held: Vec<Arc<Session>> = match &user {
+            Some(user) => {
+                let reg = self.registry();
+                reg.by_user.get(user).map_or_else(Vec::new, |list| {
+                    list.iter()
+                        .filter_map(|n| reg.by_id.get(n).cloned())
+                        .collect()
+                })
+            }
+            None => Vec::new(),
+        };
         let mut evicted = None;
-        {
-            let reg = self.registry();
-            if let Some(user) = &user {
-                let held = reg.by_user.get(user).map_or(0, VecDeque::len);
-                if held >= self.config.max_per_identity {
-                    let oldest = reg.by_user[user]
-                        .iter()
-                        .copied()
-                        .find(|n| reg.by_id.get(n).is_some_and(|s| s.io().detached));
-                    match oldest {
-                        Some(n) => evicted = reg.by_id.get(&n).cloned(),
-                        None => return Err(rx),
-                    }
-                }
+        if held.len() >= self.config.max_per_identity {
+            match held.into_iter().find(|s| s.io().detached) {
+                Some(oldest) => evicted = Some(oldest),
+                None => return Err(rx),
             }
         }
         if let Some(old) = &evicted {

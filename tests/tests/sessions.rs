@@ -496,3 +496,27 @@ async fn on_redis_pushes_from_another_server_wait_for_the_resume() {
         ]
     );
 }
+
+#[tokio::test]
+async fn an_identity_at_its_limit_gives_up_its_oldest_detached_session() {
+    let server = Proxied::start(
+        TestServer::memory(config(SessionConfig::default().max_per_identity(1))).await,
+    )
+    .await;
+    let token = login(&server.url(), "alice").await;
+    let (_first, hello) = open(&server.url(), &token, None).await;
+    server.cut();
+    eventually("the session detached", || {
+        server.handle.metrics().sessions_detached == 1
+    })
+    .await;
+    // A second session for alice: the detached one makes room.
+    let (_second, again) = open(&server.url(), &token, None).await;
+    assert!(!again.resume_credential.is_empty());
+    assert_eq!(server.handle.metrics().sessions_evicted, 1);
+    // At the limit with no session detached, a third connection gets none.
+    let (_third, third) = open(&server.url(), &token, None).await;
+    assert!(third.resume_credential.is_empty(), "{third:?}");
+    let (_a, h) = open(&server.url(), &token, Some((&hello.resume_credential, 0))).await;
+    assert_eq!(outcome(&h), ResumeOutcome::Expired, "{h:?}");
+}
