@@ -41,9 +41,10 @@ pub struct SessionConfig {
     /// after a resume (frames whose delivery the client has not confirmed by its
     /// `hub-resume-seq`). Older ones are forgotten; a resume that needs them is refused
     /// with `GAP`. Pushes not yet written are not counted here: they wait in the
-    /// outbound queue within its budget ([`HubConfig::outbound_queue_bytes`]
-    /// (crate::HubConfig::outbound_queue_bytes)), and a detached session whose queue
-    /// goes over it ends as a slow consumer does. Default 256 KiB.
+    /// outbound queue within its budget
+    /// ([`HubConfig::outbound_queue_bytes`](crate::HubConfig::outbound_queue_bytes)),
+    /// and a detached session whose queue goes over it ends as a slow consumer does.
+    /// Default 256 KiB.
     pub replay_bytes: usize,
     /// Sessions one identity (user id) may hold at once. A new connection of an
     /// identity at the limit ends that identity's oldest detached session; if none is
