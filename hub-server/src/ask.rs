@@ -246,39 +246,50 @@ pub(crate) fn on_event(
 }
 
 /// Asks this server's connections what another server asks them, and sends each
-/// outcome back.
+/// outcome back as soon as it is known (one target waiting for its timeout does not
+/// hold back the answers of the others).
 async fn serve_remote(core: Arc<HubCore>, ask: RemoteAsk) {
-    let targets = ask.connections.iter().map(|c| (*c, None)).collect();
     let timeout = ask.timeout.min(Duration::from_secs(3600));
-    let replies = core.ask(targets, ask.frame, timeout, false).await;
-    for r in replies {
-        let mut answer = proto::Answer {
-            id: ask.id,
-            connection: r.connection.to_string(),
-            ..Default::default()
-        };
-        match r.outcome {
-            AskOutcome::Answered(frame) => {
-                answer.set_outcome(AnswerOutcome::Answered);
-                answer.frame = frame;
-            }
-            AskOutcome::Failed(s) => {
-                answer.set_outcome(AnswerOutcome::Failed);
-                answer.code = s.code() as i32;
-                answer.message = s.message().to_owned();
-            }
-            AskOutcome::TimedOut => answer.set_outcome(AnswerOutcome::TimedOut),
-            AskOutcome::Disconnected(why) | AskOutcome::Unreachable(why) => {
-                answer.set_outcome(AnswerOutcome::Disconnected);
-                answer.message = why;
+    let each = ask.connections.iter().map(|c| {
+        let (core, frame, reply_to, id) = (&core, ask.frame.clone(), ask.reply_to, ask.id);
+        async move {
+            let replies = core.ask(vec![(*c, None)], frame, timeout, false).await;
+            for r in replies {
+                send_answer(core, reply_to, id, r).await;
             }
         }
-        if let Some(fut) = core.backplane.answer(ask.reply_to, &answer)
-            && let Err(e) = fut.await
-        {
-            HubMetrics::incr(&core.metrics.backplane_publish_failures);
-            tracing::debug!(error = %e, "could not send an answer back to the asking server");
+    });
+    futures_util::future::join_all(each).await;
+}
+
+/// Publishes one target's outcome to the asking server.
+async fn send_answer(core: &HubCore, reply_to: NodeId, id: u64, r: AskReply<Bytes>) {
+    let mut answer = proto::Answer {
+        id,
+        connection: r.connection.to_string(),
+        ..Default::default()
+    };
+    match r.outcome {
+        AskOutcome::Answered(frame) => {
+            answer.set_outcome(AnswerOutcome::Answered);
+            answer.frame = frame;
         }
+        AskOutcome::Failed(s) => {
+            answer.set_outcome(AnswerOutcome::Failed);
+            answer.code = s.code() as i32;
+            answer.message = s.message().to_owned();
+        }
+        AskOutcome::TimedOut => answer.set_outcome(AnswerOutcome::TimedOut),
+        AskOutcome::Disconnected(why) | AskOutcome::Unreachable(why) => {
+            answer.set_outcome(AnswerOutcome::Disconnected);
+            answer.message = why;
+        }
+    }
+    if let Some(fut) = core.backplane.answer(reply_to, &answer)
+        && let Err(e) = fut.await
+    {
+        HubMetrics::incr(&core.metrics.backplane_publish_failures);
+        tracing::debug!(error = %e, "could not send an answer back to the asking server");
     }
 }
 

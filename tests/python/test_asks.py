@@ -99,3 +99,37 @@ def test_a_client_that_never_answers_times_out(generated, chat_servers):
             await bob.close()
 
     run(scenario())
+
+
+def test_rust_chat_clients_answer_late_or_never_and_run_a_ready_check(generated, chat_servers, groups):
+    a = chat_servers(groups)
+    b = chat_servers(groups) if groups != "memory" else a
+    room = unique("room")
+    pb = generated.pb
+
+    async def scenario():
+        py = await generated.connect(a, "py")
+        try:
+            py.hub.answer("ready_check", lambda check: pb.ReadyAnswer(ready=True))
+            await py.join(room)
+            late = asyncio.ensure_future(rust_client(b.addr, "late", room, "--answer", "late", "--late-ms", "300",
+                                                     "--listen", "20", "--wait-for", "4"))
+            await py.expect("on_join", room=room, user="late")
+            never = asyncio.ensure_future(rust_client(b.addr, "never", room, "--answer", "never",
+                                                      "--listen", "20", "--wait-for", "3"))
+            await py.expect("on_join", room=room, user="never")
+            report = await py.hub.call("check_ready", pb.CheckReadyRequest(timeout_ms=2000))
+            assert states(report) == [("late", READY), ("never", TIMED_OUT), ("py", READY)], report
+            # A Rust client running the ready check itself prints each member's state.
+            lines = await rust_client(a.addr, "asker", room, "--answer", "no", "--ready-check", "2000")
+            got = sorted((line["ready"], line["state"]) for line in lines if "ready" in line)
+            assert got == [("asker", "not_ready"), ("late", "ready"), ("never", "timed_out"), ("py", "ready")], lines
+            # Each leaves after the pushes it expects (joins and leaves after its own,
+            # and this message).
+            await py.say("bye")
+            await late
+            await never
+        finally:
+            await py.close()
+
+    run(scenario())

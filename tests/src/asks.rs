@@ -182,7 +182,9 @@ pub async fn group_across_servers(make: MakeProvider) {
         Mode::Late(Duration::from_millis(200)),
     )
     .await;
-    let (report, got) = ready_check(&alice, 5_000).await;
+    // On the same server as dave: waiting for erin's timeout holds back no answer.
+    let (_erin, _e) = answerer(&s2.url(), "r", "erin", Mode::Never).await;
+    let (report, got) = ready_check(&alice, 1_500).await;
     assert_eq!(
         got,
         states(&[
@@ -190,6 +192,7 @@ pub async fn group_across_servers(make: MakeProvider) {
             ("bob", ReadyState::NotReady),
             ("carol", ReadyState::Failed),
             ("dave", ReadyState::Ready),
+            ("erin", ReadyState::TimedOut),
         ]),
         "{report:?}"
     );
@@ -200,7 +203,11 @@ pub async fn group_across_servers(make: MakeProvider) {
         .expect("carol");
     assert!(carol.detail.contains("not at the keyboard"), "{carol:?}");
     let m = s0.handle.metrics();
-    assert_eq!((m.asks, m.asks_answered, m.asks_failed), (4, 3, 1), "{m:?}");
+    assert_eq!(
+        (m.asks, m.asks_answered, m.asks_failed, m.asks_timed_out),
+        (5, 3, 1, 1),
+        "{m:?}"
+    );
 }
 
 /// The target's server dies while the ask waits: the ask ends with `Disconnected`
