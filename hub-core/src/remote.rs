@@ -771,6 +771,86 @@ mod tests {
     }
 
     #[test]
+    fn asks_answers_and_deaths_reach_the_runtime() {
+        use crate::ask::AskEvent;
+        let local = Arc::new(LocalGroups::new(NodeId(2)));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let events = {
+            let seen = seen.clone();
+            BackplaneEvents::ignored().with_asks(move |e| seen.lock().expect("lock").push(e))
+        };
+        let inbox = Inbox::new("t.v1.T", local, Arc::new(HubMetrics::default()), events);
+        let other = EnvelopeWriter::new(NodeId(9));
+        let mine = ConnectionId {
+            node: NodeId(2),
+            local: 1,
+        };
+        let elsewhere = ConnectionId {
+            node: NodeId(7),
+            local: 1,
+        };
+        let ask = proto::Ask {
+            id: 5,
+            reply_to: NodeId(9).to_string(),
+            timeout_ms: 1500,
+            frame: Bytes::from_static(b"q"),
+        };
+        assert_eq!(
+            inbox.receive(other.ask(&[mine, elsewhere], &ask), Via::Node),
+            Received::Ask
+        );
+        let answer = proto::Answer {
+            id: 5,
+            connection: mine.to_string(),
+            outcome: proto::AnswerOutcome::Answered as i32,
+            frame: Bytes::from_static(b"a"),
+            ..Default::default()
+        };
+        assert_eq!(
+            inbox.receive(other.answer(&answer), Via::Node),
+            Received::Answer
+        );
+        // An ask that names no asker is malformed.
+        let bad = proto::Ask {
+            reply_to: "not hex".into(),
+            ..ask.clone()
+        };
+        assert!(matches!(
+            inbox.receive(other.ask(&[mine], &bad), Via::Node),
+            Received::Malformed(_)
+        ));
+        // A loss notice says its server died, even with no local member to tell.
+        let lost = MembersLost {
+            group: room(),
+            server: NodeId(7),
+            members: vec![MemberInfo {
+                connection: elsewhere,
+                user: None,
+            }],
+        };
+        assert_eq!(
+            inbox.receive(other.lost(&lost), Via::Group("room")),
+            Received::Lost
+        );
+        let seen = seen.lock().expect("lock");
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        match &seen[0] {
+            AskEvent::Asked(a) => {
+                assert_eq!(
+                    (a.id, a.reply_to, a.timeout.as_millis()),
+                    (5, NodeId(9), 1500)
+                );
+                assert_eq!(&a.frame[..], b"q");
+                // Only this server's connections.
+                assert_eq!(a.connections, vec![mine]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&seen[1], AskEvent::Answered(a) if *a == answer));
+        assert!(matches!(seen[2], AskEvent::ServerDead(NodeId(7))));
+    }
+
+    #[test]
     fn loss_notices_reach_servers_with_members() {
         let (inbox, seen) = inbox(2);
         let other = EnvelopeWriter::new(NodeId(9));
