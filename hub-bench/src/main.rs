@@ -8,6 +8,8 @@
 //!   processes, one publisher keeping W broadcasts in flight.
 //! - `calls`: clients making echo calls, `in-flight` outstanding each.
 //! - `conns`: N idle connections; the server's memory per connection.
+//! - `rooms`: R rooms of M members over S servers and a Redis backplane, an emitter
+//!   pushing one tick to every room F times a second (the game workload).
 //! - `serve`, `conn-client`: the child processes the workloads start.
 
 mod calls;
@@ -16,6 +18,7 @@ mod fanout;
 mod hub;
 mod proc;
 mod raw;
+mod rooms;
 mod stats;
 
 /// Generated code of `proto/bench/v1/bench.proto`.
@@ -63,6 +66,8 @@ enum Command {
     Calls(calls::CallsArgs),
     /// Idle connections: server memory per connection.
     Conns(conns::ConnsArgs),
+    /// Rooms: R rooms x M members over S servers, an emitter ticking every room at F Hz.
+    Rooms(rooms::RoomsArgs),
     /// (child) Serves the bench hub or the raw service; prints `LISTEN <addr>`;
     /// exits when stdin closes.
     Serve {
@@ -108,6 +113,7 @@ async fn run(command: Command) -> Result<(), BoxError> {
         Command::Fanout(a) => fanout::run(&a).await?,
         Command::Calls(a) => calls::run(&a).await?,
         Command::Conns(a) => conns::run(&a).await?,
+        Command::Rooms(a) => rooms::run(&a).await?,
         Command::Serve {
             kind,
             groups,
