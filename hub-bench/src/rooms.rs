@@ -132,6 +132,10 @@ pub async fn run(a: &RoomsArgs) -> Result<serde_json::Value, BoxError> {
     let url = redis.url();
     let redis_pid = redis_pid(&redis).ok_or("no process_id in redis INFO")?;
     let (servers, addrs) = fanout::start_servers(Kind::Hub, a.servers, &url, &[])?;
+    // The backplane's ceiling first, while nothing else runs on the machine's behalf
+    // of this bench (the servers are up but idle).
+    let ceiling_payload = a.payload + ENVELOPE_OVERHEAD;
+    let (ceiling, ceiling_tool) = publish_ceiling(redis.port(), ceiling_payload).await?;
 
     let ticks = a.hz as u64 * a.secs;
     let warmup = a.rooms as u64;
@@ -157,7 +161,9 @@ pub async fn run(a: &RoomsArgs) -> Result<serde_json::Value, BoxError> {
 
     // Warm-up barrier: one push to every room, all delivered, before measuring.
     let rooms: Vec<String> = (0..a.rooms).map(room).collect();
-    tick_all(&emitter, &rooms, 0, &payload).await;
+    if let (n @ 1.., e) = tick_all(&emitter, &rooms, 0, &payload).await {
+        return Err(format!("warm-up: {n} publishes failed: {e:?}").into());
+    }
     let warm_by = Instant::now() + Duration::from_secs(30);
     while tracker.warm.load(Relaxed) < warmup {
         if Instant::now() > warm_by {
@@ -174,8 +180,10 @@ pub async fn run(a: &RoomsArgs) -> Result<serde_json::Value, BoxError> {
     let cpu = || servers.iter().map(BenchChild::cpu_secs).sum::<f64>();
     let cpu0 = cpu();
     let redis_cpu0 = proc::cpu_secs(redis_pid);
+    let client_cpu0 = proc::self_cpu_secs();
     let start = now_nanos();
     let failed = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(Mutex::new(None::<String>));
     let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / a.hz as f64));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut inflight = Vec::with_capacity(ticks as usize);
@@ -183,15 +191,20 @@ pub async fn run(a: &RoomsArgs) -> Result<serde_json::Value, BoxError> {
         interval.tick().await;
         // Each tick's pushes run on their own task: a slow backplane makes the
         // emitter fall behind on delivery, not on its schedule.
-        let (emitter, rooms, payload, failed) = (
+        let (emitter, rooms, payload, failed, first_error) = (
             emitter.clone(),
             rooms.clone(),
             payload.clone(),
             failed.clone(),
+            first_error.clone(),
         );
         inflight.push(tokio::spawn(async move {
-            let n = tick_all(&emitter, &rooms, t, &payload).await;
+            let (n, e) = tick_all(&emitter, &rooms, t, &payload).await;
             failed.fetch_add(n, Relaxed);
+            let mut first = first_error.lock().unwrap_or_else(|e| e.into_inner());
+            if first.is_none() {
+                *first = e;
+            }
         }));
     }
     let emit_s = (now_nanos() - start) as f64 / 1e9;
@@ -205,6 +218,7 @@ pub async fn run(a: &RoomsArgs) -> Result<serde_json::Value, BoxError> {
     }
     let cpu_s = cpu() - cpu0;
     let redis_cpu_s = proc::cpu_secs(redis_pid) - redis_cpu0;
+    let client_cpu_s = proc::self_cpu_secs() - client_cpu0;
     let complete = tracker.complete.load(Relaxed);
     let deliveries = tracker.deliveries.load(Relaxed);
     // From the first tick to the last complete push (at least the ticking time).
@@ -212,8 +226,6 @@ pub async fn run(a: &RoomsArgs) -> Result<serde_json::Value, BoxError> {
     let secs = ((last.max(start) - start) as f64 / 1e9).max(a.secs as f64);
     drop(members);
 
-    let ceiling_payload = a.payload + ENVELOPE_OVERHEAD;
-    let (ceiling, ceiling_tool) = publish_ceiling(redis.port(), ceiling_payload).await?;
     drop(servers);
     drop(redis);
 
@@ -241,6 +253,7 @@ pub async fn run(a: &RoomsArgs) -> Result<serde_json::Value, BoxError> {
         "emit_s": round(emit_s, 3),
         "all_sent": sent,
         "publish_errors": failed.load(Relaxed),
+        "first_publish_error": first_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         "pushes": expected,
         "pushes_complete": complete,
         "deliveries": deliveries,
@@ -254,6 +267,7 @@ pub async fn run(a: &RoomsArgs) -> Result<serde_json::Value, BoxError> {
         "max_ms": quantile_ms(&lat, 1.0),
         "server_cpu_s": round(cpu_s, 3),
         "server_cpu_s_per_million_deliveries": (deliveries > 0).then(|| round(cpu_s / deliveries as f64 * 1e6, 2)),
+        "client_cpu_s": round(client_cpu_s, 3),
         "backplane_cpu_s": round(redis_cpu_s, 3),
         "backplane_publish_ceiling_per_sec": ceiling.round(),
         "backplane_ceiling_tool": ceiling_tool,
@@ -290,8 +304,14 @@ async fn connect_members(
         .await
 }
 
-/// Pushes tick `t` to every room at once; returns how many publishes failed.
-async fn tick_all(emitter: &BenchHubEmitter, rooms: &[String], t: u64, payload: &[u8]) -> u64 {
+/// Pushes tick `t` to every room at once; returns how many publishes failed and the
+/// first error.
+async fn tick_all(
+    emitter: &BenchHubEmitter,
+    rooms: &[String],
+    t: u64,
+    payload: &[u8],
+) -> (u64, Option<String>) {
     let n = rooms.len() as u64;
     let sends = rooms.iter().enumerate().map(|(r, name)| async move {
         let push = emitter.group(name)?;
@@ -302,11 +322,11 @@ async fn tick_all(emitter: &BenchHubEmitter, rooms: &[String], t: u64, payload: 
         })
         .await
     });
-    futures_util::future::join_all(sends)
-        .await
+    let results = futures_util::future::join_all(sends).await;
+    let first = results
         .iter()
-        .filter(|r| r.is_err())
-        .count() as u64
+        .find_map(|r| r.as_ref().err().map(|e| e.to_string()));
+    (results.iter().filter(|r| r.is_err()).count() as u64, first)
 }
 
 /// Pipelined `PUBLISH`es per second the redis-server on `port` takes (to a channel
