@@ -117,3 +117,35 @@ fn conns_hub_and_raw_connect() {
         assert!(v["server_kib_per_conn"].is_number(), "{kind}: {v}");
     }
 }
+
+#[test]
+fn rooms_over_redis_deliver_every_push() {
+    let v = bench(&[
+        "rooms",
+        "--rooms",
+        "3",
+        "--members",
+        "2",
+        "--servers",
+        "2",
+        "--hz",
+        "10",
+        "--secs",
+        "1",
+        "--payload",
+        "16",
+    ]);
+    assert_eq!(v["pushes"], 30, "{v}");
+    assert_eq!(v["pushes_complete"], 30, "{v}");
+    assert_eq!(v["deliveries"], 60, "{v}");
+    assert_eq!(v["publish_errors"], 0, "{v}");
+    assert!(v["p99_ms"].is_number(), "{v}");
+    assert!(v["backplane_cpu_s"].is_number(), "{v}");
+    assert!(
+        v["backplane_publish_ceiling_per_sec"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0,
+        "{v}"
+    );
+}
