@@ -74,7 +74,8 @@ class Push(NamedTuple):
 class HubClient:
     """One connection to a hub. Make it with `await HubClient.connect(...)`, in a running loop."""
 
-    def __init__(self, connect: Callable, request_type: type, auto_pong: bool = True, metadata=()):
+    def __init__(self, connect: Callable, request_type: type, auto_pong: bool = True, metadata=(),
+                 on: Optional[dict] = None):
         self._request_type = request_type
         self._auto_pong = auto_pong
         loop = asyncio.get_running_loop()
@@ -83,6 +84,8 @@ class HubClient:
         self._pings: dict = {}  # nonce -> (future, time sent) of our own pings
         self._ids, self._nonces = itertools.count(1), itertools.count(1)
         self._callbacks: dict = {}  # push name, "*" or "error" -> callbacks
+        for name, callback in (on or {}).items():
+            self._callbacks.setdefault(name, []).append(callback)
         self._answerers: dict = {}  # ask name -> handler
         self._answering: set = set()  # tasks answering asks
         self.asks_answered = 0  # answers (and failures) sent
@@ -99,14 +102,17 @@ class HubClient:
 
     @classmethod
     async def connect(cls, connect: Callable, request_type: type, *, auto_pong: bool = True,
-                      metadata=(), timeout: float = 10.0) -> "HubClient":
+                      metadata=(), timeout: float = 10.0, on: Optional[dict] = None) -> "HubClient":
         """Opens the stream (`connect` is e.g. `ChatHubStub(channel).Connect`) and waits for hello.
 
         `request_type` is the hub's request message (`ChatRequest`); `metadata` is sent
         with the stream (`[("authorization", "Bearer <token>")]`); `auto_pong=False`
-        leaves server pings unanswered (to see the heartbeat timeout at work).
+        leaves server pings unanswered (to see the heartbeat timeout at work). `on` maps
+        push names ("*": all) to callbacks registered before the stream opens: pushes
+        that come right after the hello (a resumed session's replay) reach them; a
+        callback registered later with `on()` misses what came before.
         """
-        client = cls(connect, request_type, auto_pong, metadata)
+        client = cls(connect, request_type, auto_pong, metadata, on)
         try:
             await asyncio.wait_for(asyncio.shield(client._hello), timeout)
         except BaseException:

@@ -189,22 +189,24 @@ class Chat:
         metadata = [("authorization", f"Bearer {token}")] if token is not None else []
         metadata += kw.pop("metadata_extra", [])
         channel = grpc.aio.insecure_channel(server.addr)
+        # Pushes are recorded from the first frame on: a resumed session replays right
+        # after the hello.
+        pushes: asyncio.Queue = asyncio.Queue()
         try:
             hub = await HubClient.connect(self.grpc.ChatHubStub(channel).Connect, self.pb.ChatRequest,
-                                          metadata=metadata, **kw)
+                                          metadata=metadata, on={"*": pushes.put_nowait}, **kw)
         except BaseException:
             await channel.close()
             raise
-        return Client(hub, channel, self.pb)
+        return Client(hub, channel, self.pb, pushes)
 
 
 class Client:
     """A HubClient with its channel, the chat calls spelled out, and a record of its pushes."""
 
-    def __init__(self, hub: HubClient, channel, pb):
+    def __init__(self, hub: HubClient, channel, pb, pushes: asyncio.Queue):
         self.hub, self.channel, self.pb = hub, channel, pb
-        self.pushes: asyncio.Queue = asyncio.Queue()
-        hub.on("*", self.pushes.put_nowait)
+        self.pushes = pushes
 
     async def join(self, room: str):
         return await self.hub.call("join", self.pb.JoinRequest(room=room))

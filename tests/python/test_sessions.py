@@ -4,8 +4,6 @@ resumes the same connection, and the pushes missed while it was down arrive once
 order, with their original seq."""
 
 import asyncio
-
-import pytest
 from types import SimpleNamespace
 
 from support import WAIT, run, unique
@@ -53,10 +51,6 @@ class Relay:
         self.server.close()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known race, open: in some runs the first push sent after the stream broke is not "
-    "delivered on resume (the later ones are, with the seq that follows); the Rust "
-    "tests/tests/sessions.rs checks the replay path; fix the race, then drop this"))
 def test_a_stock_client_resumes_with_the_metadata(generated, chat_servers):
     server = chat_servers("memory", *SESSIONS)
     room = unique("room")
@@ -76,10 +70,6 @@ def test_a_stock_client_resumes_with_the_metadata(generated, chat_servers):
             seen = await alice.expect("on_message", text="before")
             # The network fails under alice's stream.
             relay.cut()
-            # Let the server see the stream break before bob talks: this test is about
-            # pushes sent while the session is detached. (A push sent in the very
-            # moment of the break can be lost without a GAP: a known race.)
-            await asyncio.sleep(1.0)
             await bob.say("while away 1")
             await bob.say("while away 2")
             again = await generated.connect(server, token=token, metadata_extra=[
