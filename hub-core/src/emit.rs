@@ -63,7 +63,7 @@ pub trait Emit: Send + Sync + 'static {
     }
 
     /// What this backend connects to, for logs and the fingerprint of a sharded
-    /// emitter ([`crate::shard::ShardedEmit`]): the same text as the matching
+    /// emitter (`ShardedEmit`, in the `shard` module): the same text as the matching
     /// provider's `GroupProvider::describe`. Default: the name.
     fn describe(&self) -> String {
         self.name().to_owned()

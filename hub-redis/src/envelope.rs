@@ -25,7 +25,7 @@ impl LossSignal {
 }
 
 /// Delivers the messages of one hub's channels to its local members, right on the
-/// subscriber connection's reader (`crate::wire` routes them by channel): delivery
+/// subscriber connection's reader (the `wire` module routes them by channel): delivery
 /// only queues into bounded outboxes and never waits, so no queue is needed between
 /// Redis and the members.
 pub(crate) struct Inbound {

@@ -44,7 +44,7 @@ struct Conn<D: Dispatch> {
     /// The call being run.
     running: Option<Running>,
     /// What the running call shares with its asks.
-    call_state: Option<Arc<crate::ask::CallState>>,
+    call_state: Option<Arc<crate::ask_table::CallState>>,
     /// Calls parked while they wait on an answer from this connection's client: they
     /// finish on their own, while the next calls run.
     parked: futures_util::stream::FuturesUnordered<Running>,
@@ -602,9 +602,9 @@ impl<D: Dispatch> Conn<D> {
         let name = D::call_name(&call);
         HubMetrics::incr(&self.core().metrics.calls);
         let span = tracing::info_span!("call", call = name, id);
-        let call_state = Arc::new(crate::ask::CallState::default());
+        let call_state = Arc::new(crate::ask_table::CallState::default());
         self.call_state = Some(call_state.clone());
-        let fut = crate::ask::CALL.scope(
+        let fut = crate::ask_table::CALL.scope(
             call_state,
             self.shared.dispatch.dispatch(self.ctx.clone(), id, call),
         );

@@ -445,7 +445,7 @@ impl Push {
         let _release = Release(in_flight);
         // Asking its own caller from the call itself: the connection parks this call
         // and goes on with the next ones until the answer comes.
-        struct SelfAsk(Arc<crate::ask::CallState>);
+        struct SelfAsk(Arc<crate::ask_table::CallState>);
         impl Drop for SelfAsk {
             fn drop(&mut self) {
                 self.0
@@ -454,7 +454,7 @@ impl Push {
             }
         }
         let _self_ask = if targets.iter().any(|(c, _)| *c == asker.id) {
-            crate::ask::CALL
+            crate::ask_table::CALL
                 .try_with(|call| call.clone())
                 .ok()
                 .map(|call| {

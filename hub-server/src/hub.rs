@@ -45,7 +45,7 @@ pub(crate) struct HubCore {
     /// Sessions of connections, on a hub that keeps them.
     pub(crate) sessions: Option<crate::session::Sessions>,
     /// Asks waiting for answers on this server.
-    pub(crate) asks: crate::ask::Asks,
+    pub(crate) asks: crate::ask_table::Asks,
 }
 
 impl HubCore {

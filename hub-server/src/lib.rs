@@ -78,6 +78,7 @@
 //! [`HubMetrics`]: hub_core::HubMetrics
 
 mod ask;
+mod ask_table;
 mod config;
 mod connection;
 mod context;
