@@ -585,14 +585,34 @@ impl Talker {
     }
 }
 
+/// The number of an `m{i}` say from `from`, if `s` is one.
+fn number(s: &Seen, from: &str) -> Option<u64> {
+    match s {
+        Seen::Message(m) if m.from == from => m.text.strip_prefix('m')?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Whether `s` is an `m{i}` say from `from` numbered above `after`.
+fn said_after(s: &Seen, from: &str, after: u64) -> bool {
+    number(s, from).is_some_and(|n| n > after)
+}
+
 /// The numbers of the `m{i}` says from `from` in `seen`, in the order they arrived.
 fn numbers(seen: &[Seen], from: &str) -> Vec<u64> {
-    seen.iter()
-        .filter_map(|s| match s {
-            Seen::Message(m) if m.from == from => m.text.strip_prefix('m')?.parse().ok(),
-            _ => None,
-        })
-        .collect()
+    seen.iter().filter_map(|s| number(s, from)).collect()
+}
+
+/// Every say came back within [`CALL_BOUND`] (none hung), and any failure was
+/// `UNAVAILABLE`.
+fn assert_bounded(outcomes: &[Outcome]) {
+    for (i, r, took) in outcomes {
+        assert!(
+            matches!(r, Ok(()) | Err(Code::Unavailable)),
+            "say m{i}: {r:?} after {took:?}"
+        );
+        assert!(*took < CALL_BOUND, "say m{i} took {took:?}");
+    }
 }
 
 /// Checks a talker's outcomes against what a member received: every failure is
@@ -606,13 +626,7 @@ fn check_outage(outcomes: &[Outcome], received: &[u64]) {
         .map(|(i, ..)| *i)
         .collect();
     assert!(!failed.is_empty(), "no say failed during the outage");
-    for (i, r, took) in outcomes {
-        assert!(
-            matches!(r, Ok(()) | Err(Code::Unavailable)),
-            "say m{i}: {r:?} after {took:?}"
-        );
-        assert!(*took < CALL_BOUND, "say m{i} took {took:?}");
-    }
+    assert_bounded(outcomes);
     assert!(
         received.windows(2).all(|w| w[0] < w[1]),
         "out of order or duplicated: {received:?}"
@@ -1264,8 +1278,7 @@ pub async fn a_backplane_restart_in_the_middle_of_traffic<T: Topology>(mut t: T)
     // Flowing again, without restarting either hub server.
     bob_in
         .until("a say sent after the restart", |s| {
-            matches!(s, Seen::Message(m) if m.from == "alice"
-                && m.text.strip_prefix('m').and_then(|n| n.parse::<u64>().ok()) > Some(restarted_at))
+            said_after(s, "alice", restarted_at)
         })
         .await;
     let (alice, outcomes) = talker.stop().await;
@@ -1380,18 +1393,11 @@ pub async fn a_backplane_stall_hangs_nothing_and_kills_nobody<T: Topology>(t: T)
 
     bob_in
         .until("a say sent after the stall", |s| {
-            matches!(s, Seen::Message(m) if m.from == "alice"
-                && m.text.strip_prefix('m').and_then(|n| n.parse::<u64>().ok()) > Some(resumed_at))
+            said_after(s, "alice", resumed_at)
         })
         .await;
     let (_alice, outcomes) = talker.stop().await;
-    for (i, r, took) in &outcomes {
-        assert!(
-            matches!(r, Ok(()) | Err(Code::Unavailable)),
-            "say m{i}: {r:?} after {took:?}"
-        );
-        assert!(*took < CALL_BOUND, "say m{i} took {took:?}");
-    }
+    assert_bounded(&outcomes);
     counts_become(&[a, b], "lobby", 4).await;
     assert_eq!(
         bob.members()
@@ -1467,18 +1473,11 @@ pub async fn a_failed_backplane_node_is_survived<T: Topology>(mut t: T) {
     let reconnected_at = talker.outcomes().len() as u64;
     alice_in
         .until("a say of bob's after the failover", |s| {
-            matches!(s, Seen::Message(m) if m.from == "bob"
-                && m.text.strip_prefix('m').and_then(|n| n.parse::<u64>().ok()) > Some(reconnected_at))
+            said_after(s, "bob", reconnected_at)
         })
         .await;
     let (bob, outcomes) = talker.stop().await;
-    for (i, r, took) in &outcomes {
-        assert!(
-            matches!(r, Ok(()) | Err(Code::Unavailable)),
-            "say m{i}: {r:?} after {took:?}"
-        );
-        assert!(*took < CALL_BOUND, "say m{i} took {took:?}");
-    }
+    assert_bounded(&outcomes);
     say(&bob, "I'm back").await;
     for inbox in [&mut alice_in, &mut carol_in] {
         inbox
