@@ -1,9 +1,12 @@
 //! [`NatsEmitter`]: pushes and commands to a hub's connections from a process that is
 //! not a hub server, published on the subjects the hub servers subscribe to.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
+use async_nats::client::RequestErrorKind;
 use async_nats::connection::State;
 use bytes::Bytes;
 use hub_core::emit::Emit;
@@ -19,7 +22,8 @@ use crate::{BACKPLANE, ConnectError, NatsProvider, NatsProviderBuilder};
 ///
 /// Built from a [`NatsProvider`] (it shares its connection, subject prefix and
 /// operation timeout) or on a connection of its own. One emitter serves any number of
-/// hubs. It subscribes to nothing and takes part in no roll call: hub servers do not
+/// hubs. It subscribes to no hub subject (the stall probe below is answered on the
+/// client's own request inbox) and takes part in no roll call: hub servers do not
 /// count it as a server.
 ///
 /// A publish is handed to the NATS client (which batches writes, as the hub servers'
@@ -30,6 +34,18 @@ use crate::{BACKPLANE, ConnectError, NatsProvider, NatsProviderBuilder};
 /// `flush` (through the emitter) before the process exits, so that nothing buffered is
 /// lost. Delivery is at-most-once: a server that is not subscribed at that moment misses
 /// it.
+///
+/// **A stalled NATS** (the process hangs, its TCP connection stays open) is not a
+/// closed connection: the client would go on buffering publishes it cannot send. So
+/// while it publishes, the emitter checks that NATS answers: at most once per
+/// [`STALL_PROBE_INTERVAL`] it sends a request to a subject nobody serves, which a
+/// live server answers at once with "no responders". A probe not answered within the
+/// operation timeout makes the emitter *stalled*: from then on publishes fail at once
+/// with [`GroupError::Unavailable`] (nothing is buffered) until a probe is answered
+/// again. Publishes accepted between the stall and its detection (at most the probe
+/// interval plus the operation timeout) are in the client's buffer and reach NATS
+/// when it comes back; if NATS dies instead they are lost, as any at-most-once
+/// publish.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -47,6 +63,106 @@ pub struct NatsEmitter {
     op_timeout: Duration,
     /// The servers, credentials hidden.
     servers: String,
+    /// Whether NATS answers round trips.
+    liveness: Arc<Liveness>,
+}
+
+/// How often, at most, a publishing [`NatsEmitter`] checks with a round trip that
+/// NATS answers (1 s).
+pub const STALL_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The subject the stall probe requests: nobody subscribes to it, so a live NATS
+/// answers "no responders".
+const PROBE_SUBJECT: &str = "_HUB.emitter.probe";
+
+/// What the emitter knows of NATS's answers: times are milliseconds since `epoch`.
+#[derive(Debug)]
+struct Liveness {
+    epoch: tokio::time::Instant,
+    /// When a probe was last answered.
+    answered_ms: AtomicU64,
+    /// When the probe in flight started (`u64::MAX`: none in flight).
+    probing_since_ms: AtomicU64,
+    /// The last probe was not answered in time (and none has been since).
+    stalled: AtomicBool,
+}
+
+impl Liveness {
+    fn new() -> Self {
+        Liveness {
+            epoch: tokio::time::Instant::now(),
+            answered_ms: AtomicU64::new(0),
+            probing_since_ms: AtomicU64::new(u64::MAX),
+            stalled: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Starts a probe if one is due and none is in flight; then says whether NATS
+    /// is to be presumed stalled: the last probe went unanswered, or the one in
+    /// flight is overdue.
+    fn check(
+        self: &Arc<Self>,
+        client: &async_nats::Client,
+        op_timeout: Duration,
+    ) -> Option<Duration> {
+        let now = self.now_ms();
+        let interval = STALL_PROBE_INTERVAL.as_millis() as u64;
+        let stalled = self.stalled.load(Ordering::Acquire);
+        let due =
+            stalled || now.saturating_sub(self.answered_ms.load(Ordering::Acquire)) >= interval;
+        let started = self.probing_since_ms.load(Ordering::Acquire);
+        if due
+            && started == u64::MAX
+            && self
+                .probing_since_ms
+                .compare_exchange(u64::MAX, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.spawn_probe(client.clone(), op_timeout);
+        }
+        let started = self.probing_since_ms.load(Ordering::Acquire);
+        let overdue =
+            started != u64::MAX && now.saturating_sub(started) > op_timeout.as_millis() as u64;
+        if stalled || overdue {
+            let since = if started == u64::MAX { now } else { started };
+            let silent = now.saturating_sub(self.answered_ms.load(Ordering::Acquire).min(since));
+            return Some(Duration::from_millis(silent));
+        }
+        None
+    }
+
+    /// One round trip: a request nobody serves, which a live NATS answers at once
+    /// with "no responders" (any answer will do).
+    fn spawn_probe(self: &Arc<Self>, client: async_nats::Client, op_timeout: Duration) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let answered =
+                match tokio::time::timeout(op_timeout, client.request(PROBE_SUBJECT, Bytes::new()))
+                    .await
+                {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(e)) => e.kind() == RequestErrorKind::NoResponders,
+                    Err(_) => false,
+                };
+            if answered {
+                me.answered_ms.store(me.now_ms(), Ordering::Release);
+            }
+            let was = me.stalled.swap(!answered, Ordering::AcqRel);
+            // `was` is the old stalled flag: it changed if it equals `answered`.
+            if was == answered {
+                if answered {
+                    tracing::info!("NATS answers the emitter again");
+                } else {
+                    tracing::warn!(after = ?op_timeout, "NATS does not answer the emitter: publishes fail until it does");
+                }
+            }
+            me.probing_since_ms.store(u64::MAX, Ordering::Release);
+        });
+    }
 }
 
 impl std::fmt::Debug for NatsEmitter {
@@ -67,6 +183,7 @@ impl NatsEmitter {
             prefix: provider.shared.config.prefix.clone(),
             op_timeout: provider.shared.config.op_timeout,
             servers: provider.shared.servers.clone(),
+            liveness: Arc::new(Liveness::new()),
         }
     }
 
@@ -114,6 +231,16 @@ impl NatsEmitter {
                     source: None,
                 });
             }
+        }
+        if let Some(silent) = self.liveness.check(&self.client, self.op_timeout) {
+            return Err(GroupError::Unavailable {
+                backplane: BACKPLANE,
+                message: format!(
+                    "publish: NATS has not answered a round trip for {} ms (stalled?); nothing was sent",
+                    silent.as_millis()
+                ),
+                source: None,
+            });
         }
         let refused =
             |e| GroupError::unavailable(BACKPLANE, "publish: NATS refused the message", e);

@@ -205,7 +205,7 @@ use async_nats::{ConnectOptions, Event, ServerAddr};
 use hub_core::{Backplane, BindContext, GroupError, GroupName, GroupProvider};
 use tokio::sync::broadcast;
 
-pub use emitter::NatsEmitter;
+pub use emitter::{NatsEmitter, STALL_PROBE_INTERVAL};
 pub use subject::{DEFAULT_PREFIX, decode_group_token, group_token};
 
 /// The async-nats crate this provider is built on, for [`async_nats::ConnectOptions`]

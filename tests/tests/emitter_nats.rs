@@ -160,3 +160,79 @@ async fn a_nats_down_fails_publishes_within_the_timeout() {
     })
     .await;
 }
+
+/// A stalled NATS (SIGSTOP: the connection stays open) is noticed by the emitter's
+/// probe: within the probe interval and the operation timeout, publishes fail at once
+/// with `Unavailable` instead of piling up in the client's buffer; once NATS answers
+/// again they work, and every publish accepted before the stall was noticed reaches the
+/// member, in order, before the first one after.
+#[tokio::test]
+async fn a_stalled_nats_fails_publishes_until_it_answers() {
+    let nats = NatsServer::start();
+    let (a, _b, em) = setup(&nats).await;
+    let (_alice, alice_rx) = tests::joined(&a.url(), "lobby", "alice").await;
+    let room = em.group("lobby").unwrap();
+    room.clone().on_message(msg("up")).await.unwrap();
+    alice_rx.wait_for(1, emitter::WAIT).await;
+    let mut accepted = vec![msg("up")];
+
+    let paused = nats.pause();
+    let stalled_at = Instant::now();
+    let err = loop {
+        let text = format!("stalled {}", accepted.len());
+        let started = Instant::now();
+        let r = room.clone().on_message(msg(&text)).await;
+        assert!(
+            started.elapsed() < OP_TIMEOUT + Duration::from_millis(500),
+            "a publish took {:?}",
+            started.elapsed()
+        );
+        match r {
+            Err(e) => break e,
+            Ok(()) => {
+                accepted.push(msg(&text));
+                assert!(
+                    stalled_at.elapsed()
+                        < hub_nats::STALL_PROBE_INTERVAL + OP_TIMEOUT + Duration::from_secs(2),
+                    "publishes still accepted {:?} into the stall",
+                    stalled_at.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert!(
+        matches!(&err, GroupError::Unavailable { message, .. } if message.contains("round trip")),
+        "{err:?}"
+    );
+    // Still refused, at once, while the stall lasts.
+    let started = Instant::now();
+    assert!(room.clone().on_message(msg("refused")).await.is_err());
+    assert!(started.elapsed() < Duration::from_millis(100));
+
+    drop(paused);
+    test_support::eventually("publishes work again", emitter::WAIT, async || {
+        room.clone().on_message(msg("back")).await.is_ok()
+    })
+    .await;
+    accepted.push(msg("back"));
+    // "back" is the barrier: pushes of one emitter to one room arrive in order.
+    let deadline = Instant::now() + emitter::WAIT;
+    let seen = loop {
+        let seen: Vec<ChatMessage> = alice_rx
+            .seen()
+            .into_iter()
+            .filter_map(|s| match s {
+                tests::Seen::Message(m) if m.from == "game" => Some(m),
+                _ => None,
+            })
+            .collect();
+        if seen.last().is_some_and(|m| m.text == "back") || Instant::now() > deadline {
+            break seen;
+        }
+        let n = alice_rx.seen().len() + 1;
+        alice_rx.wait_for(n, Duration::from_millis(500)).await;
+    };
+    // A "back" tried while the probe had not yet seen NATS answer was refused, not sent.
+    assert_eq!(seen, accepted);
+}
