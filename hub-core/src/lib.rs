@@ -24,6 +24,7 @@
 //!   reference for writing one;
 //! - [`HubMetrics`]: counters every part updates, so no failure is silent;
 //! - [`ask`]: asks to clients that wait for answers, across servers too;
+//! - [`history`]: a group's recent pushes kept by a backplane, read back by offset;
 //! - [`quote`]: bounded quoting of client input in error messages.
 //!
 //! The tonic service lives in `hub-server`; this crate has no server.
@@ -34,6 +35,7 @@ pub mod command;
 pub mod emit;
 pub mod frame;
 mod group;
+pub mod history;
 mod id;
 mod local;
 mod metrics;

@@ -262,12 +262,17 @@ counters! {
     /// Members of other servers reported lost because their server died (presence
     /// expired), each reported to the hub's `on_members_lost` hook.
     backplane_members_lost,
-    /// Gaps seen in a group's backplane offsets (pushes published and never received
-    /// here, or offsets that restarted); each told the group's local members
-    /// (`ServerControl.pushes_lost`).
+    /// Gaps seen in a group's backplane offsets that were not (all) filled from
+    /// history (pushes published and never received here, or offsets that
+    /// restarted); each told the group's local members (`ServerControl.pushes_lost`).
     backplane_gaps,
-    /// Pushes those gaps skipped (offsets never received).
+    /// Pushes those gaps skipped (offsets never received nor read from history).
     backplane_pushes_missed,
+    /// Gaps in a group's backplane offsets filled entirely from the backplane's
+    /// history (nothing told to the members).
+    backplane_gaps_filled,
+    /// Pushes read from the backplane's history to fill gaps, and delivered in order.
+    backplane_pushes_recovered,
     /// Connections whose stream broke and whose session was kept for a resume
     /// (`SessionConfig::grace`).
     sessions_detached,

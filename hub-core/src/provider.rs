@@ -285,6 +285,13 @@ pub trait Backplane: Send + Sync + 'static {
         None
     }
 
+    /// The group history this backplane keeps (e.g. Redis with
+    /// `RedisProviderBuilder::history`), to read a group's pushes after an offset;
+    /// `None`: it keeps none.
+    fn history(&self) -> Option<Arc<dyn crate::history::GroupHistory>> {
+        None
+    }
+
     /// The hub is shutting down: stop background work, drop presence entries.
     fn shutdown(&self) -> Option<BoxFuture<'_, ()>> {
         None

@@ -18,8 +18,11 @@
 //!
 //! `docs/backends.md` walks through a complete backend.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
+use crate::history::GroupHistory;
 use crate::remote::{self, Inbox};
 use crate::{Backplane, BoxFuture, Destination, GroupError, GroupName, MemberInfo, NodeId, Target};
 
@@ -65,6 +68,13 @@ pub trait Transport: Send + Sync + 'static {
     /// The largest envelope the transport carries, in bytes, if it has a limit. Larger
     /// envelopes fail with [`GroupError::TooLarge`] before they are published.
     fn max_payload(&self) -> Option<usize> {
+        None
+    }
+
+    /// The history of group envelopes this transport keeps, if any: the [`Inbox`]
+    /// fills gaps in a group's offsets from it, and the runtime may read it
+    /// ([`Backplane::history`]). Default: none. Called once, by [`Relay::new`].
+    fn history(&self) -> Option<Arc<dyn GroupHistory>> {
         None
     }
 
@@ -124,7 +134,11 @@ pub struct Relay<T, P> {
 
 impl<T: Transport, P: Presence> Relay<T, P> {
     /// The backplane of the hub whose `inbox` the transport's readers deliver to.
+    /// Gives the inbox the transport's history, if it keeps one (gap fills).
     pub fn new(inbox: Inbox, transport: T, presence: P) -> Self {
+        if let Some(history) = transport.history() {
+            inbox.set_history(history);
+        }
         Relay {
             inbox,
             transport,
@@ -283,6 +297,10 @@ impl<T: Transport, P: Presence> Backplane for Relay<T, P> {
         self.transport
             .max_payload()
             .map(|max| max.saturating_sub(overhead))
+    }
+
+    fn history(&self) -> Option<Arc<dyn GroupHistory>> {
+        self.inbox.history()
     }
 
     fn shutdown(&self) -> Option<BoxFuture<'_, ()>> {

@@ -15,6 +15,8 @@ use prost::encoding::{WireType, encode_key, encode_varint};
 
 use crate::command::{Action, Commanded};
 use crate::proto;
+mod gaps;
+
 use crate::{
     BackplaneEvents, ConnectionId, GroupName, HubMetrics, LocalGroups, MemberInfo, MembersLost,
     NodeId, Target,
@@ -206,6 +208,11 @@ pub enum Received {
     Answer,
     /// Published by this server: skipped.
     Own,
+    /// After a gap in its group's offsets that is being filled from history: held
+    /// back, delivered once the gap is filled or told.
+    Held,
+    /// Its group offset was already delivered (or told lost): skipped.
+    Duplicate,
     /// Not a readable envelope of this version for this channel: counted and dropped.
     Malformed(&'static str),
 }
@@ -224,9 +231,11 @@ pub struct Inbox {
     metrics: Arc<HubMetrics>,
     /// Where loss notices go.
     events: BackplaneEvents,
-    /// The last offset seen of each subscribed group, with its epoch (envelopes that
-    /// carry one: a backplane with group offsets).
-    offsets: Arc<Mutex<HashMap<String, (u64, u64)>>>,
+    /// The sequence of offsets of each subscribed group (envelopes that carry one: a
+    /// backplane with group offsets), and the fill of a gap running.
+    groups: Arc<Mutex<HashMap<String, Arc<gaps::GroupSeq>>>>,
+    /// The history gaps are filled from, once the transport gave one.
+    history: Arc<std::sync::OnceLock<gaps::HistorySource>>,
 }
 
 /// The group offset and epoch a broker prepended to an envelope (`offset = 8`,
@@ -276,74 +285,8 @@ impl Inbox {
             local,
             metrics,
             events,
-            offsets: Arc::default(),
-        }
-    }
-
-    /// Forgets the offsets seen of `group`: its subscription is new (or gone), and what
-    /// was published while this server was not subscribed is none of its business.
-    pub fn forget(&self, group: &str) {
-        self.offsets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(group);
-    }
-
-    /// Checks a group envelope's offset against the last one seen, and tells the
-    /// group's local members when some were skipped.
-    fn check_offset(&self, group: &str, offset: u64, epoch: u64) {
-        let gap = {
-            let mut seen = self.offsets.lock().unwrap_or_else(|e| e.into_inner());
-            match seen.get_mut(group) {
-                None => {
-                    seen.insert(group.to_owned(), (epoch, offset));
-                    None
-                }
-                Some(last) if last.0 != epoch => {
-                    *last = (epoch, offset);
-                    Some((
-                        0,
-                        "the group's offsets restarted (the broker lost its state): pushes may be lost"
-                            .to_owned(),
-                    ))
-                }
-                Some(last) if offset > last.1 + 1 => {
-                    let missed = offset - last.1 - 1;
-                    let from = last.1 + 1;
-                    last.1 = offset;
-                    Some((
-                        missed,
-                        format!(
-                            "{missed} push(es) to the group (offsets {from} to {}) never reached this server",
-                            offset - 1
-                        ),
-                    ))
-                }
-                Some(last) => {
-                    last.1 = last.1.max(offset);
-                    None
-                }
-            }
-        };
-        let Some((missed, reason)) = gap else {
-            return;
-        };
-        HubMetrics::incr(&self.metrics.backplane_gaps);
-        self.metrics.backplane_pushes_missed.add(missed);
-        tracing::warn!(hub = self.hub, group, missed, %reason, "group pushes lost on the backplane");
-        let notice = crate::frame::control_frame(proto::server_control::Kind::PushesLost(
-            proto::PushesLost {
-                group: group.to_owned(),
-                missed,
-                reason,
-            },
-        ));
-        for m in self.local.members(group) {
-            if let Some(member) = self.local.member(m.connection) {
-                let _ = member
-                    .outbox
-                    .push(crate::frame::OutFrame::reply(notice.clone()));
-            }
+            groups: Arc::default(),
+            history: Arc::default(),
         }
     }
 
@@ -370,7 +313,21 @@ impl Inbox {
     /// Handles one received message: skips this server's own, delivers frames to the
     /// selected local members byte for byte, reports loss notices, counts the rest
     /// as malformed.
+    ///
+    /// A group envelope with an offset goes through the group's sequence first: one
+    /// after a gap waits for the gap to be filled from history, or told
+    /// ([`Received::Held`]), one already delivered is skipped ([`Received::Duplicate`]).
     pub fn receive(&self, payload: Bytes, via: Via<'_>) -> Received {
+        let (offset, payload) = split_offset(&payload);
+        if let (Some((offset, epoch)), Via::Group(group)) = (offset, via) {
+            // Own envelopes too: they take offsets of the group like any other.
+            return self.sequenced(group, offset, epoch, payload);
+        }
+        self.dispatch(payload, via)
+    }
+
+    /// Delivers one envelope (without offset) and counts it.
+    fn dispatch(&self, payload: Bytes, via: Via<'_>) -> Received {
         let outcome = self.handle(payload, via);
         match outcome {
             Received::Delivered
@@ -382,17 +339,12 @@ impl Inbox {
                 HubMetrics::incr(&self.metrics.backplane_malformed);
                 tracing::debug!(hub = self.hub, ?via, why, "dropped a malformed envelope");
             }
-            Received::Own => {}
+            Received::Own | Received::Held | Received::Duplicate => {}
         }
         outcome
     }
 
     fn handle(&self, payload: Bytes, via: Via<'_>) -> Received {
-        let (offset, payload) = split_offset(&payload);
-        if let (Some((offset, epoch)), Via::Group(group)) = (offset, via) {
-            // Own envelopes too: they take offsets of the group like any other.
-            self.check_offset(group, offset, epoch);
-        }
         if self.writer.is_own(&payload) {
             return Received::Own;
         }
@@ -667,6 +619,193 @@ mod tests {
             proto::server_control::Kind::PushesLost(p) => Some(p),
             _ => None,
         }
+    }
+
+    /// A history in memory: the envelopes of one epoch by offset, or a failure.
+    struct FakeHistory {
+        epoch: u64,
+        entries: Mutex<Vec<(u64, Bytes)>>,
+        fail: bool,
+    }
+
+    impl crate::history::GroupHistory for FakeHistory {
+        fn read<'a>(
+            &'a self,
+            _group: &'a GroupName,
+            q: crate::history::HistoryQuery,
+        ) -> crate::BoxFuture<'a, Result<crate::history::HistoryPage, crate::GroupError>> {
+            Box::pin(async move {
+                if self.fail {
+                    return Err(crate::GroupError::Unavailable {
+                        backplane: "fake",
+                        message: "down".into(),
+                        source: None,
+                    });
+                }
+                let all = self.entries.lock().expect("lock");
+                let latest = all.iter().map(|e| e.0).max().unwrap_or(0);
+                let entries = if q.epoch == self.epoch {
+                    all.iter()
+                        .filter(|e| e.0 > q.after)
+                        .take(q.limit)
+                        .map(|(offset, envelope)| crate::history::HistoryEntry {
+                            offset: *offset,
+                            envelope: envelope.clone(),
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                Ok(crate::history::HistoryPage {
+                    epoch: self.epoch,
+                    latest,
+                    entries,
+                })
+            })
+        }
+    }
+
+    /// An inbox with a history, a member of `room`, and the envelope of each offset
+    /// (its frame says the offset).
+    fn with_history(
+        epoch: u64,
+        held: &[u64],
+        fail: bool,
+    ) -> (Inbox, OutboxReceiver, impl Fn(u64) -> Bytes) {
+        let (inbox, _) = inbox(2);
+        let (a, ra) = member(inbox.local(), 1);
+        inbox.local().join(&room(), a);
+        let other = EnvelopeWriter::new(NodeId(9));
+        let env = move |n: u64| other.group(&room(), &Target::All, &Bytes::from(vec![n as u8]));
+        let history = FakeHistory {
+            epoch,
+            entries: Mutex::new(held.iter().map(|&n| (n, env(n))).collect()),
+            fail,
+        };
+        inbox.set_history(Arc::new(history));
+        (inbox, ra, env)
+    }
+
+    #[tokio::test]
+    async fn gaps_are_filled_from_history_before_later_pushes() {
+        let (inbox, mut ra, env) = with_history(7, &[1, 2, 3, 4], false);
+        let got = |n: u64| Some(Bytes::from(vec![n as u8]));
+        assert_eq!(
+            inbox.receive(with_offset(1, 7, &env(1)), Via::Group("room")),
+            Received::Delivered
+        );
+        // 2 and 3 never came: 4 and 5 wait for the fill (which runs on the runtime,
+        // not here).
+        assert_eq!(
+            inbox.receive(with_offset(4, 7, &env(4)), Via::Group("room")),
+            Received::Held
+        );
+        assert_eq!(
+            inbox.receive(with_offset(5, 7, &env(5)), Via::Group("room")),
+            Received::Held
+        );
+        for n in 1..=5 {
+            assert_eq!(frame(&mut ra).await, got(n), "offset {n}");
+        }
+        // Later pushes flow again; one already delivered is skipped.
+        assert_eq!(
+            inbox.receive(with_offset(6, 7, &env(6)), Via::Group("room")),
+            Received::Delivered
+        );
+        assert_eq!(
+            inbox.receive(with_offset(6, 7, &env(6)), Via::Group("room")),
+            Received::Duplicate
+        );
+        assert_eq!(frame(&mut ra).await, got(6));
+        let m = inbox.metrics().snapshot();
+        assert_eq!(
+            (
+                m.backplane_gaps,
+                m.backplane_gaps_filled,
+                m.backplane_pushes_recovered,
+                m.backplane_received
+            ),
+            (0, 1, 2, 6)
+        );
+    }
+
+    #[tokio::test]
+    async fn what_history_does_not_hold_is_told_with_its_count() {
+        // Offsets 2 and 3 trimmed, 4 held: 2 told, then 4 and 5, in order.
+        let (inbox, mut ra, env) = with_history(7, &[4, 5, 6], false);
+        let got = |n: u64| Some(Bytes::from(vec![n as u8]));
+        inbox.receive(with_offset(1, 7, &env(1)), Via::Group("room"));
+        assert_eq!(
+            inbox.receive(with_offset(5, 7, &env(5)), Via::Group("room")),
+            Received::Held
+        );
+        assert_eq!(frame(&mut ra).await, got(1));
+        let notice = pushes_lost(&frame(&mut ra).await.expect("notice")).expect("pushes_lost");
+        assert_eq!(notice.missed, 2, "{notice:?}");
+        assert_eq!(frame(&mut ra).await, got(4));
+        assert_eq!(frame(&mut ra).await, got(5));
+        let m = inbox.metrics().snapshot();
+        assert_eq!(
+            (
+                m.backplane_gaps,
+                m.backplane_pushes_missed,
+                m.backplane_pushes_recovered
+            ),
+            (1, 2, 1)
+        );
+
+        // A history that cannot be read: the whole gap is told.
+        let (inbox, mut ra, env) = with_history(7, &[], true);
+        inbox.receive(with_offset(1, 7, &env(1)), Via::Group("room"));
+        inbox.receive(with_offset(4, 7, &env(4)), Via::Group("room"));
+        assert_eq!(frame(&mut ra).await, got(1));
+        let notice = pushes_lost(&frame(&mut ra).await.expect("notice")).expect("pushes_lost");
+        assert_eq!(notice.missed, 2);
+        assert_eq!(frame(&mut ra).await, got(4));
+
+        // The broker restarted (another epoch in history): told, missed unknown, and the
+        // new epoch's sequence starts with what is held.
+        let (inbox, mut ra, env) = with_history(8, &[], false);
+        inbox.receive(with_offset(1, 7, &env(1)), Via::Group("room"));
+        inbox.receive(with_offset(4, 7, &env(4)), Via::Group("room"));
+        assert_eq!(frame(&mut ra).await, got(1));
+        let notice = pushes_lost(&frame(&mut ra).await.expect("notice")).expect("pushes_lost");
+        assert_eq!(notice.missed, 0);
+        // 4, received before the restart was known, is delivered; epoch 8 starts at 1.
+        assert_eq!(frame(&mut ra).await, got(4));
+        assert_eq!(
+            inbox.receive(with_offset(1, 8, &env(9)), Via::Group("room")),
+            Received::Delivered
+        );
+        assert_eq!(frame(&mut ra).await, got(9));
+        assert_eq!(inbox.metrics().snapshot().backplane_gaps, 1);
+    }
+
+    #[tokio::test]
+    async fn a_subscription_back_catches_up_from_history() {
+        let (inbox, mut ra, env) = with_history(7, &[1, 2, 3], false);
+        let got = |n: u64| Some(Bytes::from(vec![n as u8]));
+        inbox.receive(with_offset(1, 7, &env(1)), Via::Group("room"));
+        assert_eq!(frame(&mut ra).await, got(1));
+        // 2 and 3 were published while the subscription was down.
+        inbox.catch_up("room");
+        // A live one that came meanwhile waits for the catch-up.
+        assert_eq!(
+            inbox.receive(with_offset(4, 7, &env(4)), Via::Group("room")),
+            Received::Held
+        );
+        for n in 2..=4 {
+            assert_eq!(frame(&mut ra).await, got(n));
+        }
+        // Forgotten (a new subscription): nothing to catch up from.
+        inbox.forget("room");
+        inbox.catch_up("room");
+        assert_eq!(
+            inbox.receive(with_offset(9, 7, &env(9)), Via::Group("room")),
+            Received::Delivered
+        );
+        assert_eq!(frame(&mut ra).await, got(9));
+        assert_eq!(inbox.metrics().snapshot().backplane_gaps, 0);
     }
 
     #[tokio::test]

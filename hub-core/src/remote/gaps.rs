@@ -1,0 +1,448 @@
+//! Gaps in a group's offsets: seen, filled from the backplane's history when it keeps
+//! one, told to the group's local members when not.
+//!
+//! Per group, the last offset delivered and its epoch. An envelope with the next
+//! offset is delivered at once. One after a gap starts a fill: a task reads the
+//! missing offsets from the history (never the reader, which goes on with other
+//! groups) while the group's later envelopes wait in a bounded queue; the fill
+//! delivers what it read in order, tells the members of what it could not
+//! (`ServerControl.pushes_lost`), then releases the queue. Deliveries of one group
+//! happen under its lock, so the order is the offsets' order whichever task delivers.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{Inbox, Received, Via};
+use crate::history::{GroupHistory, HistoryQuery};
+use crate::{GroupName, HubMetrics, proto};
+
+/// How long a fill may take before its gap is told as lost.
+pub(crate) const FILL_TIMEOUT: Duration = Duration::from_secs(3);
+/// The most envelopes of one group held back behind a fill; past it the fill is
+/// given up (its gap told) and the queue delivered.
+pub(crate) const MAX_HELD: usize = 4096;
+/// The largest gap read from history; a larger one is told at once.
+pub(crate) const MAX_FILL: u64 = 10_000;
+
+/// Where fills read, and the runtime their tasks run on.
+pub(crate) struct HistorySource {
+    pub(crate) store: Arc<dyn GroupHistory>,
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for HistorySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HistorySource")
+    }
+}
+
+/// The sequence of one subscribed group.
+#[derive(Debug)]
+pub(crate) struct GroupSeq {
+    /// Cleared when the group is forgotten: a fill still running is dropped.
+    live: AtomicBool,
+    state: Mutex<Seq>,
+}
+
+#[derive(Debug)]
+struct Seq {
+    /// The epoch of `last`; 0: none (the next envelope starts the sequence at
+    /// offset 1 of its epoch, its loss already told).
+    epoch: u64,
+    /// The last offset delivered or told lost.
+    last: u64,
+    /// The fill running, if any.
+    fill: Option<Fill>,
+    /// The id of the last fill started.
+    fills: u64,
+}
+
+#[derive(Debug)]
+struct Fill {
+    id: u64,
+    /// The last offset to read, or `None` to read up to the group's latest (a catch-up
+    /// after a subscription came back).
+    to: Option<u64>,
+    /// Later envelopes of the group, in arrival order.
+    held: VecDeque<Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    offset: u64,
+    epoch: u64,
+    payload: Bytes,
+}
+
+/// What to do, in order, under the group's lock.
+enum Out {
+    Deliver(Bytes),
+    Recovered(Bytes),
+    Lost { missed: u64, reason: String },
+    Fill { id: u64, query: HistoryQuery },
+}
+
+/// What became of one envelope in the sequence.
+enum Fate {
+    Delivered,
+    Held,
+    Duplicate,
+}
+
+const RESTARTED: &str =
+    "the group's offsets restarted (the broker lost its state): pushes may be lost";
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn never_reached(from: u64, to: u64) -> String {
+    let missed = to - from + 1;
+    format!("{missed} push(es) to the group (offsets {from} to {to}) never reached this server")
+}
+
+impl Inbox {
+    /// Fills gaps in group offsets from `history` from now on. Call inside the Tokio
+    /// runtime the fills should run on ([`crate::relay::Relay::new`] does); a second
+    /// call is ignored.
+    pub fn set_history(&self, history: Arc<dyn GroupHistory>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                hub = self.hub,
+                "group history given outside a Tokio runtime: gaps will be told, not filled"
+            );
+            return;
+        };
+        let _ = self.history.set(HistorySource {
+            store: history,
+            runtime,
+        });
+    }
+
+    /// The history gaps are filled from, if any.
+    pub fn history(&self) -> Option<Arc<dyn GroupHistory>> {
+        self.history.get().map(|h| h.store.clone())
+    }
+
+    /// Forgets the offsets seen of `group`: its subscription is new (or gone), and what
+    /// was published while this server was not subscribed is none of its business. A
+    /// fill of the group still running is dropped.
+    pub fn forget(&self, group: &str) {
+        if let Some(seq) = lock(&self.groups).remove(group) {
+            seq.live.store(false, Ordering::Release);
+        }
+    }
+
+    /// The subscription to `group` broke and is back: reads what the group's history
+    /// holds after the last offset seen and delivers it before anything later (what it
+    /// no longer holds is told). Without a history, or before any offset was seen,
+    /// does nothing: the group's next envelope shows the gap.
+    pub fn catch_up(&self, group: &str) {
+        if self.history.get().is_none() {
+            return;
+        }
+        let Some(seq) = lock(&self.groups).get(group).cloned() else {
+            return;
+        };
+        let mut st = lock(&seq.state);
+        if st.fill.is_some() || st.epoch == 0 {
+            return;
+        }
+        st.fills += 1;
+        let id = st.fills;
+        st.fill = Some(Fill {
+            id,
+            to: None,
+            held: VecDeque::new(),
+        });
+        let query = HistoryQuery {
+            epoch: st.epoch,
+            after: st.last,
+            limit: MAX_FILL as usize,
+        };
+        self.execute(group, &seq, vec![Out::Fill { id, query }]);
+    }
+
+    /// A group envelope with an offset, from the group's channel.
+    pub(super) fn sequenced(
+        &self,
+        group: &str,
+        offset: u64,
+        epoch: u64,
+        payload: Bytes,
+    ) -> Received {
+        let seq = {
+            let mut groups = lock(&self.groups);
+            match groups.get(group) {
+                Some(s) => s.clone(),
+                None => {
+                    // The first offset of a subscription starts the sequence.
+                    let s = Arc::new(GroupSeq {
+                        live: AtomicBool::new(true),
+                        state: Mutex::new(Seq {
+                            epoch,
+                            last: offset.saturating_sub(1),
+                            fill: None,
+                            fills: 0,
+                        }),
+                    });
+                    groups.insert(group.to_owned(), s.clone());
+                    s
+                }
+            }
+        };
+        let mut st = lock(&seq.state);
+        let mut out = Vec::new();
+        let item = Held {
+            offset,
+            epoch,
+            payload,
+        };
+        if let Some(fill) = &mut st.fill {
+            if fill.held.len() < MAX_HELD {
+                fill.held.push_back(item);
+                return Received::Held;
+            }
+            // The history is not read in time for what keeps coming: give the fill up.
+            let fill = st.fill.take().expect("a fill");
+            if let Some(to) = fill.to
+                && to > st.last
+            {
+                out.push(Out::Lost {
+                    missed: to - st.last,
+                    reason: format!(
+                        "{} push(es) to the group (offsets {} to {to}) never reached this server, and were not read from history before {MAX_HELD} later ones came",
+                        to - st.last,
+                        st.last + 1
+                    ),
+                });
+                st.last = to;
+            }
+            for h in fill.held {
+                self.step(&mut st, h, &mut out, false);
+            }
+        }
+        let fate = self.step(&mut st, item, &mut out, true);
+        let delivered = self.execute(group, &seq, out);
+        match fate {
+            Fate::Delivered => delivered.unwrap_or(Received::Delivered),
+            Fate::Held => Received::Held,
+            Fate::Duplicate => Received::Duplicate,
+        }
+    }
+
+    /// Moves one envelope through the sequence (`fill`: a gap may start a fill).
+    fn step(&self, st: &mut Seq, item: Held, out: &mut Vec<Out>, fill: bool) -> Fate {
+        if let Some(f) = &mut st.fill {
+            f.held.push_back(item);
+            return Fate::Held;
+        }
+        let mut restarted = false;
+        if item.epoch != st.epoch {
+            if st.epoch != 0 {
+                out.push(Out::Lost {
+                    missed: 0,
+                    reason: RESTARTED.to_owned(),
+                });
+                restarted = true;
+            }
+            st.epoch = item.epoch;
+            st.last = 0;
+        }
+        if item.offset <= st.last {
+            return Fate::Duplicate;
+        }
+        let missed = item.offset - st.last - 1;
+        if missed > 0 {
+            if fill && missed <= MAX_FILL && self.history.get().is_some() {
+                st.fills += 1;
+                let id = st.fills;
+                out.push(Out::Fill {
+                    id,
+                    query: HistoryQuery {
+                        epoch: st.epoch,
+                        after: st.last,
+                        limit: missed as usize,
+                    },
+                });
+                st.fill = Some(Fill {
+                    id,
+                    to: Some(item.offset - 1),
+                    held: VecDeque::from([item]),
+                });
+                return Fate::Held;
+            }
+            if !restarted {
+                out.push(Out::Lost {
+                    missed,
+                    reason: never_reached(st.last + 1, item.offset - 1),
+                });
+            }
+        }
+        st.last = item.offset;
+        out.push(Out::Deliver(item.payload));
+        Fate::Delivered
+    }
+
+    /// Does what the sequence decided, under the group's lock; returns the outcome of
+    /// the last envelope delivered.
+    fn execute(&self, group: &str, seq: &Arc<GroupSeq>, out: Vec<Out>) -> Option<Received> {
+        let mut last = None;
+        for o in out {
+            match o {
+                Out::Deliver(payload) => last = Some(self.dispatch(payload, Via::Group(group))),
+                Out::Recovered(payload) => {
+                    HubMetrics::incr(&self.metrics.backplane_pushes_recovered);
+                    self.dispatch(payload, Via::Group(group));
+                }
+                Out::Lost { missed, reason } => self.tell_lost(group, missed, reason),
+                Out::Fill { id, query } => {
+                    let Some(source) = self.history.get() else {
+                        continue;
+                    };
+                    let task = self.clone().fill(group.to_owned(), seq.clone(), id, query);
+                    source.runtime.spawn(task);
+                }
+            }
+        }
+        last
+    }
+
+    /// Reads a gap from history and delivers what it read, then what was held back.
+    async fn fill(self, group: String, seq: Arc<GroupSeq>, id: u64, query: HistoryQuery) {
+        let read = match (self.history.get(), GroupName::from_wire(&group)) {
+            (Some(source), Ok(name)) => {
+                match tokio::time::timeout(FILL_TIMEOUT, source.store.read(&name, query)).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("no answer within {FILL_TIMEOUT:?}")),
+                }
+            }
+            _ => Err("no history".to_owned()),
+        };
+        if !seq.live.load(Ordering::Acquire) {
+            return;
+        }
+        let mut st = lock(&seq.state);
+        if st.fill.as_ref().map(|f| f.id) != Some(id) {
+            return;
+        }
+        let fill = st.fill.take().expect("the fill");
+        let mut out = Vec::new();
+        let after = query.after;
+        match read {
+            Ok(page) if page.epoch == query.epoch => {
+                let end = fill
+                    .to
+                    .unwrap_or(page.latest.min(after + query.limit as u64))
+                    .max(after);
+                let mut next = after + 1;
+                let mut told = 0;
+                let mut recovered = 0u64;
+                for e in page.entries {
+                    if e.offset < next || e.offset > end {
+                        continue;
+                    }
+                    if e.offset > next {
+                        told += e.offset - next;
+                        out.push(Out::Lost {
+                            missed: e.offset - next,
+                            reason: format!(
+                                "{} push(es) to the group (offsets {next} to {}) never reached this server and are no longer in its history",
+                                e.offset - next,
+                                e.offset - 1
+                            ),
+                        });
+                    }
+                    out.push(Out::Recovered(e.envelope));
+                    recovered += 1;
+                    next = e.offset + 1;
+                }
+                if next <= end {
+                    told += end - next + 1;
+                    out.push(Out::Lost {
+                        missed: end - next + 1,
+                        reason: format!(
+                            "{} push(es) to the group (offsets {next} to {end}) never reached this server and are no longer in its history",
+                            end - next + 1
+                        ),
+                    });
+                }
+                if told == 0 && recovered > 0 {
+                    HubMetrics::incr(&self.metrics.backplane_gaps_filled);
+                }
+                if recovered > 0 {
+                    tracing::debug!(
+                        hub = self.hub,
+                        group,
+                        recovered,
+                        missed = told,
+                        "group gap filled from history"
+                    );
+                }
+                st.last = end;
+            }
+            Ok(page) => {
+                // The offsets restarted: nothing of the old epoch can be read. The next
+                // envelope starts the new epoch's sequence (from its offset 1).
+                out.push(Out::Lost {
+                    missed: 0,
+                    reason: RESTARTED.to_owned(),
+                });
+                // (Epoch 0, the broker knows nothing: any epoch is accepted next.)
+                st.epoch = page.epoch;
+                st.last = 0;
+            }
+            Err(why) => {
+                if let Some(to) = fill.to {
+                    out.push(Out::Lost {
+                        missed: to - after,
+                        reason: format!(
+                            "{} push(es) to the group (offsets {} to {to}) never reached this server, and could not be read from history: {why}",
+                            to - after,
+                            after + 1
+                        ),
+                    });
+                    st.last = to;
+                } else {
+                    // A catch-up that failed: the next envelope shows the gap.
+                    tracing::debug!(hub = self.hub, group, %why, "could not catch up from history");
+                }
+            }
+        }
+        for h in fill.held {
+            if h.epoch == query.epoch && st.epoch != query.epoch {
+                // Received before the restart was known: delivered, not sequenced
+                // again (the restart is told).
+                out.push(Out::Deliver(h.payload));
+            } else {
+                self.step(&mut st, h, &mut out, true);
+            }
+        }
+        self.execute(&group, &seq, out);
+    }
+
+    /// Tells the group's local members that pushes were lost, and counts it.
+    fn tell_lost(&self, group: &str, missed: u64, reason: String) {
+        HubMetrics::incr(&self.metrics.backplane_gaps);
+        self.metrics.backplane_pushes_missed.add(missed);
+        tracing::warn!(hub = self.hub, group, missed, %reason, "group pushes lost on the backplane");
+        let notice = crate::frame::control_frame(proto::server_control::Kind::PushesLost(
+            proto::PushesLost {
+                group: group.to_owned(),
+                missed,
+                reason,
+            },
+        ));
+        for m in self.local.members(group) {
+            if let Some(member) = self.local.member(m.connection) {
+                let _ = member
+                    .outbox
+                    .push(crate::frame::OutFrame::reply(notice.clone()));
+            }
+        }
+    }
+}
