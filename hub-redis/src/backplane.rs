@@ -2,10 +2,11 @@
 //! link supervisor and the pipelining publisher) and its [`Presence`] store (keys
 //! with a liveness registration per server), under hub-core's [`Relay`].
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
+use hub_core::history::{GroupHistory, HistoryEntry, HistoryPage, HistoryQuery};
 use hub_core::relay::{Channel, Presence, Relay, Transport};
 use hub_core::remote::Inbox;
 use hub_core::{BindContext, BoxFuture, GroupError, GroupName, HubMetrics, MemberInfo};
@@ -126,7 +127,7 @@ impl RedisTransport {
     async fn publish_one(
         &self,
         channel: String,
-        offsets: Option<String>,
+        offsets: Option<(String, Option<String>)>,
         payload: Bytes,
     ) -> Result<(), GroupError> {
         let after = self.shared.cfg.publish_timeout;
@@ -181,9 +182,16 @@ impl Transport for RedisTransport {
         payload: Bytes,
     ) -> BoxFuture<'a, Result<(), GroupError>> {
         let offsets = match channel {
-            Channel::Group(g) if self.shared.cfg.group_offsets => {
-                Some(self.shared.keys.offsets(g.as_str()))
-            }
+            Channel::Group(g) if self.shared.cfg.group_offsets => Some((
+                self.shared
+                    .keys
+                    .offsets(g.as_str(), self.shared.cfg.sharded),
+                self.shared.cfg.history.map(|_| {
+                    self.shared
+                        .keys
+                        .history(g.as_str(), self.shared.cfg.sharded)
+                }),
+            )),
             _ => None,
         };
         Box::pin(self.publish_one(self.shared.keys.channel(channel), offsets, payload))
@@ -199,6 +207,14 @@ impl Transport for RedisTransport {
 
     fn max_payload(&self) -> Option<usize> {
         Some(self.shared.cfg.max_payload)
+    }
+
+    fn history(&self) -> Option<Arc<dyn GroupHistory>> {
+        self.shared.cfg.history.map(|_| {
+            Arc::new(RedisHistory {
+                shared: Arc::downgrade(&self.shared),
+            }) as Arc<dyn GroupHistory>
+        })
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
@@ -245,4 +261,79 @@ impl Presence for RedisPresence {
             }
         })
     }
+}
+
+/// A group's history, in its Redis stream (with `RedisProviderBuilder::history`).
+/// Holds the backplane weakly: the inbox that reads it belongs to the backplane.
+pub(crate) struct RedisHistory {
+    shared: Weak<Shared>,
+}
+
+impl GroupHistory for RedisHistory {
+    fn read<'a>(
+        &'a self,
+        group: &'a GroupName,
+        query: HistoryQuery,
+    ) -> BoxFuture<'a, Result<HistoryPage, GroupError>> {
+        Box::pin(async move {
+            let shared = self
+                .shared
+                .upgrade()
+                .ok_or_else(|| unavailable("history: the hub is shut down"))?;
+            read_history(&shared, group, query).await
+        })
+    }
+}
+
+/// Reads the offset hash and the stream in one script: the epoch and latest offset,
+/// and the messages from offset `after + 1` if the epoch is the query's.
+async fn read_history(
+    shared: &Shared,
+    group: &GroupName,
+    query: HistoryQuery,
+) -> Result<HistoryPage, GroupError> {
+    // A gap is often seen right as the link broke (the subscriber heard of the loss
+    // first): wait for the link to come back, within the command timeout.
+    let mut conn = shared
+        .conn_within("history", shared.cfg.command_timeout)
+        .await?;
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(publish::HISTORY_READ_SCRIPT)
+        .arg(2)
+        .arg(shared.keys.offsets(group.as_str(), shared.cfg.sharded))
+        .arg(shared.keys.history(group.as_str(), shared.cfg.sharded))
+        .arg(format!("{}-0", query.after.saturating_add(1)))
+        .arg(query.limit.max(1))
+        .arg(query.epoch.to_string());
+    let reply: Vec<Vec<u8>> = shared
+        .timed(
+            "history",
+            shared.cfg.command_timeout,
+            cmd.query_async(&mut conn),
+        )
+        .await?;
+    let number = |b: Option<&Vec<u8>>| {
+        b.and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let latest = number(reply.first());
+    let epoch = number(reply.get(1));
+    let mut entries = Vec::with_capacity(reply.len().saturating_sub(2));
+    for m in reply.into_iter().skip(2) {
+        match hub_core::remote::split_offset(&Bytes::from(m)) {
+            (Some((offset, e)), envelope) if e == epoch => {
+                entries.push(HistoryEntry { offset, envelope })
+            }
+            _ => HubMetrics::incr(&shared.metrics.backplane_malformed),
+        }
+    }
+    Ok(HistoryPage {
+        epoch,
+        latest,
+        entries: if epoch == query.epoch {
+            entries
+        } else {
+            Vec::new()
+        },
+    })
 }

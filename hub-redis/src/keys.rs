@@ -68,8 +68,40 @@ impl Keys {
     }
 
     /// The hash of `group`'s push offset (`o`) and its epoch (`e`).
-    pub(crate) fn offsets(&self, group: &str) -> String {
-        format!("{}:offset:{{g:{group}}}", self.base)
+    ///
+    /// Its hash tag is `{g:GROUP}`; with sharded pub/sub, a tag in the slot of the
+    /// group's channel instead, since a script may only `SPUBLISH` to a channel of the
+    /// slot of its keys.
+    pub(crate) fn offsets(&self, group: &str, sharded: bool) -> String {
+        format!(
+            "{}:offset:{{{}}}",
+            self.base,
+            self.group_tag(group, sharded)
+        )
+    }
+
+    /// The stream of `group`'s recent envelopes (with history on), entry ids
+    /// `<offset>-1`; same hash tag as the offset hash.
+    pub(crate) fn history(&self, group: &str, sharded: bool) -> String {
+        format!(
+            "{}:history:{{{}}}",
+            self.base,
+            self.group_tag(group, sharded)
+        )
+    }
+
+    /// The hash tag of a group's offset and history keys.
+    fn group_tag(&self, group: &str, sharded: bool) -> String {
+        if !sharded {
+            return format!("g:{group}");
+        }
+        let channel = self.group_channel(group);
+        let source = slot_source(channel.as_bytes());
+        match std::str::from_utf8(source) {
+            Ok(s) if !s.contains('}') && !s.is_empty() => s.to_owned(),
+            // A name whose hashed part holds a `}`: any tag of the same slot.
+            _ => tag_of_slot(slot(channel.as_bytes())),
+        }
     }
 
     /// The hash connection id -> `{inc}` or `{inc}|{user}` of the members of `group`.
@@ -97,14 +129,27 @@ pub(crate) fn incarnation(node: NodeId, inc: u32) -> String {
 /// of its hash tag (the text between the first `{` and the next `}`, if not empty),
 /// modulo 16384.
 pub(crate) fn slot(key: &[u8]) -> u16 {
-    let hashed = match key.iter().position(|&b| b == b'{') {
+    crc16_xmodem(slot_source(key)) % 16384
+}
+
+/// The part of a key Redis Cluster hashes: its hash tag, or all of it.
+fn slot_source(key: &[u8]) -> &[u8] {
+    match key.iter().position(|&b| b == b'{') {
         Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
             Some(0) | None => key,
             Some(len) => &key[open + 1..open + 1 + len],
         },
         None => key,
-    };
-    crc16_xmodem(hashed) % 16384
+    }
+}
+
+/// A short hash tag (`s<n>`) whose slot is `slot`: found by trying, about 16384
+/// CRCs of a few bytes at worst (for group names with a `}` only).
+fn tag_of_slot(slot: u16) -> String {
+    (0u32..)
+        .map(|n| format!("s{n}"))
+        .find(|t| crc16_xmodem(t.as_bytes()) % 16384 == slot)
+        .expect("every slot has a tag")
 }
 
 /// CRC-16/XMODEM (polynomial 0x1021, initial value 0), bit by bit: keys are short.
@@ -139,6 +184,14 @@ mod tests {
         assert_eq!(k.count("lobby"), "hub:chat.v1.ChatHub:count:{g:lobby}");
         assert_eq!(k.members("lobby"), "hub:chat.v1.ChatHub:members:{g:lobby}");
         assert_eq!(
+            k.history("lobby", false),
+            "hub:chat.v1.ChatHub:history:{g:lobby}"
+        );
+        assert_eq!(
+            k.offsets("lobby", true),
+            "hub:chat.v1.ChatHub:offset:{hub:chat.v1.ChatHub:g:lobby}"
+        );
+        assert_eq!(
             k.node_groups(NodeId(1), 2),
             "hub:chat.v1.ChatHub:node:0000000000000001:00000002:groups"
         );
@@ -165,12 +218,21 @@ mod tests {
         assert_ne!(slot(b"foo{}{bar}"), slot(b"bar"));
         // A group's count and members keys always share a slot, whatever the name.
         let k = Keys::new("hub", "chat.v1.ChatHub");
-        for g in ["lobby", "}x", "a}b", "{x}", "$user/alice"] {
+        for g in ["lobby", "}x", "a}b", "{x}", "$user/alice", "{a}b}", "{}x}"] {
             assert_eq!(
                 slot(k.count(g).as_bytes()),
                 slot(k.members(g).as_bytes()),
                 "{g}"
             );
+            assert_eq!(
+                slot(k.offsets(g, false).as_bytes()),
+                slot(k.history(g, false).as_bytes()),
+                "{g}"
+            );
+            // Sharded: in the slot of the group's channel too.
+            let channel = slot(k.group_channel(g).as_bytes());
+            assert_eq!(slot(k.offsets(g, true).as_bytes()), channel, "{g}");
+            assert_eq!(slot(k.history(g, true).as_bytes()), channel, "{g}");
         }
     }
 }

@@ -117,7 +117,11 @@
 //!   message published while a server is disconnected, or just before a server's
 //!   subscription to the group is active, is not delivered there, and is not retried.
 //!   Clients that must not miss anything need their own recovery (e.g. a sequence
-//!   number and a fetch of what was missed).
+//!   number and a fetch of what was missed). With
+//!   [`history`](RedisProviderBuilder::history), a group push Redis took is kept in
+//!   the group's stream, and a server that missed it delivers it from there, in
+//!   order; what the stream no longer holds is told to the members
+//!   ([`group_offsets`](RedisProviderBuilder::group_offsets) alone only tells).
 //! - Within one group, pushes from one sender arrive in the order they were sent.
 //! - A join ([`Backplane::joined`]) resolves once this
 //!   server's subscription to the group is confirmed by Redis (for every join, not
@@ -251,6 +255,17 @@ pub(crate) struct Config {
     /// Group pushes carry a per-group offset and epoch, assigned by a script that
     /// publishes in the same step.
     pub(crate) group_offsets: bool,
+    /// Group envelopes kept in a stream per group, with these limits.
+    pub(crate) history: Option<HistoryLimits>,
+}
+
+/// The limits of the history kept per group.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HistoryLimits {
+    /// Entries kept, about (the stream is trimmed with `MAXLEN ~`).
+    pub(crate) max_len: usize,
+    /// How long a group's stream lives after its last push.
+    pub(crate) max_age: Duration,
 }
 
 impl Config {
@@ -385,6 +400,7 @@ pub struct RedisProviderBuilder {
     confirm_publishes: bool,
     max_payload: usize,
     group_offsets: bool,
+    history: Option<(usize, Duration)>,
     tls_root: Option<Vec<u8>>,
     tls_client: Option<(Vec<u8>, Vec<u8>)>,
 }
@@ -408,6 +424,7 @@ impl Default for RedisProviderBuilder {
             confirm_publishes: false,
             max_payload: DEFAULT_MAX_PAYLOAD,
             group_offsets: false,
+            history: None,
             tls_root: None,
             tls_client: None,
         }
@@ -523,9 +540,41 @@ impl RedisProviderBuilder {
     /// it (`backplane_gaps`, `backplane_pushes_missed`). Costs a script call per group
     /// push instead of a `PUBLISH`; the offset hash lives as long as Redis keeps it
     /// (its loss shows as a new epoch). Pushes from emitters carry no offset and are
-    /// not covered. Every server of a hub should use the same setting.
+    /// not covered. Every server of a hub should use the same setting. With sharded
+    /// pub/sub the hash's tag is the slot of the group's channel instead
+    /// (`{prefix}:{hub}:offset:{<channel>}`), since a script publishes only to
+    /// channels of its keys' slot.
     pub fn group_offsets(mut self, on: bool) -> Self {
         self.group_offsets = on;
+        self
+    }
+
+    /// Keeps each group's recent pushes in Redis, so that a server that misses some
+    /// (a pub/sub message dropped, a subscription that broke and came back) delivers
+    /// them from there, in order, before anything later. Implies
+    /// [`group_offsets`](Self::group_offsets). Default off.
+    ///
+    /// The offset script also adds each group envelope to the stream
+    /// `{prefix}:{hub}:history:{g:<group>}` (entry id `<offset>-1`, the published
+    /// message in field `m`), trimmed to about `max_len` entries (`XADD MAXLEN ~`:
+    /// Redis trims whole nodes of `stream-node-max-entries`, 100 by default, so up to
+    /// that many more stay) and expiring `max_age` after the group's last push
+    /// (`PEXPIRE`; the whole stream, not each entry). The stream shares the offset
+    /// hash's hash tag: Redis Cluster keeps both in one slot.
+    ///
+    /// A receiving server that sees a gap reads the missing offsets
+    /// (`backplane_gaps_filled`, `backplane_pushes_recovered`) while the group's later
+    /// envelopes wait (at most 4096; the read within 3 s); what the stream no longer
+    /// holds (trimmed, expired, another epoch, the read failed or was late) is told to
+    /// the members as without history (`ServerControl.pushes_lost`, `backplane_gaps`).
+    /// After a reconnect, each group is read from the last offset seen. The history
+    /// is also readable by the hub runtime (`Backplane::history`). Costs: an `XADD`
+    /// and a `PEXPIRE` per group push in the script, and the memory of
+    /// `max_len` envelopes per active group. `max_len` at least 1, `max_age` at least
+    /// 1 ms.
+    pub fn history(mut self, max_len: usize, max_age: Duration) -> Self {
+        self.history = Some((max_len, max_age));
+        self.group_offsets = true;
         self
     }
 
@@ -650,6 +699,15 @@ impl RedisProviderBuilder {
         if self.max_payload < 64 * 1024 {
             return invalid("the largest payload must be at least 64 KiB");
         }
+        let history = match self.history {
+            Some((max_len, max_age)) if max_len == 0 || max_age < Duration::from_millis(1) => {
+                return invalid(
+                    "the history needs a length of at least 1 and an age of at least 1 ms",
+                );
+            }
+            Some((max_len, max_age)) => Some(HistoryLimits { max_len, max_age }),
+            None => None,
+        };
         let config = Arc::new(Config {
             deployment,
             sharded: self.sharded,
@@ -664,7 +722,8 @@ impl RedisProviderBuilder {
             max_batch: self.max_batch,
             confirm_publishes: self.confirm_publishes,
             max_payload: self.max_payload,
-            group_offsets: self.group_offsets,
+            group_offsets: self.group_offsets || history.is_some(),
+            history,
         });
         Ok(RedisProvider {
             wire: Arc::new(wire::Wire::new(config.clone())),

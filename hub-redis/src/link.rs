@@ -62,6 +62,12 @@ pub(crate) async fn supervise(shared: Arc<Shared>, mut ops: mpsc::Receiver<SubOp
                 });
                 if was_up {
                     HubMetrics::incr(&shared.metrics.backplane_reconnects);
+                    // What the groups' channels carried while the subscriptions were
+                    // down: read from history where kept (else their next push shows
+                    // the gap).
+                    for group in &subscribed {
+                        shared.inbox.catch_up(group.as_str());
+                    }
                     tracing::info!(
                         hub = shared.hub,
                         redis = %shared.cfg.deployment.describe(),

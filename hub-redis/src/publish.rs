@@ -23,14 +23,23 @@ const MAX_IN_FLIGHT: usize = 4;
 /// Publishes a group envelope with the group's next offset and its epoch in front
 /// (`offset = 8`, `epoch = 9`, varints: protobuf reads fields in any order), in one
 /// atomic step, so offsets follow the order of publication on the channel.
-/// KEYS[1]: the group's offset hash; ARGV: channel, envelope, an epoch for a new hash,
-/// the publish command.
+/// KEYS[1]: the group's offset hash, KEYS[2] (with history): the group's history
+/// stream; ARGV: channel, envelope, an epoch for a new hash, the publish command, and
+/// with history the stream's length and its lifetime in milliseconds.
+///
+/// With history, the message published is also added to the stream under the id
+/// `<offset>-1` (so history and live delivery share one order, and a reader finds an
+/// offset by id), the stream trimmed to about its length and its expiry pushed back.
+/// A new epoch drops a stream left from an older one (ids must grow).
 const OFFSET_SCRIPT: &str = r#"
 local o = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then
   e = ARGV[3]
   redis.call('HSET', KEYS[1], 'e', e)
+  if KEYS[2] then
+    redis.call('DEL', KEYS[2])
+  end
 end
 local function varint(n)
   local t = {}
@@ -41,16 +50,38 @@ local function varint(n)
   t[#t + 1] = string.char(n)
   return table.concat(t)
 end
-redis.call(ARGV[4], ARGV[1], '\64' .. varint(o) .. '\72' .. varint(tonumber(e)) .. ARGV[2])
+local m = '\64' .. varint(o) .. '\72' .. varint(tonumber(e)) .. ARGV[2]
+if KEYS[2] then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], string.format('%d-1', o), 'm', m)
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
+redis.call(ARGV[4], ARGV[1], m)
 return o
+"#;
+
+/// Reads a group's history: its offset and epoch, then (if the epoch is ARGV[3]) up to
+/// ARGV[2] messages of the stream from the id ARGV[1], in one atomic step.
+/// KEYS[1]: the offset hash, KEYS[2]: the stream. Returns `{latest, epoch, m...}`.
+pub(crate) const HISTORY_READ_SCRIPT: &str = r#"
+local h = redis.call('HMGET', KEYS[1], 'o', 'e')
+local out = {h[1] or '0', h[2] or '0'}
+if h[2] ~= ARGV[3] then
+  return out
+end
+local r = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])
+for _, entry in ipairs(r) do
+  out[#out + 1] = entry[2][2]
+end
+return out
 "#;
 
 /// One queued publish.
 pub(crate) struct PubReq {
     /// The channel.
     pub(crate) channel: String,
-    /// The group's offset hash, when group pushes carry offsets.
-    pub(crate) offsets: Option<String>,
+    /// The group's offset hash, when group pushes carry offsets, and its history
+    /// stream when kept.
+    pub(crate) offsets: Option<(String, Option<String>)>,
     /// The encoded envelope.
     pub(crate) payload: Bytes,
     /// The caller's answer.
@@ -118,17 +149,21 @@ async fn send(shared: Arc<Shared>, conn: Conn, loss: LossSignal, batch: Vec<PubR
     let mut answers = Vec::with_capacity(batch.len());
     for r in batch {
         match r.offsets {
-            Some(key) => {
+            Some((key, history)) => {
                 // A fresh epoch offered each time; the script keeps the first one.
                 let epoch = (rand::random::<u64>() & hub_core::frame::MAX_SAFE_INTEGER) | 1;
                 let mut cmd = redis::cmd("EVAL");
                 cmd.arg(OFFSET_SCRIPT)
-                    .arg(1)
-                    .arg(&key)
-                    .arg(&r.channel)
-                    .arg(&r.payload[..])
-                    .arg(epoch)
-                    .arg(name);
+                    .arg(if history.is_some() { 2 } else { 1 })
+                    .arg(&key);
+                if let Some(stream) = &history {
+                    cmd.arg(stream);
+                }
+                cmd.arg(&r.channel).arg(&r.payload[..]).arg(epoch).arg(name);
+                if let (Some(_), Some(limits)) = (&history, &shared.cfg.history) {
+                    cmd.arg(limits.max_len)
+                        .arg(limits.max_age.as_millis().max(1) as u64);
+                }
                 commands.push((key.into_bytes(), cmd));
             }
             None => {

@@ -119,6 +119,35 @@ impl Shared {
         }
     }
 
+    /// The command connection, waiting up to `within` for the link to come up (also
+    /// while it is down and reconnecting).
+    pub(crate) async fn conn_within(
+        &self,
+        op: &'static str,
+        within: Duration,
+    ) -> Result<Conn, GroupError> {
+        let mut rx = self.link.subscribe();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match &*rx.borrow_and_update() {
+                Link::Up { cmd, .. } => return Ok(cmd.clone()),
+                Link::Closed => return Err(unavailable(format!("{op}: the hub is shut down"))),
+                Link::Connecting | Link::Down { .. } => {}
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(unavailable(format!("{op}: the hub is shut down"))),
+                Err(_) => {
+                    return Err(GroupError::Timeout {
+                        backplane: BACKPLANE,
+                        op,
+                        after: within,
+                    });
+                }
+            }
+        }
+    }
+
     /// The presence registration, shared; waits (within the command timeout) while
     /// a re-registration rewrites this server's entries.
     pub(crate) async fn registration(
