@@ -55,12 +55,11 @@ impl HistoryPage {
         if self.epoch != query.epoch {
             return false;
         }
-        let mut next = query.after + 1;
-        for e in &self.entries {
-            if e.offset != next {
-                return false;
-            }
-            next += 1;
+        if (query.after + 1..)
+            .zip(&self.entries)
+            .any(|(want, e)| e.offset != want)
+        {
+            return false;
         }
         // No entry although some were published after the offset: gone.
         !(self.entries.is_empty() && self.latest > query.after)
