@@ -54,6 +54,10 @@ pub struct FanoutArgs {
     /// `hub::Bench::detach_publish`): an experiment, not the peers' workload.
     #[arg(long)]
     pub detach_publish: bool,
+    /// With a Redis provider: keep each group's history in Redis
+    /// (`RedisProviderBuilder::history(1000, 60 s)`), to weigh its cost.
+    #[arg(long)]
+    pub history: bool,
     /// Give up after this many seconds of publishing (the run is then incomplete).
     #[arg(long, default_value_t = 60)]
     pub deadline_s: u64,
@@ -134,7 +138,19 @@ pub async fn run(a: &FanoutArgs) -> Result<serde_json::Value, BoxError> {
         )
         .into());
     }
-    let (_backplane, groups_url) = backplane(&a.groups);
+    let (backplane, mut groups_url) = backplane(&a.groups);
+    if a.history {
+        let Some(addr) = groups_url.strip_prefix("redis://") else {
+            return Err("--history needs a Redis provider".into());
+        };
+        groups_url = format!("redis-history://{addr}");
+    }
+    let backplane_pid = match &backplane {
+        Backplane::Redis(r) => r.pid(),
+        Backplane::Nats(n) => n.pid(),
+        Backplane::None => None,
+    };
+    let backplane_cpu = || backplane_pid.map(proc::cpu_secs);
     let extra: &[&str] = if a.detach_publish {
         &["--detach-publish"]
     } else {
@@ -145,6 +161,7 @@ pub async fn run(a: &FanoutArgs) -> Result<serde_json::Value, BoxError> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu = || servers.iter().map(BenchChild::cpu_secs).sum::<f64>();
     let cpu0 = cpu();
+    let backplane_cpu0 = backplane_cpu();
     let client_cpu0 = proc::self_cpu_secs();
 
     let tracker = Arc::new(Tracker::new(a.clients as u32, a.broadcasts, a.window));
@@ -155,6 +172,7 @@ pub async fn run(a: &FanoutArgs) -> Result<serde_json::Value, BoxError> {
         Kind::Raw => run_raw(a, &addrs, &tracker, payload, deadline).await?,
     };
     let cpu_s = cpu() - cpu0;
+    let backplane_cpu_s = backplane_cpu().zip(backplane_cpu0).map(|(b, b0)| b - b0);
     let client_cpu_s = proc::self_cpu_secs() - client_cpu0;
     drop(servers);
 
@@ -162,19 +180,21 @@ pub async fn run(a: &FanoutArgs) -> Result<serde_json::Value, BoxError> {
     let lat = tracker.sorted_latencies();
     let delivered = done * a.clients as u64;
     let peer = match a.kind {
-        Kind::Hub => format!(
-            "hub+{provider}{}{}",
-            if a.client == Kind::Raw {
-                " (raw client)"
-            } else {
-                ""
-            },
-            if a.detach_publish {
-                " (detached publish)"
-            } else {
-                ""
-            }
-        ),
+        Kind::Hub => {
+            format!(
+                "hub+{provider}{}{}",
+                if a.client == Kind::Raw {
+                    " (raw client)"
+                } else {
+                    ""
+                },
+                if a.detach_publish {
+                    " (detached publish)"
+                } else {
+                    ""
+                }
+            ) + if a.history { " (history)" } else { "" }
+        }
         Kind::Raw => "raw-tonic".to_owned(),
     };
     Ok(json!({
@@ -199,6 +219,11 @@ pub async fn run(a: &FanoutArgs) -> Result<serde_json::Value, BoxError> {
         "p99_ms": quantile_ms(&lat, 0.99),
         "server_cpu_s": round(cpu_s, 3),
         "server_cpu_s_per_million_deliveries": (delivered > 0).then(|| round(cpu_s / delivered as f64 * 1e6, 2)),
+        "history": a.history,
+        "backplane_cpu_s": backplane_cpu_s.map(|c| round(c, 3)),
+        "backplane_cpu_s_per_million_deliveries": backplane_cpu_s
+            .filter(|_| delivered > 0)
+            .map(|c| round(c / delivered as f64 * 1e6, 2)),
         "client_cpu_s": round(client_cpu_s, 3),
         "client_cpu_s_per_million_deliveries": (delivered > 0).then(|| round(client_cpu_s / delivered as f64 * 1e6, 2)),
     }))

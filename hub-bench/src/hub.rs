@@ -1,6 +1,7 @@
 //! The bench hub (`bench.v1.BenchHub`): join a group, publish a tick to it, echo.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hub_server::{GroupProvider, Hubs, MemoryProvider};
 use tokio::net::TcpListener;
@@ -55,6 +56,16 @@ impl BenchHub for Bench {
 pub async fn provider(spec: &str) -> Result<Arc<dyn GroupProvider>, BoxError> {
     if spec == "memory" {
         return Ok(Arc::new(MemoryProvider::new()));
+    }
+    if let Some(addr) = spec.strip_prefix("redis-history://") {
+        // Group history on (1,000 entries, a minute), as `fanout --history` asks.
+        return Ok(Arc::new(
+            hub_redis::RedisProvider::builder()
+                .url(format!("redis://{addr}"))
+                .history(1_000, Duration::from_secs(60))
+                .connect()
+                .await?,
+        ));
     }
     if spec.starts_with("redis://") {
         return Ok(Arc::new(hub_redis::RedisProvider::connect(spec).await?));

@@ -200,6 +200,11 @@ impl RedisServer {
         self.port
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `redis://127.0.0.1:PORT`, or `rediss://127.0.0.1:PORT` with TLS.
     pub fn url(&self) -> String {
         let scheme = if self.args.tls.is_some() {
@@ -434,6 +439,11 @@ impl NatsServer {
         let mut child = cmd.spawn().expect("spawn nats-server");
         wait_for_port(self.port, "nats-server", &mut child);
         self.child = Some(child);
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The client port.
