@@ -781,6 +781,10 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
 
                 /// An error frame not tied to a call (failed fire-and-forget call, bad frame).
                 fn on_error(&self, code: #rt::codegen::tonic::Code, message: &str) {}
+
+                /// The connection's state changed: reconnecting, resumed, resync needed
+                /// (join again), closed. Called in order with the pushes.
+                fn on_connection_state(&self, state: &#rt::codegen::ConnectionState) {}
             }
 
             /// A receiver that ignores every push.
@@ -798,6 +802,10 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
 
                 fn on_error(&self, code: #rt::codegen::tonic::Code, message: &str) {
                     (**self).on_error(code, message)
+                }
+
+                fn on_connection_state(&self, state: &#rt::codegen::ConnectionState) {
+                    (**self).on_connection_state(state)
                 }
             }
 
@@ -818,14 +826,16 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                 }
 
                 /// Connects over any tonic transport (e.g. a `Channel` wrapped in an
-                /// interceptor) with `options` (metadata, timeouts).
+                /// interceptor) with `options` (metadata, timeouts, reconnection; a
+                /// reconnect opens a new stream on the same transport).
                 pub async fn connect_with<T>(
                     service: T,
                     options: #rt::codegen::ConnectOptions,
                     receiver: impl #receiver,
                 ) -> ::core::result::Result<Self, #rt::codegen::ClientError>
                 where
-                    T: #rt::codegen::tonic::client::GrpcService<#rt::codegen::tonic::body::Body>,
+                    T: #rt::codegen::tonic::client::GrpcService<#rt::codegen::tonic::body::Body> + Send + 'static,
+                    T::Future: Send,
                     T::Error: Into<#rt::codegen::tonic::codegen::StdError>,
                     T::ResponseBody: #rt::codegen::tonic::codegen::Body<Data = #rt::codegen::tonic::codegen::Bytes> + Send + 'static,
                     <T::ResponseBody as #rt::codegen::tonic::codegen::Body>::Error: Into<#rt::codegen::tonic::codegen::StdError> + Send,
@@ -835,13 +845,14 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                     Ok(#client { inner })
                 }
 
-                /// The untyped client underneath (connection info, latency, closed, custom timeouts).
+                /// The untyped client underneath (connection info and state, latency, closed, custom timeouts).
                 pub fn raw(&self) -> &#rt::codegen::HubClient<Spec> {
                     &self.inner
                 }
 
-                /// This connection's id on the server.
-                pub fn connection_id(&self) -> &str {
+                /// This connection's id on the server (a new one after a reconnect that
+                /// could not resume).
+                pub fn connection_id(&self) -> ::std::string::String {
                     self.inner.connection_id()
                 }
 
@@ -850,7 +861,7 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                     self.inner.latency()
                 }
 
-                /// Waits for the connection to end and tells why.
+                /// Waits for the connection to end for good and tells why.
                 pub async fn closed(&self) -> #rt::codegen::CloseStatus {
                     self.inner.closed().await
                 }
@@ -896,6 +907,10 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
 
                 fn on_error(&self, code: #rt::codegen::tonic::Code, message: &str) {
                     self.0.on_error(code, message)
+                }
+
+                fn on_state(&self, state: &#rt::codegen::ConnectionState) {
+                    self.0.on_connection_state(state)
                 }
 
                 #on_ask

@@ -113,6 +113,7 @@ const RESERVED: &[&str] = &[
     "ask_frame",
     "on_error",
     "on_seq",
+    "on_connection_state",
     "send_frame",
     "from_arc",
     "clone",

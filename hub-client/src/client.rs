@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hub_core::proto::{ConnectionInfo, server_control};
+use hub_core::proto::ConnectionInfo;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot::error::RecvError;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -14,8 +14,10 @@ use tonic::codegen::{Body, StdError};
 
 use crate::connection::Reader;
 use crate::error::{ClientError, CloseStatus, gone};
+use crate::link::{self, Opener, Outbox, Supervisor};
 use crate::options::ConnectOptions;
 use crate::shared::{Calls, Shared};
+use crate::state::ConnectionState;
 
 /// Where a call's reply comes from.
 type Receiver<E> = oneshot::Receiver<Result<E, ClientError>>;
@@ -30,11 +32,10 @@ pub struct HubClient<S: ClientSpec> {
 
 /// What the clones of a [`HubClient`] share.
 struct Inner<S: ClientSpec> {
-    /// The request stream; dropped with the last clone, which ends it.
+    /// The request queue; dropped with the last clone, which ends the stream.
     tx: mpsc::Sender<S::Request>,
     shared: Arc<Shared<S>>,
     next_id: AtomicU64,
-    info: ConnectionInfo,
 }
 
 impl<S: ClientSpec> Clone for HubClient<S> {
@@ -47,9 +48,11 @@ impl<S: ClientSpec> Clone for HubClient<S> {
 
 impl<S: ClientSpec> std::fmt::Debug for HubClient<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let info = self.info();
         f.debug_struct("HubClient")
-            .field("connection_id", &self.inner.info.connection_id)
-            .field("hub", &self.inner.info.hub)
+            .field("connection_id", &info.connection_id)
+            .field("hub", &info.hub)
+            .field("state", &*self.inner.shared.state.borrow())
             .finish()
     }
 }
@@ -57,97 +60,121 @@ impl<S: ClientSpec> std::fmt::Debug for HubClient<S> {
 impl<S: ClientSpec> HubClient<S> {
     /// Opens the `Connect` stream on `service` (a tonic `Channel`, possibly wrapped
     /// in interceptors) and waits for the server's hello.
+    ///
+    /// The first stream is opened once: an error is returned as is. Later, when the
+    /// stream drops, the client opens new ones on the same `service` as
+    /// [`ConnectOptions::reconnect`] says (a tonic `Channel` reconnects its transport
+    /// by itself); see [`HubClient::state`].
     pub async fn connect<T>(
         service: T,
         options: ConnectOptions,
         handler: Arc<dyn PushHandler<S::Event, S::Answer>>,
     ) -> Result<Self, ClientError>
     where
-        T: tonic::client::GrpcService<tonic::body::Body>,
+        T: tonic::client::GrpcService<tonic::body::Body> + Send + 'static,
+        T::Future: Send,
         T::Error: Into<StdError>,
         T::ResponseBody: Body<Data = Bytes> + Send + 'static,
         <T::ResponseBody as Body>::Error: Into<StdError> + Send,
     {
         let (tx, rx) = mpsc::channel::<S::Request>(options.send_queue.max(1));
-        let mut grpc =
-            tonic::client::Grpc::new(service).max_decoding_message_size(options.max_message_bytes);
-        grpc.ready().await.map_err(|e| {
-            ClientError::Connect(tonic::Status::unavailable(format!(
-                "service not ready: {}",
-                e.into()
-            )))
-        })?;
-        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-        *request.metadata_mut() = options.metadata.clone();
-        let path = http::uri::PathAndQuery::from_static(S::PATH);
-        let codec = tonic_prost::ProstCodec::<S::Request, S::Response>::default();
-        let open = grpc.streaming(request, path, codec);
-        let mut stream = tokio::time::timeout(options.connect_timeout, open)
-            .await
-            .map_err(|_| {
-                ClientError::Connect(tonic::Status::deadline_exceeded("no response to Connect"))
-            })?
-            .map_err(ClientError::Connect)?
-            .into_inner();
-        let first = tokio::time::timeout(options.connect_timeout, stream.message())
-            .await
-            .map_err(|_| {
-                ClientError::Connect(tonic::Status::deadline_exceeded("no hello from the server"))
-            })?
-            .map_err(ClientError::Connect)?
-            .ok_or_else(|| {
-                ClientError::Connect(tonic::Status::unavailable("stream ended before hello"))
-            })?;
-        let info = match S::split(first).control.and_then(|c| c.kind) {
-            Some(server_control::Kind::Hello(info)) => info,
-            _ => {
-                return Err(ClientError::Connect(tonic::Status::internal(
-                    "the server's first frame was not a hello: is this a hub?",
-                )));
-            }
-        };
+        let grpc = Arc::new(tokio::sync::Mutex::new(
+            tonic::client::Grpc::new(service).max_decoding_message_size(options.max_message_bytes),
+        ));
+        let mut opener: Opener<S> = Box::new(move |request| {
+            let grpc = grpc.clone();
+            Box::pin(async move {
+                let mut grpc = grpc.lock().await;
+                grpc.ready().await.map_err(|e| {
+                    ClientError::Connect(tonic::Status::unavailable(format!(
+                        "service not ready: {}",
+                        e.into()
+                    )))
+                })?;
+                let path = http::uri::PathAndQuery::from_static(S::PATH);
+                let codec = tonic_prost::ProstCodec::<S::Request, S::Response>::default();
+                let response = grpc
+                    .streaming(request, path, codec)
+                    .await
+                    .map_err(ClientError::Connect)?;
+                Ok(response.into_inner())
+            })
+        });
+        let outbox = Arc::new(Mutex::new(Outbox::new(rx)));
+        let opened = link::open(&mut opener, &options, &outbox, None).await?;
         let (closed, _) = watch::channel(None);
+        let (state, _) = watch::channel(ConnectionState::Connected);
         let shared = Arc::new(Shared {
             calls: Mutex::new(Some(Calls::new())),
             call_timeout: options.call_timeout,
             closed,
             latency: Mutex::new(None),
-        });
-        let dead_after = options.dead_after.or_else(|| {
-            (info.heartbeat_interval_ms > 0)
-                .then(|| Duration::from_millis(info.heartbeat_interval_ms * 3))
+            state,
+            info: Mutex::new(Arc::new(opened.info.clone())),
+            last_seq: AtomicU64::new(0),
         });
         let reader = Reader::<S> {
             shared: shared.clone(),
             tx: tx.downgrade(),
             handler,
             ping_interval: options.ping_interval,
-            dead_after,
+        };
+        let supervisor = Supervisor {
+            reader,
+            opener,
+            options,
+            outbox,
         };
         // Unconstrained by tokio's task budget: the reader polls its timer only once
         // per reset and then reads its state (see `Reader::run`), which needs that
         // poll to register the timer; with no budget left, a `Sleep` would return
         // `Pending` without registering. The reader yields whenever its stream has
         // nothing ready, which the budget would not change (h2 streams use none).
-        tokio::spawn(tokio::task::unconstrained(reader.run(stream)));
+        tokio::spawn(tokio::task::unconstrained(supervisor.run(opened)));
         Ok(HubClient {
             inner: Arc::new(Inner {
                 tx,
                 shared,
                 next_id: AtomicU64::new(0),
-                info,
             }),
         })
     }
 
-    /// What the server said about this connection in its hello.
-    pub fn info(&self) -> &ConnectionInfo {
-        &self.inner.info
+    /// What the server said about this connection in the hello of the current
+    /// stream (after a reconnect, the new stream's: a new `connection_id` after a
+    /// resync).
+    pub fn info(&self) -> Arc<ConnectionInfo> {
+        self.inner
+            .shared
+            .info
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    /// This connection's id on the server.
-    pub fn connection_id(&self) -> &str {
-        &self.inner.info.connection_id
+    /// This connection's id on the server (it changes when a reconnect could not
+    /// resume: [`ConnectionState::ResyncNeeded`]).
+    pub fn connection_id(&self) -> String {
+        self.info().connection_id.clone()
+    }
+
+    /// Where the connection stands now.
+    pub fn state(&self) -> ConnectionState {
+        self.inner.shared.state.borrow().clone()
+    }
+
+    /// A watch of [`HubClient::state`]: `changed()` / `wait_for(...)` await its
+    /// changes. A watch keeps only the latest state; to see every change in order
+    /// with the pushes, use [`PushHandler::on_state`] (the generated receivers'
+    /// `on_connection_state`).
+    pub fn watch_state(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.shared.state.subscribe()
+    }
+
+    /// The `seq` of the last push handed to the receiver on this connection (0:
+    /// none yet), which a resume presents to the server.
+    pub fn last_seq(&self) -> u64 {
+        self.inner.shared.last_seq.load(Relaxed)
     }
 
     /// The last measured round-trip time to the server, if any.
@@ -160,12 +187,13 @@ impl<S: ClientSpec> HubClient<S> {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether the connection has ended.
+    /// Whether the connection has ended for good (not while it reconnects).
     pub fn is_closed(&self) -> bool {
         self.inner.shared.closed.borrow().is_some()
     }
 
-    /// Waits for the connection to end and tells why.
+    /// Waits for the connection to end for good and tells why (a drop the client
+    /// reconnects after is no end).
     pub async fn closed(&self) -> CloseStatus {
         let mut rx = self.inner.shared.closed.subscribe();
         match rx.wait_for(Option::is_some).await {
@@ -183,7 +211,77 @@ impl<S: ClientSpec> HubClient<S> {
             .unwrap_or_else(gone)
     }
 
+    /// Waits while the client reconnects; the end of the connection is an error.
+    async fn until_up(&self) -> Result<(), ClientError> {
+        let mut rx = self.inner.shared.state.subscribe();
+        let closed = match rx.wait_for(|s| !s.is_reconnecting()).await {
+            Ok(state) => match &*state {
+                ConnectionState::Closed(reason) => Some(reason.clone()),
+                _ => None,
+            },
+            Err(_) => Some(gone()),
+        };
+        closed.map_or(Ok(()), |reason| Err(ClientError::Disconnected(reason)))
+    }
+
+    /// [`HubClient::register`], waiting while the client reconnects.
+    async fn register_when_up(
+        &self,
+        deadline_in: Option<Duration>,
+    ) -> Result<(u64, Receiver<S::Event>), ClientError> {
+        loop {
+            match self.register(deadline_in) {
+                Ok(registered) => return Ok(registered),
+                Err(e) if self.is_closed() => return Err(e),
+                Err(_) => self.until_up().await?,
+            }
+        }
+    }
+
+    /// A call that found no stream up: it waits for the next one within its timeout,
+    /// or fails as the connection ended.
+    async fn call_when_up(
+        &self,
+        call: S::Call,
+        timeout: Option<Duration>,
+        error: ClientError,
+    ) -> Result<S::Event, ClientError> {
+        if self.is_closed() {
+            return Err(error);
+        }
+        match timeout {
+            Some(t) => self.call_timed(call, t).await,
+            None => {
+                let (id, reply) = self.register_when_up(None).await?;
+                self.exchange(id, reply, call).await
+            }
+        }
+    }
+
+    /// A call with a timer of its own: the time waiting for a stream (while the
+    /// client reconnects) counts.
+    async fn call_timed(&self, call: S::Call, t: Duration) -> Result<S::Event, ClientError> {
+        let deadline = Instant::now() + t;
+        let Ok(registered) = tokio::time::timeout_at(deadline, self.register_when_up(None)).await
+        else {
+            return Err(ClientError::Timeout(t));
+        };
+        let (id, reply) = registered?;
+        let exchange = self.exchange(id, reply, call);
+        tokio::time::timeout_at(deadline, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                self.forget(id);
+                Err(ClientError::Timeout(t))
+            })
+    }
+
     /// Makes a call with the default timeout and waits for its reply.
+    ///
+    /// A call made while the client reconnects waits for the new stream, within its
+    /// timeout (then `Timeout`), and is sent there once; if the client closes
+    /// instead, it fails with `Disconnected`. A call waiting for its reply when the
+    /// stream drops fails with [`ClientError::ConnectionLost`] and is not sent again.
     pub async fn call(&self, call: S::Call) -> Result<S::Event, ClientError> {
         self.call_with_timeout(call, self.inner.shared.call_timeout)
             .await
@@ -203,21 +301,17 @@ impl<S: ClientSpec> HubClient<S> {
             Some(t) if timeout != self.inner.shared.call_timeout => {
                 // Boxed, like every path but the common one, so that the future of a
                 // call (often kept in a `FuturesUnordered` or a task) stays small.
-                Box::pin(async move {
-                    let (id, reply) = self.register(None)?;
-                    let exchange = self.exchange(id, reply, call);
-                    tokio::time::timeout(t, exchange).await.unwrap_or_else(|_| {
-                        self.forget(id);
-                        Err(ClientError::Timeout(t))
-                    })
-                })
-                .await
+                Box::pin(self.call_timed(call, t)).await
             }
             _ => {
                 // Nothing of the call is kept across an await but its reply's receiver.
                 // (No temporary of a `?` or an `if let` may live across an await: a
                 // `ClientError` holds a `tonic::Status`, 176 bytes.)
-                let (id, mut reply) = self.register(timeout)?;
+                let (id, mut reply) = match self.register(timeout) {
+                    Ok(registered) => registered,
+                    // No stream up: reconnecting (or closed). Boxed, off the common path.
+                    Err(e) => return Box::pin(self.call_when_up(call, timeout, e)).await,
+                };
                 let full = self.try_send(id, call)?;
                 if let Some(frame) = full {
                     let wait = Box::pin(self.wait_for_room(id, frame, &mut reply));
@@ -341,7 +435,13 @@ impl<S: ClientSpec> HubClient<S> {
 
     /// Sends a fire-and-forget call (id 0): no reply; a failure comes back as an
     /// error frame to [`PushHandler::on_error`].
+    ///
+    /// While the client reconnects, it waits for the new stream; a frame queued when
+    /// the stream drops may or may not have been sent, and is not sent again.
     pub async fn send(&self, call: S::Call) -> Result<(), ClientError> {
+        if !self.inner.shared.state.borrow().is_connected() {
+            self.until_up().await?;
+        }
         self.inner
             .tx
             .send(S::request(0, Some(call), None))

@@ -3,6 +3,7 @@
 //! that went silent.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use std::future::Future;
@@ -40,7 +41,14 @@ pub(crate) struct Reader<S: ClientSpec> {
     pub(crate) tx: mpsc::WeakSender<S::Request>,
     pub(crate) handler: Arc<dyn PushHandler<S::Event, S::Answer>>,
     pub(crate) ping_interval: Option<Duration>,
-    pub(crate) dead_after: Option<Duration>,
+}
+
+/// How one stream ended.
+pub(crate) struct Ended {
+    /// The goodbye's status, the stream's, or the client's own (heartbeat timeout).
+    pub(crate) status: CloseStatus,
+    /// The server said goodbye: it closed the connection on purpose.
+    pub(crate) goodbye: bool,
 }
 
 /// What one pass of the reader's poll found.
@@ -57,12 +65,18 @@ enum Step {
 const BATCH: usize = 64;
 
 impl<S: ClientSpec> Reader<S> {
-    pub(crate) async fn run(self, mut stream: tonic::Streaming<S::Response>) {
+    /// Reads one stream until it ends, and tells how it did. The calls still waiting
+    /// are left for the caller to answer.
+    pub(crate) async fn run(
+        &self,
+        mut stream: tonic::Streaming<S::Response>,
+        dead_after: Option<Duration>,
+    ) -> Ended {
         // Never a zero period.
         let min = Duration::from_millis(1);
         let start = Instant::now();
         let ping_period = self.ping_interval.map(|p| p.max(min));
-        let check_period = self.dead_after.map(|d| (d / 4).max(min));
+        let check_period = dead_after.map(|d| (d / 4).max(min));
         let mut next_ping = ping_period.map(|p| start + p);
         let mut next_check = check_period.map(|c| start + c);
         // Liveness without a clock read per frame: frames set `heard`; the watchdog
@@ -81,7 +95,7 @@ impl<S: ClientSpec> Reader<S> {
         let timer = tokio::time::sleep_until(self.next_wake(start, next_ping, next_check));
         tokio::pin!(timer);
         let mut timer_polled = false;
-        let reason = loop {
+        let reason: (CloseStatus, bool) = loop {
             let step = std::future::poll_fn(|cx| {
                 let mut more = true;
                 for _ in 0..BATCH {
@@ -117,7 +131,10 @@ impl<S: ClientSpec> Reader<S> {
             .await;
             match step {
                 Step::More => continue,
-                Step::End(end) => break end_reason(end, &mut goodbye),
+                Step::End(end) => {
+                    let said_goodbye = goodbye.is_some();
+                    break (end_reason(end, &mut goodbye), said_goodbye);
+                }
                 Step::Timer => {}
             }
             let now = Instant::now();
@@ -132,20 +149,20 @@ impl<S: ClientSpec> Reader<S> {
                 }));
                 next_ping = Some(at + period);
             }
-            if let (Some(period), Some(at), Some(limit)) =
-                (check_period, next_check, self.dead_after)
+            if let (Some(period), Some(at), Some(limit)) = (check_period, next_check, dead_after)
                 && now >= at
             {
                 if std::mem::take(&mut heard) {
                     alive_at = now;
                 }
                 if now.duration_since(alive_at) > limit {
-                    break CloseStatus {
+                    let status = CloseStatus {
                         code: tonic::Code::Unavailable,
                         message: format!(
                             "heartbeat timeout: nothing from the server for {limit:?}"
                         ),
                     };
+                    break (status, false);
                 }
                 next_check = Some(at + period);
             }
@@ -168,15 +185,9 @@ impl<S: ClientSpec> Reader<S> {
                 .reset(self.next_wake(now, next_ping, next_check));
             timer_polled = false;
         };
-        tracing::debug!(%reason, "hub connection ended");
-        let calls = {
-            let mut slot = self.shared.calls.lock().unwrap_or_else(|e| e.into_inner());
-            self.shared.closed.send_replace(Some(reason.clone()));
-            slot.take()
-        };
-        for (_, waiter) in calls.into_iter().flat_map(|c| c.waiting) {
-            let _ = waiter.send(Err(ClientError::Disconnected(reason.clone())));
-        }
+        let (status, goodbye) = reason;
+        tracing::debug!(%status, goodbye, "hub stream ended");
+        Ended { status, goodbye }
     }
 
     /// When the timer is next due: the next ping, the next watchdog check, and the
@@ -318,6 +329,16 @@ impl<S: ClientSpec> Reader<S> {
             self.handler
                 .on_error(tonic::Code::from_i32(e.code), &e.message);
         } else if let Some(event) = parts.event {
+            if parts.seq != 0 {
+                // A push already handed over (replayed after a resume) is not handed
+                // again; the server replays only what it was told was missed, so
+                // this is a defence, not a path.
+                if parts.seq <= self.shared.last_seq.load(Relaxed) {
+                    tracing::debug!(seq = parts.seq, "push seen already, dropped");
+                    return;
+                }
+                self.shared.last_seq.store(parts.seq, Relaxed);
+            }
             self.handler.on_push(parts.seq, event);
         }
     }

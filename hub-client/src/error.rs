@@ -15,9 +15,15 @@ pub enum ClientError {
     /// No reply within the call's timeout. The call may still run on the server.
     #[error("no reply within {0:?}")]
     Timeout(Duration),
-    /// The connection is gone; the reason says why.
+    /// The connection is gone for good; the reason says why.
     #[error("disconnected: {0}")]
     Disconnected(CloseStatus),
+    /// The stream dropped while the call waited for its reply (the reason says why),
+    /// and the client reconnects ([`ConnectOptions::reconnect`](crate::ConnectOptions::reconnect)).
+    /// The server may or may not have run the call: the client never sends it again.
+    /// Retry it only if running it twice is harmless. `code()` is `UNAVAILABLE`.
+    #[error("connection lost while the call was in flight: {0}")]
+    ConnectionLost(CloseStatus),
     /// The server answered with a frame of a different kind than the call expects.
     #[error("unexpected reply to `{0}`")]
     UnexpectedReply(&'static str),
@@ -32,6 +38,7 @@ impl ClientError {
             ClientError::Timeout(_) => tonic::Code::DeadlineExceeded,
             ClientError::Disconnected(r) if r.code == tonic::Code::Ok => tonic::Code::Unavailable,
             ClientError::Disconnected(r) => r.code,
+            ClientError::ConnectionLost(_) => tonic::Code::Unavailable,
             ClientError::UnexpectedReply(_) => tonic::Code::Internal,
         }
     }
@@ -105,6 +112,10 @@ mod tests {
                 Code::Unavailable,
             ),
             (ClientError::UnexpectedReply("join"), Code::Internal),
+            (
+                ClientError::ConnectionLost(reason(Code::Unknown, "connection reset")),
+                Code::Unavailable,
+            ),
         ];
         for (err, code) in cases {
             assert_eq!(err.code(), code, "{err}");

@@ -24,24 +24,28 @@
 mod client;
 mod connection;
 mod error;
+mod link;
 mod options;
 mod shared;
 mod spec;
+mod state;
 #[cfg(test)]
 mod tests;
 
 pub use client::HubClient;
 pub use error::{ClientError, CloseStatus};
-pub use hub_core::proto::ConnectionInfo;
+pub use hub_core::proto::{ConnectionInfo, ResumeOutcome};
 pub use hub_core::{include_file_descriptor_set, include_proto};
-pub use options::ConnectOptions;
+pub use options::{ConnectOptions, ReconnectMode, ReconnectPolicy};
 pub use spec::{ClientSpec, PushHandler, ResponseParts};
+pub use state::ConnectionState;
 
 /// What generated code names. Not a stable API for hand-written code.
 #[doc(hidden)]
 pub mod codegen {
     pub use crate::{
-        ClientError, ClientSpec, CloseStatus, ConnectOptions, HubClient, PushHandler, ResponseParts,
+        ClientError, ClientSpec, CloseStatus, ConnectOptions, ConnectionState, HubClient,
+        PushHandler, ResponseParts,
     };
     pub use hub_core::BoxFuture;
     pub use hub_core::proto as hub_v1;

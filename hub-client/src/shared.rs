@@ -3,14 +3,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use hub_core::proto::ConnectionInfo;
 
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::error::{ClientError, CloseStatus};
 use crate::spec::ClientSpec;
+use crate::state::ConnectionState;
 
 /// Where a call's reply goes.
 pub(crate) type Reply<E> = oneshot::Sender<Result<E, ClientError>>;
@@ -104,7 +108,9 @@ impl<E> Calls<E> {
 }
 
 pub(crate) struct Shared<S: ClientSpec> {
-    /// Calls waiting for their reply; `None` once the connection is gone.
+    /// Calls waiting for their reply; `None` while no stream is up (reconnecting, or
+    /// closed). `state` changes under this lock, so a call that finds `None` here
+    /// finds `Reconnecting` or `Closed` there.
     pub(crate) calls: Mutex<Option<Calls<S::Event>>>,
     /// The default call timeout: calls with it are timed by the reader task.
     pub(crate) call_timeout: Option<Duration>,
@@ -112,4 +118,11 @@ pub(crate) struct Shared<S: ClientSpec> {
     pub(crate) closed: watch::Sender<Option<CloseStatus>>,
     /// The last measured round trip.
     pub(crate) latency: Mutex<Option<Duration>>,
+    /// Where the connection stands.
+    pub(crate) state: watch::Sender<ConnectionState>,
+    /// The hello of the stream up now (or of the last one).
+    pub(crate) info: Mutex<Arc<ConnectionInfo>>,
+    /// The `seq` of the last push handed to the receiver on this connection (0: none),
+    /// presented on a resume; pushes at or below it are not handed again.
+    pub(crate) last_seq: AtomicU64,
 }

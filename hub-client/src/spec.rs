@@ -62,6 +62,14 @@ pub trait PushHandler<E, A = ()>: Send + Sync + 'static {
         tracing::warn!(?code, message, "hub error frame");
     }
 
+    /// The connection's state changed (after `connect` returned): called on the
+    /// reader task, in order with the pushes, so `Reconnecting` comes after the last
+    /// push of the stream that dropped and `Resumed` / `ResyncNeeded` before the first
+    /// push of the new one. Keep it quick, as `on_push`. The default does nothing.
+    fn on_state(&self, state: &crate::ConnectionState) {
+        let _ = state;
+    }
+
     /// The server asks something (`event` is the ask case): returns the future that
     /// answers it, run on a task of its own (so the reader goes on reading, and the
     /// answerer may make calls), or gives the event back if this is no ask it

@@ -23,7 +23,10 @@ use tokio::time::Instant;
 use tonic::Code;
 use tonic::codec::{Codec, Streaming};
 
-use crate::{ClientError, ClientSpec, ConnectOptions, HubClient, PushHandler, ResponseParts};
+use crate::{
+    ClientError, ClientSpec, ConnectOptions, ConnectionState, HubClient, PushHandler,
+    ReconnectPolicy, ResponseParts,
+};
 
 /// A request frame: a call is a string.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -99,6 +102,7 @@ impl ClientSpec for Spec {
 enum Got {
     Push(u64, String),
     Error(Code, String),
+    State(ConnectionState),
 }
 
 #[derive(Default)]
@@ -120,6 +124,9 @@ impl PushHandler<String> for Recorder {
             .unwrap()
             .push(Got::Error(code, message.to_owned()));
     }
+    fn on_state(&self, state: &ConnectionState) {
+        self.0.lock().unwrap().push(Got::State(state.clone()));
+    }
 }
 
 type ResponseBody = http_body_util::StreamBody<
@@ -128,6 +135,8 @@ type ResponseBody = http_body_util::StreamBody<
 
 /// The server's end of one `Connect` stream.
 struct ServerEnd {
+    /// The `Connect` request's headers (metadata).
+    headers: http::HeaderMap,
     /// The client's request frames, decoded.
     requests: Streaming<Req>,
     /// The response body: gRPC-framed messages, then trailers.
@@ -151,10 +160,15 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for FakeService {
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         assert_eq!(req.uri().path(), Spec::PATH);
+        let headers = req.headers().clone();
         let mut codec = tonic_prost::ProstCodec::<Resp, Req>::default();
         let requests = Streaming::new_request(codec.decoder(), req.into_body(), None, None);
         let (body, rx) = mpsc::unbounded_channel();
-        let _ = self.accepted.send(ServerEnd { requests, body });
+        let _ = self.accepted.send(ServerEnd {
+            headers,
+            requests,
+            body,
+        });
         let body = http_body_util::StreamBody::new(
             tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
         );
@@ -826,4 +840,400 @@ fn deadlines_of_calls_answered_out_of_order_do_not_pile_up() {
     calls.expire(now + Duration::from_secs(30), &mut expired);
     assert_eq!(expired.len(), 1);
     assert!(calls.waiting.is_empty() && calls.deadlines.is_empty());
+}
+
+// Reconnecting: on a hello that offers a session, a dropped stream is followed by new
+// ones, with `hub-resume` and the last push seq seen.
+
+const CREDENTIAL: &str = "c1.0123456789abcdef0123456789abcdef";
+
+/// A hello of connection `id` offering a session; `resumption`: the answer to a resume.
+fn session_hello(id: &str, resumption: Option<proto::ResumeOutcome>) -> server_control::Kind {
+    server_control::Kind::Hello(proto::ConnectionInfo {
+        connection_id: id.into(),
+        server_id: "s1".into(),
+        hub: "test.v1.FakeHub".into(),
+        resume_credential: CREDENTIAL.into(),
+        session_grace_ms: 120_000,
+        resumption: resumption.map(|outcome| proto::Resumption {
+            outcome: outcome as i32,
+            reason: format!("{outcome:?}"),
+            replayed: 0,
+        }),
+        ..Default::default()
+    })
+}
+
+/// Reconnects with exact delays (no jitter): 100 ms, then doubled, up to 1 s.
+fn reconnecting() -> ConnectOptions {
+    quiet().reconnect(
+        ReconnectPolicy::default()
+            .backoff(Duration::from_millis(100), Duration::from_secs(1))
+            .jitter(0.0),
+    )
+}
+
+struct Session {
+    client: HubClient<Spec>,
+    server: ServerEnd,
+    recorder: Arc<Recorder>,
+    /// The client's later streams.
+    incoming: mpsc::UnboundedReceiver<ServerEnd>,
+}
+
+async fn session(options: ConnectOptions) -> Session {
+    let (accepted, mut incoming) = mpsc::unbounded_channel();
+    let recorder = Arc::new(Recorder::default());
+    let connecting = tokio::spawn({
+        let recorder = recorder.clone();
+        async move { HubClient::<Spec>::connect(FakeService { accepted }, options, recorder).await }
+    });
+    let server = bounded(incoming.recv()).await.unwrap();
+    assert!(server.headers.get("hub-resume").is_none());
+    server.control(session_hello("c1", None));
+    let client = bounded(connecting).await.unwrap().unwrap();
+    Session {
+        client,
+        server,
+        recorder,
+        incoming,
+    }
+}
+
+fn push(seq: u64, text: &str) -> Resp {
+    Resp {
+        seq,
+        event: Some(text.into()),
+        ..Default::default()
+    }
+}
+
+/// Makes a call and answers it: every frame the server sent before is handled.
+async fn barrier(client: &HubClient<Spec>, server: &mut ServerEnd) {
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.call("barrier".into()).await }
+    });
+    let req = server.next_call().await;
+    assert_eq!(req.call.as_deref(), Some("barrier"));
+    server.reply(req.id, "done");
+    assert_eq!(bounded(call).await.unwrap().unwrap(), "done");
+}
+
+async fn wait_state(client: &HubClient<Spec>, f: impl Fn(&ConnectionState) -> bool) {
+    let mut rx = client.watch_state();
+    bounded(rx.wait_for(|s| f(s))).await.unwrap();
+}
+
+fn header<'a>(server: &'a ServerEnd, name: &str) -> Option<&'a str> {
+    server.headers.get(name).map(|v| v.to_str().unwrap())
+}
+
+fn dropped() -> ConnectionState {
+    ConnectionState::Reconnecting {
+        attempt: 1,
+        cause: crate::CloseStatus {
+            code: Code::Unavailable,
+            message: "connection reset".into(),
+        },
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_stream_is_resumed_and_missed_pushes_come_once_in_order() {
+    let mut s = session(reconnecting()).await;
+    s.server.send(push(1, "a"));
+    s.server.send(push(2, "b"));
+    let in_flight = tokio::spawn({
+        let c = s.client.clone();
+        async move { c.call("in flight".into()).await }
+    });
+    let old = s.server.next_call().await;
+    // The stream breaks (a status with no goodbye is a transport failure).
+    s.server.end(Code::Unavailable, "connection reset");
+    let err = bounded(in_flight).await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, ClientError::ConnectionLost(r) if r.message == "connection reset"),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(s.client.state(), dropped());
+    assert!(!s.client.is_closed());
+    let started = Instant::now();
+    let mut server = bounded(s.incoming.recv()).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_millis(100));
+    assert_eq!(header(&server, "hub-resume"), Some(CREDENTIAL));
+    assert_eq!(header(&server, "hub-resume-seq"), Some("2"));
+    server.control(session_hello("c1", Some(proto::ResumeOutcome::Resumed)));
+    // A push the client had (sent again by a server that got it wrong), then one it missed.
+    server.send(push(2, "b"));
+    server.send(push(3, "c"));
+    // The reply to the call in flight comes on the new stream: it reaches no one.
+    server.reply(old.id, "late");
+    barrier(&s.client, &mut server).await;
+    assert_eq!(
+        s.recorder.got(),
+        vec![
+            Got::Push(1, "a".into()),
+            Got::Push(2, "b".into()),
+            Got::State(dropped()),
+            Got::State(ConnectionState::Resumed),
+            Got::Push(3, "c".into()),
+        ]
+    );
+    assert_eq!(s.client.state(), ConnectionState::Resumed);
+    assert_eq!(
+        (s.client.connection_id().as_str(), s.client.last_seq()),
+        ("c1", 3)
+    );
+    assert_eq!(pending(&s.client), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_made_while_reconnecting_wait_for_the_new_stream_within_their_timeout() {
+    let mut s = session(reconnecting()).await;
+    s.server.end(Code::Unavailable, "connection reset");
+    wait_state(&s.client, ConnectionState::is_reconnecting).await;
+    let started = Instant::now();
+    let waits = tokio::spawn({
+        let c = s.client.clone();
+        async move { c.call("made while reconnecting".into()).await }
+    });
+    let short = tokio::spawn({
+        let c = s.client.clone();
+        async move {
+            c.call_with_timeout("too short".into(), Some(Duration::from_millis(40)))
+                .await
+        }
+    });
+    let sent = tokio::spawn({
+        let c = s.client.clone();
+        async move { c.send("fire and forget".into()).await }
+    });
+    let err = bounded(short).await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, ClientError::Timeout(t) if t == Duration::from_millis(40)),
+        "{err:?}"
+    );
+    assert_eq!(started.elapsed(), Duration::from_millis(40));
+    let mut server = bounded(s.incoming.recv()).await.unwrap();
+    server.control(session_hello("c1", Some(proto::ResumeOutcome::Resumed)));
+    bounded(sent).await.unwrap().unwrap();
+    // Each is sent once, on the new stream; the one that timed out never.
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let req = server.next_call().await;
+        if req.id != 0 {
+            server.reply(req.id, "answered");
+        }
+        got.push(req.call.unwrap());
+    }
+    got.sort();
+    assert_eq!(got, ["fire and forget", "made while reconnecting"]);
+    assert_eq!(bounded(waits).await.unwrap().unwrap(), "answered");
+    barrier(&s.client, &mut server).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resume_refused_is_a_new_connection_that_needs_a_resync() {
+    let mut s = session(reconnecting()).await;
+    s.server.send(push(7, "old"));
+    barrier(&s.client, &mut s.server).await;
+    s.server.end(Code::Unavailable, "connection reset");
+    let mut server = bounded(s.incoming.recv()).await.unwrap();
+    assert_eq!(header(&server, "hub-resume-seq"), Some("7"));
+    server.control(session_hello("c2", Some(proto::ResumeOutcome::Unknown)));
+    // The new connection numbers its pushes from 1: they are not taken for old ones.
+    server.send(push(1, "new"));
+    barrier(&s.client, &mut server).await;
+    let resync = ConnectionState::ResyncNeeded {
+        outcome: proto::ResumeOutcome::Unknown,
+        reason: "Unknown".into(),
+    };
+    assert_eq!(s.client.state(), resync);
+    assert_eq!(s.client.connection_id(), "c2");
+    assert_eq!(
+        s.recorder.got(),
+        vec![
+            Got::Push(7, "old".into()),
+            Got::State(dropped()),
+            Got::State(resync),
+            Got::Push(1, "new".into()),
+        ]
+    );
+    // The next drop presents the new connection's count.
+    server.end(Code::Unavailable, "connection reset");
+    let server = bounded(s.incoming.recv()).await.unwrap();
+    assert_eq!(header(&server, "hub-resume-seq"), Some("1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_back_off_exponentially_then_the_client_gives_up() {
+    let policy = ReconnectPolicy::default()
+        .backoff(Duration::from_millis(100), Duration::from_millis(400))
+        .jitter(0.0)
+        .max_attempts(Some(4));
+    let mut s = session(quiet().reconnect(policy)).await;
+    s.server.end(Code::Unavailable, "connection reset");
+    let mut gaps = Vec::new();
+    let mut at = Instant::now();
+    for attempt in 1..=4u32 {
+        let server = bounded(s.incoming.recv()).await.unwrap();
+        gaps.push(at.elapsed().as_millis());
+        at = Instant::now();
+        assert_eq!(header(&server, "hub-resume"), Some(CREDENTIAL));
+        assert!(
+            matches!(s.client.state(), ConnectionState::Reconnecting { attempt: a, .. } if a == attempt),
+            "{:?}",
+            s.client.state()
+        );
+        // Refused before any hello (a server not up yet, a proxy with no upstream).
+        server.end(Code::Unavailable, "no upstream");
+    }
+    assert_eq!(gaps, [100, 200, 400, 400]);
+    let reason = bounded(s.client.closed()).await;
+    assert_eq!(reason.code, Code::Unavailable);
+    assert!(
+        reason
+            .message
+            .contains("gave up reconnecting after 4 attempts")
+            && reason.message.contains("no upstream"),
+        "{reason:?}"
+    );
+    assert_eq!(s.client.state(), ConnectionState::Closed(reason.clone()));
+    let err = s.client.call("after".into()).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Disconnected(r) if *r == reason),
+        "{err:?}"
+    );
+    // The client is done with the transport: no fifth attempt.
+    assert!(bounded(s.incoming.recv()).await.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_refused_as_unauthenticated_closes_the_client() {
+    let mut s = session(reconnecting()).await;
+    s.server.end(Code::Unavailable, "connection reset");
+    let server = bounded(s.incoming.recv()).await.unwrap();
+    server.end(Code::Unauthenticated, "token expired");
+    let reason = bounded(s.client.closed()).await;
+    assert_eq!(
+        (reason.code, reason.message.as_str()),
+        (Code::Unauthenticated, "token expired")
+    );
+    assert!(bounded(s.incoming.recv()).await.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_with_no_hello_is_bounded_by_the_connect_timeout() {
+    let mut s = session(reconnecting()).await;
+    s.server.end(Code::Unavailable, "connection reset");
+    let _silent = bounded(s.incoming.recv()).await.unwrap();
+    let started = Instant::now();
+    let server = bounded(s.incoming.recv()).await.unwrap();
+    // The silent attempt's 10 s, then the second attempt's 200 ms.
+    assert_eq!(started.elapsed(), Duration::from_millis(10_200));
+    assert!(
+        matches!(s.client.state(), ConnectionState::Reconnecting { attempt: 2, ref cause } if cause.code == Code::DeadlineExceeded),
+        "{:?}",
+        s.client.state()
+    );
+    server.control(session_hello("c1", Some(proto::ResumeOutcome::Resumed)));
+    wait_state(&s.client, ConnectionState::is_connected).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_goodbye_a_clean_end_or_reconnect_off_close_the_client() {
+    // A goodbye: the server closed the connection on purpose.
+    let mut s = session(reconnecting()).await;
+    s.server
+        .control(server_control::Kind::Goodbye(proto::Goodbye {
+            code: Code::Unavailable as i32,
+            reason: "server shutting down".into(),
+        }));
+    s.server.end(Code::Unavailable, "server shutting down");
+    assert_eq!(
+        bounded(s.client.closed()).await.message,
+        "server shutting down"
+    );
+    assert!(bounded(s.incoming.recv()).await.is_none());
+    // A clean end.
+    let mut s = session(reconnecting()).await;
+    s.server.end(Code::Ok, "");
+    assert_eq!(bounded(s.client.closed()).await.code, Code::Ok);
+    assert!(bounded(s.incoming.recv()).await.is_none());
+    // Reconnect off.
+    let mut s = session(quiet().reconnect(ReconnectPolicy::never())).await;
+    s.server.end(Code::Unavailable, "connection reset");
+    assert_eq!(bounded(s.client.closed()).await.message, "connection reset");
+    assert!(bounded(s.incoming.recv()).await.is_none());
+    assert!(matches!(
+        s.recorder.got().last(),
+        Some(Got::State(ConnectionState::Closed(_)))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_session_only_always_reconnects_and_it_is_a_resync() {
+    let (accepted, mut incoming) = mpsc::unbounded_channel();
+    let connecting = tokio::spawn(HubClient::<Spec>::connect(
+        FakeService { accepted },
+        quiet().reconnect(ReconnectPolicy::always().jitter(0.0)),
+        Arc::new(Recorder::default()),
+    ));
+    let server = bounded(incoming.recv()).await.unwrap();
+    server.control(hello(0));
+    let client = bounded(connecting).await.unwrap().unwrap();
+    server.end(Code::Unavailable, "connection reset");
+    let server = bounded(incoming.recv()).await.unwrap();
+    assert!(server.headers.get("hub-resume").is_none());
+    server.control(server_control::Kind::Hello(proto::ConnectionInfo {
+        connection_id: "c2".into(),
+        ..Default::default()
+    }));
+    wait_state(&client, ConnectionState::is_connected).await;
+    assert!(
+        matches!(
+            client.state(),
+            ConnectionState::ResyncNeeded {
+                outcome: proto::ResumeOutcome::Unspecified,
+                ..
+            }
+        ),
+        "{:?}",
+        client.state()
+    );
+    assert_eq!(client.connection_id(), "c2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_server_is_reconnected_and_its_stream_not_ended_cleanly() {
+    let mut s = session(reconnecting().dead_after(Some(Duration::from_secs(8)))).await;
+    let mut old = s.server;
+    let server = bounded(s.incoming.recv()).await.unwrap();
+    assert!(
+        matches!(s.client.state(), ConnectionState::Reconnecting { attempt: 1, ref cause } if cause.message.contains("heartbeat timeout")),
+        "{:?}",
+        s.client.state()
+    );
+    server.control(session_hello("c1", Some(proto::ResumeOutcome::Resumed)));
+    wait_state(&s.client, ConnectionState::is_connected).await;
+    // The old stream is not ended cleanly (that would end the session on the
+    // server): its request side stays as it was. (On paused time, in memory: nothing
+    // but the client could make it ready, so a minute of virtual time proves it.)
+    let end = tokio::time::timeout(Duration::from_secs(60), old.requests.message()).await;
+    assert!(end.is_err(), "{end:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_client_while_it_reconnects_stops_it() {
+    let policy = ReconnectPolicy::default()
+        .backoff(Duration::from_secs(5), Duration::from_secs(5))
+        .jitter(0.0);
+    let mut s = session(quiet().reconnect(policy)).await;
+    s.server.end(Code::Unavailable, "connection reset");
+    wait_state(&s.client, ConnectionState::is_reconnecting).await;
+    drop(s.client);
+    // No attempt after the backoff: the transport is dropped.
+    assert!(bounded(s.incoming.recv()).await.is_none());
 }

@@ -78,7 +78,7 @@ async fn typed_client_end_to_end() {
     );
     // The sender was left out of its own broadcast.
     assert_eq!(
-        a_rx.barrier(&server.handle, a.connection_id(), WAIT).await,
+        a_rx.barrier(&server.handle, &a.connection_id(), WAIT).await,
         vec![Got::Tick]
     );
 
@@ -100,10 +100,10 @@ async fn every_target_mode_reaches_exactly_its_connections() {
         client.join(group("g")).await.unwrap();
     }
     let (ai, bi, ci, di) = (
-        a.connection_id(),
-        b.connection_id(),
-        c.connection_id(),
-        d.connection_id(),
+        &a.connection_id(),
+        &b.connection_id(),
+        &c.connection_id(),
+        &d.connection_id(),
     );
 
     let all = a
@@ -407,7 +407,7 @@ async fn fire_and_forget_failure_comes_back_as_an_error_frame() {
     );
     // The working one sent nothing back.
     assert_eq!(
-        a_rx.barrier(&server.handle, a.connection_id(), WAIT)
+        a_rx.barrier(&server.handle, &a.connection_id(), WAIT)
             .await
             .len(),
         1
@@ -481,7 +481,7 @@ async fn replies_and_pushes_over_the_size_limit_are_refused() {
     let s = status(a.broadcast(big).await.unwrap_err());
     assert_eq!(s.code(), Code::OutOfRange, "{s:?}");
     assert!(
-        a_rx.barrier(&server.handle, a.connection_id(), WAIT)
+        a_rx.barrier(&server.handle, &a.connection_id(), WAIT)
             .await
             .is_empty(),
         "the oversized push went nowhere"
@@ -513,7 +513,8 @@ async fn pushes_to_one_connection_by_id() {
     );
     assert_eq!(s.code(), Code::InvalidArgument);
     // An id of this server that never existed.
-    let node = a.connection_id().split_once('-').unwrap().0;
+    let a_id = a.connection_id();
+    let node = a_id.split_once('-').unwrap().0;
     let s = status(
         a.push_to(PushToRequest {
             connection_id: format!("{node}-999999"),
@@ -622,7 +623,7 @@ async fn the_hub_can_close_a_connection_with_a_reason() {
     let (a, a_rx) = probe_client(&server.url()).await;
     server
         .handle
-        .connection(id(a.connection_id()))
+        .connection(id(&a.connection_id()))
         .on_note(Note {
             text: "before".into(),
             ..Default::default()
@@ -644,7 +645,7 @@ async fn the_hub_can_close_a_connection_with_a_reason() {
         (Code::PermissionDenied, "kicked")
     );
     assert_eq!(a_rx.notes(), vec!["before"]);
-    let on_server = server.state.wait_disconnect(a.connection_id(), WAIT).await;
+    let on_server = server.state.wait_disconnect(&a.connection_id(), WAIT).await;
     assert_eq!(
         on_server,
         Some(hub_server::DisconnectReason::Server {

@@ -65,7 +65,7 @@ async fn shutdown_drains_says_goodbye_and_refuses_new_connections() {
         assert_eq!(reason.code, Code::Unavailable);
         assert_eq!(reason.message, "maintenance");
         assert_eq!(
-            server.state.wait_disconnect(c.connection_id(), WAIT).await,
+            server.state.wait_disconnect(&c.connection_id(), WAIT).await,
             Some(want.clone())
         );
     }

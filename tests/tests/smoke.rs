@@ -50,7 +50,7 @@ async fn join_say_whisper_members() {
     // Bob never hears his own message: nothing but the whisper before the barrier.
     assert_eq!(
         bob_rx
-            .barrier(&server.handle, bob.connection_id(), WAIT)
+            .barrier(&server.handle, &bob.connection_id(), WAIT)
             .await
             .len(),
         1

@@ -892,6 +892,9 @@ pub mod chat_hub_client {
         fn on_seq(&self, seq: u64) {}
         /// An error frame not tied to a call (failed fire-and-forget call, bad frame).
         fn on_error(&self, code: ::hub_client::codegen::tonic::Code, message: &str) {}
+        /// The connection's state changed: reconnecting, resumed, resync needed
+        /// (join again), closed. Called in order with the pushes.
+        fn on_connection_state(&self, state: &::hub_client::codegen::ConnectionState) {}
     }
     /// A receiver that ignores every push.
     impl ChatHubReceiver for () {}
@@ -926,6 +929,9 @@ pub mod chat_hub_client {
         fn on_error(&self, code: ::hub_client::codegen::tonic::Code, message: &str) {
             (**self).on_error(code, message)
         }
+        fn on_connection_state(&self, state: &::hub_client::codegen::ConnectionState) {
+            (**self).on_connection_state(state)
+        }
     }
     /// A typed client of the `chat.v1.ChatHub` hub: one stream, calls multiplexed by id.
     /// A chat lobby: join a room, talk to everyone in it, whisper to one user.
@@ -951,7 +957,8 @@ pub mod chat_hub_client {
                 .await
         }
         /// Connects over any tonic transport (e.g. a `Channel` wrapped in an
-        /// interceptor) with `options` (metadata, timeouts).
+        /// interceptor) with `options` (metadata, timeouts, reconnection; a
+        /// reconnect opens a new stream on the same transport).
         pub async fn connect_with<T>(
             service: T,
             options: ::hub_client::codegen::ConnectOptions,
@@ -959,8 +966,9 @@ pub mod chat_hub_client {
         ) -> ::core::result::Result<Self, ::hub_client::codegen::ClientError>
         where
             T: ::hub_client::codegen::tonic::client::GrpcService<
-                ::hub_client::codegen::tonic::body::Body,
-            >,
+                    ::hub_client::codegen::tonic::body::Body,
+                > + Send + 'static,
+            T::Future: Send,
             T::Error: Into<::hub_client::codegen::tonic::codegen::StdError>,
             T::ResponseBody: ::hub_client::codegen::tonic::codegen::Body<
                     Data = ::hub_client::codegen::tonic::codegen::Bytes,
@@ -978,19 +986,20 @@ pub mod chat_hub_client {
                 .await?;
             Ok(ChatHubClient { inner })
         }
-        /// The untyped client underneath (connection info, latency, closed, custom timeouts).
+        /// The untyped client underneath (connection info and state, latency, closed, custom timeouts).
         pub fn raw(&self) -> &::hub_client::codegen::HubClient<Spec> {
             &self.inner
         }
-        /// This connection's id on the server.
-        pub fn connection_id(&self) -> &str {
+        /// This connection's id on the server (a new one after a reconnect that
+        /// could not resume).
+        pub fn connection_id(&self) -> ::std::string::String {
             self.inner.connection_id()
         }
         /// The last measured round trip to the server.
         pub fn latency(&self) -> Option<::std::time::Duration> {
             self.inner.latency()
         }
-        /// Waits for the connection to end and tells why.
+        /// Waits for the connection to end for good and tells why.
         pub async fn closed(&self) -> ::hub_client::codegen::CloseStatus {
             self.inner.closed().await
         }
@@ -1198,6 +1207,9 @@ pub mod chat_hub_client {
         }
         fn on_error(&self, code: ::hub_client::codegen::tonic::Code, message: &str) {
             self.0.on_error(code, message)
+        }
+        fn on_state(&self, state: &::hub_client::codegen::ConnectionState) {
+            self.0.on_connection_state(state)
         }
         fn on_ask(
             self: ::std::sync::Arc<Self>,

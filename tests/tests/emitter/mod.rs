@@ -299,7 +299,7 @@ pub async fn remove_a_user_from_a_room(a: &TestServer, b: &TestServer, em: &Chat
     wait_for_all(&alice_rx, &[said("lobby", "after")]).await;
     wait_for_all(&carol_rx, &[said("lobby", "after")]).await;
     for (server, c, rx) in [(a, &bob_a, &bob_a_rx), (b, &bob_b, &bob_b_rx)] {
-        let before = rx.barrier(&server.handle, c.connection_id(), WAIT).await;
+        let before = rx.barrier(&server.handle, &c.connection_id(), WAIT).await;
         assert!(
             !before.contains(&said("lobby", "after")),
             "bob got a room push after his removal: {before:?}"
