@@ -177,6 +177,8 @@ pub struct Recorder {
     pub seen: Mutex<Vec<Seen>>,
     /// Push sequence numbers, in order.
     pub seqs: Mutex<Vec<u64>>,
+    /// Connection state changes, in order.
+    pub states: Mutex<Vec<hub_client::ConnectionState>>,
     notify: Notify,
 }
 
@@ -261,6 +263,9 @@ impl ChatHubReceiver for Recorder {
     }
     fn on_error(&self, code: tonic::Code, message: &str) {
         self.push(Seen::Error(code, message.to_owned()));
+    }
+    fn on_connection_state(&self, state: &hub_client::ConnectionState) {
+        self.states.lock().expect("lock").push(state.clone());
     }
 }
 
