@@ -15,11 +15,53 @@
 //!   [`HubClient::latency`], and treats a server it hears nothing from as gone.
 //! - [`HubClient::closed`] waits for the end of the connection and tells why.
 //!
+//! # Reconnecting and resuming
+//!
+//! When the stream drops (a transport error or reset, or a server it hears nothing
+//! from) and the server offered a session (`resume_credential` and `session_grace_ms`
+//! in the hello), the client opens a new stream on the same transport (a tonic
+//! `Channel` reconnects its TCP connection by itself) and resumes: it presents
+//! `hub-resume: <credential>` and `hub-resume-seq: <the seq of the last push it
+//! handed to the receiver>`, and the server sends the pushes missed, in order, with
+//! their `seq`. The client hands a push over only if its `seq` is above the last one,
+//! so each reaches the receiver once, in order, across any number of drops.
+//!
+//! - **When**: [`ConnectOptions::reconnect`], a [`ReconnectPolicy`]: the mode
+//!   ([`ReconnectMode::IfSession`], the default; `Always`; `Never`), the backoff
+//!   (100 ms doubling to 5 s), its jitter (up to half of each delay taken off at
+//!   random), `max_attempts` and `max_elapsed` (none by default). Each attempt is
+//!   bounded by [`ConnectOptions::connect_timeout`]. No reconnect after a goodbye
+//!   (the server closed the connection on purpose), a clean end of the stream, or
+//!   `UNAUTHENTICATED` / `PERMISSION_DENIED` (and `INVALID_ARGUMENT`,
+//!   `UNIMPLEMENTED`; `OUT_OF_RANGE`, a frame too large): the client closes. The
+//!   first stream is opened once, by [`HubClient::connect`]; its error is returned.
+//! - **Where it stands**: [`ConnectionState`], from [`HubClient::state`], a
+//!   `tokio::sync::watch` ([`HubClient::watch_state`]) to await changes, and
+//!   [`PushHandler::on_state`] (the generated receivers' `on_connection_state`),
+//!   called in order with the pushes. `Reconnecting { attempt, cause }` while
+//!   between streams; then `Resumed` (the same connection, groups kept, nothing
+//!   missed), or `ResyncNeeded { outcome, reason }`: the session could not be
+//!   resumed (expired, unknown to a restarted server, a gap, ...), the new stream is
+//!   a new connection (a new [`HubClient::connection_id`], no groups), so join
+//!   again and reload what the app shows. `Closed(status)` at the end.
+//! - **Calls**: a call waiting for its reply when the stream drops fails with
+//!   [`ClientError::ConnectionLost`]. The server may or may not have run it, and the
+//!   client never sends it again: retry it only if running it twice is harmless. A
+//!   call (or [`HubClient::send`]) made while the client reconnects waits for the
+//!   new stream, within the call's timeout (then `Timeout`), and is sent there once,
+//!   whatever the outcome (after a `ResyncNeeded` it runs on the new connection,
+//!   perhaps before the app joined again). If the client closes instead, it fails
+//!   with `Disconnected`.
+//! - A stream given up is never ended cleanly (a clean end ends the session on the
+//!   server); dropping every clone of the client does end it cleanly, and with it
+//!   the session.
+//!
 //! Errors say what went wrong in a way code can act on: see [`ClientError`].
 //!
-//! The files: `client.rs` (the handle, calls), `connection.rs` (the reader task),
-//! `shared.rs` (what both see), `options.rs`, `error.rs`, `spec.rs` (what generated
-//! code supplies).
+//! The files: `client.rs` (the handle, calls), `connection.rs` (the reader of one
+//! stream), `link.rs` (opening streams, the task that reconnects), `shared.rs` (what
+//! they see), `state.rs`, `options.rs`, `error.rs`, `spec.rs` (what generated code
+//! supplies).
 
 mod client;
 mod connection;
