@@ -496,7 +496,7 @@ async fn pushes_to_one_connection_by_id() {
     let (b, b_rx) = probe_client(&server.url()).await;
     let d = a
         .push_to(PushToRequest {
-            connection_id: b.connection_id().into(),
+            connection_id: b.connection_id(),
             text: "direct".into(),
         })
         .await

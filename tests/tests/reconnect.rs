@@ -117,12 +117,11 @@ async fn wait_state(
     f: impl Fn(&ConnectionState) -> bool,
 ) -> ConnectionState {
     let mut rx = c.raw().watch_state();
-    let state = tokio::time::timeout(WAIT, rx.wait_for(|s| f(s)))
+    tokio::time::timeout(WAIT, rx.wait_for(|s| f(s)))
         .await
         .unwrap_or_else(|_| panic!("never {what}: {:?}", c.raw().state()))
         .expect("state")
-        .clone();
-    state
+        .clone()
 }
 
 async fn say(c: &ChatHubClient, text: &str) {
