@@ -30,8 +30,10 @@
 //!   ([`ReconnectMode::IfSession`], the default; `Always`; `Never`), the backoff
 //!   (100 ms doubling to 5 s), its jitter (up to half of each delay taken off at
 //!   random), `max_attempts` and `max_elapsed` (none by default). Each attempt is
-//!   bounded by [`ConnectOptions::connect_timeout`]. No reconnect after a goodbye
-//!   (the server closed the connection on purpose), a clean end of the stream, or
+//!   bounded by [`ConnectOptions::connect_timeout`]. A goodbye with `UNAVAILABLE`
+//!   (the server shutting down, as in a rolling restart) is reconnected from. No
+//!   reconnect after any other goodbye (the server closed the connection on
+//!   purpose: a kick, a slow or flooding client), a clean end of the stream, or
 //!   `UNAUTHENTICATED` / `PERMISSION_DENIED` (and `INVALID_ARGUMENT`,
 //!   `UNIMPLEMENTED`; `OUT_OF_RANGE`, a frame too large): the client closes. The
 //!   first stream is opened once, by [`HubClient::connect`]; its error is returned.

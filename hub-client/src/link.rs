@@ -219,8 +219,11 @@ impl<S: ClientSpec> Supervisor<S> {
             ReconnectMode::Always => true,
         };
         // No reconnect for a client no one holds any more.
+        // A goodbye with UNAVAILABLE is a server going away (shutting down, draining,
+        // or it stopped hearing us): another one may take the connection. Any other
+        // goodbye closed it on purpose.
         wanted
-            && !ended.goodbye
+            && (!ended.goodbye || ended.status.code == tonic::Code::Unavailable)
             && !is_final(ended.status.code)
             && self.reader.tx.upgrade().is_some()
     }

@@ -111,8 +111,11 @@ pub enum ReconnectMode {
 /// How the client reconnects after its stream drops (a transport error, a reset, a
 /// server it hears nothing from).
 ///
-/// It never reconnects after a server's goodbye, a clean end of the stream, or an
-/// end with `UNAUTHENTICATED`, `PERMISSION_DENIED`, `INVALID_ARGUMENT`,
+/// It reconnects after a server's goodbye with `UNAVAILABLE` (the server is shutting
+/// down or draining, as in a rolling restart, or it stopped hearing the client): behind
+/// a load balancer another server takes the new stream. It never reconnects after any
+/// other goodbye (the server closed the connection on purpose: a kick, a slow or
+/// flooding client), a clean end of the stream, or an end with `UNAUTHENTICATED`, `PERMISSION_DENIED`, `INVALID_ARGUMENT`,
 /// `UNIMPLEMENTED` or `OUT_OF_RANGE` (a frame over
 /// [`ConnectOptions::max_message_bytes`]): those would only fail again. An attempt
 /// refused with one of the first four ends the client too; other failed attempts are

@@ -1144,17 +1144,27 @@ async fn an_attempt_with_no_hello_is_bounded_by_the_connect_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn a_goodbye_a_clean_end_or_reconnect_off_close_the_client() {
-    // A goodbye: the server closed the connection on purpose.
+    // A goodbye: the server closed the connection on purpose (a kick).
     let mut s = session(reconnecting()).await;
     s.server
         .control(server_control::Kind::Goodbye(proto::Goodbye {
-            code: Code::Unavailable as i32,
-            reason: "server shutting down".into(),
+            code: Code::PermissionDenied as i32,
+            reason: "kicked".into(),
         }));
-    s.server.end(Code::Unavailable, "server shutting down");
+    s.server.end(Code::PermissionDenied, "kicked");
+    assert_eq!(bounded(s.client.closed()).await.message, "kicked");
+    assert!(bounded(s.incoming.recv()).await.is_none());
+    // Not even with a code that is not final by itself.
+    let mut s = session(reconnecting()).await;
+    s.server
+        .control(server_control::Kind::Goodbye(proto::Goodbye {
+            code: Code::ResourceExhausted as i32,
+            reason: "outbound queue full".into(),
+        }));
+    s.server.end(Code::ResourceExhausted, "outbound queue full");
     assert_eq!(
         bounded(s.client.closed()).await.message,
-        "server shutting down"
+        "outbound queue full"
     );
     assert!(bounded(s.incoming.recv()).await.is_none());
     // A clean end.
@@ -1171,6 +1181,25 @@ async fn a_goodbye_a_clean_end_or_reconnect_off_close_the_client() {
         s.recorder.got().last(),
         Some(Got::State(ConnectionState::Closed(_)))
     ));
+}
+
+/// A server shutting down (a rolling restart) says goodbye with UNAVAILABLE: the
+/// client reconnects (behind a load balancer, to another server) and resumes there if
+/// it can.
+#[tokio::test(start_paused = true)]
+async fn a_goodbye_of_a_server_shutting_down_is_reconnected_from() {
+    let mut s = session(reconnecting()).await;
+    s.server
+        .control(server_control::Kind::Goodbye(proto::Goodbye {
+            code: Code::Unavailable as i32,
+            reason: "server shutting down".into(),
+        }));
+    s.server.end(Code::Unavailable, "server shutting down");
+    let server = bounded(s.incoming.recv()).await.unwrap();
+    assert!(server.headers.get("hub-resume").is_some());
+    server.control(session_hello("c1", Some(proto::ResumeOutcome::Resumed)));
+    wait_state(&s.client, ConnectionState::is_connected).await;
+    assert!(!s.client.is_closed());
 }
 
 #[tokio::test(start_paused = true)]
