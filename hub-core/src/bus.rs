@@ -22,12 +22,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::relay::{Channel, Presence, Relay, Transport};
 use crate::remote::{Inbox, Via};
+use crate::session::SessionRecord;
 use crate::{
     Backplane, BindContext, BoxFuture, ConnectionId, GroupError, GroupName, GroupProvider,
     HubMetrics, MemberInfo, MembersLost, NodeId,
@@ -47,10 +49,24 @@ enum Key {
 struct State {
     /// Per hub and channel, the inboxes of the servers subscribed to it.
     channels: HashMap<(&'static str, Key), Vec<(NodeId, Inbox)>>,
-    /// Per hub and group, its members on every server.
-    members: HashMap<(&'static str, GroupName), BTreeMap<ConnectionId, MemberInfo>>,
+    /// Per hub and group, its members on every server, with the server holding each
+    /// (the one that issued its id, unless its session was resumed elsewhere).
+    members: HashMap<(&'static str, GroupName), BTreeMap<ConnectionId, Held>>,
+    /// Per hub and connection, the session records, with their time to live and,
+    /// once their server died, when they expire (a live server's never do).
+    sessions: HashMap<(&'static str, ConnectionId), BusSession>,
     /// Set by [`Bus::set_down`].
     down: bool,
+}
+
+/// A member entry: the server holding the member, and the member.
+type Held = (NodeId, MemberInfo);
+
+/// A session record on the bus.
+struct BusSession {
+    record: SessionRecord,
+    ttl: Duration,
+    expires: Option<tokio::time::Instant>,
 }
 
 /// Groups shared by the hub servers of one process. Cheap to clone; clones share
@@ -132,12 +148,19 @@ impl Bus {
             for ((hub, group), members) in state.members.iter_mut().filter(|((h, _), _)| of(h)) {
                 let gone: Vec<MemberInfo> = members
                     .values()
-                    .filter(|m| m.connection.node == node)
-                    .cloned()
+                    .filter(|(holder, _)| *holder == node)
+                    .map(|(_, m)| m.clone())
                     .collect();
-                members.retain(|id, _| id.node != node);
+                members.retain(|_, (holder, _)| *holder != node);
                 if !gone.is_empty() {
                     lost.push((*hub, group.clone(), gone));
+                }
+            }
+            // Its session records live on for their time to live, as a broker's would.
+            let now = tokio::time::Instant::now();
+            for ((hub, _), s) in state.sessions.iter_mut() {
+                if of(hub) && s.record.server == node && s.expires.is_none() {
+                    s.expires = Some(now + s.ttl);
                 }
             }
             let inboxes: Vec<(&'static str, Inbox)> = state
@@ -354,7 +377,7 @@ impl Presence for BusPresence {
                 .members
                 .entry((self.hub, group.clone()))
                 .or_default()
-                .insert(member.connection, member.clone());
+                .insert(member.connection, (self.node, member.clone()));
         }))
     }
 
@@ -367,7 +390,13 @@ impl Presence for BusPresence {
         Self::ready(self.bus.up("leave").map(|mut state| {
             let key = (self.hub, group.clone());
             if let Some(members) = state.members.get_mut(&key) {
-                members.remove(&member.connection);
+                // Not an entry another server wrote since (a session it resumed).
+                if members
+                    .get(&member.connection)
+                    .is_some_and(|(holder, _)| *holder == self.node)
+                {
+                    members.remove(&member.connection);
+                }
                 if members.is_empty() {
                     state.members.remove(&key);
                 }
@@ -392,7 +421,7 @@ impl Presence for BusPresence {
             state
                 .members
                 .get(&(self.hub, group.clone()))
-                .map(|m| m.values().cloned().collect())
+                .map(|m| m.values().map(|(_, m)| m.clone()).collect())
                 .unwrap_or_default()
         }))
     }
@@ -401,10 +430,109 @@ impl Presence for BusPresence {
         let mut state = self.bus.lock();
         for ((hub, _), members) in state.members.iter_mut() {
             if *hub == self.hub {
-                members.retain(|id, _| id.node != self.node);
+                members.retain(|_, (holder, _)| *holder != self.node);
             }
         }
         Box::pin(async {})
+    }
+
+    fn shares_sessions(&self) -> bool {
+        true
+    }
+
+    fn save_session<'a>(
+        &'a self,
+        record: &'a SessionRecord,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), GroupError>> {
+        Self::ready(self.bus.up("save_session").map(|mut state| {
+            let key = (self.hub, record.connection);
+            let held_elsewhere = state
+                .sessions
+                .get(&key)
+                .is_some_and(|s| s.record.server != record.server);
+            if !held_elsewhere {
+                state.sessions.insert(
+                    key,
+                    BusSession {
+                        record: record.clone(),
+                        ttl,
+                        expires: None,
+                    },
+                );
+            }
+        }))
+    }
+
+    fn claim_session<'a>(
+        &'a self,
+        record: &'a SessionRecord,
+        from: NodeId,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, GroupError>> {
+        Self::ready(self.bus.up("claim_session").map(|mut state| {
+            let key = (self.hub, record.connection);
+            let now = tokio::time::Instant::now();
+            let held = state
+                .sessions
+                .get(&key)
+                .is_some_and(|s| s.record.server == from && s.expires.is_none_or(|e| e > now));
+            if held {
+                state.sessions.insert(
+                    key,
+                    BusSession {
+                        record: record.clone(),
+                        ttl,
+                        expires: None,
+                    },
+                );
+            }
+            held
+        }))
+    }
+
+    fn load_session<'a>(
+        &'a self,
+        connection: ConnectionId,
+    ) -> BoxFuture<'a, Result<Option<SessionRecord>, GroupError>> {
+        Self::ready(self.bus.up("load_session").map(|mut state| {
+            let key = (self.hub, connection);
+            let now = tokio::time::Instant::now();
+            if state
+                .sessions
+                .get(&key)
+                .is_some_and(|s| s.expires.is_some_and(|e| e <= now))
+            {
+                state.sessions.remove(&key);
+            }
+            state.sessions.get(&key).map(|s| s.record.clone())
+        }))
+    }
+
+    fn drop_session<'a>(
+        &'a self,
+        connection: ConnectionId,
+        server: NodeId,
+    ) -> BoxFuture<'a, Result<(), GroupError>> {
+        Self::ready(self.bus.up("drop_session").map(|mut state| {
+            let key = (self.hub, connection);
+            if state
+                .sessions
+                .get(&key)
+                .is_some_and(|s| s.record.server == server)
+            {
+                state.sessions.remove(&key);
+            }
+        }))
+    }
+
+    fn server_alive<'a>(&'a self, node: NodeId) -> BoxFuture<'a, Result<bool, GroupError>> {
+        Self::ready(self.bus.up("server_alive").map(|state| {
+            state
+                .channels
+                .get(&(self.hub, Key::Node(node)))
+                .is_some_and(|subs| !subs.is_empty())
+        }))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Commands: what an envelope can ask every server holding some of the connections
-//! it selects to do to them (close them, remove them from a group), as the hub
-//! would itself. Sent by emitters (the `emit` module), read by the backplane
+//! it selects to do to them (close them, remove them from a group, let another
+//! server take over their sessions), as the hub would itself. Sent by emitters and
+//! by servers that resume another's sessions (the `emit` module), read by the backplane
 //! `Inbox` (the `remote` module), carried out by the hub runtime.
 
 use crate::{GroupName, MemberInfo};
@@ -29,6 +30,12 @@ pub enum Action {
     Leave {
         /// The group.
         group: GroupName,
+    },
+    /// Stop serving their sessions: `server` resumed them. The connections end here
+    /// without the hub's `on_disconnect` (the session goes on there).
+    Takeover {
+        /// The server that holds the sessions now.
+        server: crate::NodeId,
     },
 }
 

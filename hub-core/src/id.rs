@@ -33,7 +33,9 @@ impl fmt::Debug for NodeId {
 /// `hub.v1.ConnectionInfo.connection_id` and what crosses a backplane.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId {
-    /// The server holding the connection.
+    /// The server that issued the id. It holds the connection, unless the
+    /// connection's session was resumed on another server (`crate::session`): the
+    /// id stays the same for the session's life.
     pub node: NodeId,
     /// The connection's number on that server.
     pub local: u64,

@@ -23,6 +23,8 @@
 //! - [`bus`]: an in-process backend (several hub servers in one process), the
 //!   reference for writing one;
 //! - [`HubMetrics`]: counters every part updates, so no failure is silent;
+//! - [`session`]: the session records a backplane keeps, so a session resumes on
+//!   another server;
 //! - [`ask`]: asks to clients that wait for answers, across servers too;
 //! - [`history`]: a group's recent pushes kept by a backplane, read back by offset;
 //! - [`quote`]: bounded quoting of client input in error messages.
@@ -44,6 +46,7 @@ mod provider;
 pub mod quote;
 pub mod relay;
 pub mod remote;
+pub mod session;
 pub mod shard;
 mod target;
 

@@ -279,6 +279,13 @@ counters! {
     /// Sessions resumed by a new stream (same connection id, groups kept, missed
     /// pushes replayed).
     sessions_resumed,
+    /// Sessions restored on this server from the backplane's session record (another
+    /// server held them, or died): same connection id, identity and groups
+    /// (`RESUME_OUTCOME_RESTORED`).
+    sessions_restored,
+    /// Sessions this server stopped serving because another server resumed them (a
+    /// takeover command); their `on_disconnect` does not run here.
+    sessions_taken_over,
     /// Detached sessions that ended because no resume came within their grace period
     /// (or too many were detached).
     sessions_expired,

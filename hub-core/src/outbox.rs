@@ -747,6 +747,12 @@ impl OutboxReceiver {
         Poll::Ready(None)
     }
 
+    /// Numbers the next pushes after `seq`, as if `seq` pushes had been handed out:
+    /// a session restored on another server goes on from the last push its client saw.
+    pub fn continue_after(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+
     /// The sequence number of the last push handed out (0: none yet). The next push
     /// gets a larger one.
     pub fn last_seq(&self) -> u64 {

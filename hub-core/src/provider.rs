@@ -292,6 +292,74 @@ pub trait Backplane: Send + Sync + 'static {
         None
     }
 
+    /// Sends a command (`hub.v1.Command`) for connections of server `node`, on its
+    /// own channel, as an emitter's command without a group. `None`: nothing crosses
+    /// servers.
+    fn command<'a>(
+        &'a self,
+        node: NodeId,
+        ids: &'a [ConnectionId],
+        command: &'a crate::proto::Command,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        let _ = (node, ids, command);
+        None
+    }
+
+    /// Whether this backplane keeps session records, so that a session resumes on
+    /// another server (the session methods below return `Some`). Default `false`.
+    fn shares_sessions(&self) -> bool {
+        false
+    }
+
+    /// Writes the record of a session this server holds (see
+    /// [`Presence::save_session`](crate::relay::Presence::save_session)). `None`: this
+    /// backplane shares no sessions (and the other session methods return `None` too).
+    fn save_session<'a>(
+        &'a self,
+        record: &'a crate::session::SessionRecord,
+        ttl: Duration,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        let _ = (record, ttl);
+        None
+    }
+
+    /// Takes over a session record held by `from` (see
+    /// [`Presence::claim_session`](crate::relay::Presence::claim_session)).
+    fn claim_session<'a>(
+        &'a self,
+        record: &'a crate::session::SessionRecord,
+        from: NodeId,
+        ttl: Duration,
+    ) -> Option<BoxFuture<'a, Result<bool, GroupError>>> {
+        let _ = (record, from, ttl);
+        None
+    }
+
+    /// Reads the record of a session, by its connection id.
+    fn load_session<'a>(
+        &'a self,
+        connection: ConnectionId,
+    ) -> Option<BoxFuture<'a, Result<Option<crate::session::SessionRecord>, GroupError>>> {
+        let _ = connection;
+        None
+    }
+
+    /// Deletes the record of a session if `server` holds it.
+    fn drop_session<'a>(
+        &'a self,
+        connection: ConnectionId,
+        server: NodeId,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        let _ = (connection, server);
+        None
+    }
+
+    /// Whether server `node` is alive, as presence knows it.
+    fn server_alive<'a>(&'a self, node: NodeId) -> Option<BoxFuture<'a, Result<bool, GroupError>>> {
+        let _ = node;
+        None
+    }
+
     /// The hub is shutting down: stop background work, drop presence entries.
     fn shutdown(&self) -> Option<BoxFuture<'_, ()>> {
         None

@@ -19,12 +19,17 @@
 //! `docs/backends.md` walks through a complete backend.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::history::GroupHistory;
 use crate::remote::{self, Inbox};
-use crate::{Backplane, BoxFuture, Destination, GroupError, GroupName, MemberInfo, NodeId, Target};
+use crate::session::SessionRecord;
+use crate::{
+    Backplane, BoxFuture, ConnectionId, Destination, GroupError, GroupName, MemberInfo, NodeId,
+    Target,
+};
 
 /// Where a transport publishes an envelope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +125,65 @@ pub trait Presence: Send + Sync + 'static {
     /// leave now, not when an entry expires).
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+
+    /// Whether this store keeps session records ([`crate::session`]), so that a
+    /// session can be resumed on another server. Default `false`: the session
+    /// methods below are never called.
+    fn shares_sessions(&self) -> bool {
+        false
+    }
+
+    /// Writes the record of a session this server holds (`record.server`), unless
+    /// another server holds it now (a record claimed by another is left alone). It
+    /// lives `ttl` past this server's last presence heartbeat: the store refreshes
+    /// the records of a live server, until [`Presence::drop_session`].
+    fn save_session<'a>(
+        &'a self,
+        record: &'a SessionRecord,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), GroupError>> {
+        let _ = (record, ttl);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Writes `record` (held by this server now) only if the stored record is held
+    /// by `from`, atomically: of two servers resuming one session, one wins.
+    /// Returns whether it did.
+    fn claim_session<'a>(
+        &'a self,
+        record: &'a SessionRecord,
+        from: NodeId,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, GroupError>> {
+        let _ = (record, from, ttl);
+        Box::pin(async { Ok(false) })
+    }
+
+    /// The record of the session of `connection`, if one lives.
+    fn load_session<'a>(
+        &'a self,
+        connection: ConnectionId,
+    ) -> BoxFuture<'a, Result<Option<SessionRecord>, GroupError>> {
+        let _ = connection;
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Deletes the record of `connection` if `server` (this server) holds it: the
+    /// session ended here.
+    fn drop_session<'a>(
+        &'a self,
+        connection: ConnectionId,
+        server: NodeId,
+    ) -> BoxFuture<'a, Result<(), GroupError>> {
+        let _ = (connection, server);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Whether server `node` is alive (its presence has not expired).
+    fn server_alive<'a>(&'a self, node: NodeId) -> BoxFuture<'a, Result<bool, GroupError>> {
+        let _ = node;
+        Box::pin(async { Ok(false) })
     }
 }
 
@@ -289,6 +353,67 @@ impl<T: Transport, P: Presence> Backplane for Relay<T, P> {
             members.sort();
             Ok(members)
         }))
+    }
+
+    fn command<'a>(
+        &'a self,
+        node: NodeId,
+        ids: &'a [ConnectionId],
+        command: &'a crate::proto::Command,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        let target = Target::Only(ids.into());
+        let payload = self.inbox.writer().command("", &target, command);
+        Some(Box::pin(self.send(Channel::Node(node), payload)))
+    }
+
+    fn shares_sessions(&self) -> bool {
+        self.presence.shares_sessions()
+    }
+
+    fn save_session<'a>(
+        &'a self,
+        record: &'a SessionRecord,
+        ttl: Duration,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        self.presence
+            .shares_sessions()
+            .then(|| self.presence.save_session(record, ttl))
+    }
+
+    fn claim_session<'a>(
+        &'a self,
+        record: &'a SessionRecord,
+        from: NodeId,
+        ttl: Duration,
+    ) -> Option<BoxFuture<'a, Result<bool, GroupError>>> {
+        self.presence
+            .shares_sessions()
+            .then(|| self.presence.claim_session(record, from, ttl))
+    }
+
+    fn load_session<'a>(
+        &'a self,
+        connection: ConnectionId,
+    ) -> Option<BoxFuture<'a, Result<Option<SessionRecord>, GroupError>>> {
+        self.presence
+            .shares_sessions()
+            .then(|| self.presence.load_session(connection))
+    }
+
+    fn drop_session<'a>(
+        &'a self,
+        connection: ConnectionId,
+        server: NodeId,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        self.presence
+            .shares_sessions()
+            .then(|| self.presence.drop_session(connection, server))
+    }
+
+    fn server_alive<'a>(&'a self, node: NodeId) -> Option<BoxFuture<'a, Result<bool, GroupError>>> {
+        self.presence
+            .shares_sessions()
+            .then(|| self.presence.server_alive(node))
     }
 
     fn max_frame_bytes(&self) -> Option<usize> {

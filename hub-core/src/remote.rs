@@ -415,6 +415,19 @@ impl Inbox {
                     );
                 }
             },
+            Some(Kind::Takeover(t)) => match u64::from_str_radix(&t.server, 16) {
+                Ok(server) if group.is_empty() => (
+                    Action::Takeover {
+                        server: NodeId(server),
+                    },
+                    None,
+                ),
+                _ => {
+                    return Received::Malformed(
+                        "a takeover names its connections and the server taking them",
+                    );
+                }
+            },
             None => return Received::Malformed("a command of an unknown kind"),
         };
         let target = Target::from_proto(target);

@@ -398,6 +398,58 @@ impl Backplane for ShardedBackplane {
         self.shards[self.ring.node(node)].answer(node, answer)
     }
 
+    fn command<'a>(
+        &'a self,
+        node: NodeId,
+        ids: &'a [ConnectionId],
+        command: &'a crate::proto::Command,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        // On the server's node shard, as sends to its connections.
+        self.shards[self.ring.node(node)].command(node, ids, command)
+    }
+
+    fn shares_sessions(&self) -> bool {
+        self.shards.iter().all(|s| s.shares_sessions())
+    }
+
+    // A session's record lives on the shard of the node that issued its id, wherever
+    // the session is held now.
+    fn save_session<'a>(
+        &'a self,
+        record: &'a crate::session::SessionRecord,
+        ttl: std::time::Duration,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        self.shards[self.ring.node(record.connection.node)].save_session(record, ttl)
+    }
+
+    fn claim_session<'a>(
+        &'a self,
+        record: &'a crate::session::SessionRecord,
+        from: NodeId,
+        ttl: std::time::Duration,
+    ) -> Option<BoxFuture<'a, Result<bool, GroupError>>> {
+        self.shards[self.ring.node(record.connection.node)].claim_session(record, from, ttl)
+    }
+
+    fn load_session<'a>(
+        &'a self,
+        connection: ConnectionId,
+    ) -> Option<BoxFuture<'a, Result<Option<crate::session::SessionRecord>, GroupError>>> {
+        self.shards[self.ring.node(connection.node)].load_session(connection)
+    }
+
+    fn drop_session<'a>(
+        &'a self,
+        connection: ConnectionId,
+        server: NodeId,
+    ) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        self.shards[self.ring.node(connection.node)].drop_session(connection, server)
+    }
+
+    fn server_alive<'a>(&'a self, node: NodeId) -> Option<BoxFuture<'a, Result<bool, GroupError>>> {
+        self.shards[self.ring.node(node)].server_alive(node)
+    }
+
     fn max_frame_bytes(&self) -> Option<usize> {
         self.shards.iter().filter_map(|s| s.max_frame_bytes()).min()
     }

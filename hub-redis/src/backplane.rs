@@ -4,12 +4,16 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hub_core::history::{GroupHistory, HistoryEntry, HistoryPage, HistoryQuery};
 use hub_core::relay::{Channel, Presence, Relay, Transport};
 use hub_core::remote::Inbox;
-use hub_core::{BindContext, BoxFuture, GroupError, GroupName, HubMetrics, MemberInfo};
+use hub_core::session::SessionRecord;
+use hub_core::{
+    BindContext, BoxFuture, ConnectionId, GroupError, GroupName, HubMetrics, MemberInfo, NodeId,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -64,6 +68,7 @@ impl RedisTransport {
             presence: tokio::sync::RwLock::new(Registration::default()),
             next_inc: AtomicU32::new(1),
             janitor_busy: AtomicBool::new(false),
+            sessions: Default::default(),
             cancel: cancel.clone(),
             hub_id: wire.hub_id(),
             wire,
@@ -251,6 +256,55 @@ impl Presence for RedisPresence {
         group: &'a GroupName,
     ) -> BoxFuture<'a, Result<Vec<MemberInfo>, GroupError>> {
         Box::pin(presence::members(&self.shared, group))
+    }
+
+    fn shares_sessions(&self) -> bool {
+        true
+    }
+
+    fn save_session<'a>(
+        &'a self,
+        record: &'a SessionRecord,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), GroupError>> {
+        Box::pin(async move {
+            presence::save_session(&self.shared, record, None, ttl)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn claim_session<'a>(
+        &'a self,
+        record: &'a SessionRecord,
+        from: NodeId,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, GroupError>> {
+        Box::pin(presence::save_session(
+            &self.shared,
+            record,
+            Some(from),
+            ttl,
+        ))
+    }
+
+    fn load_session<'a>(
+        &'a self,
+        connection: ConnectionId,
+    ) -> BoxFuture<'a, Result<Option<SessionRecord>, GroupError>> {
+        Box::pin(presence::load_session(&self.shared, connection))
+    }
+
+    fn drop_session<'a>(
+        &'a self,
+        connection: ConnectionId,
+        server: NodeId,
+    ) -> BoxFuture<'a, Result<(), GroupError>> {
+        Box::pin(presence::drop_session(&self.shared, connection, server))
+    }
+
+    fn server_alive<'a>(&'a self, node: NodeId) -> BoxFuture<'a, Result<bool, GroupError>> {
+        Box::pin(presence::server_alive(&self.shared, node))
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

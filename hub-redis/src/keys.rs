@@ -114,6 +114,12 @@ impl Keys {
         format!("{}:node:{node}:{inc:08x}:groups", self.base)
     }
 
+    /// The hash of one session's record (`r`) and the server holding it (`s`). The
+    /// `{s:..}` hash tag puts each session in a slot of its own choosing.
+    pub(crate) fn session(&self, connection: &str) -> String {
+        format!("{}:session:{{s:{connection}}}", self.base)
+    }
+
     /// A short-lived lock so only one live server cleans up after a dead one.
     pub(crate) fn purge_lock(&self, incarnation: &str) -> String {
         format!("{}:purge:{incarnation}", self.base)

@@ -282,6 +282,10 @@ async fn serve(
                         if !beat.dead.is_empty() {
                             janitor(shared, cmd, beat.dead);
                         }
+                        if let Err(e) = presence::refresh_sessions(shared, cmd).await {
+                            HubMetrics::incr(&shared.metrics.backplane_errors);
+                            tracing::warn!(hub = shared.hub, error = %e, "could not extend the session records");
+                        }
                     }
                     Err(e) => {
                         HubMetrics::incr(&shared.metrics.backplane_errors);

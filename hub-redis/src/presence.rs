@@ -11,61 +11,83 @@
 //! heartbeats (or reconnects) registers a new one and rewrites its entries. Clean-up
 //! of a dead incarnation (by any live server) deletes only that incarnation's entries,
 //! so it cannot race with the server coming back.
+//!
+//! A member entry is held by the server whose node its connection id names, unless a
+//! session of that connection was resumed on another server: that server's entries
+//! say so in their value (`@{node}{inc}`), and only the holder's leave, rewrite or
+//! clean-up touches them. The `HOLDER` Lua function reads an entry either way.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 use std::sync::atomic::Ordering::Relaxed;
 
 use futures_util::{StreamExt, TryStreamExt};
-use hub_core::{ConnectionId, GroupError, GroupName, HubMetrics, MemberInfo, MembersLost};
+use hub_core::{ConnectionId, GroupError, GroupName, HubMetrics, MemberInfo, MembersLost, NodeId};
 use redis::{Script, Value};
 
 use crate::conn::Conn;
 use crate::keys::incarnation;
 use crate::shared::Shared;
 
-/// Adds or refreshes a member. KEYS: count, members. ARGV: node, connection, value.
+/// The holder (node) and incarnation of a member entry (field, value), in Lua.
+const HOLDER: &str = r"
+local function holder(f, v)
+  if string.sub(v, 1, 1) == '@' then return string.sub(v, 2, 17), string.sub(v, 18, 25) end
+  return string.sub(f, 1, 16), string.sub(v, 1, 8)
+end
+";
+
+/// A script that uses [`HOLDER`].
+fn with_holder(body: &str) -> Script {
+    Script::new(&format!("{HOLDER}{body}"))
+}
+
+/// Adds or refreshes a member (taking over another holder's entry of the same
+/// connection: a resumed session). KEYS: count, members. ARGV: node, connection, value.
 static JOIN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_holder(
         r"
 local old = redis.call('HGET', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-local inc = string.sub(ARGV[3], 1, 8)
+local nn, inc = holder(ARGV[2], ARGV[3])
 if old then
-  local oinc = string.sub(old, 1, 8)
-  if oinc == inc then return 0 end
-  local f = ARGV[1] .. ':' .. oinc
+  local on, oinc = holder(ARGV[2], old)
+  if on == nn and oinc == inc then return 0 end
+  local f = on .. ':' .. oinc
   if redis.call('HINCRBY', KEYS[1], f, -1) <= 0 then redis.call('HDEL', KEYS[1], f) end
 end
-redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':' .. inc, 1)
+redis.call('HINCRBY', KEYS[1], nn .. ':' .. inc, 1)
 return 1
 ",
     )
 });
 
-/// Removes a member. KEYS: count, members. ARGV: node, connection.
+/// Removes a member, if this server holds its entry. KEYS: count, members. ARGV:
+/// node, connection.
 static LEAVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_holder(
         r"
 local old = redis.call('HGET', KEYS[2], ARGV[2])
 if not old then return 0 end
+local on, oinc = holder(ARGV[2], old)
+if on ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[2])
-local f = ARGV[1] .. ':' .. string.sub(old, 1, 8)
+local f = on .. ':' .. oinc
 if redis.call('HINCRBY', KEYS[1], f, -1) <= 0 then redis.call('HDEL', KEYS[1], f) end
 return 1
 ",
     )
 });
 
-/// Replaces every entry of one server in one group by the given members.
+/// Replaces every entry one server holds in one group by the given members.
 /// KEYS: count, members. ARGV: node, inc, then connection/value pairs.
 static REPLACE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_holder(
         r"
-local np = ARGV[1] .. '-'
 local cp = ARGV[1] .. ':'
-for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
-  if string.sub(f, 1, #np) == np then redis.call('HDEL', KEYS[2], f) end
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  if holder(all[i], all[i + 1]) == ARGV[1] then redis.call('HDEL', KEYS[2], all[i]) end
 end
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(f, 1, #cp) == cp then redis.call('HDEL', KEYS[1], f) end
@@ -84,14 +106,14 @@ return n
 /// Deletes the entries of one dead incarnation in one group; returns them as a flat
 /// list of connection, value pairs. KEYS: count, members. ARGV: node, inc.
 static PURGE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_holder(
         r"
-local np = ARGV[1] .. '-'
 redis.call('HDEL', KEYS[1], ARGV[1] .. ':' .. ARGV[2])
 local all = redis.call('HGETALL', KEYS[2])
 local gone = {}
 for i = 1, #all, 2 do
-  if string.sub(all[i], 1, #np) == np and string.sub(all[i + 1], 1, 8) == ARGV[2] then
+  local h, hinc = holder(all[i], all[i + 1])
+  if h == ARGV[1] and hinc == ARGV[2] then
     redis.call('HDEL', KEYS[2], all[i])
     table.insert(gone, all[i])
     table.insert(gone, all[i + 1])
@@ -157,11 +179,57 @@ return 0
     )
 });
 
+/// Writes a session record held by ARGV[1], if the stored one is held by ARGV[1]
+/// (or, with ARGV[4], by ARGV[4]; without it, also if there is none). KEYS: session.
+/// ARGV: server, record, ttl ms, [from]. Returns 1 if written.
+static SAVE_SESSION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local held = redis.call('HGET', KEYS[1], 's')
+if ARGV[4] then
+  if held ~= ARGV[4] then return 0 end
+elseif held and held ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 's', ARGV[1], 'r', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+",
+    )
+});
+
+/// Deletes a session record if ARGV[1] holds it. KEYS: session. ARGV: server.
+static DROP_SESSION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HGET', KEYS[1], 's') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+",
+    )
+});
+
 /// A member entry's value: the incarnation (8 hex digits), then `|user` if it has one.
 pub(crate) fn entry_value(inc: u32, user: Option<&str>) -> String {
     match user {
         Some(u) => format!("{inc:08x}|{u}"),
         None => format!("{inc:08x}"),
+    }
+}
+
+/// The value of an entry server `me` writes for `connection`: [`entry_value`] for
+/// its own connections, `@{me}` in front for a connection whose id another server
+/// issued (a session resumed here).
+pub(crate) fn held_value(
+    me: NodeId,
+    connection: ConnectionId,
+    inc: u32,
+    user: Option<&str>,
+) -> String {
+    let value = entry_value(inc, user);
+    if connection.node == me {
+        value
+    } else {
+        format!("@{me}{value}")
     }
 }
 
@@ -172,6 +240,159 @@ pub(crate) fn parse_entry(value: &str) -> Option<(&str, Option<&str>)> {
         "" => Some((inc, None)),
         rest => Some((inc, Some(rest.strip_prefix('|')?))),
     }
+}
+
+/// Reads an entry of `connection`: (the server holding it, incarnation digits, user).
+pub(crate) fn parse_held(
+    connection: ConnectionId,
+    value: &str,
+) -> Option<(NodeId, &str, Option<&str>)> {
+    match value.strip_prefix('@') {
+        Some(rest) => {
+            let node = u64::from_str_radix(rest.get(..16)?, 16).ok()?;
+            let (inc, user) = parse_entry(rest.get(16..)?)?;
+            Some((NodeId(node), inc, user))
+        }
+        None => {
+            let (inc, user) = parse_entry(value)?;
+            Some((connection.node, inc, user))
+        }
+    }
+}
+
+/// How long a session record of this server lives past a heartbeat: its `ttl`
+/// (the session's grace) after this server's presence would expire.
+fn record_ttl(shared: &Shared, ttl: std::time::Duration) -> u64 {
+    (ttl + shared.cfg.presence_ttl).as_millis().max(1) as u64
+}
+
+/// Writes a session record this server holds; with `from`, only if `from` holds
+/// the stored one (a takeover), else unless another server holds it.
+pub(crate) async fn save_session(
+    shared: &Shared,
+    record: &hub_core::session::SessionRecord,
+    from: Option<NodeId>,
+    ttl: std::time::Duration,
+) -> Result<bool, GroupError> {
+    let mut c = shared.conn("save_session").await?;
+    let ms = record_ttl(shared, ttl);
+    let mut inv = SAVE_SESSION.key(shared.keys.session(&record.connection.to_string()));
+    inv.arg(record.server.to_string())
+        .arg(record.encode())
+        .arg(ms);
+    if let Some(from) = from {
+        inv.arg(from.to_string());
+    }
+    let written: i64 = shared
+        .timed(
+            "save_session",
+            shared.cfg.command_timeout,
+            inv.invoke_async(&mut c),
+        )
+        .await?;
+    let mut held = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+    if written == 1 {
+        held.insert(record.connection, ms);
+    } else {
+        held.remove(&record.connection);
+    }
+    Ok(written == 1)
+}
+
+/// The record of a session, if one lives.
+pub(crate) async fn load_session(
+    shared: &Shared,
+    connection: ConnectionId,
+) -> Result<Option<hub_core::session::SessionRecord>, GroupError> {
+    let mut c = shared.conn("load_session").await?;
+    let bytes: Option<Vec<u8>> = shared
+        .timed(
+            "load_session",
+            shared.cfg.command_timeout,
+            redis::cmd("HGET")
+                .arg(shared.keys.session(&connection.to_string()))
+                .arg("r")
+                .query_async(&mut c),
+        )
+        .await?;
+    let Some(bytes) = bytes else {
+        return Ok(None);
+    };
+    hub_core::session::SessionRecord::decode(&bytes)
+        .map(Some)
+        .map_err(|e| crate::shared::unavailable(format!("load_session: {e}")))
+}
+
+/// Deletes the record of a session if `server` holds it; this server stops
+/// extending it either way.
+pub(crate) async fn drop_session(
+    shared: &Shared,
+    connection: ConnectionId,
+    server: NodeId,
+) -> Result<(), GroupError> {
+    shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&connection);
+    let mut c = shared.conn("drop_session").await?;
+    shared
+        .timed(
+            "drop_session",
+            shared.cfg.command_timeout,
+            DROP_SESSION
+                .key(shared.keys.session(&connection.to_string()))
+                .arg(server.to_string())
+                .invoke_async::<Value>(&mut c),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Whether server `node` has a live incarnation.
+pub(crate) async fn server_alive(shared: &Shared, node: NodeId) -> Result<bool, GroupError> {
+    let mut c = shared.conn("server_alive").await?;
+    let live: Vec<String> = shared
+        .timed(
+            "server_alive",
+            shared.cfg.command_timeout,
+            LIVE.key(shared.keys.nodes()).invoke_async(&mut c),
+        )
+        .await?;
+    let prefix = format!("{node}:");
+    Ok(live.iter().any(|inc| inc.starts_with(&prefix)))
+}
+
+/// Extends the records of the sessions this server holds (at each heartbeat).
+pub(crate) async fn refresh_sessions(shared: &Shared, cmd: &Conn) -> Result<(), GroupError> {
+    let held: Vec<(ConnectionId, u64)> = shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(id, ms)| (*id, *ms))
+        .collect();
+    let timeout = shared.cfg.command_timeout;
+    futures_util::stream::iter(held)
+        .map(|(id, ms)| {
+            let mut c = cmd.clone();
+            async move {
+                shared
+                    .timed(
+                        "refresh_sessions",
+                        timeout,
+                        redis::cmd("PEXPIRE")
+                            .arg(shared.keys.session(&id.to_string()))
+                            .arg(ms)
+                            .query_async::<Value>(&mut c),
+                    )
+                    .await
+            }
+        })
+        .buffer_unordered(64)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
 }
 
 /// Registers a new incarnation and writes every local member under it, then drops
@@ -272,8 +493,12 @@ async fn replace(
         .arg(shared.node.to_string())
         .arg(format!("{inc:08x}"));
     for m in &members {
-        inv.arg(m.connection.to_string())
-            .arg(entry_value(inc, m.user.as_deref()));
+        inv.arg(m.connection.to_string()).arg(held_value(
+            shared.node,
+            m.connection,
+            inc,
+            m.user.as_deref(),
+        ));
     }
     let mut c = cmd.clone();
     shared
@@ -344,7 +569,12 @@ pub(crate) async fn join(
     inv.key(shared.keys.members(group.as_str()))
         .arg(shared.node.to_string())
         .arg(member.connection.to_string())
-        .arg(entry_value(reg.inc, member.user.as_deref()));
+        .arg(held_value(
+            shared.node,
+            member.connection,
+            reg.inc,
+            member.user.as_deref(),
+        ));
     let entry = inv.invoke_async::<Value>(&mut c2);
     shared
         .timed("join", timeout, async {
@@ -437,13 +667,13 @@ pub(crate) async fn members(
         let Ok(id) = conn.parse::<ConnectionId>() else {
             continue;
         };
-        if id.node == shared.node {
-            continue;
-        }
-        let Some((inc, user)) = parse_entry(value) else {
+        let Some((holder, inc, user)) = parse_held(id, value) else {
             continue;
         };
-        if live.contains(&format!("{}:{inc}", id.node)) {
+        if holder == shared.node {
+            continue;
+        }
+        if live.contains(&format!("{holder}:{inc}")) {
             out.push(MemberInfo {
                 connection: id,
                 user: user.map(str::to_owned),
@@ -558,7 +788,7 @@ async fn report_lost(
         .iter()
         .filter_map(|(conn, value)| {
             let connection = conn.parse::<ConnectionId>().ok()?;
-            let (_, user) = parse_entry(value)?;
+            let (_, _, user) = parse_held(connection, value)?;
             Some(MemberInfo {
                 connection,
                 user: user.map(str::to_owned),
@@ -675,5 +905,12 @@ mod tests {
         assert_eq!(parse_entry("0000002a|"), Some(("0000002a", Some(""))));
         assert_eq!(parse_entry("0000002ax"), None);
         assert_eq!(parse_entry("short"), None);
+        let (a, b) = (NodeId(0xa), NodeId(0xb));
+        let own = ConnectionId { node: a, local: 3 };
+        let value = held_value(a, own, 0x2a, Some("u"));
+        assert_eq!(parse_held(own, &value), Some((a, "0000002a", Some("u"))));
+        let value = held_value(b, own, 0x2a, None);
+        assert_eq!(value, "@000000000000000b0000002a");
+        assert_eq!(parse_held(own, &value), Some((b, "0000002a", None)));
     }
 }

@@ -79,6 +79,9 @@ pub(crate) struct Shared {
     pub(crate) next_inc: AtomicU32,
     /// Set while a clean-up of dead servers runs (one at a time).
     pub(crate) janitor_busy: AtomicBool,
+    /// The session records this server holds, with their time to live in ms: each
+    /// heartbeat extends them.
+    pub(crate) sessions: std::sync::Mutex<std::collections::HashMap<hub_core::ConnectionId, u64>>,
     /// Stops every task of this backplane.
     pub(crate) cancel: CancellationToken,
     /// The provider's connections, shared by every hub bound to it.

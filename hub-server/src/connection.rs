@@ -256,8 +256,10 @@ pub(crate) async fn run<D: Dispatch>(
     };
 
     // The session (if any) ends with the connection: no stream attaches any more.
+    let mut taken_over = false;
     if let (Some(sessions), Some(att)) = (&core.sessions, &session) {
         sessions.end(&att.session);
+        taken_over = att.session.was_taken_over();
     }
     // End the outbound stream: after a clean client close, send what is queued and
     // finish with OK; otherwise the first close reason set above stands.
@@ -266,9 +268,16 @@ pub(crate) async fn run<D: Dispatch>(
     // Leave first, so that whoever hears of it from `on_disconnect` (an `on_leave`
     // push) and asks for the members no longer sees this connection, on any server.
     leave_everything(&core, &state).await;
-    let hook = AssertUnwindSafe(conn.shared.dispatch.on_disconnect(conn.ctx.clone(), reason));
-    if hook.catch_unwind().await.is_err() {
-        tracing::error!("the hub's on_disconnect hook panicked");
+    if session.is_some() {
+        // Its record in the backplane, unless another server holds it now.
+        crate::session::drop_record(&core, state.id).await;
+    }
+    // A session another server took over goes on there: it did not end.
+    if !taken_over {
+        let hook = AssertUnwindSafe(conn.shared.dispatch.on_disconnect(conn.ctx.clone(), reason));
+        if hook.catch_unwind().await.is_err() {
+            tracing::error!("the hub's on_disconnect hook panicked");
+        }
     }
     HubMetrics::incr(&core.metrics.connections_closed);
     core.metrics.connections.decrement(1.0);

@@ -66,7 +66,9 @@ impl HubCore {
                 user,
             };
             if let Some(fut) = self.backplane.joined(group, &info, outcome.first_local) {
-                if let Err(e) = fut.await {
+                // The session's record (if any) in the same round trip.
+                let (joined, ()) = tokio::join!(fut, self.save_record(id));
+                if let Err(e) = joined {
                     HubMetrics::incr(&self.metrics.backplane_errors);
                     // Undo, so local state matches what other servers know.
                     let left = self.local.leave(group, id);
@@ -74,6 +76,7 @@ impl HubCore {
                     if let Some(fut) = self.backplane.left(group, &info, left.last_local) {
                         let _ = fut.await;
                     }
+                    self.save_record(id).await;
                     return Err(e);
                 }
             }
@@ -95,13 +98,25 @@ impl HubCore {
                 user,
             };
             if let Some(fut) = self.backplane.left(group, &info, outcome.last_local) {
-                if let Err(e) = fut.await {
+                let (left, ()) = tokio::join!(fut, self.save_record(id));
+                if let Err(e) = left {
                     HubMetrics::incr(&self.metrics.backplane_errors);
                     return Err(e);
                 }
             }
         }
         Ok(outcome.removed)
+    }
+
+    /// Writes the record of `id`'s session, on a hub whose sessions the backplane
+    /// shares (at once otherwise).
+    async fn save_record(&self, id: ConnectionId) {
+        crate::session::save_record(self, id).await;
+    }
+
+    /// Whether this hub keeps sessions and its backplane shares them.
+    pub(crate) fn shares_sessions(&self) -> bool {
+        self.sessions.is_some() && self.backplane.shares_sessions()
     }
 
     /// The largest frame this hub sends (replies, pushes with their sequence number),

@@ -229,6 +229,15 @@ fn members_lost<D: Dispatch>(
 fn commanded<D: Dispatch>(shared: Arc<HubShared<D>>, command: Commanded) {
     let core = &shared.core;
     match command.action {
+        Action::Takeover { server } => {
+            for m in &command.members {
+                let held = core
+                    .sessions
+                    .as_ref()
+                    .is_some_and(|s| s.taken_over(m.connection, server));
+                tracing::info!(hub = core.service, conn = %m.connection, %server, held, "session taken over by another server");
+            }
+        }
         Action::Disconnect { code, reason } => {
             tracing::info!(
                 hub = core.service,
@@ -541,6 +550,8 @@ async fn accept<D: Dispatch>(
     let user = identity.as_ref().map(|i| i.user_arc());
     let mut inbound = Some(inbound);
     let mut resumption = None;
+    // A session another server held, resumed here from the backplane's record.
+    let mut restored = None;
     if let Some(credential) = metadata.get(RESUME_KEY) {
         let credential = credential.to_str().unwrap_or_default();
         let seq = metadata.get(RESUME_SEQ_KEY).and_then(|v| v.to_str().ok());
@@ -584,27 +595,56 @@ async fn accept<D: Dispatch>(
                     done: false,
                 }));
             }
-            Err(refusal) => {
-                refusal.count(&core.metrics);
-                tracing::debug!(hub = D::SERVICE, reason = %refusal.reason, "resume refused");
-                resumption = Some(refusal.resumption());
+            Err(mut refusal) => {
+                let outcome = match refusal.elsewhere.take() {
+                    Some(ask) => {
+                        crate::session::restore(&core, ask, user.as_deref(), refusal).await
+                    }
+                    None => Err(refusal),
+                };
+                match outcome {
+                    Ok(r) => {
+                        HubMetrics::incr(&core.metrics.sessions_restored);
+                        resumption = Some(proto::Resumption {
+                            outcome: proto::ResumeOutcome::Restored as i32,
+                            reason: "restored on this server from the session record: the same \
+                                     connection id, identity and groups; pushes sent while no \
+                                     stream was attached are not recovered (resync them)"
+                                .to_owned(),
+                            replayed: 0,
+                        });
+                        restored = Some(r);
+                    }
+                    Err(refusal) => {
+                        refusal.count(&core.metrics);
+                        tracing::debug!(hub = D::SERVICE, reason = %refusal.reason, "resume refused");
+                        resumption = Some(refusal.resumption());
+                    }
+                }
             }
         }
     }
     let inbound = inbound.expect("a refused resume leaves the stream");
-    let id = ConnectionId {
-        node: core.node,
-        local: core.next_conn.fetch_add(1, Relaxed) + 1,
+    let id = match &restored {
+        Some(r) => r.record.connection,
+        None => ConnectionId {
+            node: core.node,
+            local: core.next_conn.fetch_add(1, Relaxed) + 1,
+        },
     };
     let config = &core.config;
-    let (outbox, rx) = Outbox::with_limits(
+    let (outbox, mut rx) = Outbox::with_limits(
         config.outbox_limits(),
         config.slow_consumer,
         core.metrics.clone(),
         core.outbound.clone(),
     );
+    if let Some(r) = &restored {
+        rx.continue_after(r.seq);
+    }
+    let secret = restored.as_ref().map(|r| r.secret);
     let (source, attachments, credential) = match &core.sessions {
-        Some(sessions) => match sessions.open(id, user.clone(), &outbox, rx) {
+        Some(sessions) => match sessions.open(id, user.clone(), &outbox, rx, secret) {
             Ok((att, credential)) => {
                 let source = Source::Session {
                     io: att.session.io.clone(),
@@ -641,30 +681,52 @@ async fn accept<D: Dispatch>(
     });
     let span = tracing::info_span!("connection", hub = D::SERVICE, conn = %id, peer = ?remote_addr);
     // Every connection of an authenticated user is reachable as that user, from
-    // `on_connect` on.
-    if let Err(e) = join_user_group(&core, &conn).await {
+    // `on_connect` on. A restored session joins its groups again (its user's among
+    // them), here.
+    let joined = match &restored {
+        Some(r) => rejoin(&core, &conn, &r.record).await,
+        None => join_user_group(&core, &conn).await,
+    };
+    if let Err(e) = joined {
         HubMetrics::incr(&core.metrics.connections_rejected);
-        tracing::debug!(parent: &span, error = %e, "could not register the connection's user");
-        end_session(&core, attachments.as_ref());
+        tracing::debug!(parent: &span, error = %e, "could not register the connection's groups");
+        end_session(&core, attachments.as_ref()).await;
         crate::connection::leave_everything(&core, &conn).await;
         return Err(e.into());
     }
+    if conn.identity.is_none() || restored.is_some() {
+        // (A join wrote the record already, unless there was none.)
+        crate::session::save_record(&core, id).await;
+    }
     let ctx = Context::<D::Push>::new(conn.clone());
-    let hook = std::panic::AssertUnwindSafe(shared.dispatch.on_connect(ctx.clone()));
-    let accepted = match futures_util::FutureExt::catch_unwind(hook)
-        .instrument(span.clone())
-        .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(Status::internal("the hub's on_connect hook panicked")),
-    };
-    if let Err(status) = accepted {
-        HubMetrics::incr(&core.metrics.connections_rejected);
-        let status = Status::new(status.code(), hub_core::quote::bound_str(status.message()));
-        tracing::debug!(parent: &span, %status, "connection refused by on_connect");
-        end_session(&core, attachments.as_ref());
-        crate::connection::leave_everything(&core, &conn).await;
-        return Err(status);
+    if restored.is_some() {
+        // The session goes on: `on_connect` ran on the server that opened it, and
+        // `on_disconnect` runs where it ends.
+        let hook = std::panic::AssertUnwindSafe(shared.dispatch.on_resumed(ctx.clone()));
+        if futures_util::FutureExt::catch_unwind(hook)
+            .instrument(span.clone())
+            .await
+            .is_err()
+        {
+            tracing::error!(parent: &span, "the hub's on_resumed hook panicked");
+        }
+    } else {
+        let hook = std::panic::AssertUnwindSafe(shared.dispatch.on_connect(ctx.clone()));
+        let accepted = match futures_util::FutureExt::catch_unwind(hook)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(Status::internal("the hub's on_connect hook panicked")),
+        };
+        if let Err(status) = accepted {
+            HubMetrics::incr(&core.metrics.connections_rejected);
+            let status = Status::new(status.code(), hub_core::quote::bound_str(status.message()));
+            tracing::debug!(parent: &span, %status, "connection refused by on_connect");
+            end_session(&core, attachments.as_ref()).await;
+            crate::connection::leave_everything(&core, &conn).await;
+            return Err(status);
+        }
     }
     HubMetrics::incr(&core.metrics.connections_opened);
     core.metrics.connections.increment(1.0);
@@ -677,10 +739,24 @@ async fn accept<D: Dispatch>(
 }
 
 /// Ends the session of a connection refused before it started.
-fn end_session(core: &HubCore, attachments: Option<&crate::session::Attachments>) {
+async fn end_session(core: &HubCore, attachments: Option<&crate::session::Attachments>) {
     if let (Some(sessions), Some(att)) = (&core.sessions, attachments) {
         sessions.end(&att.session);
+        crate::session::drop_record(core, att.session.id).await;
     }
+}
+
+/// Joins a restored session's groups again, on this server.
+async fn rejoin(
+    core: &HubCore,
+    conn: &ConnState,
+    record: &hub_core::session::SessionRecord,
+) -> Result<(), hub_core::GroupError> {
+    let user = record.user.clone();
+    for g in &record.groups {
+        core.join(&g.group, conn.id, user.clone()).await?;
+    }
+    Ok(())
 }
 
 /// The hello frame: the connection's id and limits, its resume credential (empty

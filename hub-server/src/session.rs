@@ -14,6 +14,15 @@
 //! stream that the client may not have read (kept in a replay buffer of
 //! [`SessionConfig::replay_bytes`]). A resume whose `hub-resume-seq` is older than the
 //! replay buffer reaches is refused as a gap.
+//!
+//! On a backplane that shares sessions (`Backplane::save_session`: Redis, the
+//! in-process bus), the server holding a session also keeps its record there (id,
+//! a hash of the credential's secret, identity, groups, which server holds it),
+//! written when the session opens and on every join and leave. A resume that reaches
+//! another server ([`restore`]) checks the record, tells the old holder to let go
+//! (a takeover command, if it is alive) and *restores* the session there: the same
+//! id, identity and groups, `seq` going on after `hub-resume-seq`, outcome
+//! `RESTORED`. The pushes missed while no stream was attached are not recovered.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,9 +32,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use hub_core::frame::OutFrame;
 use hub_core::proto::{ResumeOutcome, Resumption};
+use hub_core::session::{SessionGroup, SessionRecord, hash_secret, secret_matches};
 use hub_core::{CloseReason, ConnectionId, HubMetrics, NodeId, Outbox, OutboxReceiver};
 use tokio::sync::mpsc;
 use tonic::Streaming;
+
+use crate::hub::HubCore;
 
 /// How a hub keeps sessions for connections whose stream dropped. Every bound says
 /// what happens when it is hit.
@@ -109,10 +121,11 @@ pub(crate) struct Sessions {
 
 #[derive(Default)]
 struct Registry {
-    /// Live sessions by the connection's local number.
-    by_id: HashMap<u64, Arc<Session>>,
+    /// Live sessions by connection id (ids of other servers too: sessions restored
+    /// here).
+    by_id: HashMap<ConnectionId, Arc<Session>>,
     /// Live sessions of each identity, oldest first.
-    by_user: HashMap<Arc<str>, VecDeque<u64>>,
+    by_user: HashMap<Arc<str>, VecDeque<ConnectionId>>,
     /// Sessions detached now.
     detached: usize,
 }
@@ -128,6 +141,12 @@ pub(crate) struct Session {
     outbox: Outbox,
     /// Hands a resuming stream's request side to the connection task.
     attach: mpsc::UnboundedSender<Streaming<Bytes>>,
+    /// What the backplane's record keeps of the credential's secret.
+    secret_sha256: [u8; 32],
+    /// Held while the record is written, so that writes of one session land in order.
+    record: tokio::sync::Mutex<()>,
+    /// Another server resumed the session: it ends here without `on_disconnect`.
+    taken_over: std::sync::atomic::AtomicBool,
 }
 
 /// What the streams of one session share.
@@ -202,6 +221,15 @@ pub(crate) struct ResumeAsk<'a> {
 pub(crate) struct Refusal {
     pub(crate) outcome: ResumeOutcome,
     pub(crate) reason: String,
+    /// Not a session of this server: the backplane's record may know it.
+    pub(crate) elsewhere: Option<Elsewhere>,
+}
+
+/// A well-formed resume of a session this server does not hold.
+pub(crate) struct Elsewhere {
+    pub(crate) id: ConnectionId,
+    pub(crate) secret: u128,
+    pub(crate) seq: u64,
 }
 
 impl Refusal {
@@ -209,6 +237,7 @@ impl Refusal {
         Refusal {
             outcome,
             reason: reason.into(),
+            elsewhere: None,
         }
     }
 
@@ -273,6 +302,7 @@ impl Sessions {
         user: Option<Arc<str>>,
         outbox: &Outbox,
         rx: OutboxReceiver,
+        secret: Option<u128>,
     ) -> Result<(Attachments, String), OutboxReceiver> {
         // Locks are taken session first, registry second, never the other way: the
         // identity's sessions are copied out before each is looked at.
@@ -301,7 +331,7 @@ impl Sessions {
                 "session evicted: its identity opened too many sessions",
             );
         }
-        let secret = rand::random::<u128>();
+        let secret = secret.unwrap_or_else(rand::random::<u128>);
         let (tx, attach_rx) = mpsc::unbounded_channel();
         let session = Arc::new(Session {
             id,
@@ -320,11 +350,14 @@ impl Sessions {
             })),
             outbox: outbox.clone(),
             attach: tx,
+            secret_sha256: hash_secret(secret),
+            record: tokio::sync::Mutex::new(()),
+            taken_over: Default::default(),
         });
         let mut reg = self.registry();
-        reg.by_id.insert(id.local, session.clone());
+        reg.by_id.insert(id, session.clone());
         if let Some(user) = user {
-            reg.by_user.entry(user).or_default().push_back(id.local);
+            reg.by_user.entry(user).or_default().push_back(id);
         }
         Ok((
             Attachments {
@@ -363,24 +396,23 @@ impl Sessions {
         let Some((id, secret)) = parse_credential(credential) else {
             return refuse(ResumeOutcome::Unknown, "not a resume credential", ());
         };
-        if id.node != node {
-            return refuse(
-                ResumeOutcome::Unknown,
-                "the credential was issued by another server",
-                (),
-            );
-        }
-        let session = self.registry().by_id.get(&id.local).cloned();
+        let session = self.registry().by_id.get(&id).cloned();
         let Some(session) = session else {
-            return if id.local >= 1 && id.local < next_local {
-                refuse(
+            let mut refusal = if id.node != node {
+                Refusal::new(
+                    ResumeOutcome::Unknown,
+                    "the credential was issued by another server",
+                )
+            } else if id.local >= 1 && id.local < next_local {
+                Refusal::new(
                     ResumeOutcome::Expired,
                     "the session ended (its grace period passed, or it closed)",
-                    (),
                 )
             } else {
-                refuse(ResumeOutcome::Unknown, "no such session", ())
+                Refusal::new(ResumeOutcome::Unknown, "no such session")
             };
+            refusal.elsewhere = Some(Elsewhere { id, secret, seq });
+            return Err(refusal);
         };
         let mut io = session.io();
         if !same_secret(io.secret, secret) {
@@ -493,11 +525,11 @@ impl Sessions {
         if was_detached {
             reg.detached -= 1;
         }
-        reg.by_id.remove(&session.id.local);
+        reg.by_id.remove(&session.id);
         if let Some(user) = &session.user
             && let Some(list) = reg.by_user.get_mut(user)
         {
-            list.retain(|n| *n != session.id.local);
+            list.retain(|n| *n != session.id);
             if list.is_empty() {
                 reg.by_user.remove(user);
             }
@@ -516,10 +548,200 @@ impl Sessions {
     pub(crate) fn detached(&self) -> usize {
         self.registry().detached
     }
+
+    /// The live session of `id` on this server.
+    pub(crate) fn get(&self, id: ConnectionId) -> Option<Arc<Session>> {
+        self.registry().by_id.get(&id).cloned()
+    }
+
+    /// Another server resumed the session of `id`: it ends here, and its
+    /// connection closes (its `on_disconnect` does not run). Returns whether this
+    /// server held it.
+    pub(crate) fn taken_over(&self, id: ConnectionId, by: NodeId) -> bool {
+        let Some(session) = self.get(id) else {
+            return false;
+        };
+        session
+            .taken_over
+            .store(true, std::sync::atomic::Ordering::Release);
+        HubMetrics::incr(&self.metrics.sessions_taken_over);
+        self.close(
+            &session,
+            &format!("the session was resumed on another server ({by})"),
+        );
+        true
+    }
 }
 
 impl Session {
     pub(crate) fn io(&self) -> MutexGuard<'_, SessionIo> {
         self.io.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Whether another server resumed this session (its connection ends here
+    /// without `on_disconnect`).
+    pub(crate) fn was_taken_over(&self) -> bool {
+        self.taken_over.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Writes the backplane's record of the session of `id` (if it has one, on a
+/// backplane that shares sessions) from the registry as it is now. Writes of one
+/// session are serialized, so the last one written is the latest state. A failure is
+/// counted (`backplane_errors`) and logged: the session goes on, but may not be
+/// resumable on another server until its next join or leave.
+pub(crate) async fn save_record(core: &HubCore, id: ConnectionId) {
+    if !core.shares_sessions() {
+        return;
+    }
+    let Some(session) = core.sessions.as_ref().and_then(|s| s.get(id)) else {
+        return;
+    };
+    let _in_order = session.record.lock().await;
+    if session.io().ended {
+        return;
+    }
+    let mut groups: Vec<SessionGroup> = core
+        .local
+        .groups_of(id)
+        .into_iter()
+        .map(|group| SessionGroup {
+            group,
+            joined_at: None,
+        })
+        .collect();
+    groups.sort_by(|a, b| a.group.cmp(&b.group));
+    let record = SessionRecord {
+        connection: id,
+        secret_sha256: session.secret_sha256,
+        user: session.user.as_deref().map(str::to_owned),
+        hub: core.service.to_owned(),
+        server: core.node,
+        groups,
+    };
+    let grace = core
+        .sessions
+        .as_ref()
+        .map_or(Duration::ZERO, |s| s.config.grace);
+    if let Some(fut) = core.backplane.save_session(&record, grace)
+        && let Err(e) = fut.await
+    {
+        HubMetrics::incr(&core.metrics.backplane_errors);
+        tracing::warn!(hub = core.service, conn = %id, error = %e, "could not write the session record");
+    }
+}
+
+/// Deletes the backplane's record of a session that ended here (unless another
+/// server holds it now).
+pub(crate) async fn drop_record(core: &HubCore, id: ConnectionId) {
+    if !core.shares_sessions() {
+        return;
+    }
+    if let Some(fut) = core.backplane.drop_session(id, core.node)
+        && let Err(e) = fut.await
+    {
+        HubMetrics::incr(&core.metrics.backplane_errors);
+        tracing::warn!(hub = core.service, conn = %id, error = %e, "could not delete the session record");
+    }
+}
+
+/// A session another server held, now held here: what the new connection is made of.
+pub(crate) struct Restored {
+    /// Its record, as written here (this server holds it).
+    pub(crate) record: SessionRecord,
+    /// The credential's secret (the credential stays the same).
+    pub(crate) secret: u128,
+    /// The last `seq` the client saw: the next push is numbered after it.
+    pub(crate) seq: u64,
+}
+
+/// Resumes here a session this server does not hold, from the backplane's record:
+/// checks the credential against it (constant time) and the identity, makes the
+/// record this server's (of two servers doing this at once, one wins), and tells
+/// the server that held it to let go if it is alive. `refused` is what the client is
+/// told if the backplane knows no such session.
+pub(crate) async fn restore(
+    core: &HubCore,
+    ask: Elsewhere,
+    user: Option<&str>,
+    refused: Refusal,
+) -> Result<Restored, Refusal> {
+    let Some(load) = core.backplane.load_session(ask.id) else {
+        return Err(refused);
+    };
+    let unavailable = |e: hub_core::GroupError| {
+        HubMetrics::incr(&core.metrics.backplane_errors);
+        Refusal::new(
+            ResumeOutcome::Unknown,
+            format!("the session could not be looked up on the backplane: {e}"),
+        )
+    };
+    let record = match load.await {
+        Ok(Some(record)) => record,
+        Ok(None) => return Err(refused),
+        Err(e) => return Err(unavailable(e)),
+    };
+    if record.hub != core.service
+        || record.connection != ask.id
+        || !secret_matches(ask.secret, &record.secret_sha256)
+    {
+        return Err(Refusal::new(
+            ResumeOutcome::Unknown,
+            "the credential does not match the session",
+        ));
+    }
+    if record.user.as_deref() != user {
+        return Err(Refusal::new(
+            ResumeOutcome::IdentityMismatch,
+            "the stream is authenticated as another identity than the session",
+        ));
+    }
+    if record.server == core.node {
+        // This server held it and no longer does: it ended here.
+        return Err(Refusal::new(ResumeOutcome::Expired, "the session ended"));
+    }
+    let old = record.server;
+    let mine = SessionRecord {
+        server: core.node,
+        ..record
+    };
+    let grace = core
+        .sessions
+        .as_ref()
+        .map_or(Duration::ZERO, |s| s.config.grace);
+    let claimed = match core.backplane.claim_session(&mine, old, grace) {
+        Some(claim) => claim.await.map_err(unavailable)?,
+        None => false,
+    };
+    if !claimed {
+        return Err(Refusal::new(
+            ResumeOutcome::Expired,
+            "the session ended or was resumed on another server meanwhile",
+        ));
+    }
+    let alive = match core.backplane.server_alive(old) {
+        Some(alive) => alive.await.unwrap_or(true),
+        None => false,
+    };
+    if alive {
+        let takeover = hub_core::proto::Command {
+            kind: Some(hub_core::proto::command::Kind::Takeover(
+                hub_core::proto::Takeover {
+                    server: core.node.to_string(),
+                },
+            )),
+        };
+        if let Some(fut) = core.backplane.command(old, &[ask.id], &takeover)
+            && let Err(e) = fut.await
+        {
+            HubMetrics::incr(&core.metrics.backplane_errors);
+            tracing::warn!(hub = core.service, conn = %ask.id, server = %old, error = %e, "could not tell the session's old server to let go");
+        }
+    }
+    tracing::debug!(hub = core.service, conn = %ask.id, from = %old, alive, "session restored from its record");
+    Ok(Restored {
+        record: mine,
+        secret: ask.secret,
+        seq: ask.seq,
+    })
 }
