@@ -111,3 +111,57 @@ def test_a_stock_client_resumes_with_the_metadata(generated, chat_servers):
             await alice.channel.close(grace=None)
 
     run(asyncio.wait_for(scenario(), 4 * WAIT))
+
+
+def test_a_stock_client_resumes_on_another_server(generated, chat_servers, redis_url):
+    """Two chat-servers over Redis: the same metadata, sent to the other server,
+    restores the session there (RESTORED: the same connection id and room, seq going
+    on after the last one seen); a push sent while no stream was attached is not
+    recovered, and the hello says so."""
+    flags = (*SESSIONS, "--token-secret", "the python tests' shared token secret, 32+ bytes")
+    a, b = chat_servers(redis_url, *flags), chat_servers(redis_url, *flags)
+    room = unique("room")
+
+    async def scenario():
+        token = (await generated.login(a, "alice")).token
+        relay = await Relay(a.addr).start()
+        alice = await generated.connect(SimpleNamespace(addr=relay.addr), token=token)
+        bob = await generated.connect(b, "bob", login_at=a)
+        try:
+            info = alice.hub.info
+            await alice.join(room)
+            await bob.join(room)
+            await alice.expect("on_join", room=room, user="bob")
+            await bob.say("before")
+            seen = await alice.expect("on_message", text="before")
+            relay.cut()
+            await bob.say("while away")
+            again = await generated.connect(b, token=token, metadata_extra=[
+                ("hub-resume", info.resume_credential),
+                ("hub-resume-seq", str(seen.seq)),
+            ])
+            try:
+                r = again.hub.info
+                assert r.resumption.outcome == generated.hub.RESUME_OUTCOME_RESTORED, r
+                assert "not recovered" in r.resumption.reason, r
+                assert r.connection_id == info.connection_id
+                assert r.server_id == bob.hub.info.server_id != info.server_id
+                await bob.say("live")
+                got = await again.expect("on_message")
+                assert (got.message.text, got.seq) == ("live", seen.seq + 1)
+                await again.say("back")
+                while True:
+                    p = await bob.next_push()
+                    assert p.name != "on_leave", p
+                    if p.name == "on_message" and p.message.text == "back":
+                        break
+                members = await bob.hub.call("members")
+                assert (sorted(members.members), members.count) == (["alice", "bob"], 2)
+            finally:
+                await again.close()
+        finally:
+            await bob.close()
+            relay.close()
+            await alice.channel.close(grace=None)
+
+    run(asyncio.wait_for(scenario(), 4 * WAIT))

@@ -1,0 +1,437 @@
+//! Sessions resumed on another server: the server holding a session keeps its record
+//! in the backplane (Redis, the in-process bus), so a resume that reaches another
+//! server restores it there (outcome `RESTORED`): the same connection id, identity and
+//! groups, `seq` going on after `hub-resume-seq`, while the old server lives (it is
+//! told to let go, without `on_disconnect`) or after it died. What cannot be proved
+//! is refused as on one server: a forged credential, another identity, a record gone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use examples::chat::chat_request::Call;
+use examples::chat::chat_response::Event;
+use examples::chat::{ChatRequest, ChatResponse, JoinRequest, SayRequest};
+use hub_core::bus::Bus;
+use hub_core::proto::server_control::Kind;
+use hub_core::proto::{ConnectionInfo, ResumeOutcome};
+use hub_redis::RedisProvider;
+use hub_server::{GroupProvider, HubConfig, SessionConfig};
+use test_support::{ChatServer, RedisServer};
+use tests::raw::{Frame, RawConn};
+use tests::{CrashableServer, Seen, TestServer, channel, login, said};
+
+const CONNECT: &str = "/chat.v1.ChatHub/Connect";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config(grace: Duration) -> HubConfig {
+    HubConfig::default().sessions(Some(SessionConfig::default().grace(grace)))
+}
+
+fn redis_provider(url: &str) -> Arc<dyn GroupProvider> {
+    Arc::new(
+        RedisProvider::builder()
+            .url(url)
+            .presence_ttl(Duration::from_secs(1))
+            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+            .build()
+            .expect("provider"),
+    )
+}
+
+/// A raw chat stream as `token`'s user, and its hello.
+async fn open(
+    url: &str,
+    token: &str,
+    resume: Option<(&str, u64)>,
+) -> (RawConn<ChatResponse>, ConnectionInfo) {
+    let auth = format!("Bearer {token}");
+    let seq;
+    let mut metadata = vec![("authorization", auth.as_str())];
+    if let Some((credential, last)) = resume {
+        seq = last.to_string();
+        metadata.push(("hub-resume", credential));
+        metadata.push(("hub-resume-seq", seq.as_str()));
+    }
+    let mut conn = RawConn::<ChatResponse>::open(channel(url).await, CONNECT, &metadata)
+        .await
+        .expect("stream opened");
+    let first = conn.next().await.expect("hello").expect("hello");
+    let Some(Kind::Hello(hello)) = Frame::of(&first).control().cloned() else {
+        panic!("first frame is not a hello: {first:?}");
+    };
+    (conn, hello)
+}
+
+fn outcome(hello: &ConnectionInfo) -> ResumeOutcome {
+    hello
+        .resumption
+        .as_ref()
+        .map_or(ResumeOutcome::Unspecified, |r| r.outcome())
+}
+
+async fn send(conn: &RawConn<ChatResponse>, id: u64, call: Call) {
+    conn.send_msg(&ChatRequest {
+        id,
+        control: None,
+        call: Some(call),
+        answer: None,
+    })
+    .await;
+}
+
+/// The next frame that is not a heartbeat.
+async fn next_frame(conn: &mut RawConn<ChatResponse>) -> ChatResponse {
+    loop {
+        let frame = conn.next().await.expect("stream up").expect("stream open");
+        if !Frame::of(&frame).is_chatter() {
+            return frame;
+        }
+    }
+}
+
+/// Reads until the reply to call `id`.
+async fn until_reply(conn: &mut RawConn<ChatResponse>, id: u64) {
+    while next_frame(conn).await.id != id {}
+}
+
+/// The next `n` chat lines, with their seq.
+async fn lines(conn: &mut RawConn<ChatResponse>, n: usize) -> Vec<(u64, String)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let frame = next_frame(conn).await;
+        if let Some(Event::OnMessage(m)) = frame.event {
+            got.push((frame.seq, m.text));
+        }
+    }
+    got
+}
+
+async fn say(c: &examples::chat::chat_hub_client::ChatHubClient, text: &str) {
+    c.say(SayRequest { text: text.into() }).await.expect("say");
+}
+
+async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
+    test_support::eventually(what, WAIT, check).await
+}
+
+/// alice opens a raw session on `a` and joins `lobby`; bob joins on `b` and says
+/// `m1`, `m2`, which alice reads. Returns alice's stream, hello, token, the last seq
+/// she saw, and bob.
+async fn alice_and_bob(
+    a: &str,
+    b: &str,
+) -> (
+    RawConn<ChatResponse>,
+    ConnectionInfo,
+    String,
+    u64,
+    examples::chat::chat_hub_client::ChatHubClient,
+    Arc<tests::Recorder>,
+) {
+    let token = login(a, "alice").await;
+    let (mut alice, hello) = open(a, &token, None).await;
+    assert!(!hello.resume_credential.is_empty(), "{hello:?}");
+    send(
+        &alice,
+        1,
+        Call::Join(JoinRequest {
+            room: "lobby".into(),
+        }),
+    )
+    .await;
+    until_reply(&mut alice, 1).await;
+    let (bob, bob_rx) = tests::joined_via(a, b, "lobby", "bob").await;
+    say(&bob, "m1").await;
+    say(&bob, "m2").await;
+    let seen = lines(&mut alice, 2).await;
+    assert_eq!(
+        seen.iter().map(|l| l.1.as_str()).collect::<Vec<_>>(),
+        ["m1", "m2"]
+    );
+    (alice, hello, token, seen[1].0, bob, bob_rx)
+}
+
+/// After a restore: the session's next push is numbered after `last`, alice is in
+/// the room as the same connection (her say reaches bob, the room counts her once),
+/// and bob saw her leave only if `left` (her server's death was noticed before she
+/// came back).
+async fn goes_on(
+    alice: &mut RawConn<ChatResponse>,
+    last: u64,
+    bob: &examples::chat::chat_hub_client::ChatHubClient,
+    bob_rx: &tests::Recorder,
+    left: bool,
+) {
+    say(bob, "m3").await;
+    assert_eq!(lines(alice, 1).await, [(last + 1, "m3".to_owned())]);
+    send(
+        alice,
+        9,
+        Call::Say(SayRequest {
+            text: "back".into(),
+        }),
+    )
+    .await;
+    until_reply(alice, 9).await;
+    let want = said("lobby", "alice", "back");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !bob_rx.seen().contains(&want) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            bob_rx.seen()
+        );
+        bob_rx.wait_for(bob_rx.seen().len() + 1, WAIT).await;
+    }
+    let members = bob.members().await.expect("members");
+    assert_eq!(
+        (members.count, members.members),
+        (2, vec!["alice".to_string(), "bob".to_string()])
+    );
+    let seen = bob_rx.seen();
+    assert_eq!(
+        seen.iter().any(|s| matches!(s, Seen::Leave(_))),
+        left,
+        "what bob saw: {seen:?}"
+    );
+}
+
+/// Resumed on B while A still serves the session (its old stream even still open):
+/// A is told to let go and closes the old stream with a goodbye saying why, without
+/// `on_disconnect` (nobody hears alice leave); B restores her as the same connection.
+async fn takeover_while_the_first_lives(make: impl Fn() -> Arc<dyn GroupProvider>) {
+    let a = TestServer::start(make(), config(Duration::from_secs(30))).await;
+    let b = TestServer::start(make(), config(Duration::from_secs(30))).await;
+    let (mut old, hello, token, last, bob, bob_rx) = alice_and_bob(&a.url(), &b.url()).await;
+
+    let (mut alice, restored) =
+        open(&b.url(), &token, Some((&hello.resume_credential, last))).await;
+    assert_eq!(outcome(&restored), ResumeOutcome::Restored, "{restored:?}");
+    assert_eq!(restored.connection_id, hello.connection_id);
+    assert_eq!(restored.resume_credential, hello.resume_credential);
+    assert_ne!(restored.server_id, hello.server_id);
+    let reason = &restored.resumption.as_ref().expect("resumption").reason;
+    assert!(reason.contains("not recovered"), "{reason}");
+
+    // The old stream: a goodbye saying the session went elsewhere, then its end.
+    let goodbye = loop {
+        match old.next().await {
+            Ok(Some(frame)) => {
+                if let Some(Kind::Goodbye(g)) = Frame::of(&frame).control() {
+                    break g.clone();
+                }
+            }
+            other => panic!("the old stream ended without a goodbye: {other:?}"),
+        }
+    };
+    assert!(
+        goodbye.reason.contains("resumed on another server"),
+        "{goodbye:?}"
+    );
+    eventually("A let go of the session", || async {
+        a.handle.metrics().sessions_taken_over == 1
+    })
+    .await;
+
+    goes_on(&mut alice, last, &bob, &bob_rx, false).await;
+    let (ma, mb) = (a.handle.metrics(), b.handle.metrics());
+    assert_eq!((ma.sessions_taken_over, mb.sessions_restored), (1, 1));
+}
+
+/// Resumed on B after A's runtime died (no clean-up at all): B restores the session.
+/// If the resume comes before A's death is noticed (`noticed_first` false: Redis,
+/// within the presence TTL), nobody hears alice lost or leaving then; if after (the
+/// bus notices at once), the room heard her lost (`on_members_lost`: a leave) and
+/// she is back as the same connection.
+async fn restore_after_the_first_died(
+    make: impl Fn() -> Arc<dyn GroupProvider> + Clone + Send + 'static,
+    noticed_first: bool,
+    a_is_gone: impl AsyncFnMut() -> bool,
+) {
+    let make_a = make.clone();
+    let a = CrashableServer::start(
+        move || async move { make_a() },
+        config(Duration::from_secs(30)),
+    )
+    .await;
+    let b = TestServer::start(make(), config(Duration::from_secs(30))).await;
+    let (old, hello, token, last, bob, bob_rx) = alice_and_bob(&a.url(), &b.url()).await;
+    drop(old);
+    a.crash();
+    if noticed_first {
+        // The room hears alice lost (the chat hub tells it `on_leave`).
+        let seen = bob_rx.wait_for(1, WAIT).await;
+        assert!(matches!(seen.as_slice(), [Seen::Leave(_)]), "{seen:?}");
+    }
+    let (mut alice, restored) =
+        open(&b.url(), &token, Some((&hello.resume_credential, last))).await;
+    assert_eq!(outcome(&restored), ResumeOutcome::Restored, "{restored:?}");
+    assert_eq!(restored.connection_id, hello.connection_id);
+    eventually("A's death is noticed and cleaned up", a_is_gone).await;
+    goes_on(&mut alice, last, &bob, &bob_rx, noticed_first).await;
+    let lost = b.handle.metrics().backplane_members_lost;
+    assert_eq!(lost > 0, noticed_first, "members lost: {lost}");
+}
+
+#[tokio::test]
+async fn redis_a_session_moves_to_a_live_servers_peer() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    takeover_while_the_first_lives(|| redis_provider(&url)).await;
+}
+
+#[tokio::test]
+async fn bus_a_session_moves_to_a_live_servers_peer() {
+    let bus = Bus::new();
+    takeover_while_the_first_lives(|| bus.provider()).await;
+}
+
+#[tokio::test]
+async fn redis_a_session_outlives_its_crashed_server() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let r = &redis;
+    restore_after_the_first_died(
+        move || redis_provider(&url),
+        false,
+        // A's incarnation is cleaned up once its presence expired: one server left.
+        async || r.cli(&["ZCARD", "hub:chat.v1.ChatHub:nodes"]).trim() == "1",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bus_a_session_outlives_its_crashed_server() {
+    let bus = Bus::new();
+    // The bus forgets a server when its runtime stops: at once, before the resume.
+    restore_after_the_first_died(move || bus.provider(), true, async || true).await;
+}
+
+/// What B cannot prove it refuses, and the session stays as it was: a forged
+/// secret is UNKNOWN, another identity's stream is IDENTITY_MISMATCH; the real
+/// credential then restores it. A record gone (its server died and its time to live
+/// passed) is UNKNOWN.
+#[tokio::test]
+async fn forged_foreign_and_expired_credentials_are_refused_on_another_server() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let start = |url: String| {
+        // Grace 1 s: the record of a dead server's session lives 1 s past its presence.
+        CrashableServer::start(
+            move || async move { redis_provider(&url) },
+            config(Duration::from_secs(1)),
+        )
+    };
+    let a = start(url.clone()).await;
+    let b = start(url.clone()).await;
+    let (old, hello, token, last, _bob, _bob_rx) = alice_and_bob(&a.url(), &b.url()).await;
+    let credential = hello.resume_credential.clone();
+    let (id, _) = credential.rsplit_once('.').expect("id.secret");
+
+    let forged = format!("{id}.{:032x}", 0x1234u128);
+    let (_c, refused) = open(&b.url(), &token, Some((&forged, last))).await;
+    assert_eq!(outcome(&refused), ResumeOutcome::Unknown, "{refused:?}");
+    assert_ne!(refused.connection_id, hello.connection_id);
+    let (_c, refused) = open(&b.url(), &token, Some(("garbage", last))).await;
+    assert_eq!(outcome(&refused), ResumeOutcome::Unknown, "{refused:?}");
+
+    let mallory = login(&b.url(), "mallory").await;
+    let (_c, refused) = open(&b.url(), &mallory, Some((&credential, last))).await;
+    assert_eq!(
+        outcome(&refused),
+        ResumeOutcome::IdentityMismatch,
+        "{refused:?}"
+    );
+    assert_eq!(a.handle.metrics().sessions_taken_over, 0);
+    let m = b.handle.metrics();
+    assert_eq!(
+        (m.resumes_failed_unknown, m.resumes_failed_identity),
+        (2, 1)
+    );
+
+    // The real credential still restores it (A lets go)...
+    let (_alice, restored) = open(&b.url(), &token, Some((&credential, last))).await;
+    assert_eq!(outcome(&restored), ResumeOutcome::Restored, "{restored:?}");
+    drop(old);
+    eventually("A let go", || async {
+        a.handle.metrics().sessions_taken_over == 1
+    })
+    .await;
+    // ... and once B died and the record's time to live passed, nobody can.
+    let key = format!("hub:chat.v1.ChatHub:session:{{s:{id}}}");
+    assert_eq!(redis.cli(&["EXISTS", &key]).trim(), "1");
+    b.crash();
+    eventually("the record expired", || async {
+        redis.cli(&["EXISTS", &key]).trim() == "0"
+    })
+    .await;
+    // (A issued the id: it knows the session ended.)
+    let (_c, refused) = open(&a.url(), &token, Some((&credential, last + 1))).await;
+    assert_eq!(outcome(&refused), ResumeOutcome::Expired, "{refused:?}");
+    a.crash();
+}
+
+/// Two `chat-server` processes over Redis. alice reads a broadcast stream from the
+/// first when it is killed with SIGKILL; she resumes on the second: the same
+/// connection, RESTORED, and the pushes after it numbered on from her last seq, in
+/// order, each once, to the end of the stream (those sent while she was between
+/// servers are not recovered without history, and the hello said so).
+#[tokio::test]
+async fn a_session_resumes_on_a_second_chat_server_after_sigkill() {
+    let redis = RedisServer::start();
+    let flags = [
+        "--token-secret",
+        tests::TEST_TOKEN_SECRET,
+        "--session-grace",
+        "30",
+    ];
+    let mut s1 = ChatServer::start(&redis.url(), &flags);
+    let s2 = ChatServer::start(&redis.url(), &flags);
+    let (mut alice, hello, token, _, bob, _bob_rx) = alice_and_bob(&s1.url(), &s2.url()).await;
+    let bob = Arc::new(bob);
+    let talker = {
+        let bob = bob.clone();
+        tokio::spawn(async move {
+            for i in 0..200u32 {
+                say(&bob, &format!("n{i}")).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            say(&bob, "end").await;
+        })
+    };
+    let before = lines(&mut alice, 20).await;
+    let last = before.last().expect("lines").0;
+    s1.kill();
+    let (mut alice, restored) =
+        open(&s2.url(), &token, Some((&hello.resume_credential, last))).await;
+    assert_eq!(outcome(&restored), ResumeOutcome::Restored, "{restored:?}");
+    assert_eq!(restored.connection_id, hello.connection_id);
+    let mut after = Vec::new();
+    loop {
+        let line = lines(&mut alice, 1).await.remove(0);
+        let end = line.1 == "end";
+        after.push(line);
+        if end {
+            break;
+        }
+    }
+    tokio::time::timeout(WAIT, talker)
+        .await
+        .expect("talker done")
+        .expect("talker");
+    let seqs: Vec<u64> = after.iter().map(|l| l.0).collect();
+    assert_eq!(
+        seqs,
+        (last + 1..=last + after.len() as u64).collect::<Vec<_>>(),
+        "numbered on after the last seq seen"
+    );
+    let numbers: Vec<u32> = before
+        .iter()
+        .chain(&after)
+        .filter_map(|l| l.1.strip_prefix('n')?.parse().ok())
+        .collect();
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "in order, each once: {numbers:?}"
+    );
+}
