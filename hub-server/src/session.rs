@@ -565,10 +565,13 @@ impl Sessions {
             .taken_over
             .store(true, std::sync::atomic::Ordering::Release);
         HubMetrics::incr(&self.metrics.sessions_taken_over);
-        self.close(
-            &session,
-            &format!("the session was resumed on another server ({by})"),
-        );
+        self.end(&session);
+        // ABORTED, not UNAVAILABLE: a client must not come back here to resume (the
+        // session goes on there).
+        session.outbox.close(CloseReason::new(
+            tonic::Code::Aborted,
+            format!("the session was resumed on another server ({by})"),
+        ));
         true
     }
 }

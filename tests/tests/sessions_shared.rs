@@ -228,6 +228,7 @@ async fn takeover_while_the_first_lives(make: impl Fn() -> Arc<dyn GroupProvider
         goodbye.reason.contains("resumed on another server"),
         "{goodbye:?}"
     );
+    assert_eq!(tonic::Code::from(goodbye.code), tonic::Code::Aborted);
     eventually("A let go of the session", || async {
         a.handle.metrics().sessions_taken_over == 1
     })
