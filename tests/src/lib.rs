@@ -23,6 +23,7 @@ pub mod conformance;
 pub mod memory;
 pub mod probe;
 pub mod raw;
+pub mod resume;
 
 /// The token secret of every [`TestServer`] (unless started with another), and what
 /// tests pass to `chat-server --token-secret`: servers with the same secret accept

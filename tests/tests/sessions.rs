@@ -6,15 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use examples::chat::chat_request::Call;
-use examples::chat::chat_response::Event;
-use examples::chat::{ChatRequest, ChatResponse, JoinRequest, SayRequest};
-use hub_core::proto::server_control::Kind;
+use examples::chat::{ChatResponse, JoinRequest, SayRequest};
 use hub_core::proto::{ConnectionInfo, ResumeOutcome};
 use hub_server::{HubConfig, SessionConfig};
-use tests::raw::{Frame, RawConn};
-use tests::{Seen, TestServer, channel, joined, login, said};
+use tests::raw::RawConn;
+use tests::resume::{lines, open, outcome, send, until_reply};
+use tests::{Seen, TestServer, joined, login, said};
 
-const CONNECT: &str = "/chat.v1.ChatHub/Connect";
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A server behind a TCP relay whose connections a test can cut, as a network that
@@ -80,83 +78,6 @@ impl Drop for Proxied {
 
 fn config(sessions: SessionConfig) -> HubConfig {
     HubConfig::default().sessions(Some(sessions))
-}
-
-/// A raw chat stream as `token`'s user, and its hello.
-async fn open(
-    url: &str,
-    token: &str,
-    resume: Option<(&str, u64)>,
-) -> (RawConn<ChatResponse>, ConnectionInfo) {
-    let auth = format!("Bearer {token}");
-    let seq;
-    let mut metadata = vec![("authorization", auth.as_str())];
-    if let Some((credential, last)) = resume {
-        seq = last.to_string();
-        metadata.push(("hub-resume", credential));
-        metadata.push(("hub-resume-seq", seq.as_str()));
-    }
-    let mut conn = RawConn::<ChatResponse>::open(channel(url).await, CONNECT, &metadata)
-        .await
-        .expect("stream opened");
-    let first = conn.next().await.expect("hello").expect("hello");
-    let Some(Kind::Hello(hello)) = Frame::of(&first).control().cloned() else {
-        panic!("first frame is not a hello: {first:?}");
-    };
-    (conn, hello)
-}
-
-fn outcome(hello: &ConnectionInfo) -> ResumeOutcome {
-    hello
-        .resumption
-        .as_ref()
-        .map_or(ResumeOutcome::Unspecified, |r| r.outcome())
-}
-
-async fn send(conn: &RawConn<ChatResponse>, id: u64, call: Call) {
-    conn.send_msg(&ChatRequest {
-        id,
-        control: None,
-        call: Some(call),
-        answer: None,
-    })
-    .await;
-}
-
-/// The next frame that is a reply to `id` (pushes before it are returned too).
-async fn until_reply(conn: &mut RawConn<ChatResponse>, id: u64) -> Vec<(u64, String)> {
-    let mut pushes = Vec::new();
-    loop {
-        let frame = next_frame(conn).await;
-        if frame.id == id {
-            return pushes;
-        }
-        if let Some(Event::OnMessage(m)) = frame.event {
-            pushes.push((frame.seq, m.text));
-        }
-    }
-}
-
-/// The next frame that is not a heartbeat.
-async fn next_frame(conn: &mut RawConn<ChatResponse>) -> ChatResponse {
-    loop {
-        let frame = conn.next().await.expect("stream up").expect("stream open");
-        if !Frame::of(&frame).is_chatter() {
-            return frame;
-        }
-    }
-}
-
-/// The next `n` chat lines, with their seq.
-async fn lines(conn: &mut RawConn<ChatResponse>, n: usize) -> Vec<(u64, String)> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        let frame = next_frame(conn).await;
-        if let Some(Event::OnMessage(m)) = frame.event {
-            got.push((frame.seq, m.text));
-        }
-    }
-    got
 }
 
 async fn eventually(what: &str, cond: impl Fn() -> bool) {

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use examples::chat::chat_request::Call;
-use examples::chat::chat_response::Event;
-use examples::chat::{ChatRequest, ChatResponse, JoinRequest, SayRequest};
+use examples::chat::{ChatResponse, JoinRequest, SayRequest};
 use hub_core::bus::Bus;
 use hub_core::proto::server_control::Kind;
 use hub_core::proto::{ConnectionInfo, ResumeOutcome};
@@ -18,9 +17,9 @@ use hub_redis::RedisProvider;
 use hub_server::{GroupProvider, HubConfig, SessionConfig};
 use test_support::{ChatServer, RedisServer};
 use tests::raw::{Frame, RawConn};
-use tests::{CrashableServer, Seen, TestServer, channel, login, said};
+use tests::resume::{lines, open, outcome, send, until_reply};
+use tests::{CrashableServer, Seen, TestServer, login, said};
 
-const CONNECT: &str = "/chat.v1.ChatHub/Connect";
 const WAIT: Duration = Duration::from_secs(10);
 
 fn config(grace: Duration) -> HubConfig {
@@ -36,74 +35,6 @@ fn redis_provider(url: &str) -> Arc<dyn GroupProvider> {
             .build()
             .expect("provider"),
     )
-}
-
-/// A raw chat stream as `token`'s user, and its hello.
-async fn open(
-    url: &str,
-    token: &str,
-    resume: Option<(&str, u64)>,
-) -> (RawConn<ChatResponse>, ConnectionInfo) {
-    let auth = format!("Bearer {token}");
-    let seq;
-    let mut metadata = vec![("authorization", auth.as_str())];
-    if let Some((credential, last)) = resume {
-        seq = last.to_string();
-        metadata.push(("hub-resume", credential));
-        metadata.push(("hub-resume-seq", seq.as_str()));
-    }
-    let mut conn = RawConn::<ChatResponse>::open(channel(url).await, CONNECT, &metadata)
-        .await
-        .expect("stream opened");
-    let first = conn.next().await.expect("hello").expect("hello");
-    let Some(Kind::Hello(hello)) = Frame::of(&first).control().cloned() else {
-        panic!("first frame is not a hello: {first:?}");
-    };
-    (conn, hello)
-}
-
-fn outcome(hello: &ConnectionInfo) -> ResumeOutcome {
-    hello
-        .resumption
-        .as_ref()
-        .map_or(ResumeOutcome::Unspecified, |r| r.outcome())
-}
-
-async fn send(conn: &RawConn<ChatResponse>, id: u64, call: Call) {
-    conn.send_msg(&ChatRequest {
-        id,
-        control: None,
-        call: Some(call),
-        answer: None,
-    })
-    .await;
-}
-
-/// The next frame that is not a heartbeat.
-async fn next_frame(conn: &mut RawConn<ChatResponse>) -> ChatResponse {
-    loop {
-        let frame = conn.next().await.expect("stream up").expect("stream open");
-        if !Frame::of(&frame).is_chatter() {
-            return frame;
-        }
-    }
-}
-
-/// Reads until the reply to call `id`.
-async fn until_reply(conn: &mut RawConn<ChatResponse>, id: u64) {
-    while next_frame(conn).await.id != id {}
-}
-
-/// The next `n` chat lines, with their seq.
-async fn lines(conn: &mut RawConn<ChatResponse>, n: usize) -> Vec<(u64, String)> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        let frame = next_frame(conn).await;
-        if let Some(Event::OnMessage(m)) = frame.event {
-            got.push((frame.seq, m.text));
-        }
-    }
-    got
 }
 
 async fn say(c: &examples::chat::chat_hub_client::ChatHubClient, text: &str) {
