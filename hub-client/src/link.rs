@@ -329,8 +329,11 @@ impl<S: ClientSpec> Supervisor<S> {
                 Some(_) => format!("not resumed: {}", outcome.as_str_name()),
                 None => "the server offered no session to resume".into(),
             };
-            // A new connection numbers its pushes from the start.
-            shared.last_seq.store(0, Relaxed);
+            // A new connection numbers its pushes from the start; a restored session
+            // (another server took it over) numbers on after the seq presented.
+            if outcome != ResumeOutcome::Restored {
+                shared.last_seq.store(0, Relaxed);
+            }
             ConnectionState::ResyncNeeded { outcome, reason }
         };
         tracing::info!(?state, connection_id = %info.connection_id, "hub stream up again");

@@ -34,10 +34,13 @@ pub enum ConnectionState {
     /// and the pushes missed while the stream was down delivered in order, once each,
     /// before any later one.
     Resumed,
-    /// A new stream is up, as a *new* connection (a new id, no groups but its user's):
-    /// the session could not be resumed (`outcome` says why: `Expired`, `Unknown`,
-    /// `Gap`, ...; `Unspecified` when the server offered no session to resume) and
-    /// pushes may have been missed. Join again and reload what the app shows. (It
+    /// A new stream is up and pushes may have been missed. With `outcome`
+    /// `Restored`, another server restored the session from the backplane's record:
+    /// the same connection id and groups, push `seq` numbered on; reload what the app
+    /// shows, no need to join again. Otherwise it is a *new* connection (a new id, no
+    /// groups but its user's): the session could not be resumed (`outcome` says why:
+    /// `Expired`, `Unknown`, `Gap`, ...; `Unspecified` when the server offered no
+    /// session to resume). Join again and reload what the app shows. (It
     /// stays the state until the next drop; a later `Resumed` resumes the new
     /// connection, so watch changes or [`PushHandler::on_state`](crate::PushHandler::on_state)
     /// rather than only the latest state, or compare

@@ -989,6 +989,34 @@ async fn a_dropped_stream_is_resumed_and_missed_pushes_come_once_in_order() {
     assert_eq!(pending(&s.client), 0);
 }
 
+/// Another server restored the session (RESTORED): the same id, pushes numbered on
+/// after the seq presented, so the client keeps counting from there and presents it
+/// again at the next drop (a reset to 0 would ask for pushes it already had).
+#[tokio::test(start_paused = true)]
+async fn a_restored_session_keeps_its_seq_for_the_next_resume() {
+    let mut s = session(reconnecting()).await;
+    s.server.send(push(1, "a"));
+    s.server.send(push(2, "b"));
+    barrier(&s.client, &mut s.server).await;
+    s.server.end(Code::Unavailable, "connection reset");
+    let server = bounded(s.incoming.recv()).await.unwrap();
+    assert_eq!(header(&server, "hub-resume-seq"), Some("2"));
+    server.control(session_hello("c1", Some(proto::ResumeOutcome::Restored)));
+    wait_state(&s.client, ConnectionState::is_connected).await;
+    assert!(matches!(
+        s.client.state(),
+        ConnectionState::ResyncNeeded {
+            outcome: proto::ResumeOutcome::Restored,
+            ..
+        }
+    ));
+    assert_eq!(s.client.last_seq(), 2);
+    // Dropped again before any push: the resume still says 2.
+    server.end(Code::Unavailable, "connection reset");
+    let again = bounded(s.incoming.recv()).await.unwrap();
+    assert_eq!(header(&again, "hub-resume-seq"), Some("2"));
+}
+
 #[tokio::test(start_paused = true)]
 async fn calls_made_while_reconnecting_wait_for_the_new_stream_within_their_timeout() {
     let mut s = session(reconnecting()).await;
