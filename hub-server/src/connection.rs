@@ -1,12 +1,15 @@
 //! The life of one connection: read frames, run calls in order, heartbeat, clean up.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use hub_core::frame::{
     FIELD_CONTROL, FIELD_ID, MAX_SAFE_INTEGER, OutFrame, call_error_frame, clamp_safe,
     control_frame, frame_error_frame, request_head, top_level_fields,
@@ -14,11 +17,12 @@ use hub_core::frame::{
 use hub_core::proto::{self, client_control, server_control::Kind};
 use hub_core::{BoxFuture, CloseReason, HubMetrics, MemberInfo};
 use prost::Message;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tonic::{Code, Streaming};
-use tracing::Instrument;
 
+use crate::ask_table::{CALL, CallState};
 use crate::context::ConnState;
+use crate::gate::Gate;
 use crate::hub::{HubCore, HubShared};
 use crate::inbound::{InboundLimits, Verdict};
 use crate::session::Attachments;
@@ -31,7 +35,64 @@ type Finished = (
     &'static str,
     Result<Result<Bytes, tonic::Status>, ()>,
 );
-type Running = BoxFuture<'static, Finished>;
+
+/// A call being run: its handler's future, polled inside the call's span with its
+/// ask state as the task-local `CALL`, its panics caught. (One allocation per call,
+/// the handler's future; the combinators this replaces boxed a second.)
+struct Running {
+    fut: BoxFuture<'static, Result<Bytes, tonic::Status>>,
+    /// Whether `fut` finished (and was dropped).
+    done: bool,
+    state: Arc<CallState>,
+    span: tracing::Span,
+    id: u64,
+    field: u32,
+    name: &'static str,
+    started: Instant,
+    metrics: Arc<HubMetrics>,
+}
+
+impl Future for Running {
+    type Output = Finished;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Finished> {
+        let this = &mut *self;
+        if this.done {
+            // Polled after it finished: never ready again (a `FuturesUnordered` does not).
+            return Poll::Pending;
+        }
+        let _entered = this.span.enter();
+        let fut = &mut this.fut;
+        let polled = CALL.sync_scope(this.state.clone(), || {
+            let polled = std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)));
+            if !matches!(polled, Ok(Poll::Pending)) {
+                // Dropped where it ran: in its span, with `CALL` set.
+                *fut = Box::pin(std::future::pending());
+            }
+            polled
+        });
+        let result = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(r)) => Ok(r),
+            Err(_) => Err(()),
+        };
+        this.done = true;
+        this.metrics.call_seconds.record(this.started.elapsed());
+        Poll::Ready((this.id, this.field, this.name, result))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.done {
+            // A call dropped before it finished (its connection went): dropped as it
+            // ran, in its span and with `CALL` set.
+            let _entered = self.span.enter();
+            let fut = std::mem::replace(&mut self.fut, Box::pin(std::future::pending()));
+            CALL.sync_scope(self.state.clone(), || drop(fut));
+        }
+    }
+}
 
 struct Conn<D: Dispatch> {
     shared: Arc<HubShared<D>>,
@@ -39,12 +100,10 @@ struct Conn<D: Dispatch> {
     ctx: Context<D::Push>,
     /// Calls waiting behind the running one, in arrival order, with their call case.
     queue: VecDeque<(u64, u32, D::Call)>,
-    /// Ids of queued and running calls, to refuse duplicates.
-    in_flight: HashSet<u64>,
     /// The call being run.
     running: Option<Running>,
     /// What the running call shares with its asks.
-    call_state: Option<Arc<crate::ask_table::CallState>>,
+    call_state: Option<Arc<CallState>>,
     /// Calls parked while they wait on an answer from this connection's client: they
     /// finish on their own, while the next calls run.
     parked: futures_util::stream::FuturesUnordered<Running>,
@@ -57,6 +116,8 @@ struct Conn<D: Dispatch> {
     last_rtt_us: u64,
     /// Frames and bytes per second, and the refusals allowed before a flood close.
     limits: InboundLimits,
+    /// Whether the close asked for by `Context::close` was applied.
+    kick_applied: bool,
 }
 
 pub(crate) async fn run<D: Dispatch>(
@@ -76,7 +137,6 @@ pub(crate) async fn run<D: Dispatch>(
         shared,
         state: state.clone(),
         queue: VecDeque::new(),
-        in_flight: HashSet::new(),
         running: None,
         call_state: None,
         parked: Default::default(),
@@ -84,16 +144,23 @@ pub(crate) async fn run<D: Dispatch>(
         nonce: 0,
         last_rtt_us: 0,
         limits: InboundLimits::new(&config),
+        kick_applied: false,
     };
     tracing::debug!("connected");
     let mut closed = std::pin::pin!(state.outbox.closed());
     let shutdown = core.shutdown.clone();
     let mut shutdown = std::pin::pin!(shutdown.cancelled_owned());
     // Kept across passes of the loop: a `Notified` made and dropped in every pass
-    // registers and unregisters itself under the `Notify`'s lock (12% of the server's
-    // instructions per call). Both are `notify_one`, whose permit waits for either.
+    // registers and unregisters itself under the `Notify`'s lock. All are
+    // `notify_one`, whose permit waits for the next one.
     let mut kicked = std::pin::pin!(state.kicked.notified());
     let mut went_behind = std::pin::pin!(state.outbox.went_behind());
+    let mut ask_wait = std::pin::pin!(state.ask_wait.notified());
+    let mut drained = std::pin::pin!(state.outbox.replies_drained());
+    // These and the heartbeat are seldom ready: each is polled only after its own
+    // waker fired (see `gate.rs`), not on every pass.
+    let gate = Gate::new(lane::ALL);
+    let lanes = lane::wakers(&gate);
     // Ping every `heartbeat_interval`; without pings, still check the timeout (a
     // client's own pings keep it alive). Never a zero period: `interval` panics on it.
     let heartbeat = config.heartbeat_interval.is_some() || config.heartbeat_timeout.is_some();
@@ -108,8 +175,12 @@ pub(crate) async fn run<D: Dispatch>(
     let mut reading = true;
     // Replies are backpressure: while they wait to be written, read no new frame.
     let mut paused = false;
-    // The end of the grace of an outbound queue over budget, while it is.
+    // The end of the grace of an outbound queue over budget, while it is, and its
+    // timer (made when first needed).
     let mut grace: Option<Instant> = None;
+    let mut grace_timer: Option<Pin<Box<Sleep>>> = None;
+    // The timer of a detached session's grace, made when first needed.
+    let mut detach_timer: Option<Pin<Box<Sleep>>> = None;
 
     let reason = loop {
         if detached.is_none()
@@ -139,62 +210,155 @@ pub(crate) async fn run<D: Dispatch>(
                 last_heard = last_heard.max(Instant::now());
             }
         }
-        tokio::select! {
-            biased;
-            _ = &mut closed => {
+        // One pass: the first of these that is ready, in this order.
+        let event = std::future::poll_fn(|cx| {
+            gate.register(cx);
+            if gate
+                .poll(lane::CLOSED, &lanes[0], |cx| closed.as_mut().poll(cx))
+                .is_ready()
+            {
+                return Poll::Ready(Event::Closed);
+            }
+            if gate
+                .poll(lane::SHUTDOWN, &lanes[1], |cx| shutdown.as_mut().poll(cx))
+                .is_ready()
+            {
+                return Poll::Ready(Event::Shutdown);
+            }
+            if let Some(running) = conn.running.as_mut() {
+                if let Poll::Ready(done) = Pin::new(running).poll(cx) {
+                    return Poll::Ready(Event::Finished(done));
+                }
+                if gate
+                    .poll(lane::ASK_WAIT, &lanes[2], |cx| ask_wait.as_mut().poll(cx))
+                    .is_ready()
+                {
+                    return Poll::Ready(Event::AskWait);
+                }
+            }
+            if !conn.parked.is_empty()
+                && let Poll::Ready(Some(done)) = conn.parked.poll_next_unpin(cx)
+            {
+                return Poll::Ready(Event::Parked(done));
+            }
+            if gate
+                .poll(lane::KICKED, &lanes[3], |cx| kicked.as_mut().poll(cx))
+                .is_ready()
+            {
+                return Poll::Ready(Event::Kicked);
+            }
+            if grace.is_none()
+                && gate
+                    .poll(lane::BEHIND, &lanes[4], |cx| went_behind.as_mut().poll(cx))
+                    .is_ready()
+            {
+                return Poll::Ready(Event::WentBehind);
+            }
+            if let Some(at) = grace
+                && timer_at(&mut grace_timer, at).poll(cx).is_ready()
+            {
+                return Poll::Ready(Event::GraceOver);
+            }
+            if paused
+                && gate
+                    .poll(lane::DRAINED, &lanes[5], |cx| drained.as_mut().poll(cx))
+                    .is_ready()
+            {
+                return Poll::Ready(Event::Drained);
+            }
+            if reading
+                && !paused
+                && let Some(stream) = inbound.as_mut()
+                && let Poll::Ready(msg) = stream.poll_next_unpin(cx)
+            {
+                return Poll::Ready(Event::Frame(msg));
+            }
+            if let Some(att) = session.as_mut()
+                && let Poll::Ready(new) = att.rx.poll_recv(cx)
+            {
+                return Poll::Ready(Event::Resumed(new));
+            }
+            if let Some((at, _)) = &detached
+                && timer_at(&mut detach_timer, *at).poll(cx).is_ready()
+            {
+                return Poll::Ready(Event::DetachOver);
+            }
+            if heartbeat
+                && detached.is_none()
+                && gate
+                    .poll(lane::TICK, &lanes[6], |cx| ticker.poll_tick(cx))
+                    .is_ready()
+            {
+                return Poll::Ready(Event::Tick);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Closed => {
                 let r = state.outbox.close_reason();
                 break DisconnectReason::Server {
                     code: r.as_ref().map_or(Code::Unavailable, |r| r.code),
                     message: r.map(|r| r.message).unwrap_or_default(),
                 };
             }
-            _ = &mut shutdown => {
-                let why = core.shutdown_reason.get().map_or("server shutting down", String::as_str);
-                state.outbox.close(CloseReason::draining(Code::Unavailable, why));
+            Event::Shutdown => {
+                let why = core
+                    .shutdown_reason
+                    .get()
+                    .map_or("server shutting down", String::as_str);
+                state
+                    .outbox
+                    .close(CloseReason::draining(Code::Unavailable, why));
             }
-            done = async { conn.running.as_mut().expect("guarded").await }, if conn.running.is_some() => {
+            Event::Finished(done) => {
                 conn.running = None;
                 conn.finish(done);
                 if !conn.apply_kick() {
                     conn.start_next();
                 }
             }
-            _ = state.ask_wait.notified(), if conn.running.is_some() => {
+            Event::AskWait => {
+                ask_wait.set(state.ask_wait.notified());
+                gate.arm(lane::ASK_WAIT);
                 // The running call waits on its own client's answer: park it, so the
                 // client's calls made to answer it are not stuck behind it.
-                if conn.call_state.as_ref().is_some_and(|c| c.self_asks.load(std::sync::atomic::Ordering::Acquire) > 0) {
-                    let running = conn.running.take().expect("guarded");
+                if conn
+                    .call_state
+                    .as_ref()
+                    .is_some_and(|c| c.self_asks.load(std::sync::atomic::Ordering::Acquire) > 0)
+                {
+                    let running = conn.running.take().expect("polled while running");
                     conn.parked.push(running);
                     conn.start_next();
                 }
             }
-            Some(done) = futures_util::StreamExt::next(&mut conn.parked), if !conn.parked.is_empty() => {
-                conn.finish(done);
-            }
-            _ = kicked.as_mut() => {
+            Event::Parked(done) => conn.finish(done),
+            Event::Kicked => {
                 kicked.set(state.kicked.notified());
+                gate.arm(lane::KICKED);
                 // During a call, the kick waits for its reply (checked when it finishes).
                 if conn.running.is_none() {
                     conn.apply_kick();
                 }
             }
-            _ = went_behind.as_mut(), if grace.is_none() => {
+            Event::WentBehind => {
                 went_behind.set(state.outbox.went_behind());
+                gate.arm(lane::BEHIND);
                 grace = state.outbox.enforce_grace();
             }
-            // (A branch's future is made even when its condition is false: made lazily,
-            // no timer and no clock read per pass.)
-            _ = async { if let Some(g) = grace { tokio::time::sleep_until(g).await } }, if grace.is_some() => {
-                grace = state.outbox.enforce_grace();
+            Event::GraceOver => grace = state.outbox.enforce_grace(),
+            Event::Drained => {
+                drained.set(state.outbox.replies_drained());
+                gate.arm(lane::DRAINED);
             }
-            _ = state.outbox.replies_drained(), if paused => {}
-            msg = async { inbound.as_mut().expect("guarded").message().await }, if reading && !paused && inbound.is_some() => match msg {
-                Ok(Some(frame)) => {
+            Event::Frame(msg) => match msg {
+                Some(Ok(frame)) => {
                     last_heard = Instant::now();
                     conn.on_frame(frame);
                 }
-                Ok(None) => reading = false,
-                Err(status) => {
+                None => reading = false,
+                Some(Err(status)) => {
                     reading = false;
                     if let Some(reason) = stream_error(&status) {
                         HubMetrics::incr(&core.metrics.frames_rejected);
@@ -209,17 +373,31 @@ pub(crate) async fn run<D: Dispatch>(
                     }
                 }
             },
-            new = async { session.as_mut().expect("guarded").rx.recv().await }, if session.is_some() => {
+            Event::Resumed(new) => {
                 if let Some(new) = new {
-                    conn.attached(new, &mut inbound, &mut detached, &mut reading, &mut last_heard).await;
+                    conn.attached(
+                        new,
+                        &mut inbound,
+                        &mut detached,
+                        &mut reading,
+                        &mut last_heard,
+                    )
+                    .await;
                 }
             }
-            _ = tokio::time::sleep_until(detached.as_ref().map_or_else(Instant::now, |d| d.0)), if detached.is_some() => {
+            Event::DetachOver => {
                 let sessions = core.sessions.as_ref().expect("detached with sessions");
                 let att = session.as_mut().expect("detached with a session");
                 match sessions.end_unless_resumed(att) {
                     Some(new) => {
-                        conn.attached(new, &mut inbound, &mut detached, &mut reading, &mut last_heard).await;
+                        conn.attached(
+                            new,
+                            &mut inbound,
+                            &mut detached,
+                            &mut reading,
+                            &mut last_heard,
+                        )
+                        .await;
                     }
                     None => {
                         HubMetrics::incr(&core.metrics.sessions_expired);
@@ -228,7 +406,9 @@ pub(crate) async fn run<D: Dispatch>(
                     }
                 }
             }
-            _ = ticker.tick(), if heartbeat && detached.is_none() => {
+            Event::Tick => {
+                // The interval registers its next deadline when polled again.
+                gate.arm(lane::TICK);
                 if let Some(timeout) = config.heartbeat_timeout
                     && last_heard.elapsed() >= timeout
                 {
@@ -236,7 +416,9 @@ pub(crate) async fn run<D: Dispatch>(
                     let why = if paused {
                         format!("heartbeat timeout: the client read no reply for {timeout:?}")
                     } else {
-                        format!("heartbeat timeout: nothing received from the client for {timeout:?}")
+                        format!(
+                            "heartbeat timeout: nothing received from the client for {timeout:?}"
+                        )
                     };
                     // With a session, a silent peer is a dropped stream: detach.
                     if conn.detach(session.as_ref(), &why).await {
@@ -282,6 +464,67 @@ pub(crate) async fn run<D: Dispatch>(
     HubMetrics::incr(&core.metrics.connections_closed);
     core.metrics.connections.decrement(1.0);
     core.conn_closed.notify_waiters();
+}
+
+/// What one pass of the connection loop found ready.
+enum Event {
+    /// The outbox was closed.
+    Closed,
+    /// The server is shutting down.
+    Shutdown,
+    /// The running call finished.
+    Finished(Finished),
+    /// An ask of the running call may wait on this connection's client.
+    AskWait,
+    /// A parked call finished.
+    Parked(Finished),
+    /// `Context::close` asked for the connection to end.
+    Kicked,
+    /// The outbound queue went over its budget.
+    WentBehind,
+    /// The grace of a queue over its budget ended.
+    GraceOver,
+    /// The reply backlog fell below its limit.
+    Drained,
+    /// What the request stream gave.
+    Frame(Option<Result<Bytes, tonic::Status>>),
+    /// A resuming stream for the session (or the end of the session's channel).
+    Resumed(Option<Streaming<Bytes>>),
+    /// A detached session's grace ended.
+    DetachOver,
+    /// The heartbeat ticked.
+    Tick,
+}
+
+/// The connection loop's gated futures (see `gate.rs`): one bit and one waker each.
+mod lane {
+    use std::sync::Arc;
+    use std::task::Waker;
+
+    use crate::gate::Gate;
+
+    pub(super) const CLOSED: u32 = 1;
+    pub(super) const SHUTDOWN: u32 = 1 << 1;
+    pub(super) const ASK_WAIT: u32 = 1 << 2;
+    pub(super) const KICKED: u32 = 1 << 3;
+    pub(super) const BEHIND: u32 = 1 << 4;
+    pub(super) const DRAINED: u32 = 1 << 5;
+    pub(super) const TICK: u32 = 1 << 6;
+    pub(super) const ALL: u32 = (1 << 7) - 1;
+
+    /// The wakers, in the order of the bits.
+    pub(super) fn wakers(gate: &Arc<Gate>) -> [Waker; 7] {
+        std::array::from_fn(|i| gate.lane(1 << i))
+    }
+}
+
+/// The timer in `slot` set to `at` (made on first use).
+fn timer_at(slot: &mut Option<Pin<Box<Sleep>>>, at: Instant) -> Pin<&mut Sleep> {
+    let timer = slot.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+    if timer.deadline() != at {
+        timer.as_mut().reset(at);
+    }
+    timer.as_mut()
 }
 
 /// Removes a connection from the registry and tells the backplane about each group it
@@ -397,21 +640,16 @@ impl<D: Dispatch> Conn<D> {
         }
     }
 
-    /// Applies a close asked for by `Context::close`, if any.
+    /// Applies a close asked for by `Context::close`, if any (once).
     fn apply_kick(&mut self) -> bool {
-        let kick = self
-            .state
-            .kick
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        match kick {
-            Some(reason) => {
+        match self.state.kick.get() {
+            Some(reason) if !self.kick_applied => {
+                self.kick_applied = true;
                 self.queue.clear();
-                self.state.outbox.close(reason);
+                self.state.outbox.close(reason.clone());
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -574,7 +812,7 @@ impl<D: Dispatch> Conn<D> {
     }
 
     fn enqueue(&mut self, id: u64, field: u32, call: D::Call) {
-        if id != 0 && self.in_flight.contains(&id) {
+        if id != 0 && self.in_use(id) {
             // Not the answer of the call that holds the id (it gets its own): scope FRAME.
             HubMetrics::incr(&self.core().metrics.frames_rejected);
             return self.send(frame_error_frame(
@@ -595,13 +833,19 @@ impl<D: Dispatch> Conn<D> {
                 format!("too many calls queued ({max}); wait for replies before sending more"),
             );
         }
-        if id != 0 {
-            self.in_flight.insert(id);
-        }
         self.queue.push_back((id, field, call));
         if self.running.is_none() {
             self.start_next();
         }
+    }
+
+    /// Whether call id `id` is held by a call queued, running or parked. (Scanned:
+    /// the queue is bounded by `max_queued_calls`, parked calls by the ask limits,
+    /// and a connection's calls are few; no hashing per call.)
+    fn in_use(&self, id: u64) -> bool {
+        self.running.as_ref().is_some_and(|r| r.id == id)
+            || self.queue.iter().any(|q| q.0 == id)
+            || self.parked.iter().any(|r| r.id == id)
     }
 
     fn start_next(&mut self) {
@@ -611,26 +855,33 @@ impl<D: Dispatch> Conn<D> {
         let name = D::call_name(&call);
         HubMetrics::incr(&self.core().metrics.calls);
         let span = tracing::info_span!("call", call = name, id);
-        let call_state = Arc::new(crate::ask_table::CallState::default());
-        self.call_state = Some(call_state.clone());
-        let fut = crate::ask_table::CALL.scope(
-            call_state,
-            self.shared.dispatch.dispatch(self.ctx.clone(), id, call),
-        );
-        let (metrics, started) = (self.core().metrics.clone(), Instant::now());
-        self.running = Some(Box::pin(
-            AssertUnwindSafe(fut)
-                .catch_unwind()
-                .map(move |r| {
-                    metrics.call_seconds.record(started.elapsed());
-                    (id, field, name, r.map_err(|_| ()))
-                })
-                .instrument(span),
-        ));
+        // The last call's state, if nothing holds it any more (its asks are over).
+        let state = match self.call_state.take() {
+            Some(mut state) => match Arc::get_mut(&mut state) {
+                Some(s) => {
+                    *s.self_asks.get_mut() = 0;
+                    state
+                }
+                None => Arc::new(CallState::default()),
+            },
+            None => Arc::new(CallState::default()),
+        };
+        self.call_state = Some(state.clone());
+        let fut = self.shared.dispatch.dispatch(self.ctx.clone(), id, call);
+        self.running = Some(Running {
+            fut,
+            done: false,
+            state,
+            span,
+            id,
+            field,
+            name,
+            started: Instant::now(),
+            metrics: self.core().metrics.clone(),
+        });
     }
 
     fn finish(&mut self, (id, field, name, result): Finished) {
-        self.in_flight.remove(&id);
         let metrics = &self.core().metrics;
         match result {
             Ok(Ok(reply)) => {

@@ -34,8 +34,9 @@ pub(crate) struct ConnState {
     /// Who the `Connect` request was authenticated as (fixed for the connection's life).
     pub(crate) identity: Option<Identity>,
     /// A close asked for by `Context::close`, applied by the connection task once the
-    /// running call (if any) has sent its reply.
-    pub(crate) kick: Mutex<Option<hub_core::CloseReason>>,
+    /// running call (if any) has sent its reply. The first one stands. (A `OnceLock`:
+    /// the connection task looks at it after every call, one atomic load.)
+    pub(crate) kick: std::sync::OnceLock<hub_core::CloseReason>,
     /// Wakes the connection task when `kick` is set.
     pub(crate) kicked: tokio::sync::Notify,
     /// The groups it was in, once it left them all at disconnect (before
@@ -227,11 +228,10 @@ impl<P: From<crate::Push>> Context<P> {
     /// what is already queued for it, a goodbye with the reason, then the status.
     /// Calls it sent after this one are not run.
     pub fn close(&self, code: tonic::Code, reason: impl Into<String>) {
-        let mut kick = self.conn.kick.lock().unwrap_or_else(|e| e.into_inner());
-        if kick.is_none() {
-            *kick = Some(hub_core::CloseReason::draining(code, reason));
-        }
-        drop(kick);
+        let _ = self
+            .conn
+            .kick
+            .set(hub_core::CloseReason::draining(code, reason));
         self.conn.kicked.notify_one();
     }
 }

@@ -84,6 +84,7 @@ mod connection;
 mod context;
 mod dispatch;
 mod error;
+mod gate;
 mod hub;
 pub mod identity;
 mod inbound;

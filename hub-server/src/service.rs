@@ -673,7 +673,7 @@ async fn accept<D: Dispatch>(
         outbox,
         user: Mutex::new(user),
         identity,
-        kick: Mutex::new(None),
+        kick: std::sync::OnceLock::new(),
         kicked: Notify::new(),
         departed: std::sync::OnceLock::new(),
         asks_in_flight: Default::default(),
