@@ -66,7 +66,7 @@ pub use outbox::{
 };
 pub use provider::{
     Backplane, BackplaneEvents, BindContext, BoxFuture, GroupError, GroupProvider, LocalOnly,
-    MembersLost, MemoryProvider,
+    MembersLost, MemoryProvider, deadline,
 };
 pub use target::{Destination, Target};
 

@@ -85,6 +85,23 @@ impl From<GroupError> for tonic::Status {
     }
 }
 
+/// Awaits `fut` for at most `after`; past that, [`GroupError::Timeout`] for `op` on
+/// `backplane`. The time limit of the backplanes' operations.
+pub async fn deadline<T>(
+    backplane: &'static str,
+    op: &'static str,
+    after: Duration,
+    fut: impl Future<Output = Result<T, GroupError>>,
+) -> Result<T, GroupError> {
+    tokio::time::timeout(after, fut).await.unwrap_or_else(|_| {
+        Err(GroupError::Timeout {
+            backplane,
+            op,
+            after,
+        })
+    })
+}
+
 /// Members of a group lost because their server died (crashed, or cut off from the
 /// backplane for longer than its presence lives), as a backplane reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]

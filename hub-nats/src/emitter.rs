@@ -248,15 +248,8 @@ impl NatsEmitter {
         if let Poll::Ready(r) = futures_util::poll!(publish.as_mut()) {
             return r.map_err(refused);
         }
-        let after = self.op_timeout;
-        match tokio::time::timeout(after, publish).await {
-            Ok(r) => r.map_err(refused),
-            Err(_) => Err(GroupError::Timeout {
-                backplane: BACKPLANE,
-                op: "publish",
-                after,
-            }),
-        }
+        let published = async { publish.await.map_err(refused) };
+        hub_core::deadline(BACKPLANE, "publish", self.op_timeout, published).await
     }
 }
 
@@ -290,15 +283,13 @@ impl Emit for NatsEmitter {
 
     fn flush(&self) -> BoxFuture<'_, Result<(), GroupError>> {
         Box::pin(async move {
-            let after = self.op_timeout;
-            match tokio::time::timeout(after, self.client.flush()).await {
-                Ok(r) => r.map_err(|e| GroupError::unavailable(BACKPLANE, "flush", e)),
-                Err(_) => Err(GroupError::Timeout {
-                    backplane: BACKPLANE,
-                    op: "flush",
-                    after,
-                }),
-            }
+            let flushed = async {
+                self.client
+                    .flush()
+                    .await
+                    .map_err(|e| GroupError::unavailable(BACKPLANE, "flush", e))
+            };
+            hub_core::deadline(BACKPLANE, "flush", self.op_timeout, flushed).await
         })
     }
 }

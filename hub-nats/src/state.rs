@@ -172,13 +172,7 @@ impl Inner {
         after: Duration,
         fut: impl Future<Output = Result<T, GroupError>>,
     ) -> Result<T, GroupError> {
-        tokio::time::timeout(after, fut)
-            .await
-            .unwrap_or(Err(GroupError::Timeout {
-                backplane: BACKPLANE,
-                op,
-                after,
-            }))
+        hub_core::deadline(BACKPLANE, op, after, fut).await
     }
 
     /// Publishes one message; an error if NATS is down, the message is larger than

@@ -119,13 +119,7 @@ impl RedisTransport {
                 .map_err(|_| unavailable("the hub is shut down"))?;
             rx.await.map_err(|_| unavailable("the hub is shut down"))?
         };
-        tokio::time::timeout(after, wait)
-            .await
-            .map_err(|_| GroupError::Timeout {
-                backplane: BACKPLANE,
-                op,
-                after,
-            })?
+        hub_core::deadline(BACKPLANE, op, after, wait).await
     }
 
     /// Publishes one envelope: queued for the publisher, which pipelines it with others.

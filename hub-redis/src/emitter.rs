@@ -194,18 +194,12 @@ impl Inner {
                 None => Err(unavailable("publish: no answer")),
             }
         };
-        match tokio::time::timeout(after, send).await {
-            Ok(r) => r,
-            Err(_) => {
-                // A Redis that does not answer is treated as gone: connect again next time.
-                self.forget();
-                Err(GroupError::Timeout {
-                    backplane: BACKPLANE,
-                    op: "publish",
-                    after,
-                })
-            }
+        let sent = hub_core::deadline(BACKPLANE, "publish", after, send).await;
+        if let Err(GroupError::Timeout { .. }) = sent {
+            // A Redis that does not answer is treated as gone: connect again next time.
+            self.forget();
         }
+        sent
     }
 }
 

@@ -157,14 +157,8 @@ impl Shared {
         &self,
         op: &'static str,
     ) -> Result<tokio::sync::RwLockReadGuard<'_, Registration>, GroupError> {
-        let after = self.cfg.command_timeout;
-        tokio::time::timeout(after, self.presence.read())
-            .await
-            .map_err(|_| GroupError::Timeout {
-                backplane: BACKPLANE,
-                op,
-                after,
-            })
+        let read = async { Ok(self.presence.read().await) };
+        hub_core::deadline(BACKPLANE, op, self.cfg.command_timeout, read).await
     }
 
     /// Marks the link of `loss`'s epoch down at once (later calls fail fast) and asks
@@ -197,15 +191,8 @@ impl Shared {
         after: Duration,
         fut: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, GroupError> {
-        match tokio::time::timeout(after, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(redis_error(op, e)),
-            Err(_) => Err(GroupError::Timeout {
-                backplane: BACKPLANE,
-                op,
-                after,
-            }),
-        }
+        let answered = async { fut.await.map_err(|e| redis_error(op, e)) };
+        hub_core::deadline(BACKPLANE, op, after, answered).await
     }
 }
 
