@@ -131,7 +131,20 @@ impl Emitter {
     /// Sends one encoded response frame of the hub (a push: `id` 0, one `on_*` case)
     /// to `dest`: one publish on the group's channel, or one per server holding
     /// some of the connections. An empty list of connections sends nothing.
+    ///
+    /// A push to a group carries the emitter's next number for the group
+    /// (`origin_seq`), so servers detect one lost on the way; pushes of one emitter
+    /// to one group are numbered and published one after the other.
     pub async fn push(&self, dest: &Destination, frame: Bytes) -> Result<(), GroupError> {
+        if let Destination::Group { group, target } = dest {
+            return self
+                .writer
+                .numbered(group.as_str(), target, &frame, |envelope| {
+                    self.emit
+                        .publish(&self.hub, Channel::Group(group), envelope)
+                })
+                .await;
+        }
         self.each(dest, |group, target| {
             self.writer.frame(group, target, &frame)
         })

@@ -76,6 +76,15 @@ pub trait Transport: Send + Sync + 'static {
         None
     }
 
+    /// Whether the relay numbers this server's pushes to each group (`origin_seq` in
+    /// the envelope), so receivers detect a push lost on the way. The relay holds a
+    /// lock of the group's from numbering a push until `publish` resolves (the numbers
+    /// go out in order), so a transport whose `publish` waits for a broker round trip,
+    /// or whose broker numbers group envelopes itself, returns `false`. Default: `true`.
+    fn numbers_pushes(&self) -> bool {
+        true
+    }
+
     /// The history of group envelopes this transport keeps, if any: the [`Inbox`]
     /// fills gaps in a group's offsets from it, and the runtime may read it
     /// ([`Backplane::history`]). Default: none. Called once, by [`Relay::new`].
@@ -298,6 +307,13 @@ impl<T: Transport, P: Presence> Backplane for Relay<T, P> {
                 target: Target::Only(ids),
                 ..
             } if ids.iter().all(|id| id.node == me) => None,
+            Destination::Group { group, target } if self.transport.numbers_pushes() => Some(
+                Box::pin(
+                    writer.numbered(group.as_str(), target, frame, move |payload| {
+                        self.send(Channel::Group(group), payload)
+                    }),
+                ),
+            ),
             Destination::Group { group, target } => Some(Box::pin(
                 self.send(Channel::Group(group), writer.group(group, target, frame)),
             )),

@@ -31,6 +31,90 @@ const ORIGIN: u32 = 2;
 const GROUP: u32 = 3;
 const TARGET: u32 = 4;
 const FRAME: u32 = 5;
+const ORIGIN_SEQ: u32 = 12;
+
+/// The most groups a writer keeps a push number of (the most recently published to);
+/// one evicted starts again at 1, which receivers take as a new start, not a loss.
+pub(crate) const MAX_NUMBERED_GROUPS: usize = 65_536;
+/// The most origins an [`Inbox`] keeps the last push number of, per group (the most
+/// recently seen).
+pub(crate) const MAX_ORIGINS_PER_GROUP: usize = 1_024;
+/// Shards of a writer's numbering: pushes to groups of different shards are numbered
+/// and published without waiting for each other.
+const NUMBER_SHARDS: usize = 64;
+
+/// A map that keeps about the `cap` most recently used keys: two generations, the
+/// older dropped whole when the newer is full (an approximate LRU in O(1)).
+#[derive(Debug)]
+pub(crate) struct Recent<V> {
+    cap: usize,
+    new: HashMap<Box<str>, V>,
+    old: HashMap<Box<str>, V>,
+}
+
+impl<V> Recent<V> {
+    /// An empty map of at most `cap` keys (at least 2).
+    pub(crate) fn new(cap: usize) -> Self {
+        Recent {
+            cap: cap.max(2),
+            new: HashMap::new(),
+            old: HashMap::new(),
+        }
+    }
+
+    /// The value of `key`, now the most recently used.
+    pub(crate) fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        if !self.new.contains_key(key) {
+            let v = self.old.remove(key)?;
+            self.insert(key, v);
+        }
+        self.new.get_mut(key)
+    }
+
+    /// Sets `key`, now the most recently used; may drop the least recently used.
+    pub(crate) fn insert(&mut self, key: &str, value: V) {
+        if let Some(v) = self.new.get_mut(key) {
+            *v = value;
+            return;
+        }
+        self.old.remove(key);
+        if self.new.len() >= self.cap / 2 {
+            self.old = std::mem::take(&mut self.new);
+        }
+        self.new.insert(Box::from(key), value);
+    }
+
+    /// How many keys are kept.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.new.len() + self.old.len()
+    }
+}
+
+/// The next push number of each group a writer published to recently, by shard.
+#[derive(Debug)]
+struct Numbering {
+    shards: Box<[tokio::sync::Mutex<Recent<u64>>]>,
+}
+
+impl Numbering {
+    fn new() -> Self {
+        Numbering {
+            shards: (0..NUMBER_SHARDS)
+                .map(|_| tokio::sync::Mutex::new(Recent::new(MAX_NUMBERED_GROUPS / NUMBER_SHARDS)))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, group: &str) -> &tokio::sync::Mutex<Recent<u64>> {
+        use std::hash::{BuildHasher, Hasher};
+        static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        let mut h = SEED.get_or_init(Default::default).build_hasher();
+        h.write(group.as_bytes());
+        &self.shards[(h.finish() as usize) % self.shards.len()]
+    }
+}
 
 /// Writes the envelopes of one server. Its first fields (version and origin) never
 /// change, so they are encoded once and copied; the frame is copied once, into the
@@ -41,6 +125,8 @@ pub struct EnvelopeWriter {
     head: Bytes,
     /// The origin as text.
     origin: Arc<str>,
+    /// The push numbers (`origin_seq`) of the groups published to, shared by clones.
+    numbers: Arc<Numbering>,
 }
 
 impl EnvelopeWriter {
@@ -65,6 +151,7 @@ impl EnvelopeWriter {
         EnvelopeWriter {
             head: b.freeze(),
             origin,
+            numbers: Arc::new(Numbering::new()),
         }
     }
 
@@ -85,6 +172,34 @@ impl EnvelopeWriter {
         self.frame(group.as_str(), target, frame)
     }
 
+    /// A push to the selected members of `group` numbered with the group's next
+    /// `origin_seq` of this writer, published by `send` before the group's next push
+    /// is numbered: the numbers go out in order. When `send` fails the number is
+    /// taken back (the push did not go out), so receivers see no gap for it.
+    pub async fn numbered<F, Fut>(
+        &self,
+        group: &str,
+        target: &Target,
+        frame: &Bytes,
+        send: F,
+    ) -> Result<(), crate::GroupError>
+    where
+        F: FnOnce(Bytes) -> Fut,
+        Fut: std::future::Future<Output = Result<(), crate::GroupError>>,
+    {
+        if group.is_empty() {
+            return send(self.frame(group, target, frame)).await;
+        }
+        let mut numbers = self.numbers.shard(group).lock().await;
+        let seq = numbers.get_mut(group).map_or(1, |n| *n + 1);
+        numbers.insert(group, seq);
+        let r = send(self.frame_seq(group, target, frame, seq)).await;
+        if r.is_err() {
+            numbers.insert(group, seq - 1);
+        }
+        r
+    }
+
     /// A push to connections of one server, without a group.
     pub fn connections(&self, ids: &[ConnectionId], frame: &Bytes) -> Bytes {
         self.frame("", &Target::Only(Arc::from(ids)), frame)
@@ -93,11 +208,20 @@ impl EnvelopeWriter {
     /// A push to the selected members of `group`, or (empty group) to the connections
     /// of a [`Target::Only`].
     pub(crate) fn frame(&self, group: &str, target: &Target, frame: &Bytes) -> Bytes {
+        self.frame_seq(group, target, frame, 0)
+    }
+
+    /// [`Self::frame`] with `origin_seq` (0: none).
+    fn frame_seq(&self, group: &str, target: &Target, frame: &Bytes, seq: u64) -> Bytes {
         let spec = target.to_proto();
         let spec_len = spec.encoded_len();
         let head = &self.head;
-        let mut b = BytesMut::with_capacity(head.len() + group.len() + spec_len + frame.len() + 24);
+        let mut b = BytesMut::with_capacity(head.len() + group.len() + spec_len + frame.len() + 36);
         b.put_slice(head);
+        if seq != 0 {
+            encode_key(ORIGIN_SEQ, WireType::Varint, &mut b);
+            encode_varint(seq, &mut b);
+        }
         if !group.is_empty() {
             put_bytes(GROUP, group.as_bytes(), &mut b);
         }
@@ -172,9 +296,9 @@ impl EnvelopeWriter {
     /// The most bytes an envelope adds to a frame of a group push whose target names
     /// `ids` connections: what a backend with a message size limit subtracts.
     pub fn overhead(&self, ids: usize) -> usize {
-        // Head, group (key, length, name), target (key, length, kind, ids of at most
+        // Head, origin_seq (key, varint), group (key, length, name), target (key, length, kind, ids of at most
         // 40 bytes each with their key and length), frame key and length.
-        self.head.len() + 3 + crate::MAX_GROUP_NAME_BYTES + 6 + ids * 42 + 6
+        self.head.len() + 11 + 3 + crate::MAX_GROUP_NAME_BYTES + 6 + ids * 42 + 6
     }
 }
 
@@ -236,6 +360,9 @@ pub struct Inbox {
     groups: Arc<Mutex<HashMap<String, Arc<gaps::GroupSeq>>>>,
     /// The history gaps are filled from, once the transport gave one.
     history: Arc<std::sync::OnceLock<gaps::HistorySource>>,
+    /// Per subscribed group, the last `origin_seq` seen of each origin (envelopes
+    /// without a broker offset).
+    origins: Arc<Mutex<HashMap<String, Recent<u64>>>>,
 }
 
 /// The group offset and epoch a broker prepended to an envelope (`offset = 8`,
@@ -287,6 +414,7 @@ impl Inbox {
             events,
             groups: Arc::default(),
             history: Arc::default(),
+            origins: Arc::default(),
         }
     }
 
@@ -323,12 +451,18 @@ impl Inbox {
             // Own envelopes too: they take offsets of the group like any other.
             return self.sequenced(group, offset, epoch, payload);
         }
-        self.dispatch(payload, via)
+        self.dispatch_numbered(payload, via, true)
     }
 
     /// Delivers one envelope (without offset) and counts it.
     fn dispatch(&self, payload: Bytes, via: Via<'_>) -> Received {
-        let outcome = self.handle(payload, via);
+        self.dispatch_numbered(payload, via, false)
+    }
+
+    /// [`Self::dispatch`]; `numbered`: checks its `origin_seq` (no broker offset
+    /// numbered it).
+    fn dispatch_numbered(&self, payload: Bytes, via: Via<'_>, numbered: bool) -> Received {
+        let outcome = self.handle(payload, via, numbered);
         match outcome {
             Received::Delivered
             | Received::Lost
@@ -344,7 +478,7 @@ impl Inbox {
         outcome
     }
 
-    fn handle(&self, payload: Bytes, via: Via<'_>) -> Received {
+    fn handle(&self, payload: Bytes, via: Via<'_>, numbered: bool) -> Received {
         if self.writer.is_own(&payload) {
             return Received::Own;
         }
@@ -361,6 +495,12 @@ impl Inbox {
             && env.group != group
         {
             return Received::Malformed("envelope group does not match its channel");
+        }
+        if numbered
+            && env.origin_seq != 0
+            && let Via::Group(group) = via
+        {
+            self.check_origin_seq(group, &env.origin, env.origin_seq);
         }
         if let Some(lost) = env.lost {
             return self.lost(&env.group, lost);
@@ -387,6 +527,38 @@ impl Inbox {
             self.local.deliver(&env.group, &target, &env.frame);
         }
         Received::Delivered
+    }
+
+    /// Records `seq` as the last push number of `origin` in `group`; one that skips
+    /// numbers tells the group's members how many were lost.
+    fn check_origin_seq(&self, group: &str, origin: &str, seq: u64) {
+        let last = {
+            let mut groups = gaps::lock(&self.origins);
+            let origins = match groups.get_mut(group) {
+                Some(o) => o,
+                None => groups
+                    .entry(group.to_owned())
+                    .or_insert_with(|| Recent::new(MAX_ORIGINS_PER_GROUP)),
+            };
+            let last = origins.get_mut(origin).map(|l| *l);
+            origins.insert(origin, seq);
+            last
+        };
+        // Not seen before: nothing known. Not above the last: its numbering restarted.
+        if let Some(last) = last
+            && seq > last + 1
+        {
+            let missed = seq - last - 1;
+            self.tell_lost(
+                group,
+                missed,
+                format!(
+                    "{missed} push(es) of one publisher to the group (its numbers {} to {}) never reached this server",
+                    last + 1,
+                    seq - 1
+                ),
+            );
+        }
     }
 
     /// Hands a command to the hub with the local connections it selects: the members
@@ -860,6 +1032,168 @@ mod tests {
         assert_eq!(frame(&mut ra).await, Some(f.clone()));
         let m = inbox.metrics().snapshot();
         assert_eq!((m.backplane_gaps, m.backplane_pushes_missed), (2, 2));
+    }
+
+    fn seq_of(env: &Bytes) -> u64 {
+        proto::Envelope::decode(env.clone())
+            .expect("decodes")
+            .origin_seq
+    }
+
+    #[tokio::test]
+    async fn the_writer_numbers_each_groups_pushes_in_order() {
+        let w = EnvelopeWriter::new(NodeId(9));
+        let f = Bytes::from_static(b"\x08\x01");
+        let sent = Mutex::new(Vec::new());
+        let send = |env: Bytes| {
+            sent.lock().expect("lock").push(env);
+            async { Ok(()) }
+        };
+        for group in ["a", "b", "a", "a", "b"] {
+            w.numbered(group, &Target::All, &f, send)
+                .await
+                .expect("sent");
+        }
+        // A clone shares the numbers; a failed send gives its number back.
+        let clone = w.clone();
+        let failed = clone
+            .numbered("a", &Target::All, &f, |_| async {
+                Err(crate::GroupError::Unavailable {
+                    backplane: "test",
+                    message: "down".into(),
+                    source: None,
+                })
+            })
+            .await;
+        assert!(failed.is_err());
+        clone
+            .numbered("a", &Target::All, &f, send)
+            .await
+            .expect("sent");
+        let got: Vec<(String, u64)> = sent
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|e| {
+                let env = proto::Envelope::decode(e.clone()).expect("decodes");
+                assert_eq!(env.frame, f);
+                (env.group, env.origin_seq)
+            })
+            .collect();
+        let want = [("a", 1), ("b", 1), ("a", 2), ("a", 3), ("b", 2), ("a", 4)];
+        assert_eq!(
+            got,
+            want.map(|(g, n)| (g.to_owned(), n)).to_vec(),
+            "numbers per group"
+        );
+        // Own envelopes are still recognised by their head.
+        assert!(w.is_own(&w.frame_seq("a", &Target::All, &f, 7)));
+        // Unnumbered writes carry no origin_seq.
+        assert_eq!(seq_of(&w.group(&room(), &Target::All, &f)), 0);
+    }
+
+    #[tokio::test]
+    async fn skipped_origin_numbers_are_told_with_their_count() {
+        let (inbox, _) = inbox(2);
+        let (a, mut ra) = member(inbox.local(), 1);
+        inbox.local().join(&room(), a);
+        let other = EnvelopeWriter::new(NodeId(9));
+        let emitter = EnvelopeWriter::emitter("game");
+        let f = Bytes::from_static(b"\x08\x01");
+        let of = |w: &EnvelopeWriter, n: u64| w.frame_seq("room", &Target::All, &f, n);
+        // First sight of an origin (here at 5): nothing known, just recorded.
+        for n in [5, 6] {
+            inbox.receive(of(&other, n), Via::Group("room"));
+            assert_eq!(frame(&mut ra).await, Some(f.clone()));
+        }
+        // 7 and 8 never came: told with the count, before the push that shows it.
+        inbox.receive(of(&other, 9), Via::Group("room"));
+        let notice = pushes_lost(&frame(&mut ra).await.expect("notice")).expect("pushes_lost");
+        assert_eq!((notice.group.as_str(), notice.missed), ("room", 2));
+        assert_eq!(frame(&mut ra).await, Some(f.clone()));
+        // Each origin has its own numbers; own envelopes are skipped as before, and
+        // unnumbered ones (0) are not checked.
+        inbox.receive(of(&emitter, 1), Via::Group("room"));
+        inbox.receive(of(inbox.writer(), 50), Via::Group("room"));
+        inbox.receive(of(&other, 0), Via::Group("room"));
+        inbox.receive(of(&other, 10), Via::Group("room"));
+        for _ in 0..3 {
+            assert_eq!(frame(&mut ra).await, Some(f.clone()));
+        }
+        assert!(frame(&mut ra).await.is_none());
+        // A number not above the last: the origin's numbering restarted, not a loss.
+        inbox.receive(of(&other, 1), Via::Group("room"));
+        inbox.receive(of(&other, 2), Via::Group("room"));
+        inbox.receive(of(&emitter, 4), Via::Group("room"));
+        assert_eq!(frame(&mut ra).await, Some(f.clone()));
+        assert_eq!(frame(&mut ra).await, Some(f.clone()));
+        let notice = pushes_lost(&frame(&mut ra).await.expect("notice")).expect("pushes_lost");
+        assert_eq!(notice.missed, 2);
+        assert_eq!(frame(&mut ra).await, Some(f.clone()));
+        // A group forgotten (unsubscribed) starts afresh.
+        inbox.forget("room");
+        inbox.receive(of(&other, 40), Via::Group("room"));
+        assert_eq!(frame(&mut ra).await, Some(f.clone()));
+        assert!(frame(&mut ra).await.is_none());
+        let m = inbox.metrics().snapshot();
+        assert_eq!((m.backplane_gaps, m.backplane_pushes_missed), (2, 4));
+    }
+
+    #[tokio::test]
+    async fn broker_offsets_take_precedence_over_origin_numbers() {
+        let (inbox, _) = inbox(2);
+        let (a, mut ra) = member(inbox.local(), 1);
+        inbox.local().join(&room(), a);
+        let other = EnvelopeWriter::new(NodeId(9));
+        let f = Bytes::from_static(b"\x08\x01");
+        let of = |n: u64| other.frame_seq("room", &Target::All, &f, n);
+        // The offsets follow each other while the origin's numbers skip: no notice.
+        for (offset, n) in [(1, 1), (2, 5), (3, 9)] {
+            inbox.receive(with_offset(offset, 7, &of(n)), Via::Group("room"));
+            assert_eq!(frame(&mut ra).await, Some(f.clone()));
+        }
+        // The offsets skip: told once, by the offsets' count, not the numbers'.
+        inbox.receive(with_offset(5, 7, &of(10)), Via::Group("room"));
+        let notice = pushes_lost(&frame(&mut ra).await.expect("notice")).expect("pushes_lost");
+        assert_eq!(notice.missed, 1);
+        assert_eq!(frame(&mut ra).await, Some(f.clone()));
+        assert!(frame(&mut ra).await.is_none());
+        let m = inbox.metrics().snapshot();
+        assert_eq!((m.backplane_gaps, m.backplane_pushes_missed), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn origins_kept_per_group_are_bounded() {
+        let (inbox, _) = inbox(2);
+        let (a, mut ra) = member(inbox.local(), 1);
+        inbox.local().join(&room(), a);
+        let f = Bytes::from_static(b"\x08\x01");
+        let first = EnvelopeWriter::emitter("first");
+        inbox.receive(
+            first.frame_seq("room", &Target::All, &f, 1),
+            Via::Group("room"),
+        );
+        for i in 0..3 * MAX_ORIGINS_PER_GROUP {
+            let w = EnvelopeWriter::emitter(&format!("e{i}"));
+            inbox.receive(w.frame_seq("room", &Target::All, &f, 1), Via::Group("room"));
+            let kept = gaps::lock(&inbox.origins)["room"].len();
+            assert!(kept <= MAX_ORIGINS_PER_GROUP, "{kept} origins kept");
+        }
+        // The least recently seen was dropped: coming back, it is a first sight.
+        inbox.receive(
+            first.frame_seq("room", &Target::All, &f, 9),
+            Via::Group("room"),
+        );
+        assert_eq!(inbox.metrics().snapshot().backplane_gaps, 0);
+        while frame(&mut ra).await.is_some() {}
+        // The most recently seen are kept.
+        let mut r = Recent::new(8);
+        for i in 0..20u64 {
+            r.insert(&i.to_string(), i);
+            assert!(r.len() <= 8);
+        }
+        assert_eq!(r.get_mut("19").copied(), Some(19));
+        assert_eq!(r.get_mut("0"), None);
     }
 
     #[tokio::test]

@@ -171,6 +171,13 @@ impl RedisTransport {
 }
 
 impl Transport for RedisTransport {
+    /// No: a publish waits for Redis's answer (numbering under a lock would make a
+    /// group's pushes wait for each other's round trips), and with group offsets on
+    /// Redis numbers the pushes itself.
+    fn numbers_pushes(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> &'static str {
         BACKPLANE
     }

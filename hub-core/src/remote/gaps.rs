@@ -96,7 +96,7 @@ enum Fate {
 const RESTARTED: &str =
     "the group's offsets restarted (the broker lost its state): pushes may be lost";
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -128,13 +128,14 @@ impl Inbox {
         self.history.get().map(|h| h.store.clone())
     }
 
-    /// Forgets the offsets seen of `group`: its subscription is new (or gone), and what
+    /// Forgets the offsets (and the origins' push numbers) seen of `group`: its subscription is new (or gone), and what
     /// was published while this server was not subscribed is none of its business. A
     /// fill of the group still running is dropped.
     pub fn forget(&self, group: &str) {
         if let Some(seq) = lock(&self.groups).remove(group) {
             seq.live.store(false, Ordering::Release);
         }
+        lock(&self.origins).remove(group);
     }
 
     /// The subscription to `group` broke and is back: reads what the group's history
@@ -426,7 +427,7 @@ impl Inbox {
     }
 
     /// Tells the group's local members that pushes were lost, and counts it.
-    fn tell_lost(&self, group: &str, missed: u64, reason: String) {
+    pub(super) fn tell_lost(&self, group: &str, missed: u64, reason: String) {
         HubMetrics::incr(&self.metrics.backplane_gaps);
         self.metrics.backplane_pushes_missed.add(missed);
         tracing::warn!(hub = self.hub, group, missed, %reason, "group pushes lost on the backplane");
