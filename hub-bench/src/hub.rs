@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hub_server::{GroupProvider, Hubs, MemoryProvider};
+use hub_server::{GroupProvider, Hubs, MemoryProvider, SessionConfig};
 use tokio::net::TcpListener;
 use tonic::Status;
 use tonic::transport::server::TcpIncoming;
@@ -79,14 +79,22 @@ pub async fn provider(spec: &str) -> Result<Arc<dyn GroupProvider>, BoxError> {
     )
 }
 
-/// Serves the bench hub on `listener` with `groups` until the process exits.
-pub async fn serve(listener: TcpListener, groups: &str, hub: Bench) -> Result<(), BoxError> {
+/// Serves the bench hub on `listener` with `groups` until the process exits; with
+/// `session_grace`, the hub keeps sessions (the default `SessionConfig` but for
+/// its grace) so that a dropped client can resume.
+pub async fn serve(
+    listener: TcpListener,
+    groups: &str,
+    hub: Bench,
+    session_grace: Option<Duration>,
+) -> Result<(), BoxError> {
     // A benchmark measures throughput: no per-connection inbound rate limits (the
     // defaults refuse a client past 200 calls/s).
     let config = hub_server::HubConfig::default()
         .inbound_calls(None)
         .inbound_bytes(None)
-        .flood(0, std::time::Duration::ZERO);
+        .flood(0, std::time::Duration::ZERO)
+        .sessions(session_grace.map(|g| SessionConfig::default().grace(g)));
     let hubs = Hubs::builder()
         .default_groups_arc(provider(groups).await?)
         .config(config)

@@ -10,6 +10,8 @@
 //! - `conns`: N idle connections; the server's memory per connection.
 //! - `rooms`: R rooms of M members over S servers and a Redis backplane, an emitter
 //!   pushing one tick to every room F times a second (the game workload).
+//! - `resume`: N clients on one of S servers sharing sessions over Redis; that server
+//!   is killed (SIGKILL); the time until each client's session is restored elsewhere.
 //! - `serve`, `conn-client`: the child processes the workloads start.
 
 mod calls;
@@ -18,6 +20,7 @@ mod fanout;
 mod hub;
 mod proc;
 mod raw;
+mod resume;
 mod rooms;
 mod stats;
 
@@ -68,6 +71,9 @@ enum Command {
     Conns(conns::ConnsArgs),
     /// Rooms: R rooms x M members over S servers, an emitter ticking every room at F Hz.
     Rooms(rooms::RoomsArgs),
+    /// Resume: N clients on server A of S (sessions on, Redis backplane), A killed,
+    /// time until each client's session is restored on another server.
+    Resume(resume::ResumeArgs),
     /// (child) Serves the bench hub or the raw service; prints `LISTEN <addr>`;
     /// exits when stdin closes.
     Serve {
@@ -83,6 +89,10 @@ enum Command {
         /// Broadcast from a spawned task instead of in the `publish` call.
         #[arg(long)]
         detach_publish: bool,
+        /// Keep sessions for dropped streams, this many seconds (resumable; shared
+        /// over a Redis backplane).
+        #[arg(long)]
+        session_grace_s: Option<u64>,
     },
     /// (child) Opens N idle connections, prints `READY <ok> <failed>`, holds them
     /// until stdin closes.
@@ -114,18 +124,24 @@ async fn run(command: Command) -> Result<(), BoxError> {
         Command::Calls(a) => calls::run(&a).await?,
         Command::Conns(a) => conns::run(&a).await?,
         Command::Rooms(a) => rooms::run(&a).await?,
+        Command::Resume(a) => resume::run(&a).await?,
         Command::Serve {
             kind,
             groups,
             addr,
             detach_publish,
+            session_grace_s,
         } => {
             proc::exit_on_stdin_eof();
             proc::raise_nofile_limit();
             let listener = tokio::net::TcpListener::bind(addr).await?;
             println!("LISTEN {}", listener.local_addr()?);
             return match kind {
-                Kind::Hub => hub::serve(listener, &groups, hub::Bench { detach_publish }).await,
+                Kind::Hub => {
+                    let bench = hub::Bench { detach_publish };
+                    let grace = session_grace_s.map(std::time::Duration::from_secs);
+                    hub::serve(listener, &groups, bench, grace).await
+                }
                 Kind::Raw => raw::serve(listener).await,
             };
         }

@@ -87,6 +87,14 @@ impl BenchChild {
         rss_kib(self.pid())
     }
 
+    /// Kills the child at once (SIGKILL: no goodbye, no clean-up, its sockets reset by
+    /// the kernel) and reaps it.
+    pub fn kill(&mut self) -> Result<(), BoxError> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Closes the child's stdin (it exits) and waits up to `within` before killing it.
     pub fn stop(mut self, within: Duration) {
         drop(self.stdin.take());

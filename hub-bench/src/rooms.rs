@@ -115,7 +115,7 @@ fn room(r: usize) -> String {
 }
 
 /// The redis-server's process id, from `INFO server`.
-fn redis_pid(redis: &test_support::RedisServer) -> Option<u32> {
+pub fn redis_pid(redis: &test_support::RedisServer) -> Option<u32> {
     redis
         .cli(&["INFO", "server"])
         .lines()

@@ -149,3 +149,30 @@ fn rooms_over_redis_deliver_every_push() {
         "{v}"
     );
 }
+
+#[test]
+fn resume_after_a_server_is_killed_restores_every_session() {
+    for dial in ["failover", "balance"] {
+        let v = bench(&[
+            "resume",
+            "--clients",
+            "20",
+            "--servers",
+            "2",
+            "--groups",
+            "3",
+            "--grace-s",
+            "30",
+            "--deadline-s",
+            "20",
+            "--dial",
+            dial,
+        ]);
+        assert_eq!(v["restored"], 20, "{dial}: {v}");
+        assert_eq!(v["failed"], 0, "{dial}: {v}");
+        assert_eq!(v["same_connection_id"], 20, "{dial}: {v}");
+        assert_eq!(v["push_after_resume_delivered"], 20, "{dial}: {v}");
+        assert!(v["p99_ms"].is_number(), "{dial}: {v}");
+        assert!(v["backplane_cpu_s"].is_number(), "{dial}: {v}");
+    }
+}
