@@ -19,7 +19,10 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed,
+    Ordering::Release,
+};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -154,7 +157,8 @@ impl BenchHubReceiver for Probe {
     }
 
     fn on_connection_state(&self, state: &ConnectionState) {
-        if !self.board.killed.load(Relaxed) {
+        // Acquire: pairs with the kill's Release, so `kill_at` is set when read.
+        if !self.board.killed.load(Acquire) {
             return;
         }
         match state {
@@ -334,7 +338,7 @@ pub async fn run(a: &ResumeArgs) -> Result<serde_json::Value, BoxError> {
     let redis_cpu0 = proc::cpu_secs(redis_pid);
     let client_cpu0 = proc::self_cpu_secs();
     board.kill_at.store(now_nanos(), Relaxed);
-    board.killed.store(true, Relaxed);
+    board.killed.store(true, Release);
     servers[0].kill()?;
     let deadline = Duration::from_secs(a.deadline_s);
     let all = tokio::time::timeout(deadline, async {
