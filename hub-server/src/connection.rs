@@ -373,7 +373,21 @@ pub(crate) async fn run<D: Dispatch>(
                     }
                 }
             },
-            Event::Resumed(new) => {
+            Event::Resumed(_) | Event::DetachOver => {
+                let new = match event {
+                    Event::Resumed(new) => new,
+                    _ => {
+                        let sessions = core.sessions.as_ref().expect("detached with sessions");
+                        let att = session.as_mut().expect("detached with a session");
+                        // The grace is over unless a stream resumed at that moment.
+                        let Some(new) = sessions.end_unless_resumed(att) else {
+                            HubMetrics::incr(&core.metrics.sessions_expired);
+                            let why = detached.take().map(|d| d.1).unwrap_or_default();
+                            break DisconnectReason::SessionExpired(why);
+                        };
+                        Some(new)
+                    }
+                };
                 if let Some(new) = new {
                     conn.attached(
                         new,
@@ -383,27 +397,6 @@ pub(crate) async fn run<D: Dispatch>(
                         &mut last_heard,
                     )
                     .await;
-                }
-            }
-            Event::DetachOver => {
-                let sessions = core.sessions.as_ref().expect("detached with sessions");
-                let att = session.as_mut().expect("detached with a session");
-                match sessions.end_unless_resumed(att) {
-                    Some(new) => {
-                        conn.attached(
-                            new,
-                            &mut inbound,
-                            &mut detached,
-                            &mut reading,
-                            &mut last_heard,
-                        )
-                        .await;
-                    }
-                    None => {
-                        HubMetrics::incr(&core.metrics.sessions_expired);
-                        let why = detached.take().map(|d| d.1).unwrap_or_default();
-                        break DisconnectReason::SessionExpired(why);
-                    }
                 }
             }
             Event::Tick => {
