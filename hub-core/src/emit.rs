@@ -62,6 +62,16 @@ pub trait Emit: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// Whether the [`Emitter`] numbers its pushes to each group (`origin_seq`), so
+    /// servers detect one lost on the way. Numbering holds a lock of the group's from
+    /// the number to the end of `publish` (the numbers go out in order), so a backend
+    /// whose `publish` waits for a broker round trip returns `false`: one emitter's
+    /// pushes to the groups of one lock would wait for each other's round trips.
+    /// Default: `true`.
+    fn numbers_pushes(&self) -> bool {
+        true
+    }
+
     /// What this backend connects to, for logs and the fingerprint of a sharded
     /// emitter (`ShardedEmit`, in the `shard` module): the same text as the matching
     /// provider's `GroupProvider::describe`. Default: the name.
@@ -134,9 +144,12 @@ impl Emitter {
     ///
     /// A push to a group carries the emitter's next number for the group
     /// (`origin_seq`), so servers detect one lost on the way; pushes of one emitter
-    /// to one group are numbered and published one after the other.
+    /// to one group are numbered and published one after the other. (Not on a
+    /// backend whose publish waits for the broker: [`Emit::numbers_pushes`].)
     pub async fn push(&self, dest: &Destination, frame: Bytes) -> Result<(), GroupError> {
-        if let Destination::Group { group, target } = dest {
+        if let Destination::Group { group, target } = dest
+            && self.emit.numbers_pushes()
+        {
             return self
                 .writer
                 .numbered(group.as_str(), target, &frame, |envelope| {

@@ -530,6 +530,10 @@ impl Emit for ShardedEmit {
         self.shards[i].publish(hub, channel, envelope)
     }
 
+    fn numbers_pushes(&self) -> bool {
+        self.shards.iter().all(|s| s.numbers_pushes())
+    }
+
     fn flush(&self) -> BoxFuture<'_, Result<(), GroupError>> {
         Box::pin(async move {
             futures_util::future::try_join_all(self.shards.iter().map(|s| s.flush()))

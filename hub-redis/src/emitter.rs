@@ -208,6 +208,13 @@ impl Emit for RedisEmitter {
         BACKPLANE
     }
 
+    /// A publish waits for Redis's answer: numbering would make one emitter's pushes
+    /// wait for each other's round trips. (So the loss of an emitter's push on Redis
+    /// is not detected: it carries no group offset either.)
+    fn numbers_pushes(&self) -> bool {
+        false
+    }
+
     fn describe(&self) -> String {
         self.inner.cfg.deployment.describe()
     }
