@@ -2,10 +2,11 @@
 //! numbered by the group's offsets, read back by offset.
 //!
 //! A backplane that numbers group pushes (Redis with `group_offsets`) can also keep
-//! them ([`crate::relay::Transport::history`]). The [`crate::remote::Inbox`] reads it to
-//! fill a gap it sees in a group's offsets (a pub/sub message dropped, a subscription
-//! that broke and came back) before it delivers anything later of the group; anything
-//! the history no longer holds is told to the members (`ServerControl.pushes_lost`).
+//! them (the `history` method of the relay module's `Transport`). The
+//! [`crate::remote::Inbox`] reads it to fill a gap it sees in a group's offsets (a
+//! pub/sub message dropped, a subscription that broke and came back) before it
+//! delivers anything later of the group; anything the history no longer holds is told
+//! to the members (`ServerControl.pushes_lost`).
 //! The same read serves anyone who wants a group's pushes after an offset
 //! ([`crate::Backplane::history`]), e.g. to replay them to a resumed session.
 

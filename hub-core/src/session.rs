@@ -4,11 +4,9 @@
 //!
 //! The record names the connection, its identity, its group memberships and the
 //! server holding it, and a hash of the resume credential's secret (never the
-//! secret). A backend keeps it with [`Presence::save_session`] and its siblings,
-//! whose defaults mean "no shared sessions": another server then answers a resume
-//! with `UNKNOWN`, as a server without the record must.
-//!
-//! [`Presence::save_session`]: crate::relay::Presence::save_session
+//! secret). A backend keeps it with `save_session` and its siblings (methods of the
+//! relay module's `Presence`), whose defaults mean "no shared sessions": another
+//! server then answers a resume with `UNKNOWN`, as a server without the record must.
 
 use prost::Message as _;
 use sha2::{Digest, Sha256};

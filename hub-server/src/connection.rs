@@ -445,7 +445,7 @@ pub(crate) async fn run<D: Dispatch>(
     leave_everything(&core, &state).await;
     if session.is_some() {
         // Its record in the backplane, unless another server holds it now.
-        crate::session::drop_record(&core, state.id).await;
+        crate::session_record::drop_record(&core, state.id).await;
     }
     // A session another server took over goes on there: it did not end.
     if !taken_over {

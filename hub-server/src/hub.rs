@@ -5,6 +5,9 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use hub_core::session::{SessionGroup, SessionRecord};
 
 use hub_core::{
     Backplane, ConnectionId, Delivery, GroupError, GroupName, HubMetrics, LocalGroups, MemberInfo,
@@ -108,10 +111,51 @@ impl HubCore {
         Ok(outcome.removed)
     }
 
-    /// Writes the record of `id`'s session, on a hub whose sessions the backplane
-    /// shares (at once otherwise).
-    async fn save_record(&self, id: ConnectionId) {
-        crate::session::save_record(self, id).await;
+    /// Writes the backplane's record of the session of `id` (if it has one, on a
+    /// backplane that shares sessions) from the registry as it is now. Writes of one
+    /// session are serialized, so the last one written is the latest state. A failure is
+    /// counted (`backplane_errors`) and logged: the session goes on, but may not be
+    /// resumable on another server until its next join or leave.
+    pub(crate) async fn save_record(&self, id: ConnectionId) {
+        let core = self;
+        if !core.shares_sessions() {
+            return;
+        }
+        let Some(session) = core.sessions.as_ref().and_then(|s| s.get(id)) else {
+            return;
+        };
+        let _in_order = session.record.lock().await;
+        if session.io().ended {
+            return;
+        }
+        let mut groups: Vec<SessionGroup> = core
+            .local
+            .groups_of(id)
+            .into_iter()
+            .map(|group| SessionGroup {
+                group,
+                joined_at: None,
+            })
+            .collect();
+        groups.sort_by(|a, b| a.group.cmp(&b.group));
+        let record = SessionRecord {
+            connection: id,
+            secret_sha256: session.secret_sha256,
+            user: session.user.as_deref().map(str::to_owned),
+            hub: core.service.to_owned(),
+            server: core.node,
+            groups,
+        };
+        let grace = core
+            .sessions
+            .as_ref()
+            .map_or(Duration::ZERO, |s| s.config.grace);
+        if let Some(fut) = core.backplane.save_session(&record, grace)
+            && let Err(e) = fut.await
+        {
+            HubMetrics::incr(&core.metrics.backplane_errors);
+            tracing::warn!(hub = core.service, conn = %id, error = %e, "could not write the session record");
+        }
     }
 
     /// Whether this hub keeps sessions and its backplane shares them.

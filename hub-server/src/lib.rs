@@ -90,6 +90,7 @@ pub mod identity;
 mod inbound;
 mod service;
 mod session;
+mod session_record;
 pub mod transport;
 
 pub use config::{DEFAULT_MAX_OUTBOUND_BYTES, HubConfig, Hubs, HubsBuilder, RateLimit};

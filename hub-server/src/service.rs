@@ -598,7 +598,7 @@ async fn accept<D: Dispatch>(
             Err(mut refusal) => {
                 let outcome = match refusal.elsewhere.take() {
                     Some(ask) => {
-                        crate::session::restore(&core, ask, user.as_deref(), refusal).await
+                        crate::session_record::restore(&core, ask, user.as_deref(), refusal).await
                     }
                     None => Err(refusal),
                 };
@@ -696,7 +696,7 @@ async fn accept<D: Dispatch>(
     }
     if conn.identity.is_none() || restored.is_some() {
         // (A join wrote the record already, unless there was none.)
-        crate::session::save_record(&core, id).await;
+        core.save_record(id).await;
     }
     let ctx = Context::<D::Push>::new(conn.clone());
     if restored.is_some() {
@@ -742,7 +742,7 @@ async fn accept<D: Dispatch>(
 async fn end_session(core: &HubCore, attachments: Option<&crate::session::Attachments>) {
     if let (Some(sessions), Some(att)) = (&core.sessions, attachments) {
         sessions.end(&att.session);
-        crate::session::drop_record(core, att.session.id).await;
+        crate::session_record::drop_record(core, att.session.id).await;
     }
 }
 

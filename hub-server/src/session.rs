@@ -32,12 +32,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use hub_core::frame::OutFrame;
 use hub_core::proto::{ResumeOutcome, Resumption};
-use hub_core::session::{SessionGroup, SessionRecord, hash_secret, secret_matches};
+use hub_core::session::hash_secret;
 use hub_core::{CloseReason, ConnectionId, HubMetrics, NodeId, Outbox, OutboxReceiver};
 use tokio::sync::mpsc;
 use tonic::Streaming;
-
-use crate::hub::HubCore;
 
 /// How a hub keeps sessions for connections whose stream dropped. Every bound says
 /// what happens when it is hit.
@@ -142,9 +140,9 @@ pub(crate) struct Session {
     /// Hands a resuming stream's request side to the connection task.
     attach: mpsc::UnboundedSender<Streaming<Bytes>>,
     /// What the backplane's record keeps of the credential's secret.
-    secret_sha256: [u8; 32],
+    pub(crate) secret_sha256: [u8; 32],
     /// Held while the record is written, so that writes of one session land in order.
-    record: tokio::sync::Mutex<()>,
+    pub(crate) record: tokio::sync::Mutex<()>,
     /// Another server resumed the session: it ends here without `on_disconnect`.
     taken_over: std::sync::atomic::AtomicBool,
 }
@@ -233,7 +231,7 @@ pub(crate) struct Elsewhere {
 }
 
 impl Refusal {
-    fn new(outcome: ResumeOutcome, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(outcome: ResumeOutcome, reason: impl Into<String>) -> Self {
         Refusal {
             outcome,
             reason: reason.into(),
@@ -586,165 +584,4 @@ impl Session {
     pub(crate) fn was_taken_over(&self) -> bool {
         self.taken_over.load(std::sync::atomic::Ordering::Acquire)
     }
-}
-
-/// Writes the backplane's record of the session of `id` (if it has one, on a
-/// backplane that shares sessions) from the registry as it is now. Writes of one
-/// session are serialized, so the last one written is the latest state. A failure is
-/// counted (`backplane_errors`) and logged: the session goes on, but may not be
-/// resumable on another server until its next join or leave.
-pub(crate) async fn save_record(core: &HubCore, id: ConnectionId) {
-    if !core.shares_sessions() {
-        return;
-    }
-    let Some(session) = core.sessions.as_ref().and_then(|s| s.get(id)) else {
-        return;
-    };
-    let _in_order = session.record.lock().await;
-    if session.io().ended {
-        return;
-    }
-    let mut groups: Vec<SessionGroup> = core
-        .local
-        .groups_of(id)
-        .into_iter()
-        .map(|group| SessionGroup {
-            group,
-            joined_at: None,
-        })
-        .collect();
-    groups.sort_by(|a, b| a.group.cmp(&b.group));
-    let record = SessionRecord {
-        connection: id,
-        secret_sha256: session.secret_sha256,
-        user: session.user.as_deref().map(str::to_owned),
-        hub: core.service.to_owned(),
-        server: core.node,
-        groups,
-    };
-    let grace = core
-        .sessions
-        .as_ref()
-        .map_or(Duration::ZERO, |s| s.config.grace);
-    if let Some(fut) = core.backplane.save_session(&record, grace)
-        && let Err(e) = fut.await
-    {
-        HubMetrics::incr(&core.metrics.backplane_errors);
-        tracing::warn!(hub = core.service, conn = %id, error = %e, "could not write the session record");
-    }
-}
-
-/// Deletes the backplane's record of a session that ended here (unless another
-/// server holds it now).
-pub(crate) async fn drop_record(core: &HubCore, id: ConnectionId) {
-    if !core.shares_sessions() {
-        return;
-    }
-    if let Some(fut) = core.backplane.drop_session(id, core.node)
-        && let Err(e) = fut.await
-    {
-        HubMetrics::incr(&core.metrics.backplane_errors);
-        tracing::warn!(hub = core.service, conn = %id, error = %e, "could not delete the session record");
-    }
-}
-
-/// A session another server held, now held here: what the new connection is made of.
-pub(crate) struct Restored {
-    /// Its record, as written here (this server holds it).
-    pub(crate) record: SessionRecord,
-    /// The credential's secret (the credential stays the same).
-    pub(crate) secret: u128,
-    /// The last `seq` the client saw: the next push is numbered after it.
-    pub(crate) seq: u64,
-}
-
-/// Resumes here a session this server does not hold, from the backplane's record:
-/// checks the credential against it (constant time) and the identity, makes the
-/// record this server's (of two servers doing this at once, one wins), and tells
-/// the server that held it to let go if it is alive. `refused` is what the client is
-/// told if the backplane knows no such session.
-pub(crate) async fn restore(
-    core: &HubCore,
-    ask: Elsewhere,
-    user: Option<&str>,
-    refused: Refusal,
-) -> Result<Restored, Refusal> {
-    let Some(load) = core.backplane.load_session(ask.id) else {
-        return Err(refused);
-    };
-    let unavailable = |e: hub_core::GroupError| {
-        HubMetrics::incr(&core.metrics.backplane_errors);
-        Refusal::new(
-            ResumeOutcome::Unknown,
-            format!("the session could not be looked up on the backplane: {e}"),
-        )
-    };
-    let record = match load.await {
-        Ok(Some(record)) => record,
-        Ok(None) => return Err(refused),
-        Err(e) => return Err(unavailable(e)),
-    };
-    if record.hub != core.service
-        || record.connection != ask.id
-        || !secret_matches(ask.secret, &record.secret_sha256)
-    {
-        return Err(Refusal::new(
-            ResumeOutcome::Unknown,
-            "the credential does not match the session",
-        ));
-    }
-    if record.user.as_deref() != user {
-        return Err(Refusal::new(
-            ResumeOutcome::IdentityMismatch,
-            "the stream is authenticated as another identity than the session",
-        ));
-    }
-    if record.server == core.node {
-        // This server held it and no longer does: it ended here.
-        return Err(Refusal::new(ResumeOutcome::Expired, "the session ended"));
-    }
-    let old = record.server;
-    let mine = SessionRecord {
-        server: core.node,
-        ..record
-    };
-    let grace = core
-        .sessions
-        .as_ref()
-        .map_or(Duration::ZERO, |s| s.config.grace);
-    let claimed = match core.backplane.claim_session(&mine, old, grace) {
-        Some(claim) => claim.await.map_err(unavailable)?,
-        None => false,
-    };
-    if !claimed {
-        return Err(Refusal::new(
-            ResumeOutcome::Expired,
-            "the session ended or was resumed on another server meanwhile",
-        ));
-    }
-    let alive = match core.backplane.server_alive(old) {
-        Some(alive) => alive.await.unwrap_or(true),
-        None => false,
-    };
-    if alive {
-        let takeover = hub_core::proto::Command {
-            kind: Some(hub_core::proto::command::Kind::Takeover(
-                hub_core::proto::Takeover {
-                    server: core.node.to_string(),
-                },
-            )),
-        };
-        if let Some(fut) = core.backplane.command(old, &[ask.id], &takeover)
-            && let Err(e) = fut.await
-        {
-            HubMetrics::incr(&core.metrics.backplane_errors);
-            tracing::warn!(hub = core.service, conn = %ask.id, server = %old, error = %e, "could not tell the session's old server to let go");
-        }
-    }
-    tracing::debug!(hub = core.service, conn = %ask.id, from = %old, alive, "session restored from its record");
-    Ok(Restored {
-        record: mine,
-        secret: ask.secret,
-        seq: ask.seq,
-    })
 }
