@@ -38,6 +38,26 @@ pub async fn open(
     (conn, hello)
 }
 
+/// `user` logged in on `url` (a raw stream, to see control frames as written),
+/// a member of `room` once it returns: the join's reply came, within 10 s.
+pub async fn joined_raw(url: &str, user: &str, room: &str) -> RawConn<ChatResponse> {
+    let token = crate::login(url, user).await;
+    let (mut conn, _) = open(url, &token, None).await;
+    send(
+        &conn,
+        1,
+        Call::Join(examples::chat::JoinRequest { room: room.into() }),
+    )
+    .await;
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        until_reply(&mut conn, 1),
+    )
+    .await
+    .expect("joined in time");
+    conn
+}
+
 /// The outcome of the resume a hello answers (`UNSPECIFIED` if none was asked for).
 pub fn outcome(hello: &ConnectionInfo) -> ResumeOutcome {
     hello

@@ -9,9 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use examples::chat::chat_request::Call;
 use examples::chat::chat_response::Event;
-use examples::chat::{ChatRequest, ChatResponse, JoinRequest, SayRequest};
+use examples::chat::{ChatResponse, SayRequest};
 use futures_util::StreamExt;
 use hub_core::proto::server_control::Kind;
 use hub_core::proto::{Envelope, PushesLost};
@@ -20,9 +19,8 @@ use hub_server::HubConfig;
 use prost::Message;
 use test_support::NatsCluster;
 use tests::raw::{Frame, RawConn};
-use tests::{TestServer, channel, joined, login};
+use tests::{TestServer, joined};
 
-const CONNECT: &str = "/chat.v1.ChatHub/Connect";
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A provider on one node only, retrying it every 100 ms when it is gone.
@@ -72,30 +70,7 @@ async fn pushes_missed_while_a_server_was_cut_off_are_told() {
     let a = TestServer::start(Arc::new(provider(&urls[0]).await), HubConfig::default()).await;
     let b = TestServer::start(Arc::new(provider(&urls[1]).await), HubConfig::default()).await;
     // alice on B (raw, to see control frames); bob on A says everything.
-    let token = login(&b.url(), "alice").await;
-    let auth = format!("Bearer {token}");
-    let mut alice = RawConn::<ChatResponse>::open(
-        channel(&b.url()).await,
-        CONNECT,
-        &[("authorization", &auth)],
-    )
-    .await
-    .expect("open");
-    alice
-        .send_msg(&ChatRequest {
-            id: 1,
-            control: None,
-            answer: None,
-            call: Some(Call::Join(JoinRequest {
-                room: "lobby".into(),
-            })),
-        })
-        .await;
-    tokio::time::timeout(WAIT, async {
-        while alice.next().await.expect("up").expect("open").id != 1 {}
-    })
-    .await
-    .expect("joined in time");
+    let mut alice = tests::resume::joined_raw(&b.url(), "alice", "lobby").await;
     let (bob, _) = joined(&a.url(), "lobby", "bob").await;
     let say = async |text: String| {
         tokio::time::timeout(WAIT, bob.say(SayRequest { text }))

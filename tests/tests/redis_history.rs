@@ -8,18 +8,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use examples::chat::chat_request::Call;
 use examples::chat::chat_response::Event;
-use examples::chat::{ChatRequest, ChatResponse, JoinRequest, SayRequest};
+use examples::chat::{ChatResponse, SayRequest};
 use hub_core::proto::PushesLost;
 use hub_core::proto::server_control::Kind;
 use hub_redis::{RedisProvider, RedisProviderBuilder};
 use hub_server::{GroupProvider, HubConfig};
 use test_support::{RedisCluster, RedisServer};
 use tests::raw::{Frame, RawConn};
-use tests::{TestServer, channel, joined, login};
+use tests::{TestServer, joined};
 
-const CONNECT: &str = "/chat.v1.ChatHub/Connect";
 const WAIT: Duration = Duration::from_secs(10);
 const LOBBY: &str = "hub:chat.v1.ChatHub:g:lobby";
 
@@ -123,29 +121,7 @@ async fn next(conn: &mut RawConn<ChatResponse>) -> Got {
 
 /// alice on `url`, raw (to see control frames), member of the lobby.
 async fn alice(url: &str) -> RawConn<ChatResponse> {
-    let token = login(url, "alice").await;
-    let auth = format!("Bearer {token}");
-    let mut alice =
-        RawConn::<ChatResponse>::open(channel(url).await, CONNECT, &[("authorization", &auth)])
-            .await
-            .expect("open");
-    alice
-        .send_msg(&ChatRequest {
-            id: 1,
-            control: None,
-            answer: None,
-            call: Some(Call::Join(JoinRequest {
-                room: "lobby".into(),
-            })),
-        })
-        .await;
-    loop {
-        let f = alice.next().await.expect("up").expect("open");
-        if f.id == 1 {
-            break;
-        }
-    }
-    alice
+    tests::resume::joined_raw(url, "alice", "lobby").await
 }
 
 /// What alice got up to and including the line `last`.

@@ -6,18 +6,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use examples::chat::chat_request::Call;
 use examples::chat::chat_response::Event;
-use examples::chat::{ChatRequest, ChatResponse, JoinRequest, SayRequest};
+use examples::chat::{ChatResponse, SayRequest};
 use hub_core::proto::PushesLost;
 use hub_core::proto::server_control::Kind;
 use hub_redis::RedisProvider;
 use hub_server::{GroupProvider, HubConfig};
 use test_support::RedisServer;
 use tests::raw::{Frame, RawConn};
-use tests::{TestServer, channel, joined, login};
+use tests::{TestServer, joined};
 
-const CONNECT: &str = "/chat.v1.ChatHub/Connect";
 const WAIT: Duration = Duration::from_secs(10);
 const OFFSETS: &str = "hub:chat.v1.ChatHub:offset:{g:lobby}";
 
@@ -65,31 +63,7 @@ async fn skipped_and_restarted_offsets_are_told_to_the_members() {
     let a = TestServer::start(provider(&redis.url()), HubConfig::default()).await;
     let b = TestServer::start(provider(&redis.url()), HubConfig::default()).await;
     // alice (raw, to see control frames) and carol on B; bob on A.
-    let token = login(&b.url(), "alice").await;
-    let auth = format!("Bearer {token}");
-    let mut alice = RawConn::<ChatResponse>::open(
-        channel(&b.url()).await,
-        CONNECT,
-        &[("authorization", &auth)],
-    )
-    .await
-    .expect("open");
-    alice
-        .send_msg(&ChatRequest {
-            id: 1,
-            control: None,
-            answer: None,
-            call: Some(Call::Join(JoinRequest {
-                room: "lobby".into(),
-            })),
-        })
-        .await;
-    loop {
-        let f = alice.next().await.expect("up").expect("open");
-        if f.id == 1 {
-            break;
-        }
-    }
+    let mut alice = tests::resume::joined_raw(&b.url(), "alice", "lobby").await;
     let (bob, _) = joined(&a.url(), "lobby", "bob").await;
     let (carol, _) = joined(&b.url(), "lobby", "carol").await;
     // Pushes from the other server and from alice's own (carol's, delivered locally
