@@ -391,6 +391,15 @@ impl Sessions {
                 (),
             );
         };
+        // A restored session numbers on after it: no seq the server sends passes
+        // 2^53-1 (the wire's integer limit), whatever a client presents.
+        if seq > hub_core::frame::MAX_SAFE_INTEGER {
+            return refuse(
+                ResumeOutcome::Refused,
+                "hub-resume-seq is above 2^53-1: no push was ever numbered so",
+                (),
+            );
+        }
         let Some((id, secret)) = parse_credential(credential) else {
             return refuse(ResumeOutcome::Unknown, "not a resume credential", ());
         };

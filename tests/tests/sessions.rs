@@ -330,6 +330,34 @@ async fn a_hub_without_sessions_says_so() {
     assert_eq!(outcome(&h), ResumeOutcome::Refused, "{h:?}");
 }
 
+/// `hub-resume-seq` past the wire's integer limit (2^53-1) is refused before any
+/// session is looked at (a restored session would number on after it), and the
+/// session is left alone: the real seq still resumes it.
+#[tokio::test]
+async fn a_resume_seq_above_the_wire_limit_is_refused_and_the_session_kept() {
+    let server = Proxied::start(TestServer::memory(config(SessionConfig::default())).await).await;
+    let token = login(&server.url(), "alice").await;
+    let (_a, hello) = open(&server.url(), &token, None).await;
+    server.cut();
+    eventually("the session detached", || {
+        server.handle.metrics().sessions_detached == 1
+    })
+    .await;
+    let (_b, h) = open(
+        &server.url(),
+        &token,
+        Some((
+            &hello.resume_credential,
+            hub_core::frame::MAX_SAFE_INTEGER + 1,
+        )),
+    )
+    .await;
+    assert_eq!(outcome(&h), ResumeOutcome::Refused, "{h:?}");
+    let (_c, h) = open(&server.url(), &token, Some((&hello.resume_credential, 0))).await;
+    assert_eq!(outcome(&h), ResumeOutcome::Resumed, "{h:?}");
+    assert_eq!(h.connection_id, hello.connection_id);
+}
+
 #[tokio::test]
 async fn a_silent_peer_is_a_dropped_stream_its_session_waits() {
     let config = config(SessionConfig::default()).heartbeat(
