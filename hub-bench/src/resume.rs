@@ -16,22 +16,17 @@
 //!   so a new stream sent to A fails and the client tries again after its backoff.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{
     AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed,
     Ordering::Release,
 };
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
 use hub_client::{ConnectOptions, ConnectionState, ReconnectPolicy, ResumeOutcome};
-use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
@@ -183,43 +178,6 @@ impl BenchHubReceiver for Probe {
     }
 }
 
-/// How long the failover connector waits for one address before trying the next
-/// (a host that drops packets instead of refusing); the endpoint's own connect
-/// timeout (5 s) bounds the whole dial.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A connector dialling the servers in order and taking the first that accepts.
-#[derive(Clone)]
-struct Failover(Arc<[SocketAddr]>);
-
-impl tower::Service<http::Uri> for Failover {
-    type Response = TokioIo<TcpStream>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: http::Uri) -> Self::Future {
-        let addrs = self.0.clone();
-        Box::pin(async move {
-            let mut last = None;
-            for addr in addrs.iter() {
-                match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
-                    Ok(Ok(s)) => {
-                        s.set_nodelay(true)?;
-                        return Ok(TokioIo::new(s));
-                    }
-                    Ok(Err(e)) => last = Some(e),
-                    Err(_) => last = Some(std::io::ErrorKind::TimedOut.into()),
-                }
-            }
-            Err(last.unwrap_or_else(|| std::io::Error::other("no server addresses")))
-        })
-    }
-}
-
 /// An endpoint of `addr` as the bench dials it.
 fn endpoint(addr: SocketAddr) -> Result<Endpoint, BoxError> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
@@ -233,15 +191,12 @@ async fn transport(
     addrs: &[SocketAddr],
 ) -> Result<(Channel, Option<mpsc::Sender<Change<usize, Endpoint>>>), BoxError> {
     match dial {
-        Dial::Failover => {
-            let connector = Failover(addrs.into());
-            Ok((
-                endpoint(addrs[0])?
-                    .connect_with_connector(connector)
-                    .await?,
-                None,
-            ))
-        }
+        Dial::Failover => Ok((
+            hub_client::Failover::new(addrs)
+                .channel(Duration::from_secs(5))
+                .await?,
+            None,
+        )),
         Dial::Balance => {
             let (channel, tx) = Channel::balance_channel(addrs.len().max(1));
             tx.send(Change::Insert(0, endpoint(addrs[0])?)).await?;

@@ -785,6 +785,12 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                 /// The connection's state changed: reconnecting, resumed, resync needed
                 /// (join again), closed. Called in order with the pushes.
                 fn on_connection_state(&self, state: &#rt::codegen::ConnectionState) {}
+
+                /// Pushes to `group` this connection should have had were lost and could
+                /// not be recovered (`missed` 0: how many is unknown): resync what the
+                /// group's pushes carry. Called in order with the pushes (the client
+                /// logs it too, as a warning).
+                fn on_pushes_lost(&self, group: &str, missed: u64, reason: &str) {}
             }
 
             /// A receiver that ignores every push.
@@ -806,6 +812,10 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
 
                 fn on_connection_state(&self, state: &#rt::codegen::ConnectionState) {
                     (**self).on_connection_state(state)
+                }
+
+                fn on_pushes_lost(&self, group: &str, missed: u64, reason: &str) {
+                    (**self).on_pushes_lost(group, missed, reason)
                 }
             }
 
@@ -911,6 +921,10 @@ fn client_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
 
                 fn on_state(&self, state: &#rt::codegen::ConnectionState) {
                     self.0.on_connection_state(state)
+                }
+
+                fn on_pushes_lost(&self, group: &str, missed: u64, reason: &str) {
+                    self.0.on_pushes_lost(group, missed, reason)
                 }
 
                 #on_ask

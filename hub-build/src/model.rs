@@ -114,6 +114,7 @@ const RESERVED: &[&str] = &[
     "on_error",
     "on_seq",
     "on_connection_state",
+    "on_pushes_lost",
     "send_frame",
     "from_arc",
     "clone",

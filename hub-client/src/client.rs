@@ -112,6 +112,7 @@ impl<S: ClientSpec> HubClient<S> {
             state,
             info: Mutex::new(Arc::new(opened.info.clone())),
             last_seq: AtomicU64::new(0),
+            positions: Mutex::default(),
         });
         let reader = Reader::<S> {
             shared: shared.clone(),

@@ -264,9 +264,11 @@ impl<S: ClientSpec> Reader<S> {
     ) {
         let parts = S::split(frame);
         let mut ask = None;
+        let mut position = None;
         if let Some(kind) = parts.control.and_then(|c| c.kind) {
             match kind {
                 server_control::Kind::Ask(info) => ask = Some(info),
+                server_control::Kind::Position(p) => position = Some(p),
                 server_control::Kind::Ping(p) => {
                     self.control(client_control::Kind::Pong(proto::Pong { nonce: p.nonce }));
                 }
@@ -290,8 +292,8 @@ impl<S: ClientSpec> Reader<S> {
                 }
                 server_control::Kind::Hello(_) => {}
                 server_control::Kind::PushesLost(p) => {
-                    // Not yet handed to the app: logged, so a gap is never silent.
-                    tracing::warn!(group = %p.group, missed = p.missed, reason = %p.reason, "pushes to a group were lost between servers");
+                    tracing::warn!(group = %p.group, missed = p.missed, reason = %p.reason, "pushes to a group were lost");
+                    self.handler.on_pushes_lost(&p.group, p.missed, &p.reason);
                 }
             }
         }
@@ -338,6 +340,19 @@ impl<S: ClientSpec> Reader<S> {
                     return;
                 }
                 self.shared.last_seq.store(parts.seq, Relaxed);
+            }
+            if let Some(p) = position {
+                let mut positions = self
+                    .shared
+                    .positions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let newer = positions
+                    .get(&p.group)
+                    .is_none_or(|&(offset, epoch)| epoch != p.epoch || offset < p.offset);
+                if newer {
+                    positions.insert(p.group, (p.offset, p.epoch));
+                }
             }
             self.handler.on_push(parts.seq, event);
         }

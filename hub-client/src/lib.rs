@@ -68,6 +68,7 @@
 mod client;
 mod connection;
 mod error;
+mod failover;
 mod link;
 mod options;
 mod shared;
@@ -78,6 +79,7 @@ mod tests;
 
 pub use client::HubClient;
 pub use error::{ClientError, CloseStatus};
+pub use failover::{DIAL_TIMEOUT, Failover};
 pub use hub_core::proto::{ConnectionInfo, ResumeOutcome};
 pub use hub_core::{include_file_descriptor_set, include_proto};
 pub use options::{ConnectOptions, ReconnectMode, ReconnectPolicy};

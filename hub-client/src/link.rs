@@ -7,6 +7,7 @@
 //! queued when a stream drops are dropped with it (their calls failed with
 //! `ConnectionLost`): nothing is sent twice.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -14,10 +15,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hub_core::BoxFuture;
-use hub_core::proto::{ConnectionInfo, ResumeOutcome, server_control};
+use hub_core::proto::{self, ConnectionInfo, ResumeOutcome, server_control};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tonic::metadata::AsciiMetadataValue;
+use tonic::metadata::{AsciiMetadataValue, BinaryMetadataValue};
 
 use crate::connection::{Ended, Reader};
 use crate::error::{ClientError, CloseStatus};
@@ -99,12 +100,12 @@ fn connect_error(code: tonic::Code, message: &str) -> ClientError {
 }
 
 /// Opens a stream and reads its hello, within `options.connect_timeout` in all.
-/// `resume`: the credential and the last push seq to present.
+/// `resume`: the credential, the last push seq and the groups' positions to present.
 pub(crate) async fn open<S: ClientSpec>(
     opener: &mut Opener<S>,
     options: &ConnectOptions,
     outbox: &Arc<Mutex<Outbox<S::Request>>>,
-    resume: Option<(&str, u64)>,
+    resume: Option<(&str, u64, &Positions)>,
 ) -> Result<Opened<S>, ClientError> {
     let deadline = Instant::now() + options.connect_timeout;
     let epoch = lock(outbox).begin();
@@ -113,12 +114,18 @@ pub(crate) async fn open<S: ClientSpec>(
         epoch,
     });
     *request.metadata_mut() = options.metadata.clone();
-    if let Some((credential, seq)) = resume
+    if let Some((credential, seq, positions)) = resume
         && let Ok(value) = credential.parse::<AsciiMetadataValue>()
     {
         let md = request.metadata_mut();
         md.insert("hub-resume", value);
         md.insert("hub-resume-seq", AsciiMetadataValue::from(seq));
+        if !positions.is_empty() {
+            md.insert_bin(
+                "hub-resume-positions-bin",
+                BinaryMetadataValue::from_bytes(&encode_positions(positions)),
+            );
+        }
     }
     // A stream given up is left as it is, not cancelled: tonic's server takes a
     // client's RST_STREAM(CANCEL) for a clean end of the request stream, which would
@@ -145,6 +152,25 @@ pub(crate) async fn open<S: ClientSpec>(
     }
     .await;
     opened.map(|(stream, info)| Opened { stream, info })
+}
+
+/// The last position (offset, epoch) seen of each group, by group.
+pub(crate) type Positions = HashMap<String, (u64, u64)>;
+
+/// `hub.v1.ResumePositions` of `positions` (group to offset and epoch), sorted by
+/// group.
+fn encode_positions(positions: &Positions) -> Vec<u8> {
+    use prost::Message as _;
+    let mut list: Vec<proto::Position> = positions
+        .iter()
+        .map(|(group, &(offset, epoch))| proto::Position {
+            group: group.clone(),
+            offset,
+            epoch,
+        })
+        .collect();
+    list.sort_by(|a, b| a.group.cmp(&b.group));
+    proto::ResumePositions { positions: list }.encode_to_vec()
 }
 
 /// Whether a hello offers a session to resume.
@@ -293,7 +319,9 @@ impl<S: ClientSpec> Supervisor<S> {
             }
             let info = lock(&self.reader.shared.info).clone();
             let last_seq = self.reader.shared.last_seq.load(Relaxed);
-            let resume = has_session(&info).then(|| (info.resume_credential.as_str(), last_seq));
+            let positions = lock(&self.reader.shared.positions).clone();
+            let resume =
+                has_session(&info).then(|| (info.resume_credential.as_str(), last_seq, &positions));
             match open(&mut self.opener, &self.options, &self.outbox, resume).await {
                 Ok(opened) => return Ok(opened),
                 Err(e) => {
@@ -333,6 +361,8 @@ impl<S: ClientSpec> Supervisor<S> {
             // (another server took it over) numbers on after the seq presented.
             if outcome != ResumeOutcome::Restored {
                 shared.last_seq.store(0, Relaxed);
+                // A new connection: no group of the old one goes on.
+                lock(&shared.positions).clear();
             }
             ConnectionState::ResyncNeeded { outcome, reason }
         };

@@ -125,4 +125,8 @@ pub(crate) struct Shared<S: ClientSpec> {
     /// The `seq` of the last push handed to the receiver on this connection (0: none),
     /// presented on a resume; pushes at or below it are not handed again.
     pub(crate) last_seq: AtomicU64,
+    /// The last position (offset, epoch) of each group a push handed over came from
+    /// (groups whose backplane keeps history), presented on a resume so that another
+    /// server replays exactly what was missed.
+    pub(crate) positions: Mutex<HashMap<String, (u64, u64)>>,
 }

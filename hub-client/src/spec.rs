@@ -62,6 +62,15 @@ pub trait PushHandler<E, A = ()>: Send + Sync + 'static {
         tracing::warn!(?code, message, "hub error frame");
     }
 
+    /// Pushes to `group` that this connection should have had were lost between
+    /// servers, or while its session moved, and could not be recovered
+    /// (`ServerControl.pushes_lost`; `missed` 0: how many is unknown): resync what the
+    /// group's pushes carry. Called in order with the pushes, before the group's next
+    /// one (the client logs it too, as a warning). The default does nothing.
+    fn on_pushes_lost(&self, group: &str, missed: u64, reason: &str) {
+        let _ = (group, missed, reason);
+    }
+
     /// The connection's state changed (after `connect` returned): called on the
     /// reader task, in order with the pushes, so `Reconnecting` comes after the last
     /// push of the stream that dropped and `Resumed` / `ResyncNeeded` before the first

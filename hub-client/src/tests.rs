@@ -989,6 +989,53 @@ async fn a_dropped_stream_is_resumed_and_missed_pushes_come_once_in_order() {
     assert_eq!(pending(&s.client), 0);
 }
 
+/// A push of a group with history carries its position: the client keeps the last
+/// one of each group and presents them all when it resumes; a new connection (not
+/// resumed) starts with none.
+#[tokio::test(start_paused = true)]
+async fn the_last_position_of_each_group_is_presented_on_a_resume() {
+    use prost::Message as _;
+    let at = |seq: u64, group: &str, offset: u64, epoch: u64| Resp {
+        control: Some(proto::ServerControl {
+            kind: Some(proto::server_control::Kind::Position(proto::Position {
+                group: group.into(),
+                offset,
+                epoch,
+            })),
+        }),
+        ..push(seq, "p")
+    };
+    let mut s = session(reconnecting()).await;
+    s.server.send(at(1, "lobby", 7, 3));
+    s.server.send(at(2, "lobby", 8, 3));
+    s.server.send(at(3, "$user:alice", 2, 5));
+    s.server.send(push(4, "no position"));
+    barrier(&s.client, &mut s.server).await;
+    s.server.end(Code::Unavailable, "connection reset");
+    let server = bounded(s.incoming.recv()).await.unwrap();
+    let presented = |server: &ServerEnd| {
+        tonic::metadata::MetadataMap::from_headers(server.headers.clone())
+            .get_bin("hub-resume-positions-bin")
+            .map(|v| {
+                let bytes = v.to_bytes().expect("base64");
+                proto::ResumePositions::decode(bytes).expect("ResumePositions")
+            })
+    };
+    let got = presented(&server).expect("positions presented");
+    let list: Vec<(String, u64, u64)> = got
+        .positions
+        .into_iter()
+        .map(|p| (p.group, p.offset, p.epoch))
+        .collect();
+    assert_eq!(list, [("$user:alice".into(), 2, 5), ("lobby".into(), 8, 3)]);
+    // Not resumed: a new connection, whose groups are new.
+    server.control(session_hello("c2", Some(proto::ResumeOutcome::Expired)));
+    wait_state(&s.client, ConnectionState::is_connected).await;
+    server.end(Code::Unavailable, "connection reset");
+    let again = bounded(s.incoming.recv()).await.unwrap();
+    assert!(presented(&again).is_none());
+}
+
 /// Another server restored the session (RESTORED): the same id, pushes numbered on
 /// after the seq presented, so the client keeps counting from there and presents it
 /// again at the next drop (a reset to 0 would ask for pushes it already had).

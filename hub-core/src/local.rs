@@ -30,7 +30,9 @@ pub struct MemberInfo {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 
 pub struct Delivery {
-    /// Frames queued to local connections.
+    /// Frames queued to local connections. 0 for a push to a group whose backplane
+    /// keeps history: this server's members get it when it comes back from the
+    /// backplane, in the group's order.
     pub local: u32,
     /// Local recipients that did not get it (queue full or connection closing).
     pub dropped: u32,

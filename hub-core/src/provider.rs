@@ -309,6 +309,38 @@ pub trait Backplane: Send + Sync + 'static {
         None
     }
 
+    /// Whether this server's pushes to `group` reach its own members through the
+    /// backplane, in the group's offset order and carrying their position (a group
+    /// with history): the hub then queues them to no local member itself. Default
+    /// `false`.
+    fn echoes_own_pushes(&self, group: &GroupName) -> bool {
+        let _ = group;
+        false
+    }
+
+    /// The position of `group` for a member joining it now on this server (offset
+    /// and epoch: every push after it reaches the member; `(0, 0)`: before the
+    /// group's first push), on a backplane with group history. `None`: no history.
+    fn group_position<'a>(
+        &'a self,
+        group: &'a GroupName,
+    ) -> Option<BoxFuture<'a, Result<(u64, u64), GroupError>>> {
+        let _ = group;
+        None
+    }
+
+    /// Holds back this server's deliveries of `group` while a resumed session
+    /// catches up on the pushes it missed ([`crate::remote::ReplayHold`]); taken
+    /// before the session joins the group here. `None`: no history (the future's
+    /// `None`: the group stayed busy with a gap fill).
+    fn hold_group<'a>(
+        &'a self,
+        group: &'a GroupName,
+    ) -> Option<BoxFuture<'a, Option<crate::remote::ReplayHold>>> {
+        let _ = group;
+        None
+    }
+
     /// Sends a command (`hub.v1.Command`) for connections of server `node`, on its
     /// own channel, as an emitter's command without a group. `None`: nothing crosses
     /// servers.

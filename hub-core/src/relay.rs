@@ -444,6 +444,39 @@ impl<T: Transport, P: Presence> Backplane for Relay<T, P> {
         self.inbox.history()
     }
 
+    fn echoes_own_pushes(&self, _group: &GroupName) -> bool {
+        self.inbox.history().is_some()
+    }
+
+    fn group_position<'a>(
+        &'a self,
+        group: &'a GroupName,
+    ) -> Option<BoxFuture<'a, Result<(u64, u64), GroupError>>> {
+        let history = self.inbox.history()?;
+        Some(Box::pin(async move {
+            if let Some(at) = self.inbox.position(group.as_str()) {
+                return Ok(at);
+            }
+            // Nothing delivered here since the subscription began: the group's latest
+            // offset (a push after it reaches the new member live).
+            let query = crate::history::HistoryQuery {
+                epoch: 0,
+                after: u64::MAX - 1,
+                limit: 1,
+            };
+            let page = history.read(group, query).await?;
+            Ok((page.latest, page.epoch))
+        }))
+    }
+
+    fn hold_group<'a>(
+        &'a self,
+        group: &'a GroupName,
+    ) -> Option<BoxFuture<'a, Option<crate::remote::ReplayHold>>> {
+        self.inbox.history()?;
+        Some(Box::pin(self.inbox.hold(group)))
+    }
+
     fn shutdown(&self) -> Option<BoxFuture<'_, ()>> {
         Some(Box::pin(async move {
             self.presence.shutdown().await;

@@ -17,6 +17,8 @@ use crate::command::{Action, Commanded};
 use crate::proto;
 mod gaps;
 
+pub use gaps::{ReplayHold, Replayed};
+
 use crate::{
     BackplaneEvents, ConnectionId, GroupName, HubMetrics, LocalGroups, MemberInfo, MembersLost,
     NodeId, Target,
@@ -398,6 +400,21 @@ pub fn split_offset(payload: &Bytes) -> (Option<(u64, u64)>, Bytes) {
     (Some((offset, epoch)), payload.slice(at..))
 }
 
+/// A push frame with its group position appended (`control.position`; protobuf
+/// merges the two encodings, so the push keeps its own fields).
+pub fn positioned(frame: &Bytes, group: &str, offset: u64, epoch: u64) -> Bytes {
+    let position =
+        crate::frame::control_frame(proto::server_control::Kind::Position(proto::Position {
+            group: group.to_owned(),
+            offset,
+            epoch,
+        }));
+    let mut b = BytesMut::with_capacity(frame.len() + position.len());
+    b.extend_from_slice(frame);
+    b.extend_from_slice(&position);
+    b.freeze()
+}
+
 impl Inbox {
     /// The inbox of one hub on this server.
     pub fn new(
@@ -454,15 +471,31 @@ impl Inbox {
         self.dispatch_numbered(payload, via, true)
     }
 
-    /// Delivers one envelope (without offset) and counts it.
-    fn dispatch(&self, payload: Bytes, via: Via<'_>) -> Received {
-        self.dispatch_numbered(payload, via, false)
+    /// Delivers one group envelope that came with offset `offset` of `epoch`, in the
+    /// group's order, and counts it. With a history, this server's own envelopes are
+    /// delivered here too (its members get their group's pushes in offset order, from
+    /// the backplane) and the frames carry their position (`ServerControl.position`).
+    fn dispatch(&self, payload: Bytes, group: &str, offset: u64, epoch: u64) -> Received {
+        let at = self.history.get().is_some().then_some((offset, epoch));
+        self.dispatch_at(payload, Via::Group(group), false, at)
     }
 
-    /// [`Self::dispatch`]; `numbered`: checks its `origin_seq` (no broker offset
-    /// numbered it).
+    /// Delivers one envelope and counts it; `numbered`: checks its `origin_seq` (no
+    /// broker offset numbered it).
     fn dispatch_numbered(&self, payload: Bytes, via: Via<'_>, numbered: bool) -> Received {
-        let outcome = self.handle(payload, via, numbered);
+        self.dispatch_at(payload, via, numbered, None)
+    }
+
+    /// [`Self::dispatch_numbered`]; `at`: the group position its frames carry (and
+    /// this server's own envelope is delivered, not skipped).
+    fn dispatch_at(
+        &self,
+        payload: Bytes,
+        via: Via<'_>,
+        numbered: bool,
+        at: Option<(u64, u64)>,
+    ) -> Received {
+        let outcome = self.handle(payload, via, numbered, at);
         match outcome {
             Received::Delivered
             | Received::Lost
@@ -478,8 +511,14 @@ impl Inbox {
         outcome
     }
 
-    fn handle(&self, payload: Bytes, via: Via<'_>, numbered: bool) -> Received {
-        if self.writer.is_own(&payload) {
+    fn handle(
+        &self,
+        payload: Bytes,
+        via: Via<'_>,
+        numbered: bool,
+        at: Option<(u64, u64)>,
+    ) -> Received {
+        if at.is_none() && self.writer.is_own(&payload) {
             return Received::Own;
         }
         let Ok(env) = proto::Envelope::decode(payload) else {
@@ -488,7 +527,16 @@ impl Inbox {
         if env.version != ENVELOPE_VERSION {
             return Received::Malformed("unknown envelope version");
         }
-        if *env.origin == *self.writer.origin {
+        // This server's own envelope: applied here already, unless it is a group push
+        // whose members get it from the backplane, in the group's order (`at`).
+        if *env.origin == *self.writer.origin
+            && (at.is_none()
+                || env.group.is_empty()
+                || env.lost.is_some()
+                || env.ask.is_some()
+                || env.answer.is_some()
+                || env.command.is_some())
+        {
             return Received::Own;
         }
         if let Via::Group(group) = via
@@ -523,6 +571,9 @@ impl Inbox {
             };
             // Connections gone meanwhile miss it: delivery is at-most-once.
             let _ = self.local.deliver_to(ids, &env.frame);
+        } else if let Some((offset, epoch)) = at {
+            let frame = positioned(&env.frame, &env.group, offset, epoch);
+            self.local.deliver(&env.group, &target, &frame);
         } else {
             self.local.deliver(&env.group, &target, &env.frame);
         }
@@ -874,7 +925,8 @@ mod tests {
     #[tokio::test]
     async fn gaps_are_filled_from_history_before_later_pushes() {
         let (inbox, mut ra, env) = with_history(7, &[1, 2, 3, 4], false);
-        let got = |n: u64| Some(Bytes::from(vec![n as u8]));
+        // With a history, frames carry their position.
+        let got = |n: u64| Some(positioned(&Bytes::from(vec![n as u8]), "room", n, 7));
         assert_eq!(
             inbox.receive(with_offset(1, 7, &env(1)), Via::Group("room")),
             Received::Delivered
@@ -918,7 +970,8 @@ mod tests {
     async fn what_history_does_not_hold_is_told_with_its_count() {
         // Offsets 2 and 3 trimmed, 4 held: 2 told, then 4 and 5, in order.
         let (inbox, mut ra, env) = with_history(7, &[4, 5, 6], false);
-        let got = |n: u64| Some(Bytes::from(vec![n as u8]));
+        // With a history, frames carry their position.
+        let got = |n: u64| Some(positioned(&Bytes::from(vec![n as u8]), "room", n, 7));
         inbox.receive(with_offset(1, 7, &env(1)), Via::Group("room"));
         assert_eq!(
             inbox.receive(with_offset(5, 7, &env(5)), Via::Group("room")),
@@ -962,14 +1015,18 @@ mod tests {
             inbox.receive(with_offset(1, 8, &env(9)), Via::Group("room")),
             Received::Delivered
         );
-        assert_eq!(frame(&mut ra).await, got(9));
+        assert_eq!(
+            frame(&mut ra).await,
+            Some(positioned(&Bytes::from(vec![9]), "room", 1, 8))
+        );
         assert_eq!(inbox.metrics().snapshot().backplane_gaps, 1);
     }
 
     #[tokio::test]
     async fn a_subscription_back_catches_up_from_history() {
         let (inbox, mut ra, env) = with_history(7, &[1, 2, 3], false);
-        let got = |n: u64| Some(Bytes::from(vec![n as u8]));
+        // With a history, frames carry their position.
+        let got = |n: u64| Some(positioned(&Bytes::from(vec![n as u8]), "room", n, 7));
         inbox.receive(with_offset(1, 7, &env(1)), Via::Group("room"));
         assert_eq!(frame(&mut ra).await, got(1));
         // 2 and 3 were published while the subscription was down.
@@ -991,6 +1048,136 @@ mod tests {
         );
         assert_eq!(frame(&mut ra).await, got(9));
         assert_eq!(inbox.metrics().snapshot().backplane_gaps, 0);
+    }
+
+    #[tokio::test]
+    async fn a_resumed_member_gets_what_it_missed_then_the_live_pushes_once_in_order() {
+        let (inbox, mut ra, env) = with_history(7, &[1, 2, 3, 4, 5], false);
+        let got = |n: u64| Some(positioned(&Bytes::from(vec![n as u8]), "room", n, 7));
+        for n in 1..=3 {
+            inbox.receive(with_offset(n, 7, &env(n)), Via::Group("room"));
+            assert_eq!(frame(&mut ra).await, got(n));
+        }
+        assert_eq!(inbox.position("room"), Some((3, 7)));
+        // A session that last saw 1 resumes here: the group is held while it joins
+        // and reads; 4 comes live meanwhile and waits.
+        let hold = inbox.hold(&room()).await.expect("a hold");
+        let (b, mut rb) = member(inbox.local(), 2);
+        inbox.local().join(&room(), b);
+        assert_eq!(
+            inbox.receive(with_offset(4, 7, &env(4)), Via::Group("room")),
+            Received::Held
+        );
+        let report = hold.replay(b, (1, 7)).await;
+        assert_eq!(
+            report,
+            Replayed {
+                replayed: 2,
+                missed: 0,
+                lost: false
+            }
+        );
+        // Replayed up to where the others were (2, 3), then the live one, each once.
+        for n in 2..=4 {
+            assert_eq!(frame(&mut rb).await, got(n), "offset {n}");
+        }
+        assert_eq!(frame(&mut rb).await, None);
+        assert_eq!(frame(&mut ra).await, got(4));
+        assert_eq!(frame(&mut ra).await, None);
+        // A hold dropped without a replay lets the group go on.
+        let hold = inbox.hold(&room()).await.expect("a hold");
+        assert_eq!(
+            inbox.receive(with_offset(5, 7, &env(5)), Via::Group("room")),
+            Received::Held
+        );
+        drop(hold);
+        assert_eq!(frame(&mut ra).await, got(5));
+        assert_eq!(frame(&mut rb).await, got(5));
+    }
+
+    #[tokio::test]
+    async fn a_resumed_member_of_a_new_subscription_is_replayed_up_to_the_first_live_push() {
+        let (inbox, mut ra, env) = with_history(7, &[1, 2, 3, 4, 5], false);
+        let got = |n: u64| Some(positioned(&Bytes::from(vec![n as u8]), "room", n, 7));
+        let hold = inbox.hold(&room()).await.expect("a hold");
+        // The join subscribes anew: the hold stays, the sequence starts afresh.
+        inbox.forget("room");
+        let (b, mut rb) = member(inbox.local(), 2);
+        inbox.local().join(&room(), b);
+        assert_eq!(
+            inbox.receive(with_offset(5, 7, &env(5)), Via::Group("room")),
+            Received::Held
+        );
+        let report = hold.replay(b, (2, 7)).await;
+        assert_eq!((report.replayed, report.missed), (2, 0));
+        for n in 3..=5 {
+            assert_eq!(frame(&mut rb).await, got(n), "offset {n}");
+        }
+        assert_eq!(frame(&mut rb).await, None);
+        // The member already here gets the live one only.
+        assert_eq!(frame(&mut ra).await, got(5));
+        assert_eq!(inbox.position("room"), Some((5, 7)));
+    }
+
+    #[tokio::test]
+    async fn a_replay_history_no_longer_covers_is_told_to_that_member_only() {
+        // 2 and 3 trimmed.
+        let (inbox, mut ra, env) = with_history(7, &[4, 5], false);
+        for n in 1..=5 {
+            inbox.receive(with_offset(n, 7, &env(n)), Via::Group("room"));
+        }
+        for _ in 1..=5 {
+            assert!(frame(&mut ra).await.is_some());
+        }
+        let hold = inbox.hold(&room()).await.expect("a hold");
+        let (b, mut rb) = member(inbox.local(), 2);
+        inbox.local().join(&room(), b);
+        let report = hold.replay(b, (1, 7)).await;
+        assert_eq!((report.replayed, report.missed, report.lost), (2, 2, true));
+        let frames: Vec<Bytes> = [
+            frame(&mut rb).await,
+            frame(&mut rb).await,
+            frame(&mut rb).await,
+        ]
+        .into_iter()
+        .map(|f| f.expect("a frame"))
+        .collect();
+        assert_eq!(
+            frames[..2],
+            [
+                positioned(&Bytes::from(vec![4]), "room", 4, 7),
+                positioned(&Bytes::from(vec![5]), "room", 5, 7)
+            ]
+        );
+        let notice = pushes_lost(&frames[2]).expect("pushes_lost");
+        assert_eq!((notice.group.as_str(), notice.missed), ("room", 2));
+        assert_eq!(frame(&mut ra).await, None);
+        // Another epoch than the one the session saw: told, missed unknown.
+        let hold = inbox.hold(&room()).await.expect("a hold");
+        let report = hold.replay(b, (3, 6)).await;
+        assert!(report.lost && report.replayed == 0, "{report:?}");
+        let notice = pushes_lost(&frame(&mut rb).await.expect("notice")).expect("pushes_lost");
+        assert_eq!(notice.missed, 0);
+    }
+
+    #[tokio::test]
+    async fn with_history_own_group_pushes_come_back_in_the_groups_order() {
+        let (inbox, mut ra, env) = with_history(7, &[], false);
+        let own = inbox
+            .writer()
+            .group(&room(), &Target::All, &Bytes::from(vec![2]));
+        inbox.receive(with_offset(1, 7, &env(1)), Via::Group("room"));
+        assert_eq!(
+            inbox.receive(with_offset(2, 7, &own), Via::Group("room")),
+            Received::Delivered
+        );
+        inbox.receive(with_offset(3, 7, &env(3)), Via::Group("room"));
+        for n in 1..=3u8 {
+            assert_eq!(
+                frame(&mut ra).await,
+                Some(positioned(&Bytes::from(vec![n]), "room", u64::from(n), 7))
+            );
+        }
     }
 
     #[tokio::test]

@@ -18,8 +18,8 @@ use crate::{ConnectionId, GroupName, NodeId, proto};
 pub struct SessionGroup {
     /// The group (reserved `$user:` groups included).
     pub group: GroupName,
-    /// The group's offset and epoch when the session joined it, if the backplane
-    /// numbers the group's pushes.
+    /// The group's offset and epoch when the session joined it (`(0, 0)`: before its
+    /// first push), if the backplane keeps the group's history.
     pub joined_at: Option<(u64, u64)>,
 }
 
@@ -61,6 +61,7 @@ impl SessionRecord {
                     group: g.group.to_string(),
                     offset: g.joined_at.map_or(0, |p| p.0),
                     epoch: g.joined_at.map_or(0, |p| p.1),
+                    positioned: g.joined_at.is_some(),
                 })
                 .collect(),
         }
@@ -87,7 +88,7 @@ impl SessionRecord {
             .map(|g| {
                 Ok(SessionGroup {
                     group: GroupName::from_wire(&g.group).map_err(|_| MalformedRecord("group"))?,
-                    joined_at: (g.offset != 0).then_some((g.offset, g.epoch)),
+                    joined_at: (g.positioned || g.offset != 0).then_some((g.offset, g.epoch)),
                 })
             })
             .collect::<Result<_, _>>()?;

@@ -408,6 +408,24 @@ impl Backplane for ShardedBackplane {
         self.shards[self.ring.node(node)].command(node, ids, command)
     }
 
+    fn echoes_own_pushes(&self, group: &GroupName) -> bool {
+        self.of(group).echoes_own_pushes(group)
+    }
+
+    fn group_position<'a>(
+        &'a self,
+        group: &'a GroupName,
+    ) -> Option<BoxFuture<'a, Result<(u64, u64), GroupError>>> {
+        self.of(group).group_position(group)
+    }
+
+    fn hold_group<'a>(
+        &'a self,
+        group: &'a GroupName,
+    ) -> Option<BoxFuture<'a, Option<crate::remote::ReplayHold>>> {
+        self.of(group).hold_group(group)
+    }
+
     fn shares_sessions(&self) -> bool {
         self.shards.iter().all(|s| s.shares_sessions())
     }

@@ -546,6 +546,15 @@ impl Push {
         }
         match &self.dest {
             Destination::Group { group, target } => {
+                if !self.local_only && core.backplane.echoes_own_pushes(group) {
+                    // With history, this server's members get it from the backplane
+                    // too, in the group's offset order and with its position.
+                    let mut d = Delivery::default();
+                    if let Some(publish) = core.backplane.publish(&self.dest, &frame) {
+                        core.published(timed(&core.metrics, publish).await, &mut d)?;
+                    }
+                    return Ok(d);
+                }
                 let mut d = core.local.deliver(group.as_str(), target, &frame);
                 core.metrics.push_fanout.record(f64::from(d.local));
                 if self.local_only {

@@ -69,8 +69,20 @@ impl HubCore {
                 user,
             };
             if let Some(fut) = self.backplane.joined(group, &info, outcome.first_local) {
-                // The session's record (if any) in the same round trip.
-                let (joined, ()) = tokio::join!(fut, self.save_record(id));
+                let joined = if self.positions_recorded(group) {
+                    // The record keeps where the session joined: asked once the
+                    // subscription is up, then written.
+                    let joined = fut.await;
+                    if joined.is_ok() {
+                        self.record_position(group, id).await;
+                    }
+                    self.save_record(id).await;
+                    joined
+                } else {
+                    // The session's record (if any) in the same round trip.
+                    let (joined, ()) = tokio::join!(fut, self.save_record(id));
+                    joined
+                };
                 if let Err(e) = joined {
                     HubMetrics::incr(&self.metrics.backplane_errors);
                     // Undo, so local state matches what other servers know.
@@ -111,6 +123,39 @@ impl HubCore {
         Ok(outcome.removed)
     }
 
+    /// Whether a session's record keeps where it joined `group`: sessions are shared
+    /// and the group's backplane keeps its history.
+    fn positions_recorded(&self, group: &GroupName) -> bool {
+        self.shares_sessions() && self.backplane.echoes_own_pushes(group)
+    }
+
+    /// Keeps where the session of `id` joins `group` now, for its record (unless it
+    /// is known already: a restored session rejoining where its replay starts). A
+    /// failure is counted and logged: the record then keeps no position for the
+    /// group, and a resume elsewhere tells its pushes as lost unless the client
+    /// presents where it is.
+    async fn record_position(&self, group: &GroupName, id: ConnectionId) {
+        let Some(session) = self.sessions.as_ref().and_then(|s| s.get(id)) else {
+            return;
+        };
+        let mut positions = session.record.lock().await;
+        if positions.contains_key(group) {
+            return;
+        }
+        let Some(fut) = self.backplane.group_position(group) else {
+            return;
+        };
+        match fut.await {
+            Ok(at) => {
+                positions.insert(group.clone(), at);
+            }
+            Err(e) => {
+                HubMetrics::incr(&self.metrics.backplane_errors);
+                tracing::warn!(hub = self.service, conn = %id, group = %group, error = %e, "could not read the group's position for the session record");
+            }
+        }
+    }
+
     /// Writes the backplane's record of the session of `id` (if it has one, on a
     /// backplane that shares sessions) from the registry as it is now. Writes of one
     /// session are serialized, so the last one written is the latest state. A failure is
@@ -124,17 +169,17 @@ impl HubCore {
         let Some(session) = core.sessions.as_ref().and_then(|s| s.get(id)) else {
             return;
         };
-        let _in_order = session.record.lock().await;
+        let mut positions = session.record.lock().await;
         if session.io().ended {
             return;
         }
-        let mut groups: Vec<SessionGroup> = core
-            .local
-            .groups_of(id)
+        let mine = core.local.groups_of(id);
+        positions.retain(|g, _| mine.contains(g));
+        let mut groups: Vec<SessionGroup> = mine
             .into_iter()
             .map(|group| SessionGroup {
+                joined_at: positions.get(&group).copied(),
                 group,
-                joined_at: None,
             })
             .collect();
         groups.sort_by(|a, b| a.group.cmp(&b.group));

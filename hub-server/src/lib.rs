@@ -107,7 +107,9 @@ pub use hub_core::{
 pub use hub_core::{include_file_descriptor_set, include_proto};
 pub use identity::{BearerToken, FromExtensions, Identity, IdentityProvider};
 pub use service::{HubService, HubServiceBuilder, OutboundStream, ServerCodec, WriteItem};
-pub use session::{RESUME_KEY, RESUME_SEQ_KEY, SessionConfig};
+pub use session::{
+    MAX_RESUME_POSITIONS, RESUME_KEY, RESUME_POSITIONS_KEY, RESUME_SEQ_KEY, SessionConfig,
+};
 
 /// What generated code names. Not a stable API for hand-written code.
 #[doc(hidden)]

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -684,7 +685,7 @@ async fn accept<D: Dispatch>(
     // `on_connect` on. A restored session joins its groups again (its user's among
     // them), here.
     let joined = match &restored {
-        Some(r) => rejoin(&core, &conn, &r.record).await,
+        Some(r) => rejoin(&core, &conn, &r.record, &resume_positions(&conn.metadata)).await,
         None => join_user_group(&core, &conn).await,
     };
     if let Err(e) = joined {
@@ -746,16 +747,93 @@ async fn end_session(core: &HubCore, attachments: Option<&crate::session::Attach
     }
 }
 
-/// Joins a restored session's groups again, on this server.
+/// The group positions a resuming client presented (`hub-resume-positions-bin`), at
+/// most [`crate::MAX_RESUME_POSITIONS`]; none if absent or malformed.
+fn resume_positions(metadata: &tonic::metadata::MetadataMap) -> HashMap<String, (u64, u64)> {
+    use prost::Message as _;
+    let Some(bytes) = metadata
+        .get_bin(crate::RESUME_POSITIONS_KEY)
+        .and_then(|v| v.to_bytes().ok())
+    else {
+        return HashMap::new();
+    };
+    let Ok(positions) = proto::ResumePositions::decode(bytes) else {
+        return HashMap::new();
+    };
+    positions
+        .positions
+        .into_iter()
+        .take(crate::MAX_RESUME_POSITIONS)
+        .map(|p| (p.group, (p.offset, p.epoch)))
+        .collect()
+}
+
+/// Where a restored session's replay of a group starts: the later of the position
+/// the client presented and where the record says it joined (offset, epoch).
+fn replay_from(client: Option<(u64, u64)>, joined: Option<(u64, u64)>) -> Option<(u64, u64)> {
+    match (client, joined) {
+        (Some(c), Some(j)) if c.1 == j.1 => Some(if c.0 >= j.0 { c } else { j }),
+        (Some(c), _) => Some(c),
+        (None, j) => j,
+    }
+}
+
+/// Joins a restored session's groups again, on this server. A group with history
+/// is held back here while the session joins it, then replayed to it from where the
+/// client says it was (or where it joined): the pushes it missed, then the live ones,
+/// each once and in order. What cannot be replayed is told (`pushes_lost`).
 async fn rejoin(
     core: &HubCore,
     conn: &ConnState,
     record: &hub_core::session::SessionRecord,
+    client: &HashMap<String, (u64, u64)>,
 ) -> Result<(), hub_core::GroupError> {
     let user = record.user.clone();
+    let session = core.sessions.as_ref().and_then(|s| s.get(conn.id));
+    let mut replays = Vec::new();
+    let mut unknown = Vec::new();
     for g in &record.groups {
+        if core.backplane.echoes_own_pushes(&g.group) {
+            match replay_from(client.get(g.group.as_str()).copied(), g.joined_at) {
+                Some(after) => {
+                    if let Some(s) = &session {
+                        // The record keeps where the replay starts, should the session
+                        // move again before it sees a push of the group.
+                        s.record.lock().await.insert(g.group.clone(), after);
+                    }
+                    if let Some(hold) = core.backplane.hold_group(&g.group) {
+                        match hold.await {
+                            Some(hold) => replays.push((hold, after)),
+                            None => unknown.push((g.group.clone(), "the group was busy")),
+                        }
+                    }
+                }
+                None => unknown.push((
+                    g.group.clone(),
+                    "where the session stood in the group is unknown",
+                )),
+            }
+        }
         core.join(&g.group, conn.id, user.clone()).await?;
     }
+    for (group, why) in unknown {
+        HubMetrics::incr(&core.metrics.backplane_gaps);
+        let notice = hub_core::frame::control_frame(Kind::PushesLost(proto::PushesLost {
+            group: group.to_string(),
+            missed: 0,
+            reason: format!("{why}: pushes sent while the session was away were not replayed"),
+        }));
+        let _ = conn.outbox.push(OutFrame::reply(notice));
+    }
+    let done = futures_util::future::join_all(
+        replays
+            .into_iter()
+            .map(|(hold, after)| hold.replay(conn.id, after)),
+    )
+    .await;
+    let replayed: u64 = done.iter().map(|r| r.replayed).sum();
+    let missed: u64 = done.iter().map(|r| r.missed).sum();
+    tracing::debug!(hub = core.service, conn = %conn.id, replayed, missed, "restored session caught up on its groups");
     Ok(())
 }
 

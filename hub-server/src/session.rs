@@ -33,7 +33,7 @@ use bytes::Bytes;
 use hub_core::frame::OutFrame;
 use hub_core::proto::{ResumeOutcome, Resumption};
 use hub_core::session::hash_secret;
-use hub_core::{CloseReason, ConnectionId, HubMetrics, NodeId, Outbox, OutboxReceiver};
+use hub_core::{CloseReason, ConnectionId, GroupName, HubMetrics, NodeId, Outbox, OutboxReceiver};
 use tokio::sync::mpsc;
 use tonic::Streaming;
 
@@ -109,6 +109,12 @@ impl SessionConfig {
 pub const RESUME_KEY: &str = "hub-resume";
 /// The request metadata key carrying the last push sequence number the client saw.
 pub const RESUME_SEQ_KEY: &str = "hub-resume-seq";
+/// The binary request metadata key carrying the last position the client saw of each
+/// group (`hub.v1.ResumePositions`), for a resume on another server.
+pub const RESUME_POSITIONS_KEY: &str = "hub-resume-positions-bin";
+/// The most group positions read from [`RESUME_POSITIONS_KEY`]; the rest are ignored
+/// (their groups replay from where the session joined them).
+pub const MAX_RESUME_POSITIONS: usize = 1024;
 
 /// The sessions of one hub on one server.
 pub(crate) struct Sessions {
@@ -141,8 +147,10 @@ pub(crate) struct Session {
     attach: mpsc::UnboundedSender<Streaming<Bytes>>,
     /// What the backplane's record keeps of the credential's secret.
     pub(crate) secret_sha256: [u8; 32],
-    /// Held while the record is written, so that writes of one session land in order.
-    pub(crate) record: tokio::sync::Mutex<()>,
+    /// Held while the record is written, so that writes of one session land in order;
+    /// holds where the session joined each group with history (offset, epoch), which
+    /// the record keeps.
+    pub(crate) record: tokio::sync::Mutex<HashMap<GroupName, (u64, u64)>>,
     /// Another server resumed the session: it ends here without `on_disconnect`.
     taken_over: std::sync::atomic::AtomicBool,
 }
@@ -349,7 +357,7 @@ impl Sessions {
             outbox: outbox.clone(),
             attach: tx,
             secret_sha256: hash_secret(secret),
-            record: tokio::sync::Mutex::new(()),
+            record: tokio::sync::Mutex::new(HashMap::new()),
             taken_over: Default::default(),
         });
         let mut reg = self.registry();

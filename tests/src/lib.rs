@@ -180,6 +180,8 @@ pub struct Recorder {
     pub seqs: Mutex<Vec<u64>>,
     /// Connection state changes, in order.
     pub states: Mutex<Vec<hub_client::ConnectionState>>,
+    /// Loss notices (`on_pushes_lost`): the group and how many were missed.
+    pub lost: Mutex<Vec<(String, u64)>>,
     notify: Notify,
 }
 
@@ -267,6 +269,12 @@ impl ChatHubReceiver for Recorder {
     }
     fn on_connection_state(&self, state: &hub_client::ConnectionState) {
         self.states.lock().expect("lock").push(state.clone());
+    }
+    fn on_pushes_lost(&self, group: &str, missed: u64, _reason: &str) {
+        self.lost
+            .lock()
+            .expect("lock")
+            .push((group.to_owned(), missed));
     }
 }
 

@@ -88,6 +88,17 @@ impl<R: prost::Message + Default + Send + 'static> RawConn<R> {
         metadata: &[(&'static str, &str)],
         queue: usize,
     ) -> Result<Self, Status> {
+        Self::open_with_bin(channel, path, metadata, &[], queue).await
+    }
+
+    /// [`Self::open_with_queue`] with binary (`-bin`) metadata entries too.
+    pub async fn open_with_bin(
+        channel: Channel,
+        path: &'static str,
+        metadata: &[(&'static str, &str)],
+        binary: &[(&'static str, &[u8])],
+        queue: usize,
+    ) -> Result<Self, Status> {
         let (tx, rx) = mpsc::channel(queue);
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready()
@@ -98,6 +109,11 @@ impl<R: prost::Message + Default + Send + 'static> RawConn<R> {
             request
                 .metadata_mut()
                 .insert(*k, v.parse().expect("ascii metadata"));
+        }
+        for (k, v) in binary {
+            request
+                .metadata_mut()
+                .insert_bin(*k, tonic::metadata::BinaryMetadataValue::from_bytes(v));
         }
         let path = http::uri::PathAndQuery::from_static(path);
         let stream = grpc

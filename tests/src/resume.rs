@@ -6,7 +6,8 @@ use examples::chat::chat_request::Call;
 use examples::chat::chat_response::Event;
 use examples::chat::{ChatRequest, ChatResponse};
 use hub_core::proto::server_control::Kind;
-use hub_core::proto::{ConnectionInfo, ResumeOutcome};
+use hub_core::proto::{ConnectionInfo, Position, ResumeOutcome, ResumePositions};
+use prost::Message as _;
 
 use crate::channel;
 use crate::raw::{Frame, RawConn};
@@ -20,7 +21,27 @@ pub async fn open(
     token: &str,
     resume: Option<(&str, u64)>,
 ) -> (RawConn<ChatResponse>, ConnectionInfo) {
+    open_at(url, token, resume, &[]).await
+}
+
+/// [`open`], presenting the last position seen of each group
+/// (`hub-resume-positions-bin`) with the resume.
+pub async fn open_at(
+    url: &str,
+    token: &str,
+    resume: Option<(&str, u64)>,
+    positions: &[Position],
+) -> (RawConn<ChatResponse>, ConnectionInfo) {
     let auth = format!("Bearer {token}");
+    let encoded = ResumePositions {
+        positions: positions.to_vec(),
+    }
+    .encode_to_vec();
+    let binary: Vec<(&'static str, &[u8])> = if positions.is_empty() {
+        Vec::new()
+    } else {
+        vec![("hub-resume-positions-bin", &encoded)]
+    };
     let seq;
     let mut metadata = vec![("authorization", auth.as_str())];
     if let Some((credential, last)) = resume {
@@ -28,9 +49,10 @@ pub async fn open(
         metadata.push(("hub-resume", credential));
         metadata.push(("hub-resume-seq", seq.as_str()));
     }
-    let mut conn = RawConn::<ChatResponse>::open(channel(url).await, CONNECT, &metadata)
-        .await
-        .expect("stream opened");
+    let mut conn =
+        RawConn::<ChatResponse>::open_with_bin(channel(url).await, CONNECT, &metadata, &binary, 64)
+            .await
+            .expect("stream opened");
     let first = conn.next().await.expect("hello").expect("hello");
     let Some(Kind::Hello(hello)) = Frame::of(&first).control().cloned() else {
         panic!("first frame is not a hello: {first:?}");

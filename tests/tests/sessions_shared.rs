@@ -367,3 +367,103 @@ async fn a_session_resumes_on_a_second_chat_server_after_sigkill() {
         "in order, each once: {numbers:?}"
     );
 }
+
+/// The same with group history (`--history`) and alice on the Rust client, which
+/// reconnects by itself through a transport that dials the first server, then the
+/// second: after the SIGKILL she resumes on the second server with her last seq and
+/// her groups' positions, and reads every line of the stream exactly once and in
+/// order (the ones sent while she was between servers replayed there, then the live
+/// ones), with no loss notice.
+#[tokio::test]
+async fn with_history_the_rust_client_moved_by_sigkill_reads_every_push_once_in_order() {
+    let redis = RedisServer::start();
+    let flags = [
+        "--token-secret",
+        tests::TEST_TOKEN_SECRET,
+        "--session-grace",
+        "30",
+        "--history",
+        "1000",
+    ];
+    let mut s1 = ChatServer::start(&redis.url(), &flags);
+    let s2 = ChatServer::start(&redis.url(), &flags);
+    let token = login(&s1.url(), "alice").await;
+    let channel = hub_client::Failover::new(vec![s1.addr(), s2.addr()])
+        .channel(Duration::from_secs(5))
+        .await
+        .expect("channel");
+    let options = hub_client::ConnectOptions::default()
+        .metadata("authorization", &format!("Bearer {token}"))
+        .expect("metadata");
+    let rec = Arc::new(tests::Recorder::default());
+    let alice =
+        examples::chat::chat_hub_client::ChatHubClient::connect_with(channel, options, rec.clone())
+            .await
+            .expect("alice connects");
+    alice
+        .join(JoinRequest {
+            room: "lobby".into(),
+        })
+        .await
+        .expect("join");
+    let first_server = alice.raw().info().server_id.clone();
+    let (bob, _bob_rx) = tests::joined_via(&s1.url(), &s2.url(), "lobby", "bob").await;
+    let talker = tokio::spawn(async move {
+        for i in 0..300u32 {
+            say(&bob, &format!("n{i}")).await;
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        say(&bob, "end").await;
+    });
+    let from_bob = |seen: &[Seen]| -> Vec<String> {
+        seen.iter()
+            .filter_map(|s| match s {
+                Seen::Message(m) if m.from == "bob" => Some(m.text.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while from_bob(&rec.seen()).len() < 30 {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", rec.seen());
+        rec.wait_for(rec.seen().len() + 1, WAIT).await;
+    }
+    s1.kill();
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    while from_bob(&rec.seen()).last().map(String::as_str) != Some("end") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no end: {:?}, states {:?}",
+            from_bob(&rec.seen()),
+            rec.states.lock().expect("lock")
+        );
+        rec.wait_for(rec.seen().len() + 1, WAIT).await;
+    }
+    tokio::time::timeout(WAIT, talker)
+        .await
+        .expect("talker done")
+        .expect("talker");
+    let mut want: Vec<String> = (0..300).map(|i| format!("n{i}")).collect();
+    want.push("end".into());
+    assert_eq!(from_bob(&rec.seen()), want, "each line once, in order");
+    assert!(rec.lost.lock().expect("lock").is_empty(), "{:?}", rec.lost);
+    assert_ne!(
+        alice.raw().info().server_id,
+        first_server,
+        "moved to the second server"
+    );
+    let states = rec.states.lock().expect("lock").clone();
+    assert!(
+        states.iter().any(|s| matches!(
+            s,
+            hub_client::ConnectionState::ResyncNeeded {
+                outcome: ResumeOutcome::Restored,
+                ..
+            }
+        )),
+        "{states:?}"
+    );
+    // The seq went on without a gap or a repeat across the move.
+    let seqs = rec.seqs.lock().expect("lock").clone();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+}

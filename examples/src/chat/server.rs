@@ -40,6 +40,14 @@ struct Args {
     /// sessions; a dropped stream ends the connection).
     #[arg(long, default_value_t = 0)]
     session_grace: u64,
+    /// With Redis: keep the last N pushes of each group (Redis streams), so that a
+    /// server fills gaps in a group's pushes and a session that moves to another
+    /// server gets the group pushes it missed (0: no history).
+    #[arg(long, default_value_t = 0)]
+    history: usize,
+    /// Seconds a group's history is kept after its last push (with `--history`).
+    #[arg(long, default_value_t = 120)]
+    history_age: u64,
     /// Largest frame in bytes, either direction.
     #[arg(long, default_value_t = 1024 * 1024)]
     max_message_bytes: usize,
@@ -64,12 +72,22 @@ struct Args {
     metrics_addr: Option<SocketAddr>,
 }
 
-async fn provider(spec: &str) -> Result<Box<dyn GroupProvider>, Box<dyn std::error::Error>> {
+async fn provider(
+    spec: &str,
+    args: &Args,
+) -> Result<Box<dyn GroupProvider>, Box<dyn std::error::Error>> {
+    if args.history > 0 && !(spec.starts_with("redis://") || spec.starts_with("rediss://")) {
+        return Err("--history needs --groups redis://...".into());
+    }
     if spec == "memory" {
         return Ok(Box::new(MemoryProvider::new()));
     }
     if spec.starts_with("redis://") || spec.starts_with("rediss://") {
-        return Ok(Box::new(hub_redis::RedisProvider::connect(spec).await?));
+        let mut builder = hub_redis::RedisProvider::builder().url(spec);
+        if args.history > 0 {
+            builder = builder.history(args.history, Duration::from_secs(args.history_age));
+        }
+        return Ok(Box::new(builder.connect().await?));
     }
     if spec.starts_with("nats://") || spec.starts_with("tls://") {
         return Ok(Box::new(hub_nats::NatsProvider::connect(spec).await?));
@@ -119,7 +137,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     };
-    let groups = provider(&args.groups).await?;
+    let groups = provider(&args.groups, &args).await?;
     let hubs = Hubs::builder()
         .default_groups_arc(groups.into())
         .config(config)

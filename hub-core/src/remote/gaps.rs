@@ -16,9 +16,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Inbox, Received, Via};
+use prost::Message as _;
+
+use super::{Inbox, Received};
 use crate::history::{GroupHistory, HistoryQuery};
-use crate::{GroupName, HubMetrics, proto};
+use crate::{ConnectionId, GroupName, HubMetrics, Member, proto};
 
 /// How long a fill may take before its gap is told as lost.
 pub(crate) const FILL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -59,6 +61,9 @@ struct Seq {
     fill: Option<Fill>,
     /// The id of the last fill started.
     fills: u64,
+    /// Nothing delivered since the subscription began (or the group was forgotten
+    /// under a replay hold): the next envelope starts the sequence.
+    fresh: bool,
 }
 
 #[derive(Debug)]
@@ -69,6 +74,9 @@ struct Fill {
     to: Option<u64>,
     /// Later envelopes of the group, in arrival order.
     held: VecDeque<Held>,
+    /// Replays to resumed sessions holding the group back ([`ReplayHold`]); a hold
+    /// without a gap to read (`to` unset) is released when the last one is done.
+    replays: u32,
 }
 
 #[derive(Debug)]
@@ -78,12 +86,34 @@ struct Held {
     payload: Bytes,
 }
 
+impl Seq {
+    /// Starts a fill (`replays`: the replay holds it starts with); returns its id.
+    fn start_fill(&mut self, to: Option<u64>, held: VecDeque<Held>, replays: u32) -> u64 {
+        self.fills += 1;
+        let id = self.fills;
+        self.fill = Some(Fill {
+            id,
+            to,
+            held,
+            replays,
+        });
+        id
+    }
+}
+
 /// What to do, in order, under the group's lock.
 enum Out {
-    Deliver(Bytes),
-    Recovered(Bytes),
-    Lost { missed: u64, reason: String },
-    Fill { id: u64, query: HistoryQuery },
+    /// An envelope, its offset and epoch.
+    Deliver(Bytes, u64, u64),
+    Recovered(Bytes, u64, u64),
+    Lost {
+        missed: u64,
+        reason: String,
+    },
+    Fill {
+        id: u64,
+        query: HistoryQuery,
+    },
 }
 
 /// What became of one envelope in the sequence.
@@ -132,12 +162,348 @@ impl Inbox {
     /// was published while this server was not subscribed is none of its business. A
     /// fill of the group still running is dropped.
     pub fn forget(&self, group: &str) {
-        if let Some(seq) = lock(&self.groups).remove(group) {
-            seq.live.store(false, Ordering::Release);
+        let mut groups = lock(&self.groups);
+        if let Some(seq) = groups.get(group).cloned() {
+            let mut st = lock(&seq.state);
+            if st.fill.as_ref().is_some_and(|f| f.replays > 0) {
+                // A resumed session's replay holds the group: it stays, afresh (the
+                // replay reads where the sequence starts).
+                st.fresh = true;
+                st.epoch = 0;
+                st.last = 0;
+            } else {
+                drop(st);
+                groups.remove(group);
+                seq.live.store(false, Ordering::Release);
+            }
         }
+        drop(groups);
         lock(&self.origins).remove(group);
     }
 
+    /// The position of `group` on this server: the offset (and its epoch) of the last
+    /// push delivered to its members here, or told lost. A member that joins now gets
+    /// every push after it. `None`: no sequence yet (no envelope since the
+    /// subscription began).
+    pub fn position(&self, group: &str) -> Option<(u64, u64)> {
+        let seq = lock(&self.groups).get(group).cloned()?;
+        let st = lock(&seq.state);
+        (!st.fresh && st.epoch != 0).then_some((st.last, st.epoch))
+    }
+
+    /// Holds back this server's deliveries of `group` (they queue, as behind a gap
+    /// fill) until the returned hold replays to a resumed session what it missed, so
+    /// that the session gets the replayed pushes, then the live ones, each once and in
+    /// offset order. Take it before the session joins the group here. Waits for a gap
+    /// fill of the group to end first (at most [`FILL_TIMEOUT`] and a second). `None`:
+    /// no history, or the group stayed busy.
+    pub async fn hold(&self, group: &GroupName) -> Option<ReplayHold> {
+        self.history.get()?;
+        let deadline = tokio::time::Instant::now() + FILL_TIMEOUT + Duration::from_secs(1);
+        loop {
+            let seq = {
+                let mut groups = lock(&self.groups);
+                groups
+                    .entry(group.as_str().to_owned())
+                    .or_insert_with(|| {
+                        Arc::new(GroupSeq {
+                            live: AtomicBool::new(true),
+                            state: Mutex::new(Seq {
+                                epoch: 0,
+                                last: 0,
+                                fill: None,
+                                fills: 0,
+                                fresh: true,
+                            }),
+                        })
+                    })
+                    .clone()
+            };
+            {
+                let mut st = lock(&seq.state);
+                match &mut st.fill {
+                    Some(f) if f.replays > 0 => {
+                        f.replays += 1;
+                        let id = f.id;
+                        drop(st);
+                        return Some(self.ticket(group, seq, id));
+                    }
+                    Some(_) => {}
+                    None => {
+                        let id = st.start_fill(None, VecDeque::new(), 1);
+                        drop(st);
+                        return Some(self.ticket(group, seq, id));
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn ticket(&self, group: &GroupName, seq: Arc<GroupSeq>, id: u64) -> ReplayHold {
+        ReplayHold {
+            inbox: self.clone(),
+            group: group.clone(),
+            seq,
+            id,
+            done: false,
+        }
+    }
+
+    /// One replay of a hold is over: the last one releases the group's queue.
+    fn release(&self, group: &str, seq: &Arc<GroupSeq>, id: u64, mut out: Vec<Out>) {
+        let mut st = lock(&seq.state);
+        if let Some(f) = &mut st.fill
+            && f.id == id
+        {
+            f.replays -= 1;
+            if f.replays == 0 {
+                let fill = st.fill.take().expect("the hold");
+                for h in fill.held {
+                    self.step(&mut st, h, &mut out, true);
+                }
+            }
+        }
+        if seq.live.load(Ordering::Acquire) {
+            self.execute(group, seq, out);
+        }
+    }
+
+    /// Tells one member that pushes of `group` it should have had are lost.
+    fn tell_member_lost(&self, group: &str, member: ConnectionId, missed: u64, reason: String) {
+        HubMetrics::incr(&self.metrics.backplane_gaps);
+        self.metrics.backplane_pushes_missed.add(missed);
+        tracing::debug!(hub = self.hub, group, conn = %member, missed, %reason, "pushes not replayed to a resumed session");
+        let notice = crate::frame::control_frame(proto::server_control::Kind::PushesLost(
+            proto::PushesLost {
+                group: group.to_owned(),
+                missed,
+                reason,
+            },
+        ));
+        if let Some(m) = self.local.member(member) {
+            let _ = m.outbox.push(crate::frame::OutFrame::reply(notice));
+        }
+    }
+
+    /// Queues one history entry to `member` if it is a push its target selects.
+    fn replay_entry(&self, group: &str, member: &Member, envelope: Bytes, at: (u64, u64)) -> bool {
+        let Ok(env) = proto::Envelope::decode(envelope) else {
+            HubMetrics::incr(&self.metrics.backplane_malformed);
+            return false;
+        };
+        if env.version != super::ENVELOPE_VERSION
+            || env.group != group
+            || env.lost.is_some()
+            || env.ask.is_some()
+            || env.answer.is_some()
+            || env.command.is_some()
+            || !crate::Target::from_proto(env.target.as_ref()).selects(&member.id)
+        {
+            return false;
+        }
+        let frame = super::positioned(&env.frame, group, at.0, at.1);
+        member
+            .outbox
+            .push(crate::frame::OutFrame::push(frame))
+            .is_ok()
+    }
+}
+
+/// What a resumed session got back of one group's pushes ([`ReplayHold::replay`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Pushes queued to it again, from the group's history.
+    pub replayed: u64,
+    /// Pushes it missed that could not be (told to it as `pushes_lost`; 0 with
+    /// `lost` set: how many is unknown).
+    pub missed: u64,
+    /// Whether some were lost (told).
+    pub lost: bool,
+}
+
+/// A group held back on this server while a resumed session catches up on it
+/// ([`Inbox::hold`]). Dropped without [`Self::replay`], it releases the group.
+#[derive(Debug)]
+pub struct ReplayHold {
+    inbox: Inbox,
+    group: GroupName,
+    seq: Arc<GroupSeq>,
+    id: u64,
+    done: bool,
+}
+
+impl ReplayHold {
+    /// Queues to `member` (joined to the group here since the hold was taken) the
+    /// group's pushes after `after` (offset, epoch: the last one it saw, or the
+    /// group's position when it joined; epoch 0: before the group's first push) up to
+    /// where this server's members are, from history, then releases the group: the
+    /// pushes held back meanwhile follow. What history no longer holds, or cannot be
+    /// read within [`FILL_TIMEOUT`], is told to the member (`pushes_lost`).
+    pub async fn replay(mut self, member: ConnectionId, after: (u64, u64)) -> Replayed {
+        self.done = true;
+        let inbox = self.inbox.clone();
+        let group = self.group.clone();
+        let seq = self.seq.clone();
+        let id = self.id;
+        let mut report = Replayed::default();
+        let outcome = tokio::time::timeout(FILL_TIMEOUT, self.read_and_queue(member, after)).await;
+        let out = match outcome {
+            Ok(Ok(r)) => {
+                report = r;
+                Vec::new()
+            }
+            Ok(Err(why)) => {
+                report.lost = true;
+                inbox.tell_member_lost(group.as_str(), member, 0, why);
+                Vec::new()
+            }
+            Err(_) => {
+                report.lost = true;
+                inbox.tell_member_lost(
+                    group.as_str(),
+                    member,
+                    0,
+                    format!(
+                        "the pushes missed could not be read from history within {FILL_TIMEOUT:?}"
+                    ),
+                );
+                Vec::new()
+            }
+        };
+        inbox.release(group.as_str(), &seq, id, out);
+        report
+    }
+
+    /// Reads the history after `after` until it covers the group's position here,
+    /// then queues it to `member` under the group's lock.
+    async fn read_and_queue(
+        &self,
+        member: ConnectionId,
+        after: (u64, u64),
+    ) -> Result<Replayed, String> {
+        let store = self
+            .inbox
+            .history
+            .get()
+            .map(|h| h.store.clone())
+            .ok_or_else(|| "no history".to_owned())?;
+        let (mut from, mut epoch) = after;
+        loop {
+            let query = HistoryQuery {
+                epoch,
+                after: from,
+                limit: MAX_FILL as usize,
+            };
+            let page = store
+                .read(&self.group, query)
+                .await
+                .map_err(|e| format!("the pushes missed could not be read from history: {e}"))?;
+            if epoch == 0 && page.epoch != 0 {
+                // Joined before the group's first push: everything of its epoch.
+                epoch = page.epoch;
+                from = 0;
+                continue;
+            }
+            match self.queue(member, from, epoch, page) {
+                Some(done) => return done,
+                None => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+
+    /// Queues what `page` (read after `from` in `epoch`) holds to `member`, up to the
+    /// group's position here, under the group's lock. `None`: the page was read before
+    /// that position moved on (another replay set it): read again.
+    fn queue(
+        &self,
+        member: ConnectionId,
+        from: u64,
+        epoch: u64,
+        page: crate::history::HistoryPage,
+    ) -> Option<Result<Replayed, String>> {
+        let inbox = &self.inbox;
+        let group = self.group.as_str();
+        let mut st = lock(&self.seq.state);
+        if st.fill.as_ref().map(|f| f.id) != Some(self.id) {
+            return Some(Err(format!(
+                "more than {MAX_HELD} pushes of the group came while the pushes missed were read"
+            )));
+        }
+        // Where this server's members are: what the replay reaches.
+        let end = if st.fresh {
+            let first = st.fill.as_ref().and_then(|f| f.held.front());
+            let end = match first {
+                Some(h) if h.epoch == page.epoch => page.latest.min(h.offset.saturating_sub(1)),
+                _ => page.latest,
+            };
+            st.fresh = false;
+            st.epoch = page.epoch;
+            st.last = end;
+            end
+        } else if st.epoch != page.epoch {
+            return Some(Err(RESTARTED.to_owned()));
+        } else {
+            st.last
+        };
+        if page.epoch != epoch {
+            return Some(Err(RESTARTED.to_owned()));
+        }
+        if page.latest < end {
+            return None;
+        }
+        let Some(m) = inbox.local.member(member) else {
+            return Some(Ok(Replayed::default()));
+        };
+        let mut report = Replayed::default();
+        let mut next = from + 1;
+        for e in page.entries {
+            if e.offset < next || e.offset > end {
+                continue;
+            }
+            report.missed += e.offset - next;
+            if inbox.replay_entry(group, &m, e.envelope, (e.offset, page.epoch)) {
+                report.replayed += 1;
+            }
+            next = e.offset + 1;
+        }
+        if next <= end {
+            report.missed += end - next + 1;
+        }
+        drop(st);
+        if report.missed > 0 {
+            report.lost = true;
+            inbox.tell_member_lost(
+                group,
+                member,
+                report.missed,
+                format!(
+                    "{} push(es) to the group missed while the session was away are no longer in its history",
+                    report.missed
+                ),
+            );
+        }
+        inbox
+            .metrics
+            .backplane_pushes_recovered
+            .add(report.replayed);
+        Some(Ok(report))
+    }
+}
+
+impl Drop for ReplayHold {
+    fn drop(&mut self) {
+        if !self.done {
+            self.inbox
+                .release(self.group.as_str(), &self.seq, self.id, Vec::new());
+        }
+    }
+}
+
+impl Inbox {
     /// The subscription to `group` broke and is back: reads what the group's history
     /// holds after the last offset seen and delivers it before anything later (what it
     /// no longer holds is told). Without a history, or before any offset was seen,
@@ -153,13 +519,7 @@ impl Inbox {
         if st.fill.is_some() || st.epoch == 0 {
             return;
         }
-        st.fills += 1;
-        let id = st.fills;
-        st.fill = Some(Fill {
-            id,
-            to: None,
-            held: VecDeque::new(),
-        });
+        let id = st.start_fill(None, VecDeque::new(), 0);
         let query = HistoryQuery {
             epoch: st.epoch,
             after: st.last,
@@ -189,6 +549,7 @@ impl Inbox {
                             last: offset.saturating_sub(1),
                             fill: None,
                             fills: 0,
+                            fresh: false,
                         }),
                     });
                     groups.insert(group.to_owned(), s.clone());
@@ -242,6 +603,11 @@ impl Inbox {
             f.held.push_back(item);
             return Fate::Held;
         }
+        if st.fresh {
+            st.fresh = false;
+            st.epoch = item.epoch;
+            st.last = item.offset.saturating_sub(1);
+        }
         let mut restarted = false;
         if item.epoch != st.epoch {
             if st.epoch != 0 {
@@ -260,21 +626,14 @@ impl Inbox {
         let missed = item.offset - st.last - 1;
         if missed > 0 {
             if fill && missed <= MAX_FILL && self.history.get().is_some() {
-                st.fills += 1;
-                let id = st.fills;
-                out.push(Out::Fill {
-                    id,
-                    query: HistoryQuery {
-                        epoch: st.epoch,
-                        after: st.last,
-                        limit: missed as usize,
-                    },
-                });
-                st.fill = Some(Fill {
-                    id,
-                    to: Some(item.offset - 1),
-                    held: VecDeque::from([item]),
-                });
+                let query = HistoryQuery {
+                    epoch: st.epoch,
+                    after: st.last,
+                    limit: missed as usize,
+                };
+                let to = item.offset - 1;
+                let id = st.start_fill(Some(to), VecDeque::from([item]), 0);
+                out.push(Out::Fill { id, query });
                 return Fate::Held;
             }
             if !restarted {
@@ -285,7 +644,7 @@ impl Inbox {
             }
         }
         st.last = item.offset;
-        out.push(Out::Deliver(item.payload));
+        out.push(Out::Deliver(item.payload, item.offset, item.epoch));
         Fate::Delivered
     }
 
@@ -295,10 +654,12 @@ impl Inbox {
         let mut last = None;
         for o in out {
             match o {
-                Out::Deliver(payload) => last = Some(self.dispatch(payload, Via::Group(group))),
-                Out::Recovered(payload) => {
+                Out::Deliver(payload, offset, epoch) => {
+                    last = Some(self.dispatch(payload, group, offset, epoch))
+                }
+                Out::Recovered(payload, offset, epoch) => {
                     HubMetrics::incr(&self.metrics.backplane_pushes_recovered);
-                    self.dispatch(payload, Via::Group(group));
+                    self.dispatch(payload, group, offset, epoch);
                 }
                 Out::Lost { missed, reason } => self.tell_lost(group, missed, reason),
                 Out::Fill { id, query } => {
@@ -358,7 +719,7 @@ impl Inbox {
                             ),
                         });
                     }
-                    out.push(Out::Recovered(e.envelope));
+                    out.push(Out::Recovered(e.envelope, e.offset, page.epoch));
                     recovered += 1;
                     next = e.offset + 1;
                 }
@@ -418,7 +779,7 @@ impl Inbox {
             if h.epoch == query.epoch && st.epoch != query.epoch {
                 // Received before the restart was known: delivered, not sequenced
                 // again (the restart is told).
-                out.push(Out::Deliver(h.payload));
+                out.push(Out::Deliver(h.payload, h.offset, h.epoch));
             } else {
                 self.step(&mut st, h, &mut out, true);
             }

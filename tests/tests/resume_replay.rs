@@ -1,0 +1,319 @@
+//! Sessions that move to another server get back the group pushes they missed, with
+//! Redis group history: each push of a group with history carries its position
+//! (`control.position`: group, offset, epoch); a client that presents the last one of
+//! each group (`hub-resume-positions-bin`) when it resumes elsewhere gets, on that
+//! server, every push it missed once and in order, then the live ones. What history
+//! no longer holds is told (`pushes_lost`), never skipped silently.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use examples::chat::chat_hub_client::ChatHubClient;
+use examples::chat::chat_request::Call;
+use examples::chat::chat_response::Event;
+use examples::chat::{ChatResponse, JoinRequest, SayRequest};
+use hub_core::proto::server_control::Kind;
+use hub_core::proto::{ConnectionInfo, Position, PushesLost, ResumeOutcome};
+use hub_redis::RedisProvider;
+use hub_server::{GroupProvider, HubConfig, SessionConfig};
+use test_support::RedisServer;
+use tests::raw::{Frame, RawConn};
+use tests::resume::{next_frame, open, open_at, outcome, send, until_reply};
+use tests::{CrashableServer, TestServer, login};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config() -> HubConfig {
+    HubConfig::default().sessions(Some(
+        SessionConfig::default().grace(Duration::from_secs(30)),
+    ))
+}
+
+fn provider(url: &str, history: usize) -> Arc<dyn GroupProvider> {
+    Arc::new(
+        RedisProvider::builder()
+            .url(url)
+            .presence_ttl(Duration::from_secs(1))
+            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+            .history(history, Duration::from_secs(60))
+            .build()
+            .expect("provider"),
+    )
+}
+
+/// What a raw client keeps, as a stock client would: the chat lines it read (seq,
+/// text), the last position of each group, and the loss notices.
+#[derive(Default)]
+struct Reader {
+    lines: Vec<(u64, String)>,
+    positions: HashMap<String, Position>,
+    lost: Vec<PushesLost>,
+}
+
+impl Reader {
+    /// Reads frames until one says `text` (bounded by [`WAIT`]).
+    async fn until_said(&mut self, conn: &mut RawConn<ChatResponse>, text: &str) {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let frame = next_frame(conn).await;
+                if self.take(frame) == Some(text.to_owned()) {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{text} never came; lines {:?}", self.lines));
+    }
+
+    /// Keeps what one frame says; returns its chat line, if any.
+    fn take(&mut self, frame: ChatResponse) -> Option<String> {
+        match Frame::of(&frame).control() {
+            Some(Kind::Position(p)) => {
+                self.positions.insert(p.group.clone(), p.clone());
+            }
+            Some(Kind::PushesLost(l)) => self.lost.push(l.clone()),
+            _ => {}
+        }
+        match frame.event {
+            Some(Event::OnMessage(m)) => {
+                self.lines.push((frame.seq, m.text.clone()));
+                Some(m.text)
+            }
+            _ => None,
+        }
+    }
+
+    fn texts(&self) -> Vec<String> {
+        self.lines.iter().map(|l| l.1.clone()).collect()
+    }
+
+    fn positions(&self) -> Vec<Position> {
+        self.positions.values().cloned().collect()
+    }
+}
+
+async fn join(conn: &mut RawConn<ChatResponse>, room: &str) {
+    send(conn, 1, Call::Join(JoinRequest { room: room.into() })).await;
+    tokio::time::timeout(WAIT, until_reply(conn, 1))
+        .await
+        .expect("joined in time");
+}
+
+/// Bob, on `url`, says `m<from>` to `m<to>` one after the other (each waits for its
+/// reply, so they are published in that order); `said` counts them.
+fn bob_says(
+    bob: ChatHubClient,
+    from: u64,
+    to: u64,
+    said: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for i in from..=to {
+            bob.say(SayRequest {
+                text: format!("m{i}"),
+            })
+            .await
+            .expect("say");
+            said.store(i, Ordering::Release);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+}
+
+/// Server A (crashable) and B over one Redis with group history of `history`
+/// entries; alice (raw, a session) in `lobby` on A, Bob (the Rust client) on B.
+struct Pair {
+    _redis: RedisServer,
+    a: CrashableServer,
+    b: TestServer,
+    token: String,
+    alice: RawConn<ChatResponse>,
+    hello: ConnectionInfo,
+    bob: ChatHubClient,
+}
+
+impl Pair {
+    async fn start(history: usize) -> Pair {
+        let redis = RedisServer::start();
+        let url = redis.url();
+        let url_a = url.clone();
+        let a = CrashableServer::start(move || async move { provider(&url_a, history) }, config())
+            .await;
+        let b = TestServer::start(provider(&url, history), config()).await;
+        let token = login(&a.url(), "alice").await;
+        let (mut alice, hello) = open(&a.url(), &token, None).await;
+        join(&mut alice, "lobby").await;
+        let (bob, _) = tests::joined_via(&a.url(), &b.url(), "lobby", "bob").await;
+        Pair {
+            _redis: redis,
+            a,
+            b,
+            token,
+            alice,
+            hello,
+            bob,
+        }
+    }
+}
+
+fn numbered(from: u64, to: u64) -> Vec<String> {
+    (from..=to).map(|i| format!("m{i}")).collect()
+}
+
+/// Alice is on A, Bob on B, both in `lobby`; Bob keeps talking. A is killed (its
+/// runtime stops: no clean-up) while Bob is mid-stream; alice resumes on B with her
+/// seq and her last position. She reads every line exactly once and in order across
+/// the move, the ones she missed replayed on B, then the live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moved_after_its_server_died_misses_no_push_and_sees_none_twice() {
+    let Pair {
+        _redis,
+        a,
+        b,
+        token,
+        mut alice,
+        hello,
+        bob,
+    } = Pair::start(1000).await;
+
+    let said = Arc::new(AtomicU64::new(0));
+    let talk = bob_says(bob.clone(), 1, 300, said.clone());
+    let mut seen = Reader::default();
+    seen.until_said(&mut alice, "m40").await;
+    a.crash();
+    drop(alice);
+    let at_crash = said.load(Ordering::Acquire);
+
+    // Bob goes on while alice is between servers.
+    tokio::time::timeout(WAIT, async {
+        while said.load(Ordering::Acquire) < at_crash + 50 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("bob said 50 more");
+    let last_seq = seen.lines.last().expect("lines").0;
+    let lobby = seen.positions.get("lobby").cloned().expect("a position");
+    assert!(lobby.epoch != 0 && lobby.offset >= 40, "{lobby:?}");
+    let (mut alice, restored) = open_at(
+        &b.url(),
+        &token,
+        Some((&hello.resume_credential, last_seq)),
+        &seen.positions(),
+    )
+    .await;
+    assert_eq!(outcome(&restored), ResumeOutcome::Restored, "{restored:?}");
+    assert_eq!(restored.connection_id, hello.connection_id);
+
+    tokio::time::timeout(WAIT * 3, talk)
+        .await
+        .expect("bob finished in time")
+        .expect("bob's task");
+    seen.until_said(&mut alice, "m300").await;
+    assert_eq!(seen.texts(), numbered(1, 300), "lost: {:?}", seen.lost);
+    assert!(seen.lost.is_empty(), "{:?}", seen.lost);
+    // The seq goes on after the one presented, without a gap or a repeat.
+    let seqs: Vec<u64> = seen.lines.iter().map(|l| l.0).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert!(
+        at_crash < 300,
+        "bob was done before the crash: the test proves nothing"
+    );
+    assert!(b.handle.metrics().backplane_pushes_recovered > 0);
+}
+
+/// A client that presents no positions (one that never read `control.position`)
+/// still gets what was sent while it was away: the session record keeps where it
+/// joined each group with history, and B replays from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_positions_a_moved_session_replays_from_where_it_joined() {
+    let Pair {
+        _redis,
+        a,
+        b,
+        token,
+        alice,
+        hello,
+        bob,
+    } = Pair::start(1000).await;
+    a.crash();
+    drop(alice);
+    for i in 1..=5 {
+        bob.say(SayRequest {
+            text: format!("m{i}"),
+        })
+        .await
+        .expect("say");
+    }
+
+    let (mut alice, restored) = open(&b.url(), &token, Some((&hello.resume_credential, 0))).await;
+    assert_eq!(outcome(&restored), ResumeOutcome::Restored, "{restored:?}");
+    bob.say(SayRequest { text: "m6".into() })
+        .await
+        .expect("say");
+    let mut seen = Reader::default();
+    seen.until_said(&mut alice, "m6").await;
+    assert_eq!(seen.texts(), numbered(1, 6));
+    assert!(seen.lost.is_empty(), "{:?}", seen.lost);
+}
+
+/// More was sent while the client was away than the group's history keeps: what is
+/// gone is told (`pushes_lost` with the count) before the rest, never skipped
+/// silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_history_no_longer_holds_are_told_to_the_moved_session() {
+    // A stream of about 10 entries (MAXLEN ~ trims by whole nodes: it may keep more).
+    let Pair {
+        _redis,
+        a,
+        b,
+        token,
+        mut alice,
+        hello,
+        bob,
+    } = Pair::start(10).await;
+    bob.say(SayRequest { text: "m1".into() })
+        .await
+        .expect("say");
+    let mut seen = Reader::default();
+    seen.until_said(&mut alice, "m1").await;
+    a.crash();
+    drop(alice);
+    for i in 2..=400 {
+        bob.say(SayRequest {
+            text: format!("m{i}"),
+        })
+        .await
+        .expect("say");
+    }
+    let last_seq = seen.lines.last().expect("lines").0;
+    let (mut alice, restored) = open_at(
+        &b.url(),
+        &token,
+        Some((&hello.resume_credential, last_seq)),
+        &seen.positions(),
+    )
+    .await;
+    assert_eq!(outcome(&restored), ResumeOutcome::Restored, "{restored:?}");
+    bob.say(SayRequest {
+        text: "m401".into(),
+    })
+    .await
+    .expect("say");
+    seen.until_said(&mut alice, "m401").await;
+    let lost: u64 = seen.lost.iter().map(|l| l.missed).sum();
+    let got = seen.texts();
+    // Every line is either read or counted lost, and what was read is in order.
+    assert_eq!(got.len() as u64 + lost, 401, "lost {:?}", seen.lost);
+    assert!(lost > 0, "history of about 10 kept all 400");
+    assert_eq!(got.first().map(String::as_str), Some("m1"));
+    let numbers: Vec<u64> = got.iter().map(|t| t[1..].parse().expect("m<n>")).collect();
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+    assert!(
+        seen.lost.iter().all(|l| l.group == "lobby"),
+        "{:?}",
+        seen.lost
+    );
+}
