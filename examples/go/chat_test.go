@@ -163,7 +163,7 @@ func (c *client) read() {
 			c.pinged <- struct{}{}
 		case frame.GetControl().GetPong() != nil:
 			c.pongs <- frame.GetControl().GetPong().GetNonce()
-		case frame.GetControl() != nil:
+		case frame.GetControl() != nil && frame.GetControl().GetPosition() == nil:
 		case frame.GetId() != 0:
 			c.mu.Lock()
 			waiter := c.pending[frame.GetId()]

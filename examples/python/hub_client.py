@@ -23,6 +23,12 @@ generates from the hub's proto (see docs/clients.md):
   Its result goes back as a request frame with `control.answer.id` and the
   request's `answer` case of the same name (or `control.answer.error`). An ask
   without a handler is failed with UNIMPLEMENTED;
+- a push of a group whose backplane keeps history also carries
+  `control.position` (group, offset, epoch) in the same frame: the last one of each
+  group is kept in `client.positions`, and `client.resume_metadata()` is what a new
+  stream presents to resume the session (on any server) with exactly the pushes it
+  missed; `control.pushes_lost` (pushes of a group that could not be recovered) goes
+  to the `"pushes_lost"` callbacks;
 - `control.ping` is answered with `control.pong` (same nonce) at once, so the
   server does not close the connection after its heartbeat timeout;
 - when the stream ends, `client.close_code` / `client.close_reason` say why
@@ -97,6 +103,8 @@ class HubClient:
         self.errors: list = []  # HubError of every error frame with id 0
         self.pings_answered = 0  # server pings answered with a pong
         self.last_server_ping = None  # the last hub.v1.Ping from the server
+        self.last_seq = 0  # the seq of the last push received
+        self.positions: dict = {}  # group -> the last hub.v1.Position of its pushes
         self._call = connect(self._frames(), metadata=tuple(metadata))
         self._reader = asyncio.create_task(self._read())
 
@@ -147,6 +155,17 @@ class HubClient:
             frame.control.answer.error.message = f"the client's answer failed: {e}"
         self.send_frame(frame)
         self.asks_answered += 1
+
+    def resume_metadata(self, positions_type: type) -> list:
+        """The metadata that resumes this connection's session on a new stream (add the
+        same authorization): `hub-resume`, `hub-resume-seq` and, if any push carried a
+        position, `hub-resume-positions-bin` (`positions_type` is the generated
+        `hub_pb2.ResumePositions`)."""
+        md = [("hub-resume", self.info.resume_credential), ("hub-resume-seq", str(self.last_seq))]
+        if self.positions:
+            positions = positions_type(positions=list(self.positions.values()))
+            md.append(("hub-resume-positions-bin", positions.SerializeToString()))
+        return md
 
     def on(self, name: str, callback: Callable) -> None:
         """Calls `callback(Push)` for each push `name` ("*": all), or `callback(HubError)` for "error"."""
@@ -258,12 +277,17 @@ class HubClient:
                     future.set_result(time.monotonic() - sent)
             elif kind == "goodbye":
                 self.goodbye = body
+            elif kind == "pushes_lost":
+                self._dispatch("pushes_lost", body)
             elif kind == "ask":
                 case = frame.WhichOneof("event")
                 task = asyncio.ensure_future(self._answer(case, body, getattr(frame, case) if case else None))
                 self._answering.add(task)
                 task.add_done_callback(self._answering.discard)
-            return
+            if kind != "position":
+                return
+            # A push with its group position: kept, and the push handled below.
+            self.positions[body.group] = body
         case = frame.WhichOneof("event")
         if frame.id:
             future = self._pending.get(frame.id)
@@ -278,6 +302,7 @@ class HubClient:
             self.errors.append(error)
             self._dispatch("error", error)
         elif case:
+            self.last_seq = max(self.last_seq, frame.seq)
             push = Push(case, frame.seq, getattr(frame, case))
             self._dispatch(case, push)
             self._dispatch("*", push)

@@ -286,6 +286,9 @@ counters! {
     /// Sessions this server stopped serving because another server resumed them (a
     /// takeover command); their `on_disconnect` does not run here.
     sessions_taken_over,
+    /// Sessions this server left for another to resume when it shut down (shared
+    /// sessions: the record stays, `on_disconnect` does not run here).
+    sessions_handed_off,
     /// Detached sessions that ended because no resume came within their grace period
     /// (or too many were detached).
     sessions_expired,

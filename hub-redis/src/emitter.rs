@@ -163,7 +163,12 @@ impl Inner {
         *self.lock() = None;
     }
 
-    async fn publish(&self, channel: String, payload: Bytes) -> Result<(), GroupError> {
+    async fn publish(
+        &self,
+        channel: String,
+        offsets: Option<(String, Option<String>)>,
+        payload: Bytes,
+    ) -> Result<(), GroupError> {
         let max = self.cfg.max_payload;
         if payload.len() > max {
             return Err(GroupError::TooLarge {
@@ -180,9 +185,26 @@ impl Inner {
         };
         let send = async {
             let conn = self.conn().await?;
-            let mut cmd = redis::cmd(name);
-            cmd.arg(&channel).arg(&payload[..]);
-            let results = conn.run_pipelined(vec![(channel.into_bytes(), cmd)]).await;
+            let command = match &offsets {
+                // With group offsets (and history), as a hub server publishes: the
+                // group's next offset, in one script.
+                Some((key, history)) => (
+                    key.clone().into_bytes(),
+                    crate::publish::offset_command(
+                        &self.cfg,
+                        key,
+                        history.as_deref(),
+                        &channel,
+                        &payload,
+                    ),
+                ),
+                None => {
+                    let mut cmd = redis::cmd(name);
+                    cmd.arg(&channel).arg(&payload[..]);
+                    (channel.clone().into_bytes(), cmd)
+                }
+            };
+            let results = conn.run_pipelined(vec![command]).await;
             match results.into_iter().next() {
                 Some((_, Ok(()))) => Ok(()),
                 Some((_, Err(e))) => {
@@ -209,8 +231,10 @@ impl Emit for RedisEmitter {
     }
 
     /// A publish waits for Redis's answer: numbering would make one emitter's pushes
-    /// wait for each other's round trips. (So the loss of an emitter's push on Redis
-    /// is not detected: it carries no group offset either.)
+    /// wait for each other's round trips. With `group_offsets` or `history` in its
+    /// options, its group pushes take the group's offsets as a hub server's do (so
+    /// their loss is detected, and with history recovered); without, the loss of an
+    /// emitter's push on Redis is not detected.
     fn numbers_pushes(&self) -> bool {
         false
     }
@@ -225,7 +249,18 @@ impl Emit for RedisEmitter {
         channel: Channel<'a>,
         envelope: Bytes,
     ) -> BoxFuture<'a, Result<(), GroupError>> {
-        let channel = self.channel(hub, channel);
-        Box::pin(self.inner.publish(channel, envelope))
+        let keys = Keys::new(&self.inner.cfg.prefix, hub);
+        let cfg = &self.inner.cfg;
+        let offsets = match channel {
+            Channel::Group(g) if cfg.group_offsets => Some((
+                keys.offsets(g.as_str(), cfg.sharded),
+                cfg.history
+                    .is_some()
+                    .then(|| keys.history(g.as_str(), cfg.sharded)),
+            )),
+            _ => None,
+        };
+        let channel = keys.channel(channel);
+        Box::pin(self.inner.publish(channel, offsets, envelope))
     }
 }

@@ -75,6 +75,33 @@ end
 return out
 "#;
 
+/// The command publishing `payload` on `channel` with the group's next offset (its
+/// offset hash `key`) and, with `history` (the group's stream), adding it there: the
+/// script above, with a fresh epoch offered (the script keeps the first one).
+pub(crate) fn offset_command(
+    cfg: &crate::Config,
+    key: &str,
+    history: Option<&str>,
+    channel: &str,
+    payload: &[u8],
+) -> redis::Cmd {
+    let name = if cfg.sharded { "SPUBLISH" } else { "PUBLISH" };
+    let epoch = (rand::random::<u64>() & hub_core::frame::MAX_SAFE_INTEGER) | 1;
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(OFFSET_SCRIPT)
+        .arg(if history.is_some() { 2 } else { 1 })
+        .arg(key);
+    if let Some(stream) = history {
+        cmd.arg(stream);
+    }
+    cmd.arg(channel).arg(payload).arg(epoch).arg(name);
+    if let (Some(_), Some(limits)) = (history, &cfg.history) {
+        cmd.arg(limits.max_len)
+            .arg(limits.max_age.as_millis().max(1) as u64);
+    }
+    cmd
+}
+
 /// One queued publish.
 pub(crate) struct PubReq {
     /// The channel.
@@ -150,20 +177,13 @@ async fn send(shared: Arc<Shared>, conn: Conn, loss: LossSignal, batch: Vec<PubR
     for r in batch {
         match r.offsets {
             Some((key, history)) => {
-                // A fresh epoch offered each time; the script keeps the first one.
-                let epoch = (rand::random::<u64>() & hub_core::frame::MAX_SAFE_INTEGER) | 1;
-                let mut cmd = redis::cmd("EVAL");
-                cmd.arg(OFFSET_SCRIPT)
-                    .arg(if history.is_some() { 2 } else { 1 })
-                    .arg(&key);
-                if let Some(stream) = &history {
-                    cmd.arg(stream);
-                }
-                cmd.arg(&r.channel).arg(&r.payload[..]).arg(epoch).arg(name);
-                if let (Some(_), Some(limits)) = (&history, &shared.cfg.history) {
-                    cmd.arg(limits.max_len)
-                        .arg(limits.max_age.as_millis().max(1) as u64);
-                }
+                let cmd = offset_command(
+                    &shared.cfg,
+                    &key,
+                    history.as_deref(),
+                    &r.channel,
+                    &r.payload,
+                );
                 commands.push((key.into_bytes(), cmd));
             }
             None => {

@@ -443,12 +443,30 @@ pub(crate) async fn run<D: Dispatch>(
     // Leave first, so that whoever hears of it from `on_disconnect` (an `on_leave`
     // push) and asks for the members no longer sees this connection, on any server.
     leave_everything(&core, &state).await;
-    if session.is_some() {
+    // A server shutting down with shared sessions hands them off (a rolling restart):
+    // the record stays for another server to restore the session from, within its
+    // grace, and the session has not ended.
+    let handed_off = !taken_over
+        && session.is_some()
+        && core.shares_sessions()
+        && core.shutdown.is_cancelled()
+        && matches!(
+            &reason,
+            DisconnectReason::Server {
+                code: Code::Unavailable,
+                ..
+            } | DisconnectReason::Transport(_)
+                | DisconnectReason::SessionExpired(_)
+        );
+    if handed_off {
+        HubMetrics::incr(&core.metrics.sessions_handed_off);
+    } else if session.is_some() {
         // Its record in the backplane, unless another server holds it now.
         crate::session_record::drop_record(&core, state.id).await;
     }
-    // A session another server took over goes on there: it did not end.
-    if !taken_over {
+    // A session another server took over (or will restore) goes on there: it did
+    // not end.
+    if !taken_over && !handed_off {
         let hook = AssertUnwindSafe(conn.shared.dispatch.on_disconnect(conn.ctx.clone(), reason));
         if hook.catch_unwind().await.is_err() {
             tracing::error!("the hub's on_disconnect hook panicked");

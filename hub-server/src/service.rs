@@ -606,12 +606,25 @@ async fn accept<D: Dispatch>(
                 match outcome {
                     Ok(r) => {
                         HubMetrics::incr(&core.metrics.sessions_restored);
+                        let replays = r
+                            .record
+                            .groups
+                            .iter()
+                            .any(|g| core.backplane.echoes_own_pushes(&g.group));
+                        let reason = if replays {
+                            "restored on this server from the session record: the same \
+                             connection id, identity and groups; the group pushes missed are \
+                             replayed from the groups' history next (what it no longer holds \
+                             is told with pushes_lost); sends to the connection id while no \
+                             stream was attached are not recovered"
+                        } else {
+                            "restored on this server from the session record: the same \
+                             connection id, identity and groups; pushes sent while no \
+                             stream was attached are not recovered (resync them)"
+                        };
                         resumption = Some(proto::Resumption {
                             outcome: proto::ResumeOutcome::Restored as i32,
-                            reason: "restored on this server from the session record: the same \
-                                     connection id, identity and groups; pushes sent while no \
-                                     stream was attached are not recovered (resync them)"
-                                .to_owned(),
+                            reason: reason.to_owned(),
                             replayed: 0,
                         });
                         restored = Some(r);

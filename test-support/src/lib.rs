@@ -615,24 +615,62 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 pub struct ChatServer {
     child: Option<Child>,
     addr: SocketAddr,
+    /// `--groups` and the extra flags, to start it again.
+    args: Vec<String>,
 }
 
 impl ChatServer {
     /// Starts `chat-server --groups GROUPS` plus `extra` flags, and waits until it listens.
     pub fn start(groups: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--groups".to_owned(), groups.to_owned()];
+        args.extend(extra.iter().map(|a| a.to_string()));
         let port = free_port();
+        let child = Self::spawn(port, &args);
+        ChatServer {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            args,
+        }
+    }
+
+    fn spawn(port: u16, args: &[String]) -> Child {
         let mut child = Command::new(workspace_bin("chat-server"))
-            .args(["--addr", &format!("127.0.0.1:{port}"), "--groups", groups])
-            .args(extra)
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn chat-server");
         wait_for_port(port, "chat-server", &mut child);
-        ChatServer {
-            child: Some(child),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        child
+    }
+
+    /// Stops it as a deploy does: `SIGTERM` (it says goodbye to its clients and
+    /// shuts down), then waits for it to exit, at most 20 s (then `SIGKILL`).
+    pub fn stop(&mut self) {
+        if self.child.is_none() {
+            return;
         }
+        signal(&self.child, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(c) = &mut self.child
+                && let Ok(Some(_)) = c.try_wait()
+            {
+                self.child = None;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        kill_child(&mut self.child);
+        panic!("chat-server did not exit within 20 s of SIGTERM");
+    }
+
+    /// Stops it ([`Self::stop`]) and starts it again on the same port with the same
+    /// flags, waiting until it listens.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Some(Self::spawn(self.addr.port(), &self.args));
     }
 
     /// `127.0.0.1:PORT`.

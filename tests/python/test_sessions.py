@@ -165,3 +165,53 @@ def test_a_stock_client_resumes_on_another_server(generated, chat_servers, redis
             await alice.channel.close(grace=None)
 
     run(asyncio.wait_for(scenario(), 4 * WAIT))
+
+
+def test_a_stock_client_gets_the_pushes_it_missed_on_another_server_with_history(
+        generated, chat_servers, redis_url):
+    """The same with group history (`--history`): each push of the room carries its
+    position (`control.position`); presenting the last one (`hub-resume-positions-bin`,
+    what `resume_metadata` builds) to the other server replays there what was said
+    while no stream was attached, once each and in order, then the live pushes."""
+    flags = (*SESSIONS, "--history", "100",
+             "--token-secret", "the python tests' shared token secret, 32+ bytes")
+    a, b = chat_servers(redis_url, *flags), chat_servers(redis_url, *flags)
+    room = unique("room")
+
+    async def scenario():
+        token = (await generated.login(a, "alice")).token
+        relay = await Relay(a.addr).start()
+        alice = await generated.connect(SimpleNamespace(addr=relay.addr), token=token)
+        bob = await generated.connect(b, "bob", login_at=a)
+        try:
+            info = alice.hub.info
+            await alice.join(room)
+            await bob.join(room)
+            await alice.expect("on_join", room=room, user="bob")
+            await bob.say("before")
+            seen = await alice.expect("on_message", text="before")
+            position = alice.hub.positions[room]
+            assert position.epoch and position.offset >= 2, position
+            relay.cut()
+            await bob.say("while away 1")
+            await bob.say("while away 2")
+            again = await generated.connect(
+                b, token=token, metadata_extra=alice.hub.resume_metadata(generated.hub.ResumePositions))
+            try:
+                r = again.hub.info
+                assert r.resumption.outcome == generated.hub.RESUME_OUTCOME_RESTORED, r
+                assert "replayed" in r.resumption.reason, r
+                assert r.connection_id == info.connection_id
+                await bob.say("live")
+                got = [await again.expect("on_message", text=t)
+                       for t in ("while away 1", "while away 2", "live")]
+                assert [p.seq for p in got] == [seen.seq + 1, seen.seq + 2, seen.seq + 3]
+                assert again.hub.positions[room].offset > position.offset
+            finally:
+                await again.close()
+        finally:
+            await bob.close()
+            relay.close()
+            await alice.channel.close(grace=None)
+
+    run(asyncio.wait_for(scenario(), 4 * WAIT))

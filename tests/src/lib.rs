@@ -348,6 +348,33 @@ pub async fn joined_via(
     (c, rec)
 }
 
+/// Logs in as `user` at `login_url` and connects the Rust client through a
+/// [`hub_client::Failover`] transport over `servers` (dialled in order at each
+/// connect and reconnect), recording pushes, then joins `room`.
+pub async fn joined_failover(
+    login_url: &str,
+    servers: Vec<SocketAddr>,
+    room: &str,
+    user: &str,
+) -> (ChatHubClient, Arc<Recorder>) {
+    let token = login(login_url, user).await;
+    let channel = hub_client::Failover::new(servers)
+        .channel(Duration::from_secs(5))
+        .await
+        .expect("channel");
+    let options = ConnectOptions::default()
+        .metadata("authorization", &format!("Bearer {token}"))
+        .expect("metadata");
+    let rec = Arc::new(Recorder::default());
+    let c = ChatHubClient::connect_with(channel, options, rec.clone())
+        .await
+        .expect("hub connect");
+    c.join(JoinRequest { room: room.into() })
+        .await
+        .expect("join");
+    (c, rec)
+}
+
 /// A chat message as a [`Seen`].
 pub fn said(room: &str, from: &str, text: &str) -> Seen {
     Seen::Message(ChatMessage {

@@ -387,25 +387,8 @@ async fn with_history_the_rust_client_moved_by_sigkill_reads_every_push_once_in_
     ];
     let mut s1 = ChatServer::start(&redis.url(), &flags);
     let s2 = ChatServer::start(&redis.url(), &flags);
-    let token = login(&s1.url(), "alice").await;
-    let channel = hub_client::Failover::new(vec![s1.addr(), s2.addr()])
-        .channel(Duration::from_secs(5))
-        .await
-        .expect("channel");
-    let options = hub_client::ConnectOptions::default()
-        .metadata("authorization", &format!("Bearer {token}"))
-        .expect("metadata");
-    let rec = Arc::new(tests::Recorder::default());
-    let alice =
-        examples::chat::chat_hub_client::ChatHubClient::connect_with(channel, options, rec.clone())
-            .await
-            .expect("alice connects");
-    alice
-        .join(JoinRequest {
-            room: "lobby".into(),
-        })
-        .await
-        .expect("join");
+    let (alice, rec) =
+        tests::joined_failover(&s1.url(), vec![s1.addr(), s2.addr()], "lobby", "alice").await;
     let first_server = alice.raw().info().server_id.clone();
     let (bob, _bob_rx) = tests::joined_via(&s1.url(), &s2.url(), "lobby", "bob").await;
     let talker = tokio::spawn(async move {

@@ -17,6 +17,10 @@
  *   `client.on("onMessage", (message, seq) => ...)` (`onAny` for every push);
  * - frames with id 0 and an `error` (a failed fire-and-forget call, a refused
  *   frame) go to `client.onError` callbacks and `client.errors`;
+ * - a push of a group whose backplane keeps history also carries
+ *   `control.position` in the same frame: the push is handled as any other, and
+ *   the last position of each group is kept in `client.positions` (what a resume
+ *   presents as `hub-resume-positions-bin`);
  * - `control.ping` is answered with `control.pong` at once, so the server keeps
  *   the connection open;
  * - the end of the stream, whatever its status, never throws: it settles
@@ -156,6 +160,8 @@ export class HubClient<Req extends HubRequest, Resp extends HubResponse> {
   goodbye: Goodbye | undefined;
   /** Every error frame with id 0, in order. */
   readonly errors: HubCallError[] = [];
+  /** The last `control.position` of each group's pushes, by group. */
+  readonly positions = new Map<string, { group: string; offset: number; epoch: number }>();
   /** Server pings answered with a pong. */
   pingsAnswered = 0;
   /** The last ping from the server (its `lastRttUs` is the round trip it measured). */
@@ -335,7 +341,10 @@ export class HubClient<Req extends HubRequest, Resp extends HubResponse> {
 
   private onFrame(frame: Resp): void {
     const control = frame.control?.kind;
-    if (control !== undefined) {
+    if (control?.$case === "position") {
+      // A push with its group position: kept, and the push handled below.
+      this.positions.set(control.value.group, control.value);
+    } else if (control !== undefined) {
       this.onControl(control);
       return;
     }

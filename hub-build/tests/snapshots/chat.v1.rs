@@ -895,6 +895,11 @@ pub mod chat_hub_client {
         /// The connection's state changed: reconnecting, resumed, resync needed
         /// (join again), closed. Called in order with the pushes.
         fn on_connection_state(&self, state: &::hub_client::codegen::ConnectionState) {}
+        /// Pushes to `group` this connection should have had were lost and could
+        /// not be recovered (`missed` 0: how many is unknown): resync what the
+        /// group's pushes carry. Called in order with the pushes (the client
+        /// logs it too, as a warning).
+        fn on_pushes_lost(&self, group: &str, missed: u64, reason: &str) {}
     }
     /// A receiver that ignores every push.
     impl ChatHubReceiver for () {}
@@ -931,6 +936,9 @@ pub mod chat_hub_client {
         }
         fn on_connection_state(&self, state: &::hub_client::codegen::ConnectionState) {
             (**self).on_connection_state(state)
+        }
+        fn on_pushes_lost(&self, group: &str, missed: u64, reason: &str) {
+            (**self).on_pushes_lost(group, missed, reason)
         }
     }
     /// A typed client of the `chat.v1.ChatHub` hub: one stream, calls multiplexed by id.
@@ -1210,6 +1218,9 @@ pub mod chat_hub_client {
         }
         fn on_state(&self, state: &::hub_client::codegen::ConnectionState) {
             self.0.on_connection_state(state)
+        }
+        fn on_pushes_lost(&self, group: &str, missed: u64, reason: &str) {
+            self.0.on_pushes_lost(group, missed, reason)
         }
         fn on_ask(
             self: ::std::sync::Arc<Self>,

@@ -195,7 +195,7 @@ impl Inbox {
     /// fill) until the returned hold replays to a resumed session what it missed, so
     /// that the session gets the replayed pushes, then the live ones, each once and in
     /// offset order. Take it before the session joins the group here. Waits for a gap
-    /// fill of the group to end first (at most [`FILL_TIMEOUT`] and a second). `None`:
+    /// fill of the group to end first (at most 4 s). `None`:
     /// no history, or the group stayed busy.
     pub async fn hold(&self, group: &GroupName) -> Option<ReplayHold> {
         self.history.get()?;
@@ -342,7 +342,7 @@ impl ReplayHold {
     /// group's position when it joined; epoch 0: before the group's first push) up to
     /// where this server's members are, from history, then releases the group: the
     /// pushes held back meanwhile follow. What history no longer holds, or cannot be
-    /// read within [`FILL_TIMEOUT`], is told to the member (`pushes_lost`).
+    /// read within 3 s, is told to the member (`pushes_lost`).
     pub async fn replay(mut self, member: ConnectionId, after: (u64, u64)) -> Replayed {
         self.done = true;
         let inbox = self.inbox.clone();
