@@ -360,6 +360,9 @@ pub struct NatsOptions {
     /// Require TLS (`--tls --tlscert --tlskey`), with this certificate and key;
     /// clients need no certificate of their own.
     pub tls: Option<TlsFiles>,
+    /// Start without JetStream (by default it runs with `-js`, its store in the
+    /// server's temp dir).
+    pub no_jetstream: bool,
 }
 
 /// A `nats-server` process on a free port.
@@ -407,6 +410,11 @@ impl NatsServer {
             .arg(self.dir.path().join("nats.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if !self.options.no_jetstream {
+            cmd.arg("-js")
+                .arg("--store_dir")
+                .arg(self.dir.path().join("jetstream"));
+        }
         if let Some((user, pass)) = &self.options.user {
             cmd.args(["--user", user, "--pass", pass]);
         }
@@ -432,7 +440,9 @@ impl NatsServer {
                 .filter(|p| *p != route_port)
                 .map(|p| format!("nats-route://127.0.0.1:{p}"))
                 .collect();
-            cmd.args(["--cluster_name", name])
+            // JetStream in a cluster needs a name per server.
+            cmd.args(["--server_name", &format!("{name}-{route_port}")])
+                .args(["--cluster_name", name])
                 .args(["--cluster", &format!("nats://127.0.0.1:{route_port}")])
                 .args(["--routes", &routes.join(",")]);
         }
