@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use hub_core::relay::{Channel, Presence, Relay, Transport};
 use hub_core::remote::Inbox;
-use hub_core::{BindContext, BoxFuture, GroupError, GroupName, MemberInfo};
+use hub_core::session::SessionRecord;
+use hub_core::{BindContext, BoxFuture, ConnectionId, GroupError, GroupName, MemberInfo, NodeId};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -18,9 +19,10 @@ use crate::members::Whereabouts;
 use crate::peers::Peers;
 use crate::proto::heartbeat::Kind;
 use crate::roll_call;
+use crate::sessions::SessionStore;
 use crate::state::{Inner, Pending, lock};
 use crate::subject::Subjects;
-use crate::{BACKPLANE, ProviderShared};
+use crate::{BACKPLANE, MissingJetStream, ProviderShared, SharedSessions};
 
 /// The backplane of one hub on NATS, as [`crate::NatsProvider`] binds it.
 pub(crate) type NatsBackplane = Relay<NatsTransport, NatsPresence>;
@@ -39,6 +41,8 @@ pub(crate) struct NatsTransport {
 #[derive(Debug)]
 pub(crate) struct NatsPresence {
     inner: Arc<Inner>,
+    /// Why sessions are not shared, if JetStream was missing at connect.
+    missing: Option<Arc<MissingJetStream>>,
 }
 
 /// Binds one hub: builds its state and starts its background tasks.
@@ -67,6 +71,18 @@ pub(crate) fn bind(
     let connects = client.statistics().connects.load(Relaxed);
     let max_payload = client.server_info().max_payload;
     let cancel = CancellationToken::new();
+    let sessions = matches!(shared.sessions, SharedSessions::On).then(|| {
+        Arc::new(SessionStore::new(
+            client.clone(),
+            crate::sessions::bucket_name(&subjects.base),
+            config.op_timeout,
+            config.heartbeat,
+        ))
+    });
+    let missing = match &shared.sessions {
+        SharedSessions::Missing(m) => Some(m.clone()),
+        _ => None,
+    };
     let inner = Arc::new(Inner {
         hub: ctx.hub,
         peers: Mutex::new(Peers::new(node.to_string(), config.heartbeat, warm_until)),
@@ -84,6 +100,7 @@ pub(crate) fn bind(
         changes: AtomicU64::new(0),
         max_payload,
         cancel: cancel.clone(),
+        sessions,
     });
     runtime.spawn(crate::tasks::control(
         inner.clone(),
@@ -97,7 +114,7 @@ pub(crate) fn bind(
             inner: inner.clone(),
             _stop: cancel.drop_guard(),
         },
-        NatsPresence { inner },
+        NatsPresence { inner, missing },
     )))
 }
 
@@ -182,6 +199,81 @@ impl Presence for NatsPresence {
         group: &'a GroupName,
     ) -> BoxFuture<'a, Result<Vec<MemberInfo>, GroupError>> {
         Box::pin(async move { Ok(roll_call::ask(&self.inner, group, false).await?.members) })
+    }
+
+    fn shares_sessions(&self) -> bool {
+        if self.inner.sessions.is_some() {
+            return true;
+        }
+        // Asked only by hubs that keep sessions: the first one says why they stay here.
+        if let Some(m) = &self.missing
+            && !m.warned.swap(true, Relaxed)
+        {
+            tracing::warn!(
+                hub = self.inner.hub,
+                reason = %m.reason,
+                "sessions are not shared over NATS (no JetStream at connect): a session resumes only on the server that held it, another answers UNKNOWN"
+            );
+        }
+        false
+    }
+
+    fn save_session<'a>(
+        &'a self,
+        record: &'a SessionRecord,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<(), GroupError>> {
+        Box::pin(async move {
+            match &self.inner.sessions {
+                Some(s) => s.save(record, ttl).await,
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn claim_session<'a>(
+        &'a self,
+        record: &'a SessionRecord,
+        from: NodeId,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<bool, GroupError>> {
+        Box::pin(async move {
+            match &self.inner.sessions {
+                Some(s) => s.claim(record, from, ttl).await,
+                None => Ok(false),
+            }
+        })
+    }
+
+    fn load_session<'a>(
+        &'a self,
+        connection: ConnectionId,
+    ) -> BoxFuture<'a, Result<Option<SessionRecord>, GroupError>> {
+        Box::pin(async move {
+            match &self.inner.sessions {
+                Some(s) => s.load(connection).await,
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn drop_session<'a>(
+        &'a self,
+        connection: ConnectionId,
+        server: NodeId,
+    ) -> BoxFuture<'a, Result<(), GroupError>> {
+        Box::pin(async move {
+            match &self.inner.sessions {
+                Some(s) => s.drop_record(connection, server).await,
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn server_alive<'a>(&'a self, node: NodeId) -> BoxFuture<'a, Result<bool, GroupError>> {
+        // What the heartbeats say: listed until presumed dead (or said goodbye).
+        let alive = node == self.inner.node || lock(&self.inner.peers).listed(&node.to_string());
+        Box::pin(async move { Ok(alive) })
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

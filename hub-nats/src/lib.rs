@@ -121,6 +121,46 @@
 //! wire, for publishers in other languages, is in the README ("Pushing from outside
 //! the hub").
 //!
+//! ## Sessions on another server
+//!
+//! A hub that keeps sessions (`HubConfig::sessions`) writes the record of each
+//! session it holds (`hub.v1.SessionRecord`: connection id, identity, groups, the
+//! server holding it, a hash of the resume secret) to a JetStream key-value bucket,
+//! so that a client resuming on another server gets its session back there
+//! (`RESUME_OUTCOME_RESTORED`), whether the first server lives (it is told to let
+//! go) or died.
+//!
+//! - **Where.** One bucket per hub, [`NatsProvider::sessions_bucket`]: the hub's
+//!   prefix with `.` as `-`, then `-sessions` (`hub-chat-v1-ChatHub-sessions`, stream
+//!   `KV_hub-chat-v1-ChatHub-sessions`), one revision per key, file storage, one
+//!   replica (create it beforehand with more replicas, same name and settings, for a
+//!   JetStream cluster whose nodes may fail). The key is the connection id
+//!   (`<node>-<n>`). The first server that writes a record creates the bucket.
+//! - **Who holds it.** A resume on another server reads the record, checks the
+//!   credential and identity against it, and claims it with a compare-and-set on the
+//!   entry's revision: of two servers claiming one session at once, one wins (the
+//!   other answers `EXPIRED`). A server writes, rewrites or deletes a record only
+//!   while it holds it (also compare-and-set).
+//! - **Lifetime.** The bucket's `max_age` is the session grace plus 3 heartbeat
+//!   intervals (the silence after which a server is presumed dead), set by the server
+//!   that opens the bucket (servers of one hub should use the same grace and
+//!   interval). Each server rewrites the records it holds at every heartbeat
+//!   interval while it lives, so a record of a live server never expires; a record
+//!   of a dead server expires `max_age` after its last rewrite, and a resume then
+//!   answers `UNKNOWN` (the server that issued the id answers `EXPIRED`). A record is
+//!   deleted when its session ends on the server holding it.
+//! - **Needs JetStream** (`nats-server -js`; 2.9 or later: no per-message TTL is
+//!   used). At connect the provider asks JetStream for the account's info; without
+//!   JetStream every hub still works and sessions resume only on the server that
+//!   held them (another answers `UNKNOWN`), and the first hub keeping sessions logs a
+//!   warning once. [`NatsProviderBuilder::share_sessions`] makes JetStream required
+//!   (`true`) or never used (`false`). A JetStream that answers at connect but not
+//!   later (or is still electing its cluster leader) fails a resume on another server
+//!   with `UNKNOWN` (the backplane unavailable), within the operation timeout: every
+//!   record operation is bounded by it, and fails at once while NATS is disconnected.
+//! - **Liveness** of the server holding a session (whether to tell it to let go) is
+//!   what the heartbeats say: listed until presumed dead.
+//!
 //! # Guarantees
 //!
 //! - **At-most-once.** NATS core does not store messages: a push is delivered to the
@@ -173,15 +213,18 @@
 //! [`NatsProvider::builder`] takes any [`async_nats::ConnectOptions`] (re-exported as
 //! [`hub_nats::async_nats`](async_nats); TLS
 //! certificates, credentials files, nkeys, JWT, custom inbox prefix...) and the
-//! provider's settings: the subject prefix, heartbeat interval, roll-call timeout
-//! and operation timeout. The provider installs its own event callback on the
+//! provider's settings: the subject prefix, heartbeat interval, roll-call timeout,
+//! operation timeout, and whether sessions are shared
+//! ([`NatsProviderBuilder::share_sessions`]). The provider installs its own event callback on the
 //! options (to see reconnects); use [`NatsProviderBuilder::on_event`] to get the
 //! events too. Do not set `no_echo`: the provider checks that a subscription is
 //! registered by sending a message to itself, so every join would time out.
 //!
 //! **Permissions.** With NATS authorization, the provider's user must be allowed to
 //! publish and subscribe on `<subject prefix>.>` (`hub.>` by default) and on its inbox
-//! prefix (`_INBOX.>` by default, see `ConnectOptions::custom_inbox_prefix`).
+//! prefix (`_INBOX.>` by default, see `ConnectOptions::custom_inbox_prefix`); to
+//! share sessions, also to publish on `$JS.API.>` and `$KV.<bucket>.>` (see
+//! [`NatsProvider::sessions_bucket`]).
 //!
 //! One provider (one NATS connection) may serve several hubs; each gets its own
 //! subjects. [`NatsProvider::client`] gives the connection for the application's
@@ -193,6 +236,7 @@ mod groups;
 mod members;
 mod peers;
 mod roll_call;
+mod sessions;
 mod state;
 mod subject;
 mod tasks;
@@ -255,6 +299,15 @@ pub enum ConnectError {
     /// An option is out of range or inconsistent.
     #[error("invalid NATS provider option: {0}")]
     InvalidOption(String),
+    /// [`NatsProviderBuilder::share_sessions`] asked for shared sessions and the NATS
+    /// server has no JetStream for this account.
+    #[error("cannot share sessions over NATS at {servers}: {reason}")]
+    NoJetStream {
+        /// The servers, credentials hidden.
+        servers: String,
+        /// What JetStream answered.
+        reason: String,
+    },
     /// Connecting failed (unreachable, refused, authentication, TLS...).
     #[error("cannot connect to NATS at {servers}: {source}")]
     Connect {
@@ -310,6 +363,29 @@ pub(crate) struct ProviderShared {
     pub(crate) events: broadcast::Sender<Event>,
     /// The servers, credentials hidden (for `Debug` and `describe`).
     pub(crate) servers: String,
+    /// Whether hubs share session records through JetStream.
+    pub(crate) sessions: SharedSessions,
+}
+
+/// Whether a provider's hubs share session records (JetStream KV).
+#[derive(Debug)]
+pub(crate) enum SharedSessions {
+    /// Yes.
+    On,
+    /// No: [`NatsProviderBuilder::share_sessions`] said so.
+    Off,
+    /// No: JetStream was not there at connect.
+    Missing(Arc<MissingJetStream>),
+}
+
+/// Why JetStream was not there at connect; said once, by the first hub that keeps
+/// sessions.
+#[derive(Debug)]
+pub(crate) struct MissingJetStream {
+    /// What JetStream answered.
+    pub(crate) reason: String,
+    /// Whether a hub said it.
+    pub(crate) warned: std::sync::atomic::AtomicBool,
 }
 
 /// Groups shared by every hub server connected to one NATS (server or cluster).
@@ -359,6 +435,21 @@ impl NatsProvider {
         format!("{}.{hub}", self.shared.config.prefix)
     }
 
+    /// The JetStream KV bucket of the session records of the hub named `hub`: its
+    /// [hub prefix](NatsProvider::hub_prefix) with `.` as `-` (`-` and `_` escaped as
+    /// `_D` and `__`), then `-sessions`, e.g. `hub-chat-v1-ChatHub-sessions`. Its keys
+    /// are connection ids, its values `hub.v1.SessionRecord`s (see the
+    /// [crate docs](crate#sessions-on-another-server)).
+    pub fn sessions_bucket(&self, hub: &str) -> String {
+        sessions::bucket_name(&self.hub_prefix(hub))
+    }
+
+    /// Whether the hubs bound to this provider share session records (JetStream
+    /// answered at connect, unless [`NatsProviderBuilder::share_sessions`] said no).
+    pub fn shares_sessions(&self) -> bool {
+        matches!(self.shared.sessions, SharedSessions::On)
+    }
+
     /// The subject a hub's group is published on: `<hub prefix>.g.<group token>`.
     /// For tools and processes in other languages that publish to a group.
     pub fn group_subject(&self, hub: &str, group: &GroupName) -> String {
@@ -389,6 +480,7 @@ pub struct NatsProviderBuilder {
     options: Option<ConnectOptions>,
     config: Config,
     on_event: Option<EventHook>,
+    sessions: Option<bool>,
 }
 
 impl fmt::Debug for NatsProviderBuilder {
@@ -396,6 +488,7 @@ impl fmt::Debug for NatsProviderBuilder {
         f.debug_struct("NatsProviderBuilder")
             .field("options", &self.options)
             .field("config", &self.config)
+            .field("sessions", &self.sessions)
             .finish()
     }
 }
@@ -451,6 +544,19 @@ impl NatsProviderBuilder {
     /// errors...). Keep it quick: it runs on async-nats' event task.
     pub fn on_event(mut self, hook: impl Fn(&Event) + Send + Sync + 'static) -> Self {
         self.on_event = Some(Arc::new(hook));
+        self
+    }
+
+    /// Whether hubs keeping sessions share their records through JetStream, so that a
+    /// session resumes on another server (`RESUME_OUTCOME_RESTORED`). By default, if
+    /// JetStream answers at connect: a NATS without JetStream still serves every hub,
+    /// sessions then resume only on the server that held them (another answers
+    /// `UNKNOWN`), and the first hub that keeps sessions logs a warning saying so.
+    /// `true`: [`NatsProviderBuilder::connect`] fails
+    /// ([`ConnectError::NoJetStream`]) without JetStream. `false`: JetStream is never
+    /// used.
+    pub fn share_sessions(mut self, share: bool) -> Self {
+        self.sessions = Some(share);
         self
     }
 
@@ -517,12 +623,32 @@ impl NatsProviderBuilder {
                     source,
                 })?;
         tracing::info!(servers = %shown, prefix = %self.config.prefix, "connected to NATS");
+        let sessions = match self.sessions {
+            Some(false) => SharedSessions::Off,
+            wanted => match sessions::probe(&client, self.config.op_timeout).await {
+                Ok(()) => SharedSessions::On,
+                Err(reason) if wanted == Some(true) => {
+                    return Err(ConnectError::NoJetStream {
+                        servers: shown,
+                        reason,
+                    });
+                }
+                Err(reason) => {
+                    tracing::debug!(%reason, "no JetStream: session records are not shared");
+                    SharedSessions::Missing(Arc::new(MissingJetStream {
+                        reason,
+                        warned: std::sync::atomic::AtomicBool::new(false),
+                    }))
+                }
+            },
+        };
         Ok(NatsProvider {
             shared: Arc::new(ProviderShared {
                 client,
                 config: Arc::new(self.config),
                 events,
                 servers: shown,
+                sessions,
             }),
         })
     }

@@ -53,10 +53,18 @@ impl Whereabouts {
             return;
         }
         roster.seq = seq;
-        if joined {
-            roster.members.insert(member.connection, member.user);
-        } else {
+        if !joined {
             roster.members.remove(&member.connection);
+            return;
+        }
+        let connection = member.connection;
+        roster.members.insert(connection, member.user);
+        // A connection is a member on one server at a time: joined here, it is a
+        // session resumed from the other (not lost when that one dies).
+        for (other, roster) in servers.iter_mut() {
+            if other != node {
+                roster.members.remove(&connection);
+            }
         }
     }
 
@@ -149,5 +157,18 @@ mod tests {
         assert!(w.server_gone("b").is_empty());
         w.untrack(&hall);
         assert!(w.server_gone("c").is_empty());
+    }
+
+    #[test]
+    fn a_session_resumed_elsewhere_is_not_lost_with_its_old_server() {
+        let room = GroupName::new("room").expect("valid");
+        let mut w = Whereabouts::default();
+        w.track(&room);
+        w.change(&room, "a", m(1, 1), true, 1);
+        w.change(&room, "a", m(1, 2), true, 2);
+        // Connection 1-1 resumed on c and joined there.
+        w.change(&room, "c", m(1, 1), true, 1);
+        assert_eq!(w.server_gone("a"), vec![(room.clone(), vec![m(1, 2)])]);
+        assert_eq!(w.server_gone("c"), vec![(room, vec![m(1, 1)])]);
     }
 }

@@ -86,6 +86,11 @@ impl Peers {
             });
     }
 
+    /// Whether `node` is listed: it beat or answered, and is not presumed dead yet.
+    pub(crate) fn listed(&self, node: &str) -> bool {
+        self.nodes.contains_key(node)
+    }
+
     /// `node` said goodbye. Returns whether it was listed.
     pub(crate) fn gone(&mut self, node: &str) -> bool {
         self.nodes.remove(node).is_some()

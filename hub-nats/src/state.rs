@@ -139,6 +139,8 @@ pub(crate) struct Inner {
     pub(crate) max_payload: usize,
     /// Stops every task of this hub.
     pub(crate) cancel: CancellationToken,
+    /// The hub's session records, when the provider shares sessions.
+    pub(crate) sessions: Option<Arc<crate::sessions::SessionStore>>,
 }
 
 impl Inner {

@@ -119,6 +119,9 @@ async fn run(inner: Arc<Inner>, ready: watch::Sender<bool>, events: broadcast::R
         }
     };
     let _ = ready.send(true);
+    if let Some(store) = inner.sessions.clone() {
+        spawn_until_cancelled(&inner, refresh_sessions(inner.clone(), store));
+    }
     lock(&inner.peers).warm_up(Instant::now() + inner.config.roll_call_timeout);
     inner.heartbeat(Kind::Hello).await;
     let every = inner.config.heartbeat;
@@ -139,6 +142,18 @@ async fn run(inner: Arc<Inner>, ready: watch::Sender<bool>, events: broadcast::R
             }
             event = next_event(&mut events) => on_event(&inner, event).await,
         }
+    }
+}
+
+/// Rewrites this server's session records at each heartbeat interval, so that they
+/// outlive it by the bucket's `max_age` and no more.
+async fn refresh_sessions(inner: Arc<Inner>, store: Arc<crate::sessions::SessionStore>) {
+    let every = inner.config.heartbeat;
+    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        store.refresh(inner.metrics(), inner.hub).await;
     }
 }
 
@@ -186,9 +201,15 @@ fn report_lost(inner: &Inner, node: &str) {
     // Asks waiting on its connections end now.
     inner.inbox.events().server_dead(NodeId(server));
     let lost = lock(&inner.whereabouts).server_gone(node);
-    for (group, members) in lost {
+    for (group, mut members) in lost {
         let group: GroupName = group;
-        if inner.inbox.local().count(group.as_str()) == 0 {
+        let here = inner.inbox.local().members(group.as_str());
+        if here.is_empty() {
+            continue;
+        }
+        // A session of the dead server resumed here is not lost.
+        members.retain(|m| !here.iter().any(|h| h.connection == m.connection));
+        if members.is_empty() {
             continue;
         }
         inner.inbox.events().members_lost(MembersLost {

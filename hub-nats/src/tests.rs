@@ -880,3 +880,163 @@ async fn events_reach_the_hook() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------- session records
+
+fn record(connection: ConnectionId, server: NodeId) -> hub_core::session::SessionRecord {
+    hub_core::session::SessionRecord {
+        connection,
+        secret_sha256: hub_core::session::hash_secret(7),
+        user: Some("alice".into()),
+        hub: HUB.into(),
+        server,
+        groups: vec![hub_core::session::SessionGroup {
+            group: GroupName::new("room").unwrap(),
+            joined_at: None,
+        }],
+    }
+}
+
+async fn load(s: &Server, id: ConnectionId) -> Option<hub_core::session::SessionRecord> {
+    s.bp.load_session(id)
+        .expect("shares sessions")
+        .await
+        .expect("load")
+}
+
+#[tokio::test]
+async fn session_claims_are_atomic_and_only_the_holder_drops() {
+    let nats = NatsServer::start();
+    let (a, b, c) = (
+        server(&nats.url()).await,
+        server(&nats.url()).await,
+        server(&nats.url()).await,
+    );
+    assert!(a.provider.shares_sessions() && a.bp.shares_sessions());
+    let grace = Duration::from_secs(30);
+    let id = ConnectionId {
+        node: a.local.node(),
+        local: 1,
+    };
+    let (na, nb, nc) = (a.local.node(), b.local.node(), c.local.node());
+    assert_eq!(load(&b, id).await, None, "no bucket yet: no record");
+    let mine = record(id, na);
+    a.bp.save_session(&mine, grace)
+        .unwrap()
+        .await
+        .expect("save");
+    assert_eq!(load(&b, id).await, Some(mine.clone()));
+
+    // Two servers claim it from A at once: one wins.
+    let (rb, rc) = (record(id, nb), record(id, nc));
+    let (wb, wc) = tokio::join!(
+        b.bp.claim_session(&rb, na, grace).unwrap(),
+        c.bp.claim_session(&rc, na, grace).unwrap()
+    );
+    let (wb, wc) = (wb.expect("claim"), wc.expect("claim"));
+    assert!(wb ^ wc, "exactly one claim wins: {wb} {wc}");
+    let (winner, won, lost) = if wb { (&b, rb, &c) } else { (&c, rc, &b) };
+    assert_eq!(load(&a, id).await, Some(won.clone()));
+    // Claiming again from A (no longer the holder) fails.
+    assert!(
+        !lost
+            .bp
+            .claim_session(&record(id, lost.local.node()), na, grace)
+            .unwrap()
+            .await
+            .expect("claim")
+    );
+
+    // A, no longer the holder, neither deletes nor overwrites it, nor refreshes it.
+    a.bp.drop_session(id, na).unwrap().await.expect("drop");
+    a.bp.save_session(&mine, grace)
+        .unwrap()
+        .await
+        .expect("save");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(load(&a, id).await, Some(won.clone()), "the record stays");
+    // The holder deletes it.
+    winner
+        .bp
+        .drop_session(id, won.server)
+        .unwrap()
+        .await
+        .expect("drop");
+    assert_eq!(load(&a, id).await, None);
+    // A save by a server nobody claimed from writes it afresh.
+    a.bp.save_session(&mine, grace)
+        .unwrap()
+        .await
+        .expect("save");
+    assert_eq!(load(winner, id).await, Some(mine));
+    assert_eq!(
+        a.provider.sessions_bucket(HUB),
+        "hub-test-v1-TestHub-sessions"
+    );
+}
+
+#[tokio::test]
+async fn records_live_while_their_server_does_and_expire_after() {
+    let nats = NatsServer::start();
+    let (a, b) = (server(&nats.url()).await, server(&nats.url()).await);
+    // Grace 300 ms, heartbeats every 200 ms: a record lives 900 ms past its last
+    // rewrite.
+    let grace = Duration::from_millis(300);
+    let id = ConnectionId {
+        node: a.local.node(),
+        local: 1,
+    };
+    let mine = record(id, a.local.node());
+    a.bp.save_session(&mine, grace)
+        .unwrap()
+        .await
+        .expect("save");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(load(&b, id).await, Some(mine), "rewritten while A lives");
+    assert!(
+        b.bp.server_alive(a.local.node())
+            .unwrap()
+            .await
+            .expect("alive")
+    );
+    drop(a);
+    let start = tokio::time::Instant::now();
+    eventually("the record expires", async || load(&b, id).await.is_none()).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn without_jetstream_hubs_work_and_sessions_stay_local() {
+    let nats = NatsServer::start_with(NatsOptions {
+        no_jetstream: true,
+        ..Default::default()
+    });
+    let mut a = server(&nats.url()).await;
+    assert!(!a.provider.shares_sessions());
+    assert!(!a.bp.shares_sessions());
+    assert!(
+        a.bp.load_session(ConnectionId {
+            node: NodeId(1),
+            local: 1
+        })
+        .is_none()
+    );
+    let (id, _rx) = a.connect(None);
+    a.join("room", id).await.expect("join");
+    let err = fast(NatsProvider::builder())
+        .share_sessions(true)
+        .connect(&nats.url())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::NoJetStream { .. }), "{err}");
+    let off = fast(NatsProvider::builder())
+        .share_sessions(false)
+        .connect(&nats.url())
+        .await
+        .expect("connect");
+    assert!(!off.shares_sessions());
+}

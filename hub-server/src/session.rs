@@ -15,8 +15,8 @@
 //! [`SessionConfig::replay_bytes`]). A resume whose `hub-resume-seq` is older than the
 //! replay buffer reaches is refused as a gap.
 //!
-//! On a backplane that shares sessions (`Backplane::save_session`: Redis, the
-//! in-process bus), the server holding a session also keeps its record there (id,
+//! On a backplane that shares sessions (`Backplane::save_session`: Redis, NATS with
+//! JetStream, the in-process bus), the server holding a session also keeps its record there (id,
 //! a hash of the credential's secret, identity, groups, which server holds it),
 //! written when the session opens and on every join and leave. A resume that reaches
 //! another server ([`restore`]) checks the record, tells the old holder to let go

@@ -1,5 +1,5 @@
 //! Sessions resumed on another server: the server holding a session keeps its record
-//! in the backplane (Redis, the in-process bus), so a resume that reaches another
+//! in the backplane (Redis, NATS JetStream KV, the in-process bus), so a resume that reaches another
 //! server restores it there (outcome `RESTORED`): the same connection id, identity and
 //! groups, `seq` going on after `hub-resume-seq`, while the old server lives (it is
 //! told to let go, without `on_disconnect`) or after it died. What cannot be proved
@@ -13,9 +13,11 @@ use examples::chat::{ChatResponse, JoinRequest, SayRequest};
 use hub_core::bus::Bus;
 use hub_core::proto::server_control::Kind;
 use hub_core::proto::{ConnectionInfo, ResumeOutcome};
+use hub_nats::NatsProvider;
+use hub_nats::async_nats::jetstream;
 use hub_redis::RedisProvider;
 use hub_server::{GroupProvider, HubConfig, SessionConfig};
-use test_support::{ChatServer, RedisServer};
+use test_support::{ChatServer, NatsServer, RedisServer};
 use tests::raw::{Frame, RawConn};
 use tests::resume::{lines, open, outcome, send, until_reply};
 use tests::{CrashableServer, Seen, TestServer, login, said};
@@ -34,6 +36,36 @@ fn redis_provider(url: &str) -> Arc<dyn GroupProvider> {
             .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
             .build()
             .expect("provider"),
+    )
+}
+
+/// A NATS provider sharing sessions, beating every `heartbeat` (a silent server is
+/// presumed dead 3 to 5 of them after its last beat), retrying every 100 ms after
+/// losing NATS.
+async fn nats_provider(url: String, heartbeat: Duration) -> Arc<dyn GroupProvider> {
+    Arc::new(
+        NatsProvider::builder()
+            .options(
+                hub_nats::async_nats::ConnectOptions::new()
+                    .reconnect_delay_callback(|_| Duration::from_millis(100)),
+            )
+            .heartbeat_interval(heartbeat)
+            .operation_timeout(Duration::from_secs(2))
+            .share_sessions(true)
+            .connect(&url)
+            .await
+            .expect("connect to NATS"),
+    )
+}
+
+/// Whether NATS keeps a record of the session of connection `id` (its KV entry).
+async fn nats_record_exists(js: &jetstream::Context, id: &str) -> bool {
+    let Ok(kv) = js.get_key_value("hub-chat-v1-ChatHub-sessions").await else {
+        return false;
+    };
+    matches!(
+        kv.entry(id).await,
+        Ok(Some(e)) if e.operation == jetstream::kv::Operation::Put
     )
 }
 
@@ -130,9 +162,12 @@ async fn goes_on(
 /// Resumed on B while A still serves the session (its old stream even still open):
 /// A is told to let go and closes the old stream with a goodbye saying why, without
 /// `on_disconnect` (nobody hears alice leave); B restores her as the same connection.
-async fn takeover_while_the_first_lives(make: impl Fn() -> Arc<dyn GroupProvider>) {
-    let a = TestServer::start(make(), config(Duration::from_secs(30))).await;
-    let b = TestServer::start(make(), config(Duration::from_secs(30))).await;
+async fn takeover_while_the_first_lives<Fut>(make: impl Fn() -> Fut)
+where
+    Fut: Future<Output = Arc<dyn GroupProvider>>,
+{
+    let a = TestServer::start(make().await, config(Duration::from_secs(30))).await;
+    let b = TestServer::start(make().await, config(Duration::from_secs(30))).await;
     let (mut old, hello, token, last, bob, bob_rx) = alice_and_bob(&a.url(), &b.url()).await;
 
     let (mut alice, restored) =
@@ -171,22 +206,22 @@ async fn takeover_while_the_first_lives(make: impl Fn() -> Arc<dyn GroupProvider
 }
 
 /// Resumed on B after A's runtime died (no clean-up at all): B restores the session.
-/// If the resume comes before A's death is noticed (`noticed_first` false: Redis,
-/// within the presence TTL), nobody hears alice lost or leaving then; if after (the
-/// bus notices at once), the room heard her lost (`on_members_lost`: a leave) and
-/// she is back as the same connection.
-async fn restore_after_the_first_died(
-    make: impl Fn() -> Arc<dyn GroupProvider> + Clone + Send + 'static,
+/// If the resume comes before A's death is noticed (`noticed_first` false: Redis
+/// within the presence TTL, NATS within 3 heartbeats), nobody hears alice lost or
+/// leaving then, nor once it is noticed (`a_is_gone`, asked of B); if after (the bus
+/// notices at once), the room heard her lost (`on_members_lost`: a leave) and she is
+/// back as the same connection. `make` runs on the runtime of the server it makes
+/// the provider of (A's connections die with A's).
+async fn restore_after_the_first_died<Fut>(
+    make: impl Fn() -> Fut + Clone + Send + 'static,
     noticed_first: bool,
-    a_is_gone: impl AsyncFnMut() -> bool,
-) {
+    mut a_is_gone: impl AsyncFnMut(&TestServer) -> bool,
+) where
+    Fut: Future<Output = Arc<dyn GroupProvider>>,
+{
     let make_a = make.clone();
-    let a = CrashableServer::start(
-        move || async move { make_a() },
-        config(Duration::from_secs(30)),
-    )
-    .await;
-    let b = TestServer::start(make(), config(Duration::from_secs(30))).await;
+    let a = CrashableServer::start(make_a, config(Duration::from_secs(30))).await;
+    let b = TestServer::start(make().await, config(Duration::from_secs(30))).await;
     let (old, hello, token, last, bob, bob_rx) = alice_and_bob(&a.url(), &b.url()).await;
     drop(old);
     a.crash();
@@ -199,7 +234,10 @@ async fn restore_after_the_first_died(
         open(&b.url(), &token, Some((&hello.resume_credential, last))).await;
     assert_eq!(outcome(&restored), ResumeOutcome::Restored, "{restored:?}");
     assert_eq!(restored.connection_id, hello.connection_id);
-    eventually("A's death is noticed and cleaned up", a_is_gone).await;
+    eventually("A's death is noticed and cleaned up", async || {
+        a_is_gone(&b).await
+    })
+    .await;
     goes_on(&mut alice, last, &bob, &bob_rx, noticed_first).await;
     let lost = b.handle.metrics().backplane_members_lost;
     assert_eq!(lost > 0, noticed_first, "members lost: {lost}");
@@ -209,13 +247,23 @@ async fn restore_after_the_first_died(
 async fn redis_a_session_moves_to_a_live_servers_peer() {
     let redis = RedisServer::start();
     let url = redis.url();
-    takeover_while_the_first_lives(|| redis_provider(&url)).await;
+    takeover_while_the_first_lives(async || redis_provider(&url)).await;
+}
+
+#[tokio::test]
+async fn nats_a_session_moves_to_a_live_servers_peer() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    takeover_while_the_first_lives(async || {
+        nats_provider(url.clone(), Duration::from_millis(200)).await
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn bus_a_session_moves_to_a_live_servers_peer() {
     let bus = Bus::new();
-    takeover_while_the_first_lives(|| bus.provider()).await;
+    takeover_while_the_first_lives(async || bus.provider()).await;
 }
 
 #[tokio::test]
@@ -224,10 +272,25 @@ async fn redis_a_session_outlives_its_crashed_server() {
     let url = redis.url();
     let r = &redis;
     restore_after_the_first_died(
-        move || redis_provider(&url),
+        move || std::future::ready(redis_provider(&url)),
         false,
         // A's incarnation is cleaned up once its presence expired: one server left.
-        async || r.cli(&["ZCARD", "hub:chat.v1.ChatHub:nodes"]).trim() == "1",
+        async |_| r.cli(&["ZCARD", "hub:chat.v1.ChatHub:nodes"]).trim() == "1",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn nats_a_session_outlives_its_crashed_server() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    // Heartbeats every 500 ms: A is presumed dead 1.5 to 2.5 s after its last one,
+    // well after the resume.
+    restore_after_the_first_died(
+        move || nats_provider(url.clone(), Duration::from_millis(500)),
+        false,
+        // B's member counts answer again once A is presumed dead.
+        async |b| b.handle.member_count("lobby").await.is_ok(),
     )
     .await;
 }
@@ -236,26 +299,28 @@ async fn redis_a_session_outlives_its_crashed_server() {
 async fn bus_a_session_outlives_its_crashed_server() {
     let bus = Bus::new();
     // The bus forgets a server when its runtime stops: at once, before the resume.
-    restore_after_the_first_died(move || bus.provider(), true, async || true).await;
+    restore_after_the_first_died(
+        move || std::future::ready(bus.provider()),
+        true,
+        async |_| true,
+    )
+    .await;
 }
 
 /// What B cannot prove it refuses, and the session stays as it was: a forged
 /// secret is UNKNOWN, another identity's stream is IDENTITY_MISMATCH; the real
 /// credential then restores it. A record gone (its server died and its time to live
-/// passed) is UNKNOWN.
-#[tokio::test]
-async fn forged_foreign_and_expired_credentials_are_refused_on_another_server() {
-    let redis = RedisServer::start();
-    let url = redis.url();
-    let start = |url: String| {
-        // Grace 1 s: the record of a dead server's session lives 1 s past its presence.
-        CrashableServer::start(
-            move || async move { redis_provider(&url) },
-            config(Duration::from_secs(1)),
-        )
-    };
-    let a = start(url.clone()).await;
-    let b = start(url.clone()).await;
+/// passed: `record_exists` of the connection id says when) is UNKNOWN. `make` runs on
+/// the runtime of the server it makes the provider of.
+async fn refused_on_another_server<Fut>(
+    make: impl Fn() -> Fut + Clone + Send + 'static,
+    mut record_exists: impl AsyncFnMut(&str) -> bool,
+) where
+    Fut: Future<Output = Arc<dyn GroupProvider>>,
+{
+    // Grace 1 s: the record of a dead server's session lives 1 s past its presence.
+    let a = CrashableServer::start(make.clone(), config(Duration::from_secs(1))).await;
+    let b = CrashableServer::start(make, config(Duration::from_secs(1))).await;
     let (old, hello, token, last, _bob, _bob_rx) = alice_and_bob(&a.url(), &b.url()).await;
     let credential = hello.resume_credential.clone();
     let (id, _) = credential.rsplit_once('.').expect("id.secret");
@@ -290,17 +355,44 @@ async fn forged_foreign_and_expired_credentials_are_refused_on_another_server() 
     })
     .await;
     // ... and once B died and the record's time to live passed, nobody can.
-    let key = format!("hub:chat.v1.ChatHub:session:{{s:{id}}}");
-    assert_eq!(redis.cli(&["EXISTS", &key]).trim(), "1");
+    assert!(record_exists(id).await, "B keeps the record");
     b.crash();
-    eventually("the record expired", || async {
-        redis.cli(&["EXISTS", &key]).trim() == "0"
-    })
-    .await;
+    eventually("the record expired", async || !record_exists(id).await).await;
     // (A issued the id: it knows the session ended.)
     let (_c, refused) = open(&a.url(), &token, Some((&credential, last + 1))).await;
     assert_eq!(outcome(&refused), ResumeOutcome::Expired, "{refused:?}");
     a.crash();
+}
+
+#[tokio::test]
+async fn redis_forged_foreign_and_expired_credentials_are_refused_on_another_server() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let r = &redis;
+    refused_on_another_server(
+        move || std::future::ready(redis_provider(&url)),
+        async |id| {
+            let key = format!("hub:chat.v1.ChatHub:session:{{s:{id}}}");
+            r.cli(&["EXISTS", &key]).trim() == "1"
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn nats_forged_foreign_and_expired_credentials_are_refused_on_another_server() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let js = jetstream::new(
+        hub_nats::async_nats::connect(&url)
+            .await
+            .expect("connect to NATS"),
+    );
+    refused_on_another_server(
+        move || nats_provider(url.clone(), Duration::from_millis(200)),
+        async |id| nats_record_exists(&js, id).await,
+    )
+    .await;
 }
 
 /// Two `chat-server` processes over Redis. alice reads a broadcast stream from the
