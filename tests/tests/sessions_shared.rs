@@ -39,6 +39,11 @@ fn redis_provider(url: &str) -> Arc<dyn GroupProvider> {
     )
 }
 
+/// The NATS providers' heartbeat interval: a server is presumed dead 1.5 to 2.5 s
+/// after its last beat (a live one starved of CPU for a moment is not), and its
+/// session records expire grace + 1.5 s after their last rewrite.
+const NATS_BEAT: Duration = Duration::from_millis(500);
+
 /// A NATS provider sharing sessions, beating every `heartbeat` (a silent server is
 /// presumed dead 3 to 5 of them after its last beat), retrying every 100 ms after
 /// losing NATS.
@@ -254,10 +259,7 @@ async fn redis_a_session_moves_to_a_live_servers_peer() {
 async fn nats_a_session_moves_to_a_live_servers_peer() {
     let nats = NatsServer::start();
     let url = nats.url();
-    takeover_while_the_first_lives(async || {
-        nats_provider(url.clone(), Duration::from_millis(200)).await
-    })
-    .await;
+    takeover_while_the_first_lives(async || nats_provider(url.clone(), NATS_BEAT).await).await;
 }
 
 #[tokio::test]
@@ -284,10 +286,9 @@ async fn redis_a_session_outlives_its_crashed_server() {
 async fn nats_a_session_outlives_its_crashed_server() {
     let nats = NatsServer::start();
     let url = nats.url();
-    // Heartbeats every 500 ms: A is presumed dead 1.5 to 2.5 s after its last one,
-    // well after the resume.
+    // A is presumed dead 1.5 to 2.5 s after its last heartbeat, well after the resume.
     restore_after_the_first_died(
-        move || nats_provider(url.clone(), Duration::from_millis(500)),
+        move || nats_provider(url.clone(), NATS_BEAT),
         false,
         // B's member counts answer again once A is presumed dead.
         async |b| b.handle.member_count("lobby").await.is_ok(),
@@ -389,7 +390,7 @@ async fn nats_forged_foreign_and_expired_credentials_are_refused_on_another_serv
             .expect("connect to NATS"),
     );
     refused_on_another_server(
-        move || nats_provider(url.clone(), Duration::from_millis(200)),
+        move || nats_provider(url.clone(), NATS_BEAT),
         async |id| nats_record_exists(&js, id).await,
     )
     .await;
