@@ -286,8 +286,12 @@ class HubClient:
                 task.add_done_callback(self._answering.discard)
             if kind != "position":
                 return
-            # A push with its group position: kept, and the push handled below.
+            # A push with its group position: kept (the 128 most recently updated, so
+            # the resume metadata stays small), and the push handled below.
+            self.positions.pop(body.group, None)
             self.positions[body.group] = body
+            if len(self.positions) > 128:
+                del self.positions[next(iter(self.positions))]
         case = frame.WhichOneof("event")
         if frame.id:
             future = self._pending.get(frame.id)

@@ -349,9 +349,17 @@ impl<S: ClientSpec> Reader<S> {
                     .unwrap_or_else(|e| e.into_inner());
                 let newer = positions
                     .get(&p.group)
-                    .is_none_or(|&(offset, epoch)| epoch != p.epoch || offset < p.offset);
+                    .is_none_or(|&(offset, epoch, _)| epoch != p.epoch || offset < p.offset);
                 if newer {
-                    positions.insert(p.group, (p.offset, p.epoch));
+                    positions.insert(p.group, (p.offset, p.epoch, parts.seq));
+                    if positions.len() > crate::shared::MAX_POSITIONS
+                        && let Some(oldest) = positions
+                            .iter()
+                            .min_by_key(|(_, p)| p.2)
+                            .map(|(g, _)| g.clone())
+                    {
+                        positions.remove(&oldest);
+                    }
                 }
             }
             self.handler.on_push(parts.seq, event);

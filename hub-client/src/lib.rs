@@ -83,6 +83,7 @@ pub use failover::{DIAL_TIMEOUT, Failover};
 pub use hub_core::proto::{ConnectionInfo, ResumeOutcome};
 pub use hub_core::{include_file_descriptor_set, include_proto};
 pub use options::{ConnectOptions, ReconnectMode, ReconnectPolicy};
+pub use shared::MAX_POSITIONS;
 pub use spec::{ClientSpec, PushHandler, ResponseParts};
 pub use state::ConnectionState;
 

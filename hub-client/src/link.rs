@@ -154,8 +154,9 @@ pub(crate) async fn open<S: ClientSpec>(
     opened.map(|(stream, info)| Opened { stream, info })
 }
 
-/// The last position (offset, epoch) seen of each group, by group.
-pub(crate) type Positions = HashMap<String, (u64, u64)>;
+/// The last position seen of each group, by group: its offset, its epoch, and the
+/// `seq` of the push that carried it (how recently it was updated).
+pub(crate) type Positions = HashMap<String, (u64, u64, u64)>;
 
 /// `hub.v1.ResumePositions` of `positions` (group to offset and epoch), sorted by
 /// group.
@@ -163,7 +164,7 @@ fn encode_positions(positions: &Positions) -> Vec<u8> {
     use prost::Message as _;
     let mut list: Vec<proto::Position> = positions
         .iter()
-        .map(|(group, &(offset, epoch))| proto::Position {
+        .map(|(group, &(offset, epoch, _))| proto::Position {
             group: group.clone(),
             offset,
             epoch,

@@ -107,6 +107,11 @@ impl<E> Calls<E> {
     }
 }
 
+/// The most group positions a client keeps and presents on a resume (request
+/// metadata must stay small: about 7 KiB at this count); a group beyond it is replayed
+/// from where the session joined it, so pushes may come twice, never go missing.
+pub const MAX_POSITIONS: usize = 128;
+
 pub(crate) struct Shared<S: ClientSpec> {
     /// Calls waiting for their reply; `None` while no stream is up (reconnecting, or
     /// closed). `state` changes under this lock, so a call that finds `None` here
@@ -125,8 +130,9 @@ pub(crate) struct Shared<S: ClientSpec> {
     /// The `seq` of the last push handed to the receiver on this connection (0: none),
     /// presented on a resume; pushes at or below it are not handed again.
     pub(crate) last_seq: AtomicU64,
-    /// The last position (offset, epoch) of each group a push handed over came from
-    /// (groups whose backplane keeps history), presented on a resume so that another
-    /// server replays exactly what was missed.
-    pub(crate) positions: Mutex<HashMap<String, (u64, u64)>>,
+    /// The last position of each group a push handed over came from (groups whose
+    /// backplane keeps history), presented on a resume so that another server replays
+    /// exactly what was missed: at most [`MAX_POSITIONS`], the least recently updated
+    /// dropped.
+    pub(crate) positions: Mutex<crate::link::Positions>,
 }

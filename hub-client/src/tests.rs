@@ -1036,6 +1036,46 @@ async fn the_last_position_of_each_group_is_presented_on_a_resume() {
     assert!(presented(&again).is_none());
 }
 
+/// At most `MAX_POSITIONS` positions are kept: the least recently updated go first.
+#[tokio::test(start_paused = true)]
+async fn positions_kept_are_bounded_the_oldest_dropped() {
+    use prost::Message as _;
+    let mut s = session(reconnecting()).await;
+    let n = crate::MAX_POSITIONS as u64 + 2;
+    for seq in 1..=n {
+        s.server.send(Resp {
+            control: Some(proto::ServerControl {
+                kind: Some(proto::server_control::Kind::Position(proto::Position {
+                    group: format!("g{seq}"),
+                    offset: seq,
+                    epoch: 1,
+                })),
+            }),
+            ..push(seq, "p")
+        });
+    }
+    barrier(&s.client, &mut s.server).await;
+    s.server.end(Code::Unavailable, "connection reset");
+    let server = bounded(s.incoming.recv()).await.unwrap();
+    let bytes = tonic::metadata::MetadataMap::from_headers(server.headers.clone())
+        .get_bin("hub-resume-positions-bin")
+        .expect("positions")
+        .to_bytes()
+        .expect("base64");
+    let groups: std::collections::BTreeSet<String> = proto::ResumePositions::decode(bytes)
+        .expect("ResumePositions")
+        .positions
+        .into_iter()
+        .map(|p| p.group)
+        .collect();
+    assert_eq!(groups.len(), crate::MAX_POSITIONS);
+    assert!(
+        !groups.contains("g1") && !groups.contains("g2"),
+        "{groups:?}"
+    );
+    assert!(groups.contains(&format!("g{n}")));
+}
+
 /// Another server restored the session (RESTORED): the same id, pushes numbered on
 /// after the seq presented, so the client keeps counting from there and presents it
 /// again at the next drop (a reset to 0 would ask for pushes it already had).
