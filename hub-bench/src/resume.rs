@@ -3,8 +3,9 @@
 //! barrier (every client got a push) A is killed with SIGKILL; each client's runtime
 //! (`hub-client`) reconnects by itself, its transport reaches another server, and the
 //! session comes back there (`ResyncNeeded { outcome: RESTORED }`: the same connection
-//! id and groups, the pushes missed while down not recovered). Measured per client:
-//! the time from the kill to the outcome of its resume.
+//! id and groups; with `--history` the group pushes missed while down are replayed).
+//! Measured per client: the time from the kill to the outcome of its resume, and
+//! with `--history` to the push sent while it was away.
 //!
 //! How a client's new stream reaches another server (`--dial`):
 //! - `failover`: one HTTP/2 connection per client, dialled by a connector that tries
@@ -88,7 +89,17 @@ pub struct ResumeArgs {
     /// The client's longest reconnect delay, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub max_backoff_ms: u64,
+    /// Group history on the servers and the emitter (Redis streams, 1,000 entries, a
+    /// minute): a push sent to every group right after the kill, while the clients
+    /// are away, is replayed to each when its session is restored; measured: the
+    /// time from the kill to that push, and that each client got it exactly once.
+    #[arg(long)]
+    pub history: bool,
 }
+
+/// The push round sent while the clients are away (with `--history`); the barrier
+/// before the kill is round 1, the push after every resume the next one.
+const MISSED_ROUND: u64 = 2;
 
 /// What became of one client's resume.
 #[derive(Debug, Clone)]
@@ -119,6 +130,10 @@ struct Board {
     settled: AtomicUsize,
     /// Pinged when the last client settles.
     all_settled: Notify,
+    /// (history) Nanoseconds from the kill to each client's copy of the push sent
+    /// while it was away (round 2), and how many copies it got.
+    missed_at: Vec<OnceLock<u64>>,
+    missed_copies: Vec<AtomicU32>,
 }
 
 impl Board {
@@ -149,6 +164,11 @@ struct Probe {
 impl BenchHubReceiver for Probe {
     fn on_tick(&self, tick: Tick) {
         self.board.rounds[self.i].fetch_max(tick.seq as u32, Relaxed);
+        if tick.seq == MISSED_ROUND && self.board.killed.load(Acquire) {
+            self.board.missed_copies[self.i].fetch_add(1, Relaxed);
+            let since = now_nanos().saturating_sub(self.board.kill_at.load(Relaxed));
+            let _ = self.board.missed_at[self.i].set(since);
+        }
     }
 
     fn on_connection_state(&self, state: &ConnectionState) {
@@ -224,8 +244,18 @@ pub async fn run(a: &ResumeArgs) -> Result<serde_json::Value, BoxError> {
     let url = redis.url();
     let redis_pid = rooms::redis_pid(&redis).ok_or("no process_id in redis INFO")?;
     let grace = a.grace_s.to_string();
-    let (mut servers, addrs) =
-        fanout::start_servers(Kind::Hub, a.servers, &url, &["--session-grace-s", &grace])?;
+    // `redis-history://`: the servers' provider keeps group history (hub::provider).
+    let groups_url = if a.history {
+        url.replacen("redis://", "redis-history://", 1)
+    } else {
+        url.clone()
+    };
+    let (mut servers, addrs) = fanout::start_servers(
+        Kind::Hub,
+        a.servers,
+        &groups_url,
+        &["--session-grace-s", &grace],
+    )?;
 
     let board = Arc::new(Board {
         rounds: (0..a.clients).map(|_| AtomicU32::new(0)).collect(),
@@ -235,6 +265,8 @@ pub async fn run(a: &ResumeArgs) -> Result<serde_json::Value, BoxError> {
         attempts: (0..a.clients).map(|_| AtomicU32::new(0)).collect(),
         settled: AtomicUsize::new(0),
         all_settled: Notify::new(),
+        missed_at: (0..a.clients).map(|_| OnceLock::new()).collect(),
+        missed_copies: (0..a.clients).map(|_| AtomicU32::new(0)).collect(),
     });
     let options = ConnectOptions::default().reconnect(ReconnectPolicy::default().backoff(
         Duration::from_millis(a.backoff_ms),
@@ -276,7 +308,13 @@ pub async fn run(a: &ResumeArgs) -> Result<serde_json::Value, BoxError> {
     let setup_s = setup.elapsed().as_secs_f64();
 
     // Barrier: one push to every group, received by every client.
-    let emitter = BenchHubEmitter::new(hub_redis::RedisEmitter::connect(&url).await?);
+    let mut emitter_options = hub_redis::RedisProvider::builder().url(&url);
+    if a.history {
+        // The servers' history options, so its pushes take the groups' offsets.
+        emitter_options = emitter_options.history(1_000, Duration::from_secs(60));
+    }
+    let emitter =
+        BenchHubEmitter::new(hub_redis::RedisEmitter::connect_with(emitter_options).await?);
     push_round(&emitter, a.groups, 1).await?;
     wait_for(Duration::from_secs(30), || board.got(1) == a.clients)
         .await
@@ -295,6 +333,10 @@ pub async fn run(a: &ResumeArgs) -> Result<serde_json::Value, BoxError> {
     board.kill_at.store(now_nanos(), Relaxed);
     board.killed.store(true, Release);
     servers[0].kill()?;
+    if a.history {
+        // Sent while every client is between servers: recovered only by the replay.
+        push_round(&emitter, a.groups, MISSED_ROUND as u32).await?;
+    }
     let deadline = Duration::from_secs(a.deadline_s);
     let all = tokio::time::timeout(deadline, async {
         while board.settled.load(Relaxed) < a.clients {
@@ -336,11 +378,12 @@ pub async fn run(a: &ResumeArgs) -> Result<serde_json::Value, BoxError> {
         .count();
     // The groups came back too: one more push to every group reaches every restored
     // client (bounded; the count says how many it reached).
-    push_round(&emitter, a.groups, 2).await?;
+    let after_round = MISSED_ROUND as u32 + 1;
+    push_round(&emitter, a.groups, after_round).await?;
     let reached = |b: &Board| {
         restored
             .iter()
-            .filter(|(i, _)| b.rounds[*i].load(Relaxed) >= 2)
+            .filter(|(i, _)| b.rounds[*i].load(Relaxed) >= after_round)
             .count()
     };
     let _ = wait_for(Duration::from_secs(10), || {
@@ -352,6 +395,29 @@ pub async fn run(a: &ResumeArgs) -> Result<serde_json::Value, BoxError> {
     lat.sort_unstable();
     let attempts: Vec<u32> = board.attempts.iter().map(|n| n.load(Relaxed)).collect();
     let attempts_mean = attempts.iter().map(|&n| n as f64).sum::<f64>() / a.clients as f64;
+    let mut missed_lat: Vec<u64> = board
+        .missed_at
+        .iter()
+        .filter_map(|t| t.get().copied())
+        .collect();
+    missed_lat.sort_unstable();
+    let copies = |want: fn(u32) -> bool| {
+        board
+            .missed_copies
+            .iter()
+            .filter(|c| want(c.load(Relaxed)))
+            .count()
+    };
+    let missed = a.history.then(|| {
+        json!({
+            "got_once": copies(|n| n == 1),
+            "got_twice_or_more": copies(|n| n > 1),
+            "never_got": copies(|n| n == 0),
+            "p50_ms": quantile_ms(&missed_lat, 0.5),
+            "p99_ms": quantile_ms(&missed_lat, 0.99),
+            "max_ms": quantile_ms(&missed_lat, 1.0),
+        })
+    });
 
     drop(members);
     drop(servers);
@@ -385,6 +451,8 @@ pub async fn run(a: &ResumeArgs) -> Result<serde_json::Value, BoxError> {
         "server_b_cpu_s": round(cpu_s, 3),
         "backplane_cpu_s": round(redis_cpu_s, 3),
         "client_cpu_s": round(client_cpu_s, 3),
+        "history": a.history,
+        "missed_push": missed,
     }))
 }
 
