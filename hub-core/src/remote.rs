@@ -1093,6 +1093,11 @@ mod tests {
         drop(hold);
         assert_eq!(frame(&mut ra).await, got(5));
         assert_eq!(frame(&mut rb).await, got(5));
+        // A hold on a group nobody here joins leaves nothing behind once dropped.
+        let other = GroupName::new("elsewhere").expect("name");
+        drop(inbox.hold(&other).await.expect("a hold"));
+        assert_eq!(inbox.position("elsewhere"), None);
+        assert!(!gaps::lock(&inbox.groups).contains_key("elsewhere"));
     }
 
     #[tokio::test]

@@ -267,8 +267,25 @@ impl Inbox {
                 }
             }
         }
+        drop(st);
         if seq.live.load(Ordering::Acquire) {
             self.execute(group, seq, out);
+        }
+        // A hold whose session never joined (its join failed) leaves no sequence for
+        // a group nobody here is in. (Lock order as in `forget`: the map, then the
+        // sequence.)
+        if self.local.count(group) == 0 {
+            let mut groups = lock(&self.groups);
+            if let Some(s) = groups.get(group)
+                && Arc::ptr_eq(s, seq)
+            {
+                let st = lock(&seq.state);
+                if st.fill.is_none() && st.fresh {
+                    drop(st);
+                    groups.remove(group);
+                    seq.live.store(false, Ordering::Release);
+                }
+            }
         }
     }
 
