@@ -30,15 +30,19 @@ async fn read_group(
 ) {
     loop {
         tokio::select! {
+            // Stopped first: once the group is released, nothing more of it is read,
+            // even what NATS sent before it processed the unsubscribe. Then the
+            // seldom member changes, so a stream of frames never holds them back.
+            biased;
             _ = stop.cancelled() => return,
+            msg = changes.next() => match msg {
+                Some(msg) => member_change(&inbox, &whereabouts, &group, msg.payload),
+                None => return,
+            },
             msg = frames.next() => match msg {
                 Some(msg) => {
                     inbox.receive(msg.payload, Via::Group(group.as_str()));
                 }
-                None => return,
-            },
-            msg = changes.next() => match msg {
-                Some(msg) => member_change(&inbox, &whereabouts, &group, msg.payload),
                 None => return,
             },
         }
