@@ -1101,6 +1101,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_hold_waits_for_the_gap_fill_running_and_replays_after_it() {
+        let (inbox, mut ra, env) = with_history(7, &[1, 2, 3, 4], false);
+        let got = |n: u64| Some(positioned(&Bytes::from(vec![n as u8]), "room", n, 7));
+        inbox.receive(with_offset(1, 7, &env(1)), Via::Group("room"));
+        // 2 and 3 never came: a fill starts (on a task) and 4 waits behind it.
+        assert_eq!(
+            inbox.receive(with_offset(4, 7, &env(4)), Via::Group("room")),
+            Received::Held
+        );
+        // The hold waits for that fill, then replays from where the fill left off.
+        let hold = inbox.hold(&room()).await.expect("a hold");
+        assert_eq!(inbox.position("room"), Some((4, 7)));
+        let (b, mut rb) = member(inbox.local(), 2);
+        inbox.local().join(&room(), b);
+        let report = hold.replay(b, (2, 7)).await;
+        assert_eq!((report.replayed, report.missed), (2, 0));
+        for n in 1..=4 {
+            assert_eq!(frame(&mut ra).await, got(n), "offset {n}");
+        }
+        for n in 3..=4 {
+            assert_eq!(frame(&mut rb).await, got(n), "offset {n}");
+        }
+        assert_eq!(frame(&mut rb).await, None);
+    }
+
+    #[tokio::test]
     async fn a_resumed_member_of_a_new_subscription_is_replayed_up_to_the_first_live_push() {
         let (inbox, mut ra, env) = with_history(7, &[1, 2, 3, 4, 5], false);
         let got = |n: u64| Some(positioned(&Bytes::from(vec![n as u8]), "room", n, 7));
