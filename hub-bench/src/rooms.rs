@@ -52,6 +52,26 @@ pub struct RoomsArgs {
     /// Seconds to wait after the last tick for its pushes to arrive.
     #[arg(long, default_value_t = 5)]
     pub drain_s: u64,
+    /// The backplane between the servers and the emitter.
+    #[arg(long, value_enum, default_value_t = RoomsBackplane::Redis)]
+    pub backplane: RoomsBackplane,
+}
+
+/// The backplane of a rooms run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoomsBackplane {
+    /// A redis-server; the emitter is a `RedisEmitter`; the ceiling is
+    /// redis-benchmark's pipelined `PUBLISH`.
+    Redis,
+    /// A nats-server; the emitter is a `NatsEmitter`; the ceiling is an async-nats
+    /// publisher sending as fast as the client takes them, then a flush.
+    Nats,
+}
+
+/// A running backplane server of a rooms run (stopped when dropped).
+enum BackplaneServer {
+    Redis(test_support::RedisServer),
+    Nats(#[allow(dead_code)] test_support::NatsServer),
 }
 
 /// Counts deliveries per room push (slot `tick * rooms + room`; tick 0 is the
@@ -128,14 +148,28 @@ pub async fn run(a: &RoomsArgs) -> Result<serde_json::Value, BoxError> {
         return Err("rooms, members, servers, hz and secs must be at least 1".into());
     }
     proc::raise_nofile_limit();
-    let redis = test_support::RedisServer::start();
-    let url = redis.url();
-    let redis_pid = redis_pid(&redis).ok_or("no process_id in redis INFO")?;
+    let (backplane, url, redis_pid) = match a.backplane {
+        RoomsBackplane::Redis => {
+            let redis = test_support::RedisServer::start();
+            let url = redis.url();
+            let pid = redis_pid(&redis).ok_or("no process_id in redis INFO")?;
+            (BackplaneServer::Redis(redis), url, pid)
+        }
+        RoomsBackplane::Nats => {
+            let nats = test_support::NatsServer::start();
+            let url = nats.url();
+            let pid = nats.pid().ok_or("no nats-server pid")?;
+            (BackplaneServer::Nats(nats), url, pid)
+        }
+    };
     let (servers, addrs) = fanout::start_servers(Kind::Hub, a.servers, &url, &[])?;
     // The backplane's ceiling first, while nothing else runs on the machine's behalf
     // of this bench (the servers are up but idle).
     let ceiling_payload = a.payload + ENVELOPE_OVERHEAD;
-    let (ceiling, ceiling_tool) = publish_ceiling(redis.port(), ceiling_payload).await?;
+    let (ceiling, ceiling_tool) = match &backplane {
+        BackplaneServer::Redis(redis) => publish_ceiling(redis.port(), ceiling_payload).await?,
+        BackplaneServer::Nats(_) => nats_publish_ceiling(&url, ceiling_payload).await?,
+    };
 
     let ticks = a.hz as u64 * a.secs;
     let warmup = a.rooms as u64;
@@ -156,7 +190,12 @@ pub async fn run(a: &RoomsArgs) -> Result<serde_json::Value, BoxError> {
     let setup = Instant::now();
     let members = connect_members(a, &addrs, &tracker).await?;
     let setup_s = setup.elapsed().as_secs_f64();
-    let emitter = BenchHubEmitter::new(hub_redis::RedisEmitter::connect(&url).await?);
+    let emitter = match a.backplane {
+        RoomsBackplane::Redis => {
+            BenchHubEmitter::new(hub_redis::RedisEmitter::connect(&url).await?)
+        }
+        RoomsBackplane::Nats => BenchHubEmitter::new(hub_nats::NatsEmitter::connect(&url).await?),
+    };
     let payload = vec![b'x'; a.payload];
 
     // Warm-up barrier: one push to every room, all delivered, before measuring.
@@ -227,7 +266,7 @@ pub async fn run(a: &RoomsArgs) -> Result<serde_json::Value, BoxError> {
     drop(members);
 
     drop(servers);
-    drop(redis);
+    drop(backplane);
 
     let lat = {
         let mut v = tracker
@@ -240,7 +279,10 @@ pub async fn run(a: &RoomsArgs) -> Result<serde_json::Value, BoxError> {
     };
     let achieved = complete as f64 / secs;
     Ok(json!({
-        "peer": "hub+redis (emitter)",
+        "peer": match a.backplane {
+            RoomsBackplane::Redis => "hub+redis (emitter)",
+            RoomsBackplane::Nats => "hub+nats (emitter)",
+        },
         "workload": "rooms",
         "rooms": a.rooms,
         "members": a.members,
@@ -355,6 +397,27 @@ async fn publish_ceiling(port: u16, payload: usize) -> Result<(f64, &'static str
         .await
         .map_err(|_| "publish ceiling loop took over 60 s")??;
     Ok((rate, "pipelined PUBLISH loop (32 deep)"))
+}
+
+/// The NATS publish ceiling: one async-nats client publishing [`CEILING_PUBLISHES`]
+/// messages of `payload` bytes to a subject nobody subscribes to (as the Redis
+/// ceiling's channel), as fast as the client takes them, then a flush; publishes per
+/// second over the whole.
+async fn nats_publish_ceiling(url: &str, payload: usize) -> Result<(f64, &'static str), BoxError> {
+    let client = async_nats::connect(url).await?;
+    let body = bytes::Bytes::from(vec![b'x'; payload]);
+    let run = async {
+        let started = Instant::now();
+        for _ in 0..CEILING_PUBLISHES {
+            client.publish("hub.ceiling", body.clone()).await?;
+        }
+        client.flush().await?;
+        Ok::<_, BoxError>(CEILING_PUBLISHES as f64 / started.elapsed().as_secs_f64())
+    };
+    let rate = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .map_err(|_| "NATS publish ceiling took over 60 s")??;
+    Ok((rate, "async-nats publish loop + flush"))
 }
 
 /// One connection sending `PUBLISH hub:ceiling <body>` 32 at a time.
