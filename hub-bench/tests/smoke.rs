@@ -119,7 +119,13 @@ fn conns_hub_and_raw_connect() {
 }
 
 #[test]
-fn rooms_over_redis_deliver_every_push() {
+fn rooms_over_redis_and_nats_deliver_every_push() {
+    for backplane in ["redis", "nats"] {
+        rooms_deliver_every_push(backplane);
+    }
+}
+
+fn rooms_deliver_every_push(backplane: &str) {
     let v = bench(&[
         "rooms",
         "--rooms",
@@ -134,6 +140,8 @@ fn rooms_over_redis_deliver_every_push() {
         "1",
         "--payload",
         "16",
+        "--backplane",
+        backplane,
     ]);
     assert_eq!(v["pushes"], 30, "{v}");
     assert_eq!(v["pushes_complete"], 30, "{v}");
@@ -175,4 +183,24 @@ fn resume_after_a_server_is_killed_restores_every_session() {
         assert!(v["p99_ms"].is_number(), "{dial}: {v}");
         assert!(v["backplane_cpu_s"].is_number(), "{dial}: {v}");
     }
+}
+
+#[test]
+fn with_history_every_restored_session_gets_the_push_it_missed_once() {
+    let v = bench(&[
+        "resume",
+        "--clients",
+        "20",
+        "--servers",
+        "2",
+        "--groups",
+        "3",
+        "--deadline-s",
+        "20",
+        "--history",
+    ]);
+    assert_eq!(v["restored"], 20, "{v}");
+    assert_eq!(v["missed_push"]["got_once"], 20, "{v}");
+    assert_eq!(v["missed_push"]["got_twice_or_more"], 0, "{v}");
+    assert_eq!(v["push_after_resume_delivered"], 20, "{v}");
 }
