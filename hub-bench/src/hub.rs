@@ -67,6 +67,14 @@ pub async fn provider(spec: &str) -> Result<Arc<dyn GroupProvider>, BoxError> {
                 .await?,
         ));
     }
+    if spec.contains(',') {
+        // Several brokers, groups sharded over them (`hub_core::shard::Sharded`).
+        let mut shards = Vec::new();
+        for one in spec.split(',') {
+            shards.push(Box::pin(provider(one)).await?);
+        }
+        return Ok(Arc::new(hub_core::shard::Sharded::new(shards)));
+    }
     if spec.starts_with("redis://") {
         return Ok(Arc::new(hub_redis::RedisProvider::connect(spec).await?));
     }
@@ -74,7 +82,7 @@ pub async fn provider(spec: &str) -> Result<Arc<dyn GroupProvider>, BoxError> {
         return Ok(Arc::new(hub_nats::NatsProvider::connect(spec).await?));
     }
     Err(
-        format!("unsupported groups {spec:?}: memory, redis://HOST:PORT or nats://HOST:PORT")
+        format!("unsupported groups {spec:?}: memory, redis://HOST:PORT or nats://HOST:PORT, or several of those joined by commas (sharded)")
             .into(),
     )
 }

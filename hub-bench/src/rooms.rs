@@ -55,6 +55,11 @@ pub struct RoomsArgs {
     /// The backplane between the servers and the emitter.
     #[arg(long, value_enum, default_value_t = RoomsBackplane::Redis)]
     pub backplane: RoomsBackplane,
+    /// Backplane servers the rooms are sharded over (`hub_core::shard::Sharded` in the
+    /// hub servers, `ShardedEmit` in the emitter); the ceiling is measured on the
+    /// first one and multiplied by this.
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
 }
 
 /// The backplane of a rooms run.
@@ -69,6 +74,7 @@ pub enum RoomsBackplane {
 }
 
 /// A running backplane server of a rooms run (stopped when dropped).
+#[allow(clippy::large_enum_variant)]
 enum BackplaneServer {
     Redis(test_support::RedisServer),
     Nats(#[allow(dead_code)] test_support::NatsServer),
@@ -147,29 +153,38 @@ pub async fn run(a: &RoomsArgs) -> Result<serde_json::Value, BoxError> {
     if a.rooms == 0 || a.members == 0 || a.servers == 0 || a.hz == 0 || a.secs == 0 {
         return Err("rooms, members, servers, hz and secs must be at least 1".into());
     }
+    if a.shards == 0 {
+        return Err("shards must be at least 1".into());
+    }
     proc::raise_nofile_limit();
-    let (backplane, url, redis_pid) = match a.backplane {
-        RoomsBackplane::Redis => {
-            let redis = test_support::RedisServer::start();
-            let url = redis.url();
-            let pid = redis_pid(&redis).ok_or("no process_id in redis INFO")?;
-            (BackplaneServer::Redis(redis), url, pid)
-        }
-        RoomsBackplane::Nats => {
-            let nats = test_support::NatsServer::start();
-            let url = nats.url();
-            let pid = nats.pid().ok_or("no nats-server pid")?;
-            (BackplaneServer::Nats(nats), url, pid)
-        }
-    };
-    let (servers, addrs) = fanout::start_servers(Kind::Hub, a.servers, &url, &[])?;
+    let mut backplanes = Vec::new();
+    for _ in 0..a.shards {
+        backplanes.push(match a.backplane {
+            RoomsBackplane::Redis => {
+                let redis = test_support::RedisServer::start();
+                let url = redis.url();
+                let pid = redis_pid(&redis).ok_or("no process_id in redis INFO")?;
+                (BackplaneServer::Redis(redis), url, pid)
+            }
+            RoomsBackplane::Nats => {
+                let nats = test_support::NatsServer::start();
+                let url = nats.url();
+                let pid = nats.pid().ok_or("no nats-server pid")?;
+                (BackplaneServer::Nats(nats), url, pid)
+            }
+        });
+    }
+    let urls: Vec<String> = backplanes.iter().map(|b| b.1.clone()).collect();
+    let pids: Vec<u32> = backplanes.iter().map(|b| b.2).collect();
+    let (servers, addrs) = fanout::start_servers(Kind::Hub, a.servers, &urls.join(","), &[])?;
     // The backplane's ceiling first, while nothing else runs on the machine's behalf
     // of this bench (the servers are up but idle).
     let ceiling_payload = a.payload + ENVELOPE_OVERHEAD;
-    let (ceiling, ceiling_tool) = match &backplane {
+    let (one_ceiling, ceiling_tool) = match &backplanes[0].0 {
         BackplaneServer::Redis(redis) => publish_ceiling(redis.port(), ceiling_payload).await?,
-        BackplaneServer::Nats(_) => nats_publish_ceiling(&url, ceiling_payload).await?,
+        BackplaneServer::Nats(_) => nats_publish_ceiling(&urls[0], ceiling_payload).await?,
     };
+    let ceiling = one_ceiling * a.shards as f64;
 
     let ticks = a.hz as u64 * a.secs;
     let warmup = a.rooms as u64;
@@ -190,11 +205,23 @@ pub async fn run(a: &RoomsArgs) -> Result<serde_json::Value, BoxError> {
     let setup = Instant::now();
     let members = connect_members(a, &addrs, &tracker).await?;
     let setup_s = setup.elapsed().as_secs_f64();
-    let emitter = match a.backplane {
-        RoomsBackplane::Redis => {
-            BenchHubEmitter::new(hub_redis::RedisEmitter::connect(&url).await?)
+    let emitter = match (a.shards, a.backplane) {
+        (1, RoomsBackplane::Redis) => {
+            BenchHubEmitter::new(hub_redis::RedisEmitter::connect(&urls[0]).await?)
         }
-        RoomsBackplane::Nats => BenchHubEmitter::new(hub_nats::NatsEmitter::connect(&url).await?),
+        (1, RoomsBackplane::Nats) => {
+            BenchHubEmitter::new(hub_nats::NatsEmitter::connect(&urls[0]).await?)
+        }
+        _ => {
+            let mut emitters: Vec<Arc<dyn hub_core::emit::Emit>> = Vec::new();
+            for url in &urls {
+                emitters.push(match a.backplane {
+                    RoomsBackplane::Redis => Arc::new(hub_redis::RedisEmitter::connect(url).await?),
+                    RoomsBackplane::Nats => Arc::new(hub_nats::NatsEmitter::connect(url).await?),
+                });
+            }
+            BenchHubEmitter::new(hub_core::shard::ShardedEmit::new(emitters)?)
+        }
     };
     let payload = vec![b'x'; a.payload];
 
@@ -218,7 +245,8 @@ pub async fn run(a: &RoomsArgs) -> Result<serde_json::Value, BoxError> {
 
     let cpu = || servers.iter().map(BenchChild::cpu_secs).sum::<f64>();
     let cpu0 = cpu();
-    let redis_cpu0 = proc::cpu_secs(redis_pid);
+    let backplane_cpu = || pids.iter().map(|&p| proc::cpu_secs(p)).sum::<f64>();
+    let redis_cpu0 = backplane_cpu();
     let client_cpu0 = proc::self_cpu_secs();
     let start = now_nanos();
     let failed = Arc::new(AtomicU64::new(0));
@@ -256,7 +284,7 @@ pub async fn run(a: &RoomsArgs) -> Result<serde_json::Value, BoxError> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let cpu_s = cpu() - cpu0;
-    let redis_cpu_s = proc::cpu_secs(redis_pid) - redis_cpu0;
+    let redis_cpu_s = backplane_cpu() - redis_cpu0;
     let client_cpu_s = proc::self_cpu_secs() - client_cpu0;
     let complete = tracker.complete.load(Relaxed);
     let deliveries = tracker.deliveries.load(Relaxed);
@@ -266,7 +294,7 @@ pub async fn run(a: &RoomsArgs) -> Result<serde_json::Value, BoxError> {
     drop(members);
 
     drop(servers);
-    drop(backplane);
+    drop(backplanes);
 
     let lat = {
         let mut v = tracker
@@ -284,6 +312,7 @@ pub async fn run(a: &RoomsArgs) -> Result<serde_json::Value, BoxError> {
             RoomsBackplane::Nats => "hub+nats (emitter)",
         },
         "workload": "rooms",
+        "shards": a.shards,
         "rooms": a.rooms,
         "members": a.members,
         "connections": a.rooms * a.members,

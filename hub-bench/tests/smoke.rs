@@ -121,11 +121,13 @@ fn conns_hub_and_raw_connect() {
 #[test]
 fn rooms_over_redis_and_nats_deliver_every_push() {
     for backplane in ["redis", "nats"] {
-        rooms_deliver_every_push(backplane);
+        for shards in ["1", "2"] {
+            rooms_deliver_every_push(backplane, shards);
+        }
     }
 }
 
-fn rooms_deliver_every_push(backplane: &str) {
+fn rooms_deliver_every_push(backplane: &str, shards: &str) {
     let v = bench(&[
         "rooms",
         "--rooms",
@@ -142,6 +144,8 @@ fn rooms_deliver_every_push(backplane: &str) {
         "16",
         "--backplane",
         backplane,
+        "--shards",
+        shards,
     ]);
     assert_eq!(v["pushes"], 30, "{v}");
     assert_eq!(v["pushes_complete"], 30, "{v}");
