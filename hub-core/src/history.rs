@@ -32,6 +32,12 @@ pub struct HistoryQuery {
 pub struct HistoryEntry {
     /// The group offset it was published with.
     pub offset: u64,
+    /// The offset of the group's entry before it (0: none). On a backend whose
+    /// offsets are contiguous per group (Redis) `offset - 1`; on one whose offsets are
+    /// a sequence shared by all groups (a NATS JetStream stream) the previous
+    /// message's of the group. Entries chain: a page is continuous when each entry's
+    /// `prev` is the offset before it.
+    pub prev: u64,
     /// The `hub.v1.Envelope`, as published (without the offset and epoch in front).
     pub envelope: Bytes,
 }
@@ -56,11 +62,12 @@ impl HistoryPage {
         if self.epoch != query.epoch {
             return false;
         }
-        if (query.after + 1..)
-            .zip(&self.entries)
-            .any(|(want, e)| e.offset != want)
-        {
-            return false;
+        let mut at = query.after;
+        for e in &self.entries {
+            if e.prev != at || e.offset <= at {
+                return false;
+            }
+            at = e.offset;
         }
         // No entry although some were published after the offset: gone.
         !(self.entries.is_empty() && self.latest > query.after)
@@ -100,10 +107,46 @@ mod tests {
                 .iter()
                 .map(|&offset| HistoryEntry {
                     offset,
+                    prev: offset - 1,
                     envelope: Bytes::new(),
                 })
                 .collect(),
         }
+    }
+
+    /// Entries of a shared sequence: (offset, prev).
+    fn chained(epoch: u64, latest: u64, entries: &[(u64, u64)]) -> HistoryPage {
+        HistoryPage {
+            epoch,
+            latest,
+            entries: entries
+                .iter()
+                .map(|&(offset, prev)| HistoryEntry {
+                    offset,
+                    prev,
+                    envelope: Bytes::new(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn continuity_of_chained_offsets() {
+        let q = HistoryQuery {
+            epoch: 7,
+            after: 10,
+            limit: 10,
+        };
+        assert!(chained(7, 40, &[(14, 10), (22, 14), (40, 22)]).is_complete(&q));
+        // The limit cut it short.
+        let short = chained(7, 50, &[(14, 10), (22, 14)]);
+        assert!(short.is_continuous(&q) && !short.is_complete(&q));
+        // The entry after 10 is gone: the first one chains to something else.
+        assert!(!chained(7, 40, &[(22, 14), (40, 22)]).is_continuous(&q));
+        // A hole inside.
+        assert!(!chained(7, 40, &[(14, 10), (40, 22)]).is_continuous(&q));
+        assert!(chained(7, 10, &[]).is_complete(&q));
+        assert!(!chained(7, 40, &[]).is_continuous(&q));
     }
 
     #[test]

@@ -365,6 +365,8 @@ pub struct Inbox {
     /// Per subscribed group, the last `origin_seq` seen of each origin (envelopes
     /// without a broker offset).
     origins: Arc<Mutex<HashMap<String, Recent<u64>>>>,
+    /// Set when group offsets are a shared sequence, not contiguous per group.
+    shared_offsets: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The group offset and epoch a broker prepended to an envelope (`offset = 8`,
@@ -432,6 +434,7 @@ impl Inbox {
             groups: Arc::default(),
             history: Arc::default(),
             origins: Arc::default(),
+            shared_offsets: Arc::default(),
         }
     }
 
@@ -466,7 +469,7 @@ impl Inbox {
         let (offset, payload) = split_offset(&payload);
         if let (Some((offset, epoch)), Via::Group(group)) = (offset, via) {
             // Own envelopes too: they take offsets of the group like any other.
-            return self.sequenced(group, offset, epoch, payload);
+            return self.sequenced(group, offset, offset.saturating_sub(1), epoch, payload);
         }
         self.dispatch_numbered(payload, via, true)
     }
@@ -886,6 +889,7 @@ mod tests {
                         .take(q.limit)
                         .map(|(offset, envelope)| crate::history::HistoryEntry {
                             offset: *offset,
+                            prev: offset - 1,
                             envelope: envelope.clone(),
                         })
                         .collect()

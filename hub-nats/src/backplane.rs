@@ -83,10 +83,22 @@ pub(crate) fn bind(
         SharedSessions::Missing(m) => Some(m.clone()),
         _ => None,
     };
+    let history = config.history.map(|h| {
+        Arc::new(crate::history::NatsHistory::new(
+            client.clone(),
+            subjects.clone(),
+            h,
+            config.op_timeout,
+        ))
+    });
+    let inbox = Inbox::new(ctx.hub, ctx.local, ctx.metrics.clone(), ctx.events);
+    if history.is_some() {
+        inbox.set_shared_offsets();
+    }
     let inner = Arc::new(Inner {
         hub: ctx.hub,
         peers: Mutex::new(Peers::new(node.to_string(), config.heartbeat, warm_until)),
-        inbox: Inbox::new(ctx.hub, ctx.local, ctx.metrics.clone(), ctx.events),
+        inbox,
         pending: Arc::new(Pending::new(ctx.metrics)),
         whereabouts: Arc::new(Mutex::new(Whereabouts::default())),
         client,
@@ -101,6 +113,7 @@ pub(crate) fn bind(
         max_payload,
         cancel: cancel.clone(),
         sessions,
+        history,
     });
     runtime.spawn(crate::tasks::control(
         inner.clone(),
@@ -129,7 +142,26 @@ impl Transport for NatsTransport {
         payload: Bytes,
     ) -> BoxFuture<'a, Result<(), GroupError>> {
         let subject = self.inner.subjects.channel(channel);
-        Box::pin(self.inner.send("publish", subject, payload))
+        match (&self.inner.history, channel) {
+            (Some(history), Channel::Group(_)) => Box::pin(async move {
+                self.inner.check_sendable("publish", &payload)?;
+                history.publish(subject, payload).await
+            }),
+            _ => Box::pin(self.inner.send("publish", subject, payload)),
+        }
+    }
+
+    /// Yes without history; with it the stream numbers each group's pushes (and a
+    /// group publish waits for JetStream's ack).
+    fn numbers_pushes(&self) -> bool {
+        self.inner.history.is_none()
+    }
+
+    fn history(&self) -> Option<Arc<dyn hub_core::history::GroupHistory>> {
+        self.inner
+            .history
+            .clone()
+            .map(|h| Arc::new(crate::history::History(h)) as Arc<dyn hub_core::history::GroupHistory>)
     }
 
     fn subscribe<'a>(&'a self, group: &'a GroupName) -> BoxFuture<'a, Result<(), GroupError>> {

@@ -13,6 +13,7 @@ use hub_core::emit::Emit;
 use hub_core::relay::Channel;
 use hub_core::{BoxFuture, GroupError};
 
+use crate::history::NatsHistory;
 use crate::subject::Subjects;
 use crate::{BACKPLANE, ConnectError, NatsProvider, NatsProviderBuilder};
 
@@ -34,6 +35,11 @@ use crate::{BACKPLANE, ConnectError, NatsProvider, NatsProviderBuilder};
 /// `flush` (through the emitter) before the process exits, so that nothing buffered is
 /// lost. Delivery is at-most-once: a server that is not subscribed at that moment misses
 /// it.
+///
+/// Built from a provider with [history](NatsProviderBuilder::history), it publishes
+/// group envelopes as the hub servers then do: a JetStream publish to the hub's
+/// history stream (made if missing) waiting for its ack, so the servers number and
+/// recover its pushes like their own (and it does not number them itself).
 ///
 /// **A stalled NATS** (the process hangs, its TCP connection stays open) is not a
 /// closed connection: the client would go on buffering publishes it cannot send. So
@@ -65,6 +71,9 @@ pub struct NatsEmitter {
     servers: String,
     /// Whether NATS answers round trips.
     liveness: Arc<Liveness>,
+    /// With history: its limits, and each hub's stream as used so far.
+    history: Option<(usize, Duration)>,
+    streams: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<NatsHistory>>>>,
 }
 
 /// How often, at most, a publishing [`NatsEmitter`] checks with a round trip that
@@ -184,7 +193,26 @@ impl NatsEmitter {
             op_timeout: provider.shared.config.op_timeout,
             servers: provider.shared.servers.clone(),
             liveness: Arc::new(Liveness::new()),
+            history: provider.shared.config.history,
+            streams: Arc::default(),
         }
+    }
+
+    /// The history stream of `hub`, with history.
+    fn stream(&self, hub: &str) -> Option<Arc<NatsHistory>> {
+        let limits = self.history?;
+        let mut streams = crate::state::lock(&self.streams);
+        if let Some(s) = streams.get(hub) {
+            return Some(s.clone());
+        }
+        let s = Arc::new(NatsHistory::new(
+            self.client.clone(),
+            Subjects::new(&self.prefix, hub)?,
+            limits,
+            self.op_timeout,
+        ));
+        streams.insert(hub.to_owned(), s.clone());
+        Some(s)
     }
 
     /// Connects to NATS at `urls` (one URL, or several comma-separated; see the
@@ -213,7 +241,12 @@ impl NatsEmitter {
         &self.client
     }
 
-    async fn send(&self, subject: String, payload: Bytes) -> Result<(), GroupError> {
+    async fn send(
+        &self,
+        subject: String,
+        payload: Bytes,
+        stream: Option<Arc<NatsHistory>>,
+    ) -> Result<(), GroupError> {
         let max = self.client.server_info().max_payload;
         if max > 0 && payload.len() > max {
             return Err(GroupError::TooLarge {
@@ -242,6 +275,9 @@ impl NatsEmitter {
                 source: None,
             });
         }
+        if let Some(stream) = stream {
+            return stream.publish(subject, payload).await;
+        }
         let refused =
             |e| GroupError::unavailable(BACKPLANE, "publish: NATS refused the message", e);
         let mut publish = std::pin::pin!(self.client.publish(subject, payload));
@@ -262,6 +298,12 @@ impl Emit for NatsEmitter {
         self.servers.clone()
     }
 
+    /// Yes without history; with it the stream numbers the pushes (and a group
+    /// publish waits for JetStream's ack).
+    fn numbers_pushes(&self) -> bool {
+        self.history.is_none()
+    }
+
     fn publish<'a>(
         &'a self,
         hub: &'a str,
@@ -277,7 +319,11 @@ impl Emit for NatsEmitter {
                 ),
                 source: None,
             })?;
-            self.send(subject, envelope).await
+            let stream = match channel {
+                Channel::Group(_) => self.stream(hub),
+                Channel::Node(_) => None,
+            };
+            self.send(subject, envelope, stream).await
         })
     }
 

@@ -13,6 +13,7 @@ use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::BACKPLANE;
+use crate::history::NatsHistory;
 use crate::members::Whereabouts;
 use crate::proto;
 use crate::roll_call;
@@ -26,6 +27,7 @@ async fn read_group(
     group: GroupName,
     inbox: Inbox,
     whereabouts: Arc<Mutex<Whereabouts>>,
+    history: Option<Arc<NatsHistory>>,
     stop: CancellationToken,
 ) {
     loop {
@@ -40,13 +42,25 @@ async fn read_group(
                 None => return,
             },
             msg = frames.next() => match msg {
-                Some(msg) => {
-                    inbox.receive(msg.payload, Via::Group(group.as_str()));
-                }
+                Some(msg) => match (&history, sequence(&msg)) {
+                    (Some(h), Some((offset, prev))) => {
+                        inbox.receive_chained(msg.payload, group.as_str(), offset, prev, h.epoch());
+                    }
+                    _ => {
+                        inbox.receive(msg.payload, Via::Group(group.as_str()));
+                    }
+                },
                 None => return,
             },
         }
     }
+}
+
+/// The stream sequence of a republished message and its subject's previous one.
+fn sequence(msg: &async_nats::Message) -> Option<(u64, u64)> {
+    let headers = msg.headers.as_ref()?;
+    let number = |name: &str| headers.get(name)?.as_str().parse::<u64>().ok();
+    Some((number("Nats-Sequence")?, number("Nats-Last-Sequence").unwrap_or(0)))
 }
 
 fn member_change(
@@ -104,7 +118,13 @@ impl Inner {
             }
             self.wait_ready().await?;
             self.check_connected("join")?;
-            let subject = self.subjects.group(group.as_str());
+            let subject = match &self.history {
+                Some(h) => {
+                    h.ensure().await?;
+                    self.subjects.republished(group.as_str())
+                }
+                None => self.subjects.group(group.as_str()),
+            };
             let members = self.subjects.members(group.as_str());
             let subscribe = |subject: String| async move {
                 self.client.subscribe(subject.clone()).await.map_err(|e| {
@@ -124,6 +144,7 @@ impl Inner {
                 group.clone(),
                 self.inbox.clone(),
                 self.whereabouts.clone(),
+                self.history.clone(),
                 stop.clone(),
             ));
             let guard = stop.drop_guard();
@@ -205,6 +226,14 @@ impl Inner {
     /// After a reconnect: every group with local members is subscribed, no other is,
     /// and the whereabouts are learned again (changes may have been missed).
     pub(crate) async fn resync(self: &Arc<Self>) {
+        if let Some(h) = &self.history {
+            // The stream may have been made again (a server that lost its store).
+            h.unbind();
+            if let Err(e) = h.ensure().await {
+                HubMetrics::incr(&self.metrics().backplane_errors);
+                tracing::warn!(hub = self.hub, error = %e, "group history stream not bound after a reconnect");
+            }
+        }
         let local = self.inbox.local().groups();
         for group in &local {
             if !self.is_subscribed(group) {
@@ -216,6 +245,8 @@ impl Inner {
             } else {
                 self.seed(group.clone());
             }
+            // What the group's stream holds since the last push delivered here.
+            self.inbox.catch_up(group.as_str());
         }
         let stale: Vec<GroupName> = lock(&self.groups)
             .keys()

@@ -233,6 +233,7 @@
 mod backplane;
 mod emitter;
 mod groups;
+mod history;
 mod members;
 mod peers;
 mod roll_call;
@@ -340,6 +341,8 @@ pub(crate) struct Config {
     pub(crate) roll_call_timeout: Duration,
     /// Time limit of one NATS operation.
     pub(crate) op_timeout: Duration,
+    /// Group history kept in JetStream: the most messages per group, their age.
+    pub(crate) history: Option<(usize, Duration)>,
 }
 
 impl Default for Config {
@@ -349,6 +352,7 @@ impl Default for Config {
             heartbeat: DEFAULT_HEARTBEAT_INTERVAL,
             roll_call_timeout: DEFAULT_ROLL_CALL_TIMEOUT,
             op_timeout: DEFAULT_OPERATION_TIMEOUT,
+            history: None,
         }
     }
 }
@@ -560,6 +564,35 @@ impl NatsProviderBuilder {
         self
     }
 
+    /// Keeps each group's recent pushes in JetStream, so that a server that misses
+    /// some (its subscription cut, a reconnect, a slow consumer's dropped messages)
+    /// delivers them from there, in order, before anything later, and a session
+    /// resumed on another server gets the group pushes it missed. Default off.
+    ///
+    /// Each hub gets a stream `<prefix>-<hub>-history` (named like the sessions
+    /// bucket: `.` → `-`, `-` → `_D`, `_` → `__`) capturing its group subjects
+    /// `<prefix>.<hub>.g.>`, at most `max_len` messages per group and none older than
+    /// `max_age`, with direct gets, republishing every stored message to
+    /// `<prefix>.<hub>.h.<group token>` with its stream sequence (`Nats-Sequence`)
+    /// and the group's previous one (`Nats-Last-Sequence`): servers subscribe to
+    /// those instead of the group subjects, and number each group's pushes by them
+    /// (the group offsets are the stream's sequences, shared by the hub's groups: not
+    /// contiguous per group; a gap shows as a `Nats-Last-Sequence` above the last
+    /// sequence delivered). The epoch is a hash of the stream's creation time.
+    /// A group push is a JetStream publish waiting for its ack (an error if the
+    /// stream did not store it). Missed messages are read by direct gets
+    /// (`next_by_subj`), one request per message, within the operation timeout.
+    ///
+    /// Needs JetStream with RePublish (nats-server 2.9 or later):
+    /// [`NatsProviderBuilder::connect`] fails ([`ConnectError::NoJetStream`])
+    /// without it. Every server and emitter of a hub must agree on it (without it a
+    /// server listens on the group subjects, which the stream does not republish
+    /// to). `max_len` at least 1, `max_age` at least 1 ms.
+    pub fn history(mut self, max_len: usize, max_age: Duration) -> Self {
+        self.config.history = Some((max_len.max(1), max_age.max(Duration::from_millis(1))));
+        self
+    }
+
     /// Checks the settings and connects to `urls` (one URL, or several comma-separated).
     pub async fn connect(self, urls: &str) -> Result<NatsProvider, ConnectError> {
         if !subject::valid_prefix(&self.config.prefix) {
@@ -623,6 +656,14 @@ impl NatsProviderBuilder {
                     source,
                 })?;
         tracing::info!(servers = %shown, prefix = %self.config.prefix, "connected to NATS");
+        if self.config.history.is_some()
+            && let Err(reason) = sessions::probe(&client, self.config.op_timeout).await
+        {
+            return Err(ConnectError::NoJetStream {
+                servers: shown,
+                reason,
+            });
+        }
         let sessions = match self.sessions {
             Some(false) => SharedSessions::Off,
             wanted => match sessions::probe(&client, self.config.op_timeout).await {

@@ -37,6 +37,14 @@ const SAVE_TRIES: usize = 3;
 /// different prefixes give different buckets), then `-sessions`:
 /// `hub.chat.v1.ChatHub` → `hub-chat-v1-ChatHub-sessions`.
 pub(crate) fn bucket_name(hub_prefix: &str) -> String {
+    let mut out = sanitized(hub_prefix);
+    out.push_str("-sessions");
+    out
+}
+
+/// `hub_prefix` as a JetStream name (letters, digits, `-` and `_`), one name per
+/// prefix (see [`bucket_name`]).
+pub(crate) fn sanitized(hub_prefix: &str) -> String {
     let mut out = String::with_capacity(hub_prefix.len() + 12);
     for c in hub_prefix.chars() {
         match c {
@@ -48,7 +56,6 @@ pub(crate) fn bucket_name(hub_prefix: &str) -> String {
             c => out.push_str(&format!("_{:X}_", u32::from(c))),
         }
     }
-    out.push_str("-sessions");
     out
 }
 

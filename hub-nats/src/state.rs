@@ -137,6 +137,8 @@ pub(crate) struct Inner {
     pub(crate) changes: AtomicU64,
     /// The largest message our NATS server takes (`max_payload` of its INFO).
     pub(crate) max_payload: usize,
+    /// The group history stream, with [`crate::NatsProviderBuilder::history`].
+    pub(crate) history: Option<Arc<crate::history::NatsHistory>>,
     /// Stops every task of this hub.
     pub(crate) cancel: CancellationToken,
     /// The hub's session records, when the provider shares sessions.
@@ -185,14 +187,7 @@ impl Inner {
         subject: String,
         payload: Bytes,
     ) -> Result<(), GroupError> {
-        if payload.len() > self.max_payload {
-            return Err(GroupError::TooLarge {
-                backplane: BACKPLANE,
-                size: payload.len(),
-                max: self.max_payload,
-            });
-        }
-        self.check_connected(op)?;
+        self.check_sendable(op, &payload)?;
         let refused =
             |e| GroupError::unavailable(BACKPLANE, format!("{op}: NATS refused the message"), e);
         let mut publish = std::pin::pin!(self.client.publish(subject, payload));
@@ -205,6 +200,18 @@ impl Inner {
             publish.await.map_err(refused)
         })
         .await
+    }
+
+    /// Checks that a message fits and NATS is connected.
+    pub(crate) fn check_sendable(&self, op: &str, payload: &Bytes) -> Result<(), GroupError> {
+        if payload.len() > self.max_payload {
+            return Err(GroupError::TooLarge {
+                backplane: BACKPLANE,
+                size: payload.len(),
+                max: self.max_payload,
+            });
+        }
+        self.check_connected(op)
     }
 
     /// Waits until the hub's own subscriptions are made (right after bind).

@@ -86,6 +86,9 @@ pub(crate) struct Subjects {
     node_prefix: String,
     /// `<base>.m.`: a group's membership changes go to this plus the group token.
     members_prefix: String,
+    /// `<base>.h.`: with history, the group history stream republishes each group's
+    /// envelopes to this plus the group token.
+    republish_prefix: String,
     /// `<base>.hb`: heartbeats.
     pub(crate) heartbeat: String,
     /// `<base>.rc`: roll-call queries.
@@ -103,6 +106,7 @@ impl Subjects {
             group_prefix: format!("{base}.g."),
             node_prefix: format!("{base}.n."),
             members_prefix: format!("{base}.m."),
+            republish_prefix: format!("{base}.h."),
             heartbeat: format!("{base}.hb"),
             roll_call: format!("{base}.rc"),
             base,
@@ -115,6 +119,21 @@ impl Subjects {
         s.push_str(&self.group_prefix);
         s.push_str(&group_token(group));
         s
+    }
+
+    /// Every group subject (what the history stream captures).
+    pub(crate) fn all_groups(&self) -> String {
+        format!("{}>", self.group_prefix)
+    }
+
+    /// Where the history stream republishes every group subject.
+    pub(crate) fn all_republished(&self) -> String {
+        format!("{}>", self.republish_prefix)
+    }
+
+    /// Where the history stream republishes a group's envelopes.
+    pub(crate) fn republished(&self, group: &str) -> String {
+        format!("{}{}", self.republish_prefix, group_token(group))
     }
 
     /// The subject of a group's membership changes.
@@ -202,6 +221,9 @@ mod tests {
             s.node(NodeId(0xab)),
             "hub.chat.v1.ChatHub.n.00000000000000ab"
         );
+        assert_eq!(s.republished("room.1"), "hub.chat.v1.ChatHub.h.room%2E1");
+        assert_eq!(s.all_groups(), "hub.chat.v1.ChatHub.g.>");
+        assert_eq!(s.all_republished(), "hub.chat.v1.ChatHub.h.>");
         assert_eq!(s.heartbeat, "hub.chat.v1.ChatHub.hb");
         assert_eq!(s.roll_call, "hub.chat.v1.ChatHub.rc");
         assert!(Subjects::new("hub", "bad name").is_none());

@@ -1,5 +1,5 @@
 //! Sessions that move to another server get back the group pushes they missed, with
-//! Redis group history: each push of a group with history carries its position
+//! group history (on Redis, and on NATS JetStream): each push of a group with history carries its position
 //! (`control.position`: group, offset, epoch); a client that presents the last one of
 //! each group (`hub-resume-positions-bin`) when it resumes elsewhere gets, on that
 //! server, every push it missed once and in order, then the live ones. What history
@@ -16,9 +16,10 @@ use examples::chat::chat_response::Event;
 use examples::chat::{ChatResponse, JoinRequest, SayRequest};
 use hub_core::proto::server_control::Kind;
 use hub_core::proto::{ConnectionInfo, Position, PushesLost, ResumeOutcome};
+use hub_nats::NatsProvider;
 use hub_redis::RedisProvider;
 use hub_server::{GroupProvider, HubConfig, SessionConfig};
-use test_support::RedisServer;
+use test_support::{NatsServer, RedisServer};
 use tests::raw::{Frame, RawConn};
 use tests::resume::{next_frame, open, open_at, outcome, send, until_reply};
 use tests::{CrashableServer, TestServer, login};
@@ -31,16 +32,63 @@ fn config() -> HubConfig {
     ))
 }
 
-fn provider(url: &str, history: usize) -> Arc<dyn GroupProvider> {
-    Arc::new(
-        RedisProvider::builder()
-            .url(url)
-            .presence_ttl(Duration::from_secs(1))
-            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
-            .history(history, Duration::from_secs(60))
-            .build()
-            .expect("provider"),
-    )
+/// The broker the servers share.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Backend {
+    Redis,
+    Nats,
+}
+
+/// A running broker of either kind.
+enum Broker {
+    Redis(RedisServer),
+    Nats(NatsServer),
+}
+
+impl Broker {
+    fn start(backend: Backend) -> Broker {
+        match backend {
+            Backend::Redis => Broker::Redis(RedisServer::start()),
+            Backend::Nats => Broker::Nats(NatsServer::start()),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Broker::Redis(r) => r.url(),
+            Broker::Nats(n) => n.url(),
+        }
+    }
+}
+
+async fn provider(backend: Backend, url: &str, history: usize) -> Arc<dyn GroupProvider> {
+    match backend {
+        Backend::Redis => Arc::new(
+            RedisProvider::builder()
+                .url(url)
+                .presence_ttl(Duration::from_secs(1))
+                .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+                .history(history, Duration::from_secs(60))
+                .build()
+                .expect("provider"),
+        ),
+        // Sessions shared through JetStream, a server presumed dead 1.5 s after its
+        // last beat.
+        Backend::Nats => Arc::new(
+            NatsProvider::builder()
+                .options(
+                    hub_nats::async_nats::ConnectOptions::new()
+                        .reconnect_delay_callback(|_| Duration::from_millis(100)),
+                )
+                .heartbeat_interval(Duration::from_millis(500))
+                .operation_timeout(Duration::from_secs(2))
+                .share_sessions(true)
+                .history(history, Duration::from_secs(60))
+                .connect(url)
+                .await
+                .expect("connect to NATS"),
+        ),
+    }
 }
 
 /// What a raw client keeps, as a stock client would: the chat lines it read (seq,
@@ -122,10 +170,10 @@ fn bob_says(
     })
 }
 
-/// Server A (crashable) and B over one Redis with group history of `history`
+/// Server A (crashable) and B over one broker with group history of `history`
 /// entries; alice (raw, a session) in `lobby` on A, Bob (the Rust client) on B.
 struct Pair {
-    _redis: RedisServer,
+    _broker: Broker,
     a: CrashableServer,
     b: TestServer,
     token: String,
@@ -135,19 +183,22 @@ struct Pair {
 }
 
 impl Pair {
-    async fn start(history: usize) -> Pair {
-        let redis = RedisServer::start();
-        let url = redis.url();
+    async fn start(backend: Backend, history: usize) -> Pair {
+        let broker = Broker::start(backend);
+        let url = broker.url();
         let url_a = url.clone();
-        let a = CrashableServer::start(move || async move { provider(&url_a, history) }, config())
-            .await;
-        let b = TestServer::start(provider(&url, history), config()).await;
+        let a = CrashableServer::start(
+            move || async move { provider(backend, &url_a, history).await },
+            config(),
+        )
+        .await;
+        let b = TestServer::start(provider(backend, &url, history).await, config()).await;
         let token = login(&a.url(), "alice").await;
         let (mut alice, hello) = open(&a.url(), &token, None).await;
         join(&mut alice, "lobby").await;
         let (bob, _) = tests::joined_via(&a.url(), &b.url(), "lobby", "bob").await;
         Pair {
-            _redis: redis,
+            _broker: broker,
             a,
             b,
             token,
@@ -168,15 +219,24 @@ fn numbered(from: u64, to: u64) -> Vec<String> {
 /// the move, the ones she missed replayed on B, then the live ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_moved_after_its_server_died_misses_no_push_and_sees_none_twice() {
+    moved_after_a_crash(Backend::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_session_moved_after_its_server_died_misses_no_push_and_sees_none_twice() {
+    moved_after_a_crash(Backend::Nats).await;
+}
+
+async fn moved_after_a_crash(backend: Backend) {
     let Pair {
-        _redis,
+        _broker,
         a,
         b,
         token,
         mut alice,
         hello,
         bob,
-    } = Pair::start(1000).await;
+    } = Pair::start(backend, 1000).await;
 
     let said = Arc::new(AtomicU64::new(0));
     let talk = bob_says(bob.clone(), 1, 300, said.clone());
@@ -229,15 +289,24 @@ async fn a_session_moved_after_its_server_died_misses_no_push_and_sees_none_twic
 /// joined each group with history, and B replays from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_positions_a_moved_session_replays_from_where_it_joined() {
+    without_positions(Backend::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_without_positions_a_moved_session_replays_from_where_it_joined() {
+    without_positions(Backend::Nats).await;
+}
+
+async fn without_positions(backend: Backend) {
     let Pair {
-        _redis,
+        _broker,
         a,
         b,
         token,
         alice,
         hello,
         bob,
-    } = Pair::start(1000).await;
+    } = Pair::start(backend, 1000).await;
     a.crash();
     drop(alice);
     for i in 1..=5 {
@@ -264,16 +333,28 @@ async fn without_positions_a_moved_session_replays_from_where_it_joined() {
 /// silently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_history_no_longer_holds_are_told_to_the_moved_session() {
-    // A stream of about 10 entries (MAXLEN ~ trims by whole nodes: it may keep more).
+    trimmed_replay(Backend::Redis).await;
+}
+
+/// On NATS the stream's sequences are shared by the hub's groups: how many are gone
+/// is unknown (told as 0), but it is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_pushes_history_no_longer_holds_are_told_to_the_moved_session() {
+    trimmed_replay(Backend::Nats).await;
+}
+
+async fn trimmed_replay(backend: Backend) {
+    // A stream of about 10 entries (Redis's MAXLEN ~ trims by whole nodes: it may
+    // keep more; NATS keeps exactly 10 per group).
     let Pair {
-        _redis,
+        _broker,
         a,
         b,
         token,
         mut alice,
         hello,
         bob,
-    } = Pair::start(10).await;
+    } = Pair::start(backend, 10).await;
     bob.say(SayRequest { text: "m1".into() })
         .await
         .expect("say");
@@ -305,9 +386,21 @@ async fn pushes_history_no_longer_holds_are_told_to_the_moved_session() {
     seen.until_said(&mut alice, "m401").await;
     let lost: u64 = seen.lost.iter().map(|l| l.missed).sum();
     let got = seen.texts();
-    // Every line is either read or counted lost, and what was read is in order.
-    assert_eq!(got.len() as u64 + lost, 401, "lost {:?}", seen.lost);
-    assert!(lost > 0, "history of about 10 kept all 400");
+    // Every line is either read or counted lost (on Redis, whose offsets count the
+    // group's pushes), and what was read is in order.
+    assert!(!seen.lost.is_empty(), "history of about 10 kept all 400");
+    match backend {
+        Backend::Redis => {
+            assert_eq!(got.len() as u64 + lost, 401, "lost {:?}", seen.lost);
+            assert!(lost > 0, "history of about 10 kept all 400");
+        }
+        Backend::Nats => {
+            assert_eq!(lost, 0, "{:?}", seen.lost);
+            // m1, the 10 the stream keeps (m391 to m400), m401 live.
+            assert_eq!(got.len(), 12, "{got:?}");
+            assert_eq!(got[1], "m391", "{got:?}");
+        }
+    }
     assert_eq!(got.first().map(String::as_str), Some("m1"));
     let numbers: Vec<u64> = got.iter().map(|t| t[1..].parse().expect("m<n>")).collect();
     assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");

@@ -82,6 +82,8 @@ struct Fill {
 #[derive(Debug)]
 struct Held {
     offset: u64,
+    /// The group's offset before it (`offset - 1` where offsets are contiguous).
+    prev: u64,
     epoch: u64,
     payload: Bytes,
 }
@@ -135,6 +137,25 @@ fn never_reached(from: u64, to: u64) -> String {
     format!("{missed} push(es) to the group (offsets {from} to {to}) never reached this server")
 }
 
+/// How many pushes lie after offset `last` up to offset `to` (both the group's): known
+/// where offsets are contiguous, 0 (unknown) where they are a shared sequence.
+fn count(contiguous: bool, last: u64, to: u64) -> u64 {
+    if contiguous { to.saturating_sub(last) } else { 0 }
+}
+
+/// Why pushes after `last` up to `to` are told lost: the offsets if contiguous.
+fn gap_text(contiguous: bool, last: u64, to: u64, why: &str) -> String {
+    if contiguous {
+        format!(
+            "{} push(es) to the group (offsets {} to {to}) {why}",
+            to - last,
+            last + 1
+        )
+    } else {
+        format!("push(es) to the group (after offset {last}, up to {to}) {why}")
+    }
+}
+
 impl Inbox {
     /// Fills gaps in group offsets from `history` from now on. Call inside the Tokio
     /// runtime the fills should run on ([`crate::relay::Relay::new`] does); a second
@@ -156,6 +177,34 @@ impl Inbox {
     /// The history gaps are filled from, if any.
     pub fn history(&self) -> Option<Arc<dyn GroupHistory>> {
         self.history.get().map(|h| h.store.clone())
+    }
+
+    /// Group offsets are from now on a sequence shared by all the groups (a NATS
+    /// JetStream stream's), not contiguous per group: a gap is seen by an envelope's
+    /// `prev` ([`Inbox::receive_chained`]) and how many pushes it holds is unknown
+    /// (told as 0) unless read from history.
+    pub fn set_shared_offsets(&self) {
+        self.shared_offsets.store(true, Ordering::Release);
+    }
+
+    /// Whether group offsets are contiguous per group (the default).
+    fn contiguous(&self) -> bool {
+        !self.shared_offsets.load(Ordering::Acquire)
+    }
+
+    /// Handles one envelope of `group`'s channel that the broker numbered `offset` of
+    /// `epoch` and whose previous envelope in the group is `prev` (0: none): it goes
+    /// through the group's sequence like an envelope with its offset in front
+    /// ([`Inbox::receive`]), a gap being `prev` above the last offset delivered.
+    pub fn receive_chained(
+        &self,
+        payload: Bytes,
+        group: &str,
+        offset: u64,
+        prev: u64,
+        epoch: u64,
+    ) -> Received {
+        self.sequenced(group, offset, prev, epoch, payload)
     }
 
     /// Forgets the offsets (and the origins' push numbers) seen of `group`: its subscription is new (or gone), and what
@@ -454,7 +503,7 @@ impl ReplayHold {
         let end = if st.fresh {
             let first = st.fill.as_ref().and_then(|f| f.held.front());
             let end = match first {
-                Some(h) if h.epoch == page.epoch => page.latest.min(h.offset.saturating_sub(1)),
+                Some(h) if h.epoch == page.epoch => page.latest.min(h.prev),
                 _ => page.latest,
             };
             st.fresh = false;
@@ -475,32 +524,41 @@ impl ReplayHold {
         let Some(m) = inbox.local.member(member) else {
             return Some(Ok(Replayed::default()));
         };
+        let contiguous = inbox.contiguous();
         let mut report = Replayed::default();
-        let mut next = from + 1;
+        // The chain: each entry follows the offset before it, else some are gone.
+        let mut at = from;
         for e in page.entries {
-            if e.offset < next || e.offset > end {
+            if e.offset <= at || e.offset > end {
                 continue;
             }
-            report.missed += e.offset - next;
+            if e.prev != at {
+                report.lost = true;
+                report.missed += count(contiguous, at, e.offset - 1);
+            }
             if inbox.replay_entry(group, &m, e.envelope, (e.offset, page.epoch)) {
                 report.replayed += 1;
             }
-            next = e.offset + 1;
+            at = e.offset;
         }
-        if next <= end {
-            report.missed += end - next + 1;
+        if at < end {
+            report.lost = true;
+            report.missed += count(contiguous, at, end);
         }
         drop(st);
-        if report.missed > 0 {
-            report.lost = true;
+        if report.lost {
             inbox.tell_member_lost(
                 group,
                 member,
                 report.missed,
-                format!(
-                    "{} push(es) to the group missed while the session was away are no longer in its history",
-                    report.missed
-                ),
+                if contiguous {
+                    format!(
+                        "{} push(es) to the group missed while the session was away are no longer in its history",
+                        report.missed
+                    )
+                } else {
+                    "push(es) to the group missed while the session was away are no longer in its history".to_owned()
+                },
             );
         }
         inbox
@@ -550,6 +608,7 @@ impl Inbox {
         &self,
         group: &str,
         offset: u64,
+        prev: u64,
         epoch: u64,
         payload: Bytes,
     ) -> Received {
@@ -563,7 +622,7 @@ impl Inbox {
                         live: AtomicBool::new(true),
                         state: Mutex::new(Seq {
                             epoch,
-                            last: offset.saturating_sub(1),
+                            last: prev,
                             fill: None,
                             fills: 0,
                             fresh: false,
@@ -578,6 +637,7 @@ impl Inbox {
         let mut out = Vec::new();
         let item = Held {
             offset,
+            prev,
             epoch,
             payload,
         };
@@ -591,12 +651,14 @@ impl Inbox {
             if let Some(to) = fill.to
                 && to > st.last
             {
+                let contiguous = self.contiguous();
                 out.push(Out::Lost {
-                    missed: to - st.last,
-                    reason: format!(
-                        "{} push(es) to the group (offsets {} to {to}) never reached this server, and were not read from history before {MAX_HELD} later ones came",
-                        to - st.last,
-                        st.last + 1
+                    missed: count(contiguous, st.last, to),
+                    reason: gap_text(
+                        contiguous,
+                        st.last,
+                        to,
+                        &format!("never reached this server, and were not read from history before {MAX_HELD} later ones came"),
                     ),
                 });
                 st.last = to;
@@ -623,7 +685,7 @@ impl Inbox {
         if st.fresh {
             st.fresh = false;
             st.epoch = item.epoch;
-            st.last = item.offset.saturating_sub(1);
+            st.last = item.prev;
         }
         let mut restarted = false;
         if item.epoch != st.epoch {
@@ -640,15 +702,22 @@ impl Inbox {
         if item.offset <= st.last {
             return Fate::Duplicate;
         }
-        let missed = item.offset - st.last - 1;
-        if missed > 0 {
+        // In order when the group's offset before it is the last one delivered (or
+        // older: a position taken between two of the group's offsets).
+        if item.prev > st.last {
+            let contiguous = self.contiguous();
+            let missed = count(contiguous, st.last, item.prev);
             if fill && missed <= MAX_FILL && self.history.get().is_some() {
                 let query = HistoryQuery {
                     epoch: st.epoch,
                     after: st.last,
-                    limit: missed as usize,
+                    limit: if contiguous {
+                        missed as usize
+                    } else {
+                        MAX_FILL as usize
+                    },
                 };
-                let to = item.offset - 1;
+                let to = item.prev;
                 let id = st.start_fill(Some(to), VecDeque::from([item]), 0);
                 out.push(Out::Fill { id, query });
                 return Fate::Held;
@@ -656,7 +725,11 @@ impl Inbox {
             if !restarted {
                 out.push(Out::Lost {
                     missed,
-                    reason: never_reached(st.last + 1, item.offset - 1),
+                    reason: if contiguous {
+                        never_reached(st.last + 1, item.prev)
+                    } else {
+                        gap_text(false, st.last, item.prev, "never reached this server")
+                    },
                 });
             }
         }
@@ -714,43 +787,51 @@ impl Inbox {
         let after = query.after;
         match read {
             Ok(page) if page.epoch == query.epoch => {
-                let end = fill
-                    .to
-                    .unwrap_or(page.latest.min(after + query.limit as u64))
-                    .max(after);
-                let mut next = after + 1;
+                let contiguous = self.contiguous();
+                let end = match fill.to {
+                    Some(to) => to,
+                    None if contiguous => page.latest.min(after + query.limit as u64),
+                    // A shared sequence: up to the last entry if the limit cut the read.
+                    None if page.entries.len() >= query.limit => {
+                        page.entries.last().map_or(page.latest, |e| e.offset)
+                    }
+                    None => page.latest,
+                }
+                .max(after);
+                const GONE: &str = "never reached this server and are no longer in its history";
+                // The chain: each entry follows the offset before it.
+                let mut at = after;
                 let mut told = 0;
+                let mut holes = 0;
                 let mut recovered = 0u64;
                 for e in page.entries {
-                    if e.offset < next || e.offset > end {
+                    if e.offset <= at || e.offset > end {
                         continue;
                     }
-                    if e.offset > next {
-                        told += e.offset - next;
+                    if e.prev != at {
+                        let to = if contiguous { e.offset - 1 } else { e.prev.max(at) };
+                        let missed = count(contiguous, at, to);
+                        told += missed;
+                        holes += 1;
                         out.push(Out::Lost {
-                            missed: e.offset - next,
-                            reason: format!(
-                                "{} push(es) to the group (offsets {next} to {}) never reached this server and are no longer in its history",
-                                e.offset - next,
-                                e.offset - 1
-                            ),
+                            missed,
+                            reason: gap_text(contiguous, at, to, GONE),
                         });
                     }
                     out.push(Out::Recovered(e.envelope, e.offset, page.epoch));
                     recovered += 1;
-                    next = e.offset + 1;
+                    at = e.offset;
                 }
-                if next <= end {
-                    told += end - next + 1;
+                if at < end {
+                    let missed = count(contiguous, at, end);
+                    told += missed;
+                    holes += 1;
                     out.push(Out::Lost {
-                        missed: end - next + 1,
-                        reason: format!(
-                            "{} push(es) to the group (offsets {next} to {end}) never reached this server and are no longer in its history",
-                            end - next + 1
-                        ),
+                        missed,
+                        reason: gap_text(contiguous, at, end, GONE),
                     });
                 }
-                if told == 0 && recovered > 0 {
+                if holes == 0 && recovered > 0 {
                     HubMetrics::incr(&self.metrics.backplane_gaps_filled);
                 }
                 if recovered > 0 {
@@ -777,12 +858,16 @@ impl Inbox {
             }
             Err(why) => {
                 if let Some(to) = fill.to {
+                    let contiguous = self.contiguous();
                     out.push(Out::Lost {
-                        missed: to - after,
-                        reason: format!(
-                            "{} push(es) to the group (offsets {} to {to}) never reached this server, and could not be read from history: {why}",
-                            to - after,
-                            after + 1
+                        missed: count(contiguous, after, to),
+                        reason: gap_text(
+                            contiguous,
+                            after,
+                            to,
+                            &format!(
+                                "never reached this server, and could not be read from history: {why}"
+                            ),
                         ),
                     });
                     st.last = to;
