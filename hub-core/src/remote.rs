@@ -863,7 +863,8 @@ mod tests {
     /// A history in memory: the envelopes of one epoch by offset, or a failure.
     struct FakeHistory {
         epoch: u64,
-        entries: Mutex<Vec<(u64, Bytes)>>,
+        /// (offset, prev, envelope).
+        entries: Mutex<Vec<(u64, u64, Bytes)>>,
         fail: bool,
     }
 
@@ -887,9 +888,9 @@ mod tests {
                     all.iter()
                         .filter(|e| e.0 > q.after)
                         .take(q.limit)
-                        .map(|(offset, envelope)| crate::history::HistoryEntry {
+                        .map(|(offset, prev, envelope)| crate::history::HistoryEntry {
                             offset: *offset,
-                            prev: offset - 1,
+                            prev: *prev,
                             envelope: envelope.clone(),
                         })
                         .collect()
@@ -919,11 +920,128 @@ mod tests {
         let env = move |n: u64| other.group(&room(), &Target::All, &Bytes::from(vec![n as u8]));
         let history = FakeHistory {
             epoch,
-            entries: Mutex::new(held.iter().map(|&n| (n, env(n))).collect()),
+            entries: Mutex::new(held.iter().map(|&n| (n, n - 1, env(n))).collect()),
             fail,
         };
         inbox.set_history(Arc::new(history));
         (inbox, ra, env)
+    }
+
+    /// An inbox whose offsets are a shared sequence (as on NATS JetStream), with a
+    /// history holding `held` (offset, prev) of `room`, or none.
+    fn with_chain(
+        held: Option<&[(u64, u64)]>,
+    ) -> (Inbox, OutboxReceiver, impl Fn(u64) -> Bytes) {
+        let (inbox, _) = inbox(2);
+        let (a, ra) = member(inbox.local(), 1);
+        inbox.local().join(&room(), a);
+        inbox.set_shared_offsets();
+        let other = EnvelopeWriter::new(NodeId(9));
+        let env = move |n: u64| other.group(&room(), &Target::All, &Bytes::from(vec![n as u8]));
+        if let Some(held) = held {
+            let history = FakeHistory {
+                epoch: 7,
+                entries: Mutex::new(held.iter().map(|&(n, p)| (n, p, env(n))).collect()),
+                fail: false,
+            };
+            inbox.set_history(Arc::new(history));
+        }
+        (inbox, ra, env)
+    }
+
+    #[tokio::test]
+    async fn chained_offsets_in_order_duplicates_and_a_gap_filled_from_history() {
+        // The group's offsets in a sequence shared with other groups: 3, 10, 17, 25, 30.
+        let chain = [(3, 0), (10, 3), (17, 10), (25, 17), (30, 25)];
+        let (inbox, mut ra, env) = with_chain(Some(&chain));
+        let got = |n: u64| Some(positioned(&Bytes::from(vec![n as u8]), "room", n, 7));
+        let recv = |n: u64, prev: u64| inbox.receive_chained(env(n), "room", n, prev, 7);
+        assert_eq!(recv(3, 0), Received::Delivered);
+        // In order: its prev is the last delivered, however far the offset.
+        assert_eq!(recv(10, 3), Received::Delivered);
+        assert_eq!(recv(10, 3), Received::Duplicate);
+        assert_eq!(recv(3, 0), Received::Duplicate);
+        // 17 and 25 never came: 30 waits for the fill, which reads them.
+        assert_eq!(recv(30, 25), Received::Held);
+        for n in [3, 10, 17, 25, 30] {
+            assert_eq!(frame(&mut ra).await, got(n), "offset {n}");
+        }
+        let m = inbox.metrics().snapshot();
+        assert_eq!(
+            (
+                m.backplane_gaps,
+                m.backplane_gaps_filled,
+                m.backplane_pushes_recovered
+            ),
+            (0, 1, 2)
+        );
+        assert_eq!(inbox.position("room"), Some((30, 7)));
+    }
+
+    #[tokio::test]
+    async fn chained_offsets_trimmed_from_history_are_told_count_unknown() {
+        // 17 is gone from history: 25's prev does not chain to 10.
+        let (inbox, mut ra, env) = with_chain(Some(&[(25, 17), (30, 25)]));
+        let got = |n: u64| Some(positioned(&Bytes::from(vec![n as u8]), "room", n, 7));
+        let recv = |n: u64, prev: u64| inbox.receive_chained(env(n), "room", n, prev, 7);
+        // The first of a subscription starts the sequence, whatever its prev.
+        assert_eq!(recv(10, 3), Received::Delivered);
+        assert_eq!(recv(30, 25), Received::Held);
+        assert_eq!(frame(&mut ra).await, got(10));
+        let notice = pushes_lost(&frame(&mut ra).await.expect("notice")).expect("pushes_lost");
+        assert_eq!(notice.missed, 0, "{notice:?}");
+        assert_eq!(frame(&mut ra).await, got(25));
+        assert_eq!(frame(&mut ra).await, got(30));
+        let m = inbox.metrics().snapshot();
+        assert_eq!(
+            (
+                m.backplane_gaps,
+                m.backplane_pushes_missed,
+                m.backplane_pushes_recovered
+            ),
+            (1, 0, 1)
+        );
+
+        // Without a history: told at once, count unknown, and delivered.
+        let (inbox, mut ra, env) = with_chain(None);
+        assert_eq!(
+            inbox.receive_chained(env(10), "room", 10, 3, 7),
+            Received::Delivered
+        );
+        assert_eq!(
+            inbox.receive_chained(env(30), "room", 30, 25, 7),
+            Received::Delivered
+        );
+        assert_eq!(frame(&mut ra).await, Some(Bytes::from(vec![10])));
+        let notice = pushes_lost(&frame(&mut ra).await.expect("notice")).expect("pushes_lost");
+        assert_eq!(notice.missed, 0, "{notice:?}");
+        assert_eq!(frame(&mut ra).await, Some(Bytes::from(vec![30])));
+    }
+
+    #[tokio::test]
+    async fn a_resumed_member_is_replayed_along_the_chain() {
+        let chain = [(3, 0), (10, 3), (17, 10), (25, 17)];
+        let (inbox, mut ra, env) = with_chain(Some(&chain));
+        let got = |n: u64| Some(positioned(&Bytes::from(vec![n as u8]), "room", n, 7));
+        assert_eq!(
+            inbox.receive_chained(env(25), "room", 25, 17, 7),
+            Received::Delivered
+        );
+        assert_eq!(frame(&mut ra).await, got(25));
+        // A member back after 3: replayed 10 and 17, then 30 live (held meanwhile).
+        let (b, mut rb) = member(inbox.local(), 2);
+        let hold = inbox.hold(&room()).await.expect("a hold");
+        inbox.local().join(&room(), b);
+        assert_eq!(
+            inbox.receive_chained(env(30), "room", 30, 25, 7),
+            Received::Held
+        );
+        let r = hold.replay(b, (3, 7)).await;
+        assert_eq!((r.replayed, r.lost), (3, false), "{r:?}");
+        for n in [10, 17, 25, 30] {
+            assert_eq!(frame(&mut rb).await, got(n), "offset {n}");
+        }
+        assert_eq!(frame(&mut ra).await, got(30));
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 
 pub mod asks;
 pub mod conformance;
+pub mod history;
 pub mod memory;
 pub mod probe;
 pub mod raw;
