@@ -54,8 +54,9 @@ pub struct FanoutArgs {
     /// `hub::Bench::detach_publish`): an experiment, not the peers' workload.
     #[arg(long)]
     pub detach_publish: bool,
-    /// With a Redis provider: keep each group's history in Redis
-    /// (`RedisProviderBuilder::history(1000, 60 s)`), to weigh its cost.
+    /// With a Redis or NATS provider: keep each group's history in Redis
+    /// (`RedisProviderBuilder::history(1000, 60 s)`) or JetStream
+    /// (`NatsProviderBuilder::history(1000, 60 s)`), to weigh its cost.
     #[arg(long)]
     pub history: bool,
     /// Give up after this many seconds of publishing (the run is then incomplete).
@@ -140,10 +141,13 @@ pub async fn run(a: &FanoutArgs) -> Result<serde_json::Value, BoxError> {
     }
     let (backplane, mut groups_url) = backplane(&a.groups);
     if a.history {
-        let Some(addr) = groups_url.strip_prefix("redis://") else {
-            return Err("--history needs a Redis provider".into());
+        groups_url = if let Some(addr) = groups_url.strip_prefix("redis://") {
+            format!("redis-history://{addr}")
+        } else if let Some(addr) = groups_url.strip_prefix("nats://") {
+            format!("nats-history://{addr}")
+        } else {
+            return Err("--history needs a Redis or NATS provider".into());
         };
-        groups_url = format!("redis-history://{addr}");
     }
     let backplane_pid = match &backplane {
         Backplane::Redis(r) => r.pid(),

@@ -78,6 +78,15 @@ pub async fn provider(spec: &str) -> Result<Arc<dyn GroupProvider>, BoxError> {
     if spec.starts_with("redis://") {
         return Ok(Arc::new(hub_redis::RedisProvider::connect(spec).await?));
     }
+    if let Some(addr) = spec.strip_prefix("nats-history://") {
+        // Group history in JetStream (1,000 per group, a minute), as `fanout --history` asks.
+        return Ok(Arc::new(
+            hub_nats::NatsProvider::builder()
+                .history(1_000, Duration::from_secs(60))
+                .connect(&format!("nats://{addr}"))
+                .await?,
+        ));
+    }
     if spec.starts_with("nats://") {
         return Ok(Arc::new(hub_nats::NatsProvider::connect(spec).await?));
     }

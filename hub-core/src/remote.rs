@@ -929,9 +929,7 @@ mod tests {
 
     /// An inbox whose offsets are a shared sequence (as on NATS JetStream), with a
     /// history holding `held` (offset, prev) of `room`, or none.
-    fn with_chain(
-        held: Option<&[(u64, u64)]>,
-    ) -> (Inbox, OutboxReceiver, impl Fn(u64) -> Bytes) {
+    fn with_chain(held: Option<&[(u64, u64)]>) -> (Inbox, OutboxReceiver, impl Fn(u64) -> Bytes) {
         let (inbox, _) = inbox(2);
         let (a, ra) = member(inbox.local(), 1);
         inbox.local().join(&room(), a);

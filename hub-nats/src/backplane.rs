@@ -158,10 +158,9 @@ impl Transport for NatsTransport {
     }
 
     fn history(&self) -> Option<Arc<dyn hub_core::history::GroupHistory>> {
-        self.inner
-            .history
-            .clone()
-            .map(|h| Arc::new(crate::history::History(h)) as Arc<dyn hub_core::history::GroupHistory>)
+        self.inner.history.clone().map(|h| {
+            Arc::new(crate::history::History(h)) as Arc<dyn hub_core::history::GroupHistory>
+        })
     }
 
     fn subscribe<'a>(&'a self, group: &'a GroupName) -> BoxFuture<'a, Result<(), GroupError>> {

@@ -60,7 +60,10 @@ async fn read_group(
 fn sequence(msg: &async_nats::Message) -> Option<(u64, u64)> {
     let headers = msg.headers.as_ref()?;
     let number = |name: &str| headers.get(name)?.as_str().parse::<u64>().ok();
-    Some((number("Nats-Sequence")?, number("Nats-Last-Sequence").unwrap_or(0)))
+    Some((
+        number("Nats-Sequence")?,
+        number("Nats-Last-Sequence").unwrap_or(0),
+    ))
 }
 
 fn member_change(

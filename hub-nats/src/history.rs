@@ -142,9 +142,11 @@ impl NatsHistory {
         let config = self.config();
         let created = hub_core::deadline(BACKPLANE, "history stream", self.op_timeout, async {
             match self.js.create_stream(config.clone()).await {
-                Ok(mut s) => Ok(s.info().await.map(|i| i.created.to_string()).unwrap_or_else(
-                    |_| s.cached_info().created.to_string(),
-                )),
+                Ok(mut s) => Ok(s
+                    .info()
+                    .await
+                    .map(|i| i.created.to_string())
+                    .unwrap_or_else(|_| s.cached_info().created.to_string())),
                 Err(created) => {
                     // There with other limits: make them ours.
                     let info = self.js.update_stream(config).await.map_err(|e| {

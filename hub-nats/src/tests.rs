@@ -1039,4 +1039,12 @@ async fn without_jetstream_hubs_work_and_sessions_stay_local() {
         .await
         .expect("connect");
     assert!(!off.shares_sessions());
+    // Group history needs JetStream, even with sessions kept local.
+    let err = fast(NatsProvider::builder())
+        .share_sessions(false)
+        .history(10, Duration::from_secs(60))
+        .connect(&nats.url())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::NoJetStream { .. }), "{err}");
 }

@@ -376,13 +376,11 @@ async fn read_history(
     let mut entries = Vec::with_capacity(reply.len().saturating_sub(2));
     for m in reply.into_iter().skip(2) {
         match hub_core::remote::split_offset(&Bytes::from(m)) {
-            (Some((offset, e)), envelope) if e == epoch => {
-                entries.push(HistoryEntry {
+            (Some((offset, e)), envelope) if e == epoch => entries.push(HistoryEntry {
                 offset,
                 prev: offset.saturating_sub(1),
                 envelope,
-            })
-            }
+            }),
             _ => HubMetrics::incr(&shared.metrics.backplane_malformed),
         }
     }

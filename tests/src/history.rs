@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use examples::chat::chat_response::Event;
 use examples::chat::ChatResponse;
 use examples::chat::SayRequest;
+use examples::chat::chat_response::Event;
 use hub_core::proto::PushesLost;
 use hub_core::proto::server_control::Kind;
 
@@ -98,4 +98,3 @@ pub fn assert_exactly_once(got: &[Got], ok: &[String], all: usize) {
         "accepted says missing or out of order (of {all})"
     );
 }
-

@@ -140,7 +140,11 @@ fn never_reached(from: u64, to: u64) -> String {
 /// How many pushes lie after offset `last` up to offset `to` (both the group's): known
 /// where offsets are contiguous, 0 (unknown) where they are a shared sequence.
 fn count(contiguous: bool, last: u64, to: u64) -> u64 {
-    if contiguous { to.saturating_sub(last) } else { 0 }
+    if contiguous {
+        to.saturating_sub(last)
+    } else {
+        0
+    }
 }
 
 /// Why pushes after `last` up to `to` are told lost: the offsets if contiguous.
@@ -809,7 +813,11 @@ impl Inbox {
                         continue;
                     }
                     if e.prev != at {
-                        let to = if contiguous { e.offset - 1 } else { e.prev.max(at) };
+                        let to = if contiguous {
+                            e.offset - 1
+                        } else {
+                            e.prev.max(at)
+                        };
                         let missed = count(contiguous, at, to);
                         told += missed;
                         holes += 1;
