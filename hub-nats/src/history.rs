@@ -63,8 +63,11 @@ pub(crate) struct NatsHistory {
     max_len: usize,
     max_age: Duration,
     op_timeout: Duration,
-    /// The stream's epoch once bound; 0: not yet (or to bind again).
+    /// The stream's epoch once bound; 0: not yet. Kept while a bind again is due
+    /// (`stale`): what arrives meanwhile is numbered under the last one known.
     epoch: AtomicU64,
+    /// Bind again at the next use (a reconnect, a publish that failed).
+    stale: std::sync::atomic::AtomicBool,
     /// Serializes binds.
     binding: tokio::sync::Mutex<()>,
 }
@@ -94,18 +97,26 @@ impl NatsHistory {
             max_age: max_age.max(Duration::from_millis(1)),
             op_timeout,
             epoch: AtomicU64::new(0),
+            stale: std::sync::atomic::AtomicBool::new(false),
             binding: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The epoch the stream was bound with (0: not bound).
+    /// The epoch the stream was last bound with (0: never bound).
     pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Binds again at the next use (after a reconnect: the stream may be new).
+    /// The epoch if bound and not due to bind again.
+    fn bound(&self) -> Option<u64> {
+        let epoch = self.epoch();
+        (epoch != 0 && !self.stale.load(Ordering::Acquire)).then_some(epoch)
+    }
+
+    /// Binds again at the next use (after a reconnect: the stream may be new). The
+    /// last epoch stays meanwhile.
     pub(crate) fn unbind(&self) {
-        self.epoch.store(0, Ordering::Release);
+        self.stale.store(true, Ordering::Release);
     }
 
     fn config(&self) -> stream::Config {
@@ -130,13 +141,11 @@ impl NatsHistory {
 
     /// The stream, created (or its limits set) if needed; returns its epoch.
     pub(crate) async fn ensure(&self) -> Result<u64, GroupError> {
-        let epoch = self.epoch();
-        if epoch != 0 {
+        if let Some(epoch) = self.bound() {
             return Ok(epoch);
         }
         let _binding = self.binding.lock().await;
-        let epoch = self.epoch();
-        if epoch != 0 {
+        if let Some(epoch) = self.bound() {
             return Ok(epoch);
         }
         let config = self.config();
@@ -162,6 +171,7 @@ impl NatsHistory {
         .await?;
         let epoch = epoch_of(&created);
         self.epoch.store(epoch, Ordering::Release);
+        self.stale.store(false, Ordering::Release);
         tracing::debug!(stream = %self.stream, epoch, "group history stream bound");
         Ok(epoch)
     }
