@@ -40,7 +40,8 @@ struct Args {
     /// sessions; a dropped stream ends the connection).
     #[arg(long, default_value_t = 0)]
     session_grace: u64,
-    /// With Redis: keep the last N pushes of each group (Redis streams), so that a
+    /// With Redis or NATS: keep the last N pushes of each group (Redis streams, a
+    /// JetStream stream: NATS needs `-js`), so that a
     /// server fills gaps in a group's pushes and a session that moves to another
     /// server gets the group pushes it missed (0: no history).
     #[arg(long, default_value_t = 0)]
@@ -76,8 +77,8 @@ async fn provider(
     spec: &str,
     args: &Args,
 ) -> Result<Box<dyn GroupProvider>, Box<dyn std::error::Error>> {
-    if args.history > 0 && !(spec.starts_with("redis://") || spec.starts_with("rediss://")) {
-        return Err("--history needs --groups redis://...".into());
+    if args.history > 0 && spec == "memory" {
+        return Err("--history needs --groups redis://... or nats://...".into());
     }
     if spec == "memory" {
         return Ok(Box::new(MemoryProvider::new()));
@@ -90,7 +91,12 @@ async fn provider(
         return Ok(Box::new(builder.connect().await?));
     }
     if spec.starts_with("nats://") || spec.starts_with("tls://") {
-        return Ok(Box::new(hub_nats::NatsProvider::connect(spec).await?));
+        let mut builder = hub_nats::NatsProvider::builder();
+        if args.history > 0 {
+            // JetStream needed (`nats-server -js`).
+            builder = builder.history(args.history, Duration::from_secs(args.history_age));
+        }
+        return Ok(Box::new(builder.connect(spec).await?));
     }
     Err(
         format!("unsupported --groups {spec:?}: use memory, redis://HOST:PORT or nats://HOST:PORT")
