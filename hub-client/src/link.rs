@@ -7,7 +7,6 @@
 //! queued when a stream drops are dropped with it (their calls failed with
 //! `ConnectionLost`): nothing is sent twice.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -23,6 +22,7 @@ use tonic::metadata::{AsciiMetadataValue, BinaryMetadataValue};
 use crate::connection::{Ended, Reader};
 use crate::error::{ClientError, CloseStatus};
 use crate::options::{ConnectOptions, ReconnectMode, random_unit};
+use crate::shared::Positions;
 use crate::spec::ClientSpec;
 use crate::state::ConnectionState;
 
@@ -153,10 +153,6 @@ pub(crate) async fn open<S: ClientSpec>(
     .await;
     opened.map(|(stream, info)| Opened { stream, info })
 }
-
-/// The last position seen of each group, by group: its offset, its epoch, and the
-/// `seq` of the push that carried it (how recently it was updated).
-pub(crate) type Positions = HashMap<String, (u64, u64, u64)>;
 
 /// `hub.v1.ResumePositions` of `positions` (group to offset and epoch), sorted by
 /// group.

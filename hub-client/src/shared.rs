@@ -107,6 +107,10 @@ impl<E> Calls<E> {
     }
 }
 
+/// The last position seen of each group, by group: its offset, its epoch, and the
+/// `seq` of the push that carried it (how recently it was updated).
+pub(crate) type Positions = HashMap<String, (u64, u64, u64)>;
+
 /// The most group positions a client keeps and presents on a resume (request
 /// metadata must stay small: about 7 KiB at this count); a group beyond it is replayed
 /// from where the session joined it, so pushes may come twice, never go missing.
@@ -134,5 +138,5 @@ pub(crate) struct Shared<S: ClientSpec> {
     /// backplane keeps history), presented on a resume so that another server replays
     /// exactly what was missed: at most [`MAX_POSITIONS`], the least recently updated
     /// dropped.
-    pub(crate) positions: Mutex<crate::link::Positions>,
+    pub(crate) positions: Mutex<Positions>,
 }

@@ -153,7 +153,7 @@ impl SessionStore {
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, Held>> {
-        crate::state::lock(&self.held)
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn connected(&self, op: &str) -> Result<(), GroupError> {
