@@ -199,6 +199,16 @@ pub fn control_frame(kind: proto::server_control::Kind) -> Bytes {
     frame_with(0, FIELD_CONTROL, &proto::ServerControl { kind: Some(kind) })
 }
 
+/// The control frame telling a member that `missed` pushes of `group` (0: how many is
+/// unknown) were lost, and why (`ServerControl.pushes_lost`).
+pub fn pushes_lost_frame(group: &str, missed: u64, reason: String) -> Bytes {
+    control_frame(proto::server_control::Kind::PushesLost(proto::PushesLost {
+        group: group.to_owned(),
+        missed,
+        reason,
+    }))
+}
+
 /// Field numbers present at the top level of an encoded message, in order.
 ///
 /// Used to tell "a frame with a call this server does not know" (an unknown field

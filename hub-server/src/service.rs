@@ -831,11 +831,11 @@ async fn rejoin(
     }
     for (group, why) in unknown {
         HubMetrics::incr(&core.metrics.backplane_gaps);
-        let notice = hub_core::frame::control_frame(Kind::PushesLost(proto::PushesLost {
-            group: group.to_string(),
-            missed: 0,
-            reason: format!("{why}: pushes sent while the session was away were not replayed"),
-        }));
+        let notice = hub_core::frame::pushes_lost_frame(
+            group.as_str(),
+            0,
+            format!("{why}: pushes sent while the session was away were not replayed"),
+        );
         let _ = conn.outbox.push(OutFrame::reply(notice));
     }
     let done = futures_util::future::join_all(

@@ -88,6 +88,22 @@ struct Held {
     payload: Bytes,
 }
 
+impl GroupSeq {
+    /// A sequence that nothing was delivered in yet: its next envelope starts it.
+    fn fresh() -> Arc<Self> {
+        Arc::new(GroupSeq {
+            live: AtomicBool::new(true),
+            state: Mutex::new(Seq {
+                epoch: 0,
+                last: 0,
+                fill: None,
+                fills: 0,
+                fresh: true,
+            }),
+        })
+    }
+}
+
 impl Seq {
     /// Starts a fill (`replays`: the replay holds it starts with); returns its id.
     fn start_fill(&mut self, to: Option<u64>, held: VecDeque<Held>, replays: u32) -> u64 {
@@ -258,18 +274,7 @@ impl Inbox {
                 let mut groups = lock(&self.groups);
                 groups
                     .entry(group.as_str().to_owned())
-                    .or_insert_with(|| {
-                        Arc::new(GroupSeq {
-                            live: AtomicBool::new(true),
-                            state: Mutex::new(Seq {
-                                epoch: 0,
-                                last: 0,
-                                fill: None,
-                                fills: 0,
-                                fresh: true,
-                            }),
-                        })
-                    })
+                    .or_insert_with(GroupSeq::fresh)
                     .clone()
             };
             {
@@ -347,13 +352,7 @@ impl Inbox {
         HubMetrics::incr(&self.metrics.backplane_gaps);
         self.metrics.backplane_pushes_missed.add(missed);
         tracing::debug!(hub = self.hub, group, conn = %member, missed, %reason, "pushes not replayed to a resumed session");
-        let notice = crate::frame::control_frame(proto::server_control::Kind::PushesLost(
-            proto::PushesLost {
-                group: group.to_owned(),
-                missed,
-                reason,
-            },
-        ));
+        let notice = crate::frame::pushes_lost_frame(group, missed, reason);
         if let Some(m) = self.local.member(member) {
             let _ = m.outbox.push(crate::frame::OutFrame::reply(notice));
         }
@@ -618,24 +617,11 @@ impl Inbox {
     ) -> Received {
         let seq = {
             let mut groups = lock(&self.groups);
-            match groups.get(group) {
-                Some(s) => s.clone(),
-                None => {
-                    // The first offset of a subscription starts the sequence.
-                    let s = Arc::new(GroupSeq {
-                        live: AtomicBool::new(true),
-                        state: Mutex::new(Seq {
-                            epoch,
-                            last: prev,
-                            fill: None,
-                            fills: 0,
-                            fresh: false,
-                        }),
-                    });
-                    groups.insert(group.to_owned(), s.clone());
-                    s
-                }
-            }
+            // The first offset of a subscription starts the sequence.
+            groups
+                .entry(group.to_owned())
+                .or_insert_with(GroupSeq::fresh)
+                .clone()
         };
         let mut st = lock(&seq.state);
         let mut out = Vec::new();
@@ -902,13 +888,7 @@ impl Inbox {
         HubMetrics::incr(&self.metrics.backplane_gaps);
         self.metrics.backplane_pushes_missed.add(missed);
         tracing::warn!(hub = self.hub, group, missed, %reason, "group pushes lost on the backplane");
-        let notice = crate::frame::control_frame(proto::server_control::Kind::PushesLost(
-            proto::PushesLost {
-                group: group.to_owned(),
-                missed,
-                reason,
-            },
-        ));
+        let notice = crate::frame::pushes_lost_frame(group, missed, reason);
         for m in self.local.members(group) {
             if let Some(member) = self.local.member(m.connection) {
                 let _ = member
