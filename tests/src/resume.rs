@@ -32,16 +32,27 @@ pub async fn open_at(
     resume: Option<(&str, u64)>,
     positions: &[Position],
 ) -> (RawConn<ChatResponse>, ConnectionInfo) {
-    let auth = format!("Bearer {token}");
     let encoded = ResumePositions {
         positions: positions.to_vec(),
     }
     .encode_to_vec();
-    let binary: Vec<(&'static str, &[u8])> = if positions.is_empty() {
-        Vec::new()
-    } else {
-        vec![("hub-resume-positions-bin", &encoded)]
-    };
+    let raw = (!positions.is_empty()).then_some(encoded.as_slice());
+    open_with_positions_bytes(url, token, resume, raw).await
+}
+
+/// [`open`], with `positions` (any bytes, well-formed or not) as the
+/// `hub-resume-positions-bin` metadata, if given.
+pub async fn open_with_positions_bytes(
+    url: &str,
+    token: &str,
+    resume: Option<(&str, u64)>,
+    positions: Option<&[u8]>,
+) -> (RawConn<ChatResponse>, ConnectionInfo) {
+    let auth = format!("Bearer {token}");
+    let binary: Vec<(&'static str, &[u8])> = positions
+        .map(|p| ("hub-resume-positions-bin", p))
+        .into_iter()
+        .collect();
     let seq;
     let mut metadata = vec![("authorization", auth.as_str())];
     if let Some((credential, last)) = resume {

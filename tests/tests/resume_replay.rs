@@ -289,15 +289,22 @@ async fn moved_after_a_crash(backend: Backend) {
 /// joined each group with history, and B replays from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_positions_a_moved_session_replays_from_where_it_joined() {
-    without_positions(Backend::Redis).await;
+    without_positions(Backend::Redis, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_without_positions_a_moved_session_replays_from_where_it_joined() {
-    without_positions(Backend::Nats).await;
+    without_positions(Backend::Nats, None).await;
 }
 
-async fn without_positions(backend: Backend) {
+/// Positions that are not a `hub.v1.ResumePositions` are ignored, as none: the
+/// resume is not refused, and the replay starts where the session joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_positions_are_ignored_and_the_replay_starts_at_the_join() {
+    without_positions(Backend::Redis, Some(b"\xff\xff\xff not protobuf")).await;
+}
+
+async fn without_positions(backend: Backend, positions: Option<&[u8]>) {
     let Pair {
         _broker,
         a,
@@ -317,7 +324,13 @@ async fn without_positions(backend: Backend) {
         .expect("say");
     }
 
-    let (mut alice, restored) = open(&b.url(), &token, Some((&hello.resume_credential, 0))).await;
+    let (mut alice, restored) = tests::resume::open_with_positions_bytes(
+        &b.url(),
+        &token,
+        Some((&hello.resume_credential, 0)),
+        positions,
+    )
+    .await;
     assert_eq!(outcome(&restored), ResumeOutcome::Restored, "{restored:?}");
     bob.say(SayRequest { text: "m6".into() })
         .await
