@@ -288,7 +288,13 @@ async fn a_say_flood_in_a_room_keeps_every_slow_member() {
             .filter(|t| t.parse::<usize>().is_ok())
             .cloned()
             .collect();
-        assert!(numbered.len() >= 400, "{}", numbered.len());
+        // The burst is 400 frames and the flooder's join took one of them; what the
+        // rate (200/s) adds depends on how long the flood took, possibly nothing.
+        assert!(
+            (399..FLOOD / 2).contains(&numbered.len()),
+            "the burst (400, less the join) and the rate went through: {}",
+            numbered.len()
+        );
         assert_in_order(&numbered, &seqs[..numbered.len()]);
     }
     let m = server.handle.metrics();
