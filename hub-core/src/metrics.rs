@@ -205,7 +205,8 @@ counters! {
     /// Connections ended, for any reason.
     connections_closed,
     /// Connections refused by the hub's `on_connect` hook, for lack of a valid identity,
-    /// or because the server was shutting down.
+    /// because the server was shutting down, or because a resume was throttled
+    /// (`resume_lookups_throttled`).
     connections_rejected,
     /// Of `connections_rejected`: refused because the request's credentials were
     /// missing (on a hub that requires them) or did not verify.
@@ -307,6 +308,15 @@ counters! {
     /// Resumes refused otherwise: no sessions on the hub, or a malformed request
     /// (`RESUME_OUTCOME_REFUSED`).
     resumes_failed_refused,
+    /// Resumes of a session this server does not hold that failed with `UNAVAILABLE`
+    /// before reading its record on the backplane: the hub's bound on these lookups
+    /// (`SessionConfig::restore_lookups`) was spent. The session is left as it was;
+    /// the client retries.
+    resume_lookups_throttled,
+    /// Restored sessions whose `hub-resume-positions-bin` was not read whole: it did
+    /// not decode (no position was read), or it held more than 1,024 positions (the
+    /// rest were ignored). Their groups replay from where the session joined them.
+    resume_positions_ignored,
     /// Asks sent to one target connection (a group ask counts one per member asked).
     asks,
     /// Of `asks`: answered by the client.

@@ -2,6 +2,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::SessionConfig;
+use crate::rate::RateLimit;
 use hub_core::{
     GroupProvider, MemoryProvider, NodeId, OutboundBudget, OutboxLimits, SlowConsumerPolicy,
 };
@@ -104,22 +105,6 @@ pub struct HubConfig {
     /// is refused (its outcome `RESOURCE_EXHAUSTED`, counted in `asks_refused`), the
     /// other targets are asked. Default 16.
     pub max_asks_per_target: usize,
-}
-
-/// A token bucket: a sustained rate and the burst it may reach.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RateLimit {
-    /// Tokens refilled per second.
-    pub per_second: u32,
-    /// The most tokens that may be spent at once.
-    pub burst: u32,
-}
-
-impl RateLimit {
-    /// `per_second` tokens a second, bursts of `burst`.
-    pub fn new(per_second: u32, burst: u32) -> Self {
-        RateLimit { per_second, burst }
-    }
 }
 
 impl Default for HubConfig {

@@ -3,33 +3,14 @@
 //! refusals past which a connection is closed as a flooder
 //! ([`HubConfig::flood_refusals`]).
 //!
-//! The buckets are `governor`'s GCRA limiters (one atomic word each) on tokio's clock,
-//! so paused-time tests drive them. One check per inbound frame; the clock is read once
-//! per bucket checked.
+//! The buckets are [`crate::rate`]'s token buckets. One check per inbound frame; the
+//! clock is read once per bucket checked.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use governor::clock::Clock;
-use governor::middleware::NoOpMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
-
-use crate::config::{HubConfig, RateLimit};
-
-/// tokio's clock, for `governor`: real time normally, paused time in tests.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct TokioClock;
-
-impl Clock for TokioClock {
-    type Instant = std::time::Instant;
-
-    fn now(&self) -> std::time::Instant {
-        tokio::time::Instant::now().into_std()
-    }
-}
-
-type Bucket = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<std::time::Instant>>;
+use crate::config::HubConfig;
+use crate::rate::{Bucket, RateLimit, bucket, bucket_per};
 
 /// What the limits say about one inbound frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,18 +33,8 @@ pub(crate) struct InboundLimits {
     refusals: Option<(Bucket, u32, Duration)>,
 }
 
-fn quota(per_second: u32, burst: u32) -> Quota {
-    let period = (Duration::from_secs(1) / per_second.max(1)).max(Duration::from_nanos(1));
-    // `with_period` refuses only a zero period, excluded above.
-    Quota::with_period(period)
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-        .allow_burst(NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN))
-}
-
 impl InboundLimits {
     pub(crate) fn new(config: &HubConfig) -> Self {
-        let bucket =
-            |l: RateLimit| Bucket::direct_with_clock(quota(l.per_second, l.burst), TokioClock);
         let max_frame = u32::try_from(config.max_message_bytes).unwrap_or(u32::MAX);
         InboundLimits {
             frames: config.inbound_calls.map(|l| (bucket(l), l)),
@@ -74,15 +45,7 @@ impl InboundLimits {
             }),
             refusals: (config.flood_refusals > 0).then(|| {
                 let n = config.flood_refusals;
-                let period = (config.flood_window / n).max(Duration::from_nanos(1));
-                let q = Quota::with_period(period)
-                    .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-                    .allow_burst(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
-                (
-                    Bucket::direct_with_clock(q, TokioClock),
-                    n,
-                    config.flood_window,
-                )
+                (bucket_per(n, config.flood_window), n, config.flood_window)
             }),
         }
     }

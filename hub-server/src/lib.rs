@@ -88,12 +88,13 @@ mod gate;
 mod hub;
 pub mod identity;
 mod inbound;
+mod rate;
 mod service;
 mod session;
 mod session_record;
 pub mod transport;
 
-pub use config::{DEFAULT_MAX_OUTBOUND_BYTES, HubConfig, Hubs, HubsBuilder, RateLimit};
+pub use config::{DEFAULT_MAX_OUTBOUND_BYTES, HubConfig, Hubs, HubsBuilder};
 pub use context::{Context, HubHandle, Push};
 pub use dispatch::{Dispatch, Inbound};
 pub use error::{DisconnectReason, PushError};
@@ -106,6 +107,7 @@ pub use hub_core::{
 };
 pub use hub_core::{include_file_descriptor_set, include_proto};
 pub use identity::{BearerToken, FromExtensions, Identity, IdentityProvider};
+pub use rate::RateLimit;
 pub use service::{HubService, HubServiceBuilder, OutboundStream, ServerCodec, WriteItem};
 pub use session::{
     MAX_RESUME_POSITIONS, RESUME_KEY, RESUME_POSITIONS_KEY, RESUME_SEQ_KEY, SessionConfig,

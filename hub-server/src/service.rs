@@ -598,6 +598,15 @@ async fn accept<D: Dispatch>(
             }
             Err(mut refusal) => {
                 let outcome = match refusal.elsewhere.take() {
+                    Some(_) if !lookup_admitted(&core) => {
+                        // The session is left as it is: the client's retry can restore it.
+                        HubMetrics::incr(&core.metrics.connections_rejected);
+                        tracing::debug!(hub = D::SERVICE, peer = ?remote_addr, "resume throttled: too many session lookups on the backplane");
+                        return Err(Status::unavailable(
+                            "too many sessions are being restored on this server; retry with \
+                             the same credential after a backoff",
+                        ));
+                    }
                     Some(ask) => {
                         crate::session_record::restore(&core, ask, user.as_deref(), refusal).await
                     }
@@ -698,7 +707,10 @@ async fn accept<D: Dispatch>(
     // `on_connect` on. A restored session joins its groups again (its user's among
     // them), here.
     let joined = match &restored {
-        Some(r) => rejoin(&core, &conn, &r.record, &resume_positions(&conn.metadata)).await,
+        Some(r) => {
+            let positions = resume_positions(&conn.metadata, &core.metrics);
+            rejoin(&core, &conn, &r.record, &positions).await
+        }
         None => join_user_group(&core, &conn).await,
     };
     if let Err(e) = joined {
@@ -752,6 +764,16 @@ async fn accept<D: Dispatch>(
     }))
 }
 
+/// Whether a resume of a session this server does not hold may read its record on
+/// the backplane now ([`crate::SessionConfig::restore_lookups`]). A backplane that
+/// shares no sessions reads nothing: always.
+fn lookup_admitted(core: &HubCore) -> bool {
+    match &core.sessions {
+        Some(sessions) if core.shares_sessions() => sessions.admit_lookup(),
+        _ => true,
+    }
+}
+
 /// Ends the session of a connection refused before it started.
 async fn end_session(core: &HubCore, attachments: Option<&crate::session::Attachments>) {
     if let (Some(sessions), Some(att)) = (&core.sessions, attachments) {
@@ -761,18 +783,32 @@ async fn end_session(core: &HubCore, attachments: Option<&crate::session::Attach
 }
 
 /// The group positions a resuming client presented (`hub-resume-positions-bin`), at
-/// most [`crate::MAX_RESUME_POSITIONS`]; none if absent or malformed.
-fn resume_positions(metadata: &tonic::metadata::MetadataMap) -> HashMap<String, (u64, u64)> {
+/// most [`crate::MAX_RESUME_POSITIONS`]; none if absent or malformed. Malformed ones,
+/// and positions past the most read, are counted in `resume_positions_ignored`.
+fn resume_positions(
+    metadata: &tonic::metadata::MetadataMap,
+    metrics: &HubMetrics,
+) -> HashMap<String, (u64, u64)> {
     use prost::Message as _;
-    let Some(bytes) = metadata
-        .get_bin(crate::RESUME_POSITIONS_KEY)
-        .and_then(|v| v.to_bytes().ok())
+    let Some(value) = metadata.get_bin(crate::RESUME_POSITIONS_KEY) else {
+        return HashMap::new();
+    };
+    let Some(positions) = value
+        .to_bytes()
+        .ok()
+        .and_then(|bytes| proto::ResumePositions::decode(bytes).ok())
     else {
+        HubMetrics::incr(&metrics.resume_positions_ignored);
+        tracing::debug!("hub-resume-positions-bin is malformed: ignored");
         return HashMap::new();
     };
-    let Ok(positions) = proto::ResumePositions::decode(bytes) else {
-        return HashMap::new();
-    };
+    if positions.positions.len() > crate::MAX_RESUME_POSITIONS {
+        HubMetrics::incr(&metrics.resume_positions_ignored);
+        tracing::debug!(
+            presented = positions.positions.len(),
+            "hub-resume-positions-bin has too many positions: the first ones are read"
+        );
+    }
     positions
         .positions
         .into_iter()

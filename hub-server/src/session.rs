@@ -37,6 +37,8 @@ use hub_core::{CloseReason, ConnectionId, GroupName, HubMetrics, NodeId, Outbox,
 use tokio::sync::mpsc;
 use tonic::Streaming;
 
+use crate::rate::{Bucket, RateLimit, bucket};
+
 /// How a hub keeps sessions for connections whose stream dropped. Every bound says
 /// what happens when it is hit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,6 +68,25 @@ pub struct SessionConfig {
     /// this many wait ends its session at once (counted in `sessions_expired`).
     /// Default 10,000.
     pub max_detached: usize,
+    /// Lookups of session records on the backplane, per hub and server: a resume of a
+    /// session this server does not hold reads its record (one backplane read, then a
+    /// claim), and any client can present a well-shaped credential, so these reads
+    /// are bounded here, for all clients together. A resume past the bound fails with
+    /// the status `UNAVAILABLE` ("too many sessions restoring; retry"), before any
+    /// read: the session is not touched, so the client's retry (with backoff, the same
+    /// credential) can restore it. Counted in `resume_lookups_throttled`. A resume of
+    /// a session this server holds reads nothing and is not bounded here; `None`: no
+    /// bound.
+    ///
+    /// Default 1,000 a second, bursts of 4,000: when a server dies, its clients
+    /// come back at once, spread over the servers left, and each should restore on
+    /// its first or second attempt (the 1,000 clients of `hub-bench resume --clients
+    /// 1000` fit in the burst); of 10,000 moving onto one server at once, 4,000
+    /// restore at once and the others at 1,000 a second as they retry (about 6 s
+    /// more, plus their backoff). A Redis or NATS serves such reads at tens of
+    /// thousands a second: a sustained 1,000 a second of forged resumes is a small
+    /// share of it.
+    pub restore_lookups: Option<RateLimit>,
 }
 
 impl Default for SessionConfig {
@@ -75,6 +96,7 @@ impl Default for SessionConfig {
             replay_bytes: 256 * 1024,
             max_per_identity: 16,
             max_detached: 10_000,
+            restore_lookups: Some(RateLimit::new(1_000, 4_000)),
         }
     }
 }
@@ -103,6 +125,12 @@ impl SessionConfig {
         self.max_detached = sessions;
         self
     }
+
+    /// Sets [`SessionConfig::restore_lookups`].
+    pub fn restore_lookups(mut self, limit: Option<RateLimit>) -> Self {
+        self.restore_lookups = limit;
+        self
+    }
 }
 
 /// The request metadata key carrying a resume credential.
@@ -121,6 +149,8 @@ pub(crate) struct Sessions {
     pub(crate) config: SessionConfig,
     metrics: Arc<HubMetrics>,
     registry: Mutex<Registry>,
+    /// [`SessionConfig::restore_lookups`].
+    lookups: Option<Bucket>,
 }
 
 #[derive(Default)]
@@ -288,10 +318,22 @@ pub(crate) struct Attachments {
 impl Sessions {
     pub(crate) fn new(config: SessionConfig, metrics: Arc<HubMetrics>) -> Self {
         Sessions {
+            lookups: config.restore_lookups.map(bucket),
             config,
             metrics,
             registry: Mutex::new(Registry::default()),
         }
+    }
+
+    /// Takes a token for one lookup of a session record on the backplane
+    /// ([`SessionConfig::restore_lookups`]); `false` (counted in
+    /// `resume_lookups_throttled`) if there is none left.
+    pub(crate) fn admit_lookup(&self) -> bool {
+        let admitted = self.lookups.as_ref().is_none_or(|b| b.check().is_ok());
+        if !admitted {
+            HubMetrics::incr(&self.metrics.resume_lookups_throttled);
+        }
+        admitted
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -600,5 +642,53 @@ impl Session {
     /// without `on_disconnect`).
     pub(crate) fn was_taken_over(&self) -> bool {
         self.taken_over.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sessions(limit: Option<RateLimit>) -> (Sessions, Arc<HubMetrics>) {
+        let metrics = Arc::new(HubMetrics::default());
+        let config = SessionConfig::default().restore_lookups(limit);
+        (Sessions::new(config, metrics.clone()), metrics)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lookups_past_the_burst_are_throttled_and_counted_then_refill() {
+        let (s, metrics) = sessions(Some(RateLimit::new(10, 2)));
+        assert!(s.admit_lookup());
+        assert!(s.admit_lookup());
+        assert!(!s.admit_lookup());
+        assert!(!s.admit_lookup());
+        assert_eq!(metrics.snapshot().resume_lookups_throttled, 2);
+        // One token per 100 ms.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(s.admit_lookup());
+        assert!(!s.admit_lookup());
+        assert_eq!(metrics.snapshot().resume_lookups_throttled, 3);
+        // No more than the burst after a long quiet.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(s.admit_lookup());
+        assert!(s.admit_lookup());
+        assert!(!s.admit_lookup());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_default_lets_a_failover_of_4000_through_at_once_then_1000_a_second() {
+        let (s, metrics) = sessions(SessionConfig::default().restore_lookups);
+        assert_eq!((0..4_000).filter(|_| s.admit_lookup()).count(), 4_000);
+        assert!(!s.admit_lookup());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!((0..2_000).filter(|_| s.admit_lookup()).count(), 1_000);
+        assert_eq!(metrics.snapshot().resume_lookups_throttled, 1_001);
+    }
+
+    #[test]
+    fn no_bound_admits_every_lookup() {
+        let (s, metrics) = sessions(None);
+        assert!((0..10_000).all(|_| s.admit_lookup()));
+        assert_eq!(metrics.snapshot().resume_lookups_throttled, 0);
     }
 }

@@ -48,6 +48,19 @@ pub async fn open_with_positions_bytes(
     resume: Option<(&str, u64)>,
     positions: Option<&[u8]>,
 ) -> (RawConn<ChatResponse>, ConnectionInfo) {
+    try_open_on(channel(url).await, token, resume, positions)
+        .await
+        .expect("stream opened")
+}
+
+/// [`open_with_positions_bytes`] on `channel`: the status if the server refused the
+/// stream (no hello).
+pub async fn try_open_on(
+    channel: tonic::transport::Channel,
+    token: &str,
+    resume: Option<(&str, u64)>,
+    positions: Option<&[u8]>,
+) -> Result<(RawConn<ChatResponse>, ConnectionInfo), tonic::Status> {
     let auth = format!("Bearer {token}");
     let binary: Vec<(&'static str, &[u8])> = positions
         .map(|p| ("hub-resume-positions-bin", p))
@@ -61,14 +74,12 @@ pub async fn open_with_positions_bytes(
         metadata.push(("hub-resume-seq", seq.as_str()));
     }
     let mut conn =
-        RawConn::<ChatResponse>::open_with_bin(channel(url).await, CONNECT, &metadata, &binary, 64)
-            .await
-            .expect("stream opened");
-    let first = conn.next().await.expect("hello").expect("hello");
+        RawConn::<ChatResponse>::open_with_bin(channel, CONNECT, &metadata, &binary, 64).await?;
+    let first = conn.next().await?.expect("hello");
     let Some(Kind::Hello(hello)) = Frame::of(&first).control().cloned() else {
         panic!("first frame is not a hello: {first:?}");
     };
-    (conn, hello)
+    Ok((conn, hello))
 }
 
 /// `user` logged in on `url` (a raw stream, to see control frames as written),

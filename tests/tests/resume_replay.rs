@@ -339,6 +339,11 @@ async fn without_positions(backend: Backend, positions: Option<&[u8]>) {
     seen.until_said(&mut alice, "m6").await;
     assert_eq!(seen.texts(), numbered(1, 6));
     assert!(seen.lost.is_empty(), "{:?}", seen.lost);
+    // Malformed positions are counted; none presented are not.
+    assert_eq!(
+        b.handle.metrics().resume_positions_ignored,
+        u64::from(positions.is_some())
+    );
 }
 
 /// More was sent while the client was away than the group's history keeps: what is

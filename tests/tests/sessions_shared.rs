@@ -16,10 +16,10 @@ use hub_core::proto::{ConnectionInfo, ResumeOutcome};
 use hub_nats::NatsProvider;
 use hub_nats::async_nats::jetstream;
 use hub_redis::RedisProvider;
-use hub_server::{GroupProvider, HubConfig, SessionConfig};
+use hub_server::{GroupProvider, HubConfig, RateLimit, SessionConfig};
 use test_support::{ChatServer, NatsServer, RedisServer};
 use tests::raw::{Frame, RawConn};
-use tests::resume::{lines, open, outcome, send, until_reply};
+use tests::resume::{lines, open, outcome, send, try_open_on, until_reply};
 use tests::{CrashableServer, Seen, TestServer, login, said};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -394,6 +394,191 @@ async fn nats_forged_foreign_and_expired_credentials_are_refused_on_another_serv
         async |id| nats_record_exists(&js, id).await,
     )
     .await;
+}
+
+/// The session record reads a Redis serves, seen through `MONITOR`: the provider's
+/// `load_session` is an `HGET <session key> r` sent by a client (scripts' reads are
+/// shown as from `lua` and are not counted).
+struct RecordReads {
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+    monitor: std::process::Child,
+    port: u16,
+}
+
+impl RecordReads {
+    /// Starts `MONITOR`, and waits (within `WAIT`) until Redis says it is on.
+    async fn start(redis: &RedisServer) -> Self {
+        use std::io::BufRead as _;
+        let port = redis.port();
+        let mut monitor = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "MONITOR"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("redis-cli MONITOR");
+        let out = monitor.stdout.take().expect("stdout");
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().expect("lines").push(line);
+            }
+        });
+        tokio::time::timeout(WAIT, async {
+            while !lines.lock().expect("lines").iter().any(|l| l == "OK") {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("MONITOR is on");
+        RecordReads {
+            lines,
+            monitor,
+            port,
+        }
+    }
+
+    /// The record reads Redis ran before this call: a marker sent after them is seen
+    /// in the monitor's (ordered) stream first, within `WAIT`.
+    async fn count(&self, marker: &str) -> u64 {
+        let sent = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "ECHO", marker])
+            .output()
+            .expect("redis-cli ECHO");
+        assert!(sent.status.success(), "{sent:?}");
+        let quoted = format!("\"{marker}\"");
+        tokio::time::timeout(WAIT, async {
+            loop {
+                {
+                    let lines = self.lines.lock().expect("lines");
+                    if let Some(at) = lines.iter().position(|l| l.contains(&quoted)) {
+                        return lines[..at]
+                            .iter()
+                            .filter(|l| {
+                                l.contains("\"HGET\"")
+                                    && l.contains(":session:")
+                                    && !l.contains(" lua]")
+                            })
+                            .count() as u64;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the marker reached the monitor")
+    }
+}
+
+impl Drop for RecordReads {
+    fn drop(&mut self) {
+        let _ = self.monitor.kill();
+        let _ = self.monitor.wait();
+    }
+}
+
+/// A well-shaped but forged credential costs the server it reaches a backplane read
+/// (the record's `HGET`), so these lookups are bounded per hub and server
+/// (`SessionConfig::restore_lookups`; here bursts of 2, then 1 a second): past the
+/// bound a resume fails with UNAVAILABLE before any read, counted in
+/// `resume_lookups_throttled`, and Redis reads exactly one record per lookup let
+/// through (seen with `MONITOR`). The session it names is left as it was: alice, throttled once, restores
+/// on a retry with the same credential (RESTORED, her seq going on).
+#[tokio::test]
+async fn redis_record_lookups_past_the_bound_are_unavailable_and_read_nothing() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = TestServer::start(redis_provider(&url), config(Duration::from_secs(30))).await;
+    let bounded = HubConfig::default().sessions(Some(
+        SessionConfig::default()
+            .grace(Duration::from_secs(30))
+            .restore_lookups(Some(RateLimit::new(1, 2))),
+    ));
+    let b = TestServer::start(redis_provider(&url), bounded).await;
+    let (_old, hello, token, last, bob, bob_rx) = alice_and_bob(&a.url(), &b.url()).await;
+    let credential = hello.resume_credential.clone();
+    let (id, _) = credential.rsplit_once('.').expect("id.secret");
+    let forged = |n: u128| format!("{id}.{n:032x}");
+    let to_b = tests::channel(&b.url()).await;
+    let reads = RecordReads::start(&redis).await;
+    // (MONITOR shows what runs after it started: this marker says it has.)
+    assert_eq!(reads.count("started").await, 0);
+
+    // Malformed credentials cost neither a read nor a token: one of 8 KiB, one whose
+    // secret is not hex (UNKNOWN, as on one server).
+    let oversized = format!("{id}.{}", "f".repeat(8 * 1024));
+    let not_hex = format!("{id}.{}", "z".repeat(32));
+    for bad in [&oversized, &not_hex] {
+        let (_c, refused) = try_open_on(to_b.clone(), &token, Some((bad, last)), None)
+            .await
+            .expect("a malformed credential is answered");
+        assert_eq!(outcome(&refused), ResumeOutcome::Unknown, "{refused:?}");
+    }
+    assert_eq!(reads.count("malformed").await, 0);
+
+    // The burst: two lookups, each a read, each UNKNOWN. alice's resume right after
+    // (within the second the next token takes) finds none left: UNAVAILABLE, before
+    // any read, and nothing happened to her session.
+    for n in 0..2 {
+        let (_c, refused) = try_open_on(to_b.clone(), &token, Some((&forged(n), last)), None)
+            .await
+            .expect("a lookup within the burst");
+        assert_eq!(outcome(&refused), ResumeOutcome::Unknown, "{refused:?}");
+    }
+    let status = try_open_on(to_b.clone(), &token, Some((&credential, last)), None)
+        .await
+        .map(|(_, hello)| hello)
+        .expect_err("past the burst: throttled");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("retry"), "{status:?}");
+    assert_eq!(reads.count("burst").await, 2);
+    assert_eq!(a.handle.metrics().sessions_taken_over, 0);
+
+    // Forgeries in a row: most are throttled; only those let through read Redis.
+    let (mut looked_up, mut throttled) = (2u64, 1u64);
+    for n in 2..12 {
+        match try_open_on(to_b.clone(), &token, Some((&forged(n), last)), None).await {
+            Ok((_c, refused)) => {
+                assert_eq!(outcome(&refused), ResumeOutcome::Unknown, "{refused:?}");
+                looked_up += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                throttled += 1;
+            }
+        }
+    }
+    assert!(throttled > 1, "ten forgeries at once, one token a second");
+    assert_eq!(reads.count("forgeries").await, looked_up);
+    let m = b.handle.metrics();
+    assert_eq!(
+        (m.resume_lookups_throttled, m.resumes_failed_unknown),
+        (throttled, looked_up + 2)
+    );
+
+    // alice retries with the same credential, as a client does after UNAVAILABLE
+    // (with backoff): once a token came back, the session is restored.
+    let (mut alice, restored) = tokio::time::timeout(WAIT, async {
+        loop {
+            match try_open_on(to_b.clone(), &token, Some((&credential, last)), None).await {
+                Ok(opened) => return opened,
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    })
+    .await
+    .expect("restored within the bound's refill");
+    assert_eq!(outcome(&restored), ResumeOutcome::Restored, "{restored:?}");
+    assert_eq!(restored.connection_id, hello.connection_id);
+    assert_eq!(reads.count("restored").await, looked_up + 1);
+    eventually("A let go", || async {
+        a.handle.metrics().sessions_taken_over == 1
+    })
+    .await;
+    goes_on(&mut alice, last, &bob, &bob_rx, false).await;
+    assert_eq!(b.handle.metrics().sessions_restored, 1);
 }
 
 /// Two `chat-server` processes over Redis. alice reads a broadcast stream from the
