@@ -28,7 +28,9 @@ generates from the hub's proto (see docs/clients.md):
   group is kept in `client.positions`, and `client.resume_metadata()` is what a new
   stream presents to resume the session (on any server) with exactly the pushes it
   missed; `control.pushes_lost` (pushes of a group that could not be recovered) goes
-  to the `"pushes_lost"` callbacks;
+  to the `"pushes_lost"` callbacks. `HubClient.resume(...)` opens that stream and
+  retries it with backoff, with the same credential, while the server answers
+  UNAVAILABLE (one restoring too many sessions at once says so);
 - `control.ping` is answered with `control.pong` (same nonce) at once, so the
   server does not close the connection after its heartbeat timeout;
 - when the stream ends, `client.close_code` / `client.close_reason` say why
@@ -41,6 +43,7 @@ import contextlib
 import inspect
 import itertools
 import logging
+import random
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -166,6 +169,30 @@ class HubClient:
             positions = positions_type(positions=list(self.positions.values()))
             md.append(("hub-resume-positions-bin", positions.SerializeToString()))
         return md
+
+    @classmethod
+    async def resume(cls, connect: Callable, request_type: type, metadata, *, attempts: int = 6,
+                     backoff: float = 0.2, max_backoff: float = 5.0, **kwargs) -> "HubClient":
+        """Opens a stream that resumes a session: `metadata` is the authorization plus
+        `resume_metadata()` of the connection that dropped, sent unchanged at every
+        attempt. A stream refused with UNAVAILABLE before its hello (a server shutting
+        down or not up yet, or one that bounds how many sessions it restores at once
+        and is past that bound: "too many sessions are being restored ...; retry") is
+        tried again after a backoff (doubling from `backoff` up to `max_backoff`,
+        with jitter), at most `attempts` times in all: the session is left as it was,
+        so a retry with the same credential can still resume it. Other codes are
+        raised at once (`ConnectionClosed`). Read `client.info.resumption` of the
+        result for the outcome."""
+        delay = backoff
+        for attempt in itertools.count(1):
+            try:
+                return await cls.connect(connect, request_type, metadata=metadata, **kwargs)
+            except ConnectionClosed as e:
+                if e.code != grpc.StatusCode.UNAVAILABLE or attempt >= attempts:
+                    raise
+                log.debug("hub_client resume attempt %d: %s; retrying", attempt, e)
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, max_backoff)
 
     def on(self, name: str, callback: Callable) -> None:
         """Calls `callback(Push)` for each push `name` ("*": all), or `callback(HubError)` for "error"."""
