@@ -1104,6 +1104,45 @@ async fn a_restored_session_keeps_its_seq_for_the_next_resume() {
     assert_eq!(header(&again, "hub-resume-seq"), Some("2"));
 }
 
+/// A server bounding its session record lookups refuses a resume past the bound with
+/// `UNAVAILABLE`, before any hello: the client backs off and presents the same
+/// credential and seq again, and the retry restores the session.
+#[tokio::test(start_paused = true)]
+async fn a_resume_throttled_with_unavailable_is_retried_with_the_same_credential() {
+    let mut s = session(reconnecting()).await;
+    s.server.send(push(1, "a"));
+    s.server.send(push(2, "b"));
+    barrier(&s.client, &mut s.server).await;
+    s.server.end(Code::Unavailable, "connection reset");
+    for attempt in 1..=2u32 {
+        let server = bounded(s.incoming.recv()).await.unwrap();
+        assert_eq!(header(&server, "hub-resume"), Some(CREDENTIAL), "{attempt}");
+        assert_eq!(header(&server, "hub-resume-seq"), Some("2"), "{attempt}");
+        server.end(
+            Code::Unavailable,
+            "too many sessions are being restored on this server; retry with the same \
+             credential after a backoff",
+        );
+    }
+    let started = Instant::now();
+    let server = bounded(s.incoming.recv()).await.unwrap();
+    // The third attempt, after the second's backoff.
+    assert_eq!(started.elapsed(), Duration::from_millis(400));
+    assert!(
+        matches!(s.client.state(), ConnectionState::Reconnecting { attempt: 3, ref cause } if cause.code == Code::Unavailable),
+        "{:?}",
+        s.client.state()
+    );
+    assert_eq!(header(&server, "hub-resume"), Some(CREDENTIAL));
+    assert_eq!(header(&server, "hub-resume-seq"), Some("2"));
+    server.control(session_hello("c1", Some(proto::ResumeOutcome::Restored)));
+    wait_state(&s.client, ConnectionState::is_connected).await;
+    assert_eq!(
+        (s.client.connection_id().as_str(), s.client.last_seq()),
+        ("c1", 2)
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn calls_made_while_reconnecting_wait_for_the_new_stream_within_their_timeout() {
     let mut s = session(reconnecting()).await;
