@@ -1,14 +1,17 @@
 //! The client handle: [`HubClient`] opens the stream and makes calls.
 
+use std::collections::hash_map::Entry;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hub_core::proto::ConnectionInfo;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::oneshot::error::RecvError;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::codegen::{Body, StdError};
 
@@ -16,12 +19,9 @@ use crate::connection::Reader;
 use crate::error::{ClientError, CloseStatus, gone};
 use crate::link::{self, Opener, Outbox, Supervisor};
 use crate::options::ConnectOptions;
-use crate::shared::{Calls, Shared};
-use crate::state::ConnectionState;
-
-/// Where a call's reply comes from.
-type Receiver<E> = oneshot::Receiver<Result<E, ClientError>>;
+use crate::shared::{Calls, Shared, Slot};
 use crate::spec::{ClientSpec, PushHandler};
+use crate::state::ConnectionState;
 
 /// A connection to a hub. Cheap to clone (one reference count); the connection
 /// closes (cleanly, after the server answers what was sent) when the last clone is
@@ -105,7 +105,7 @@ impl<S: ClientSpec> HubClient<S> {
         let (closed, _) = watch::channel(None);
         let (state, _) = watch::channel(ConnectionState::Connected);
         let shared = Arc::new(Shared {
-            calls: Mutex::new(Some(Calls::new())),
+            calls: Mutex::new(Calls::new()),
             call_timeout: options.call_timeout,
             closed,
             latency: Mutex::new(None),
@@ -229,9 +229,9 @@ impl<S: ClientSpec> HubClient<S> {
     async fn register_when_up(
         &self,
         deadline_in: Option<Duration>,
-    ) -> Result<(u64, Receiver<S::Event>), ClientError> {
+    ) -> Result<Answer<'_, S>, ClientError> {
         loop {
-            match self.register(deadline_in) {
+            match self.register(deadline_in, None) {
                 Ok(registered) => return Ok(registered),
                 Err(e) if self.is_closed() => return Err(e),
                 Err(_) => self.until_up().await?,
@@ -253,8 +253,8 @@ impl<S: ClientSpec> HubClient<S> {
         match timeout {
             Some(t) => self.call_timed(call, t).await,
             None => {
-                let (id, reply) = self.register_when_up(None).await?;
-                self.exchange(id, reply, call).await
+                let answer = self.register_when_up(None).await?;
+                self.exchange(answer, call).await
             }
         }
     }
@@ -267,14 +267,11 @@ impl<S: ClientSpec> HubClient<S> {
         else {
             return Err(ClientError::Timeout(t));
         };
-        let (id, reply) = registered?;
-        let exchange = self.exchange(id, reply, call);
+        // On the timeout the exchange is dropped, and its answer's slot with it.
+        let exchange = self.exchange(registered?, call);
         tokio::time::timeout_at(deadline, exchange)
             .await
-            .unwrap_or_else(|_| {
-                self.forget(id);
-                Err(ClientError::Timeout(t))
-            })
+            .unwrap_or(Err(ClientError::Timeout(t)))
     }
 
     /// Makes a call with the default timeout and waits for its reply.
@@ -305,99 +302,80 @@ impl<S: ClientSpec> HubClient<S> {
                 Box::pin(self.call_timed(call, t)).await
             }
             _ => {
-                // Nothing of the call is kept across an await but its reply's receiver.
-                // (No temporary of a `?` or an `if let` may live across an await: a
-                // `ClientError` holds a `tonic::Status`, 176 bytes.)
-                let (id, mut reply) = match self.register(timeout) {
+                // Nothing of the call is kept across an await but its answer (a slot
+                // id). (No temporary of a `?` or an `if let` may live across an await:
+                // a `ClientError` holds a `tonic::Status`, 176 bytes.) The slot gets
+                // this task's waker at once, so the first poll of the answer, in this
+                // same pass, need not look at it.
+                let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+                let mut answer = match self.register(timeout, Some(waker)) {
                     Ok(registered) => registered,
                     // No stream up: reconnecting (or closed). Boxed, off the common path.
                     Err(e) => return Box::pin(self.call_when_up(call, timeout, e)).await,
                 };
-                let full = self.try_send(id, call)?;
+                let full = self.try_send(answer.id, call)?;
                 if let Some(frame) = full {
-                    let wait = Box::pin(self.wait_for_room(id, frame, &mut reply));
+                    let wait = Box::pin(self.wait_for_room(frame, &mut answer));
                     if let Some(done) = wait.await {
                         return done;
                     }
                 }
-                self.answer(reply.await)
+                answer.await
             }
         }
     }
 
-    /// Takes a call id and a place for its reply; with `deadline_in`, the reader task
-    /// times the call out then.
+    /// Takes a call id and a slot for its answer; with `deadline_in`, the reader task
+    /// times the call out then. `waker`: the task's that will poll the answer first,
+    /// in the same pass (that poll then returns `Pending` without looking).
     fn register(
         &self,
         deadline_in: Option<Duration>,
-    ) -> Result<(u64, Receiver<S::Event>), ClientError> {
+        waker: Option<Waker>,
+    ) -> Result<Answer<'_, S>, ClientError> {
         let id = self.inner.next_id.fetch_add(1, Relaxed) + 1;
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let mut calls = self
-            .inner
-            .shared
-            .calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let Some(calls) = calls.as_mut() else {
+        let fresh = waker.is_some();
+        let mut calls = lock(&self.inner.shared.calls);
+        if !calls.up {
+            drop(calls);
             return Err(ClientError::Disconnected(self.reason()));
-        };
+        }
         if let Some(t) = deadline_in {
             // The clock is read under the lock, so deadlines are queued in order.
             calls.deadlines.push_back((Instant::now() + t, id));
         }
-        calls.waiting.insert(id, reply_tx);
-        Ok((id, reply_rx))
-    }
-
-    /// Forgets call `id`: its reply, if one comes, goes nowhere.
-    fn forget(&self, id: u64) {
-        if let Some(calls) = self
-            .inner
-            .shared
-            .calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-        {
-            calls.take(id);
-        }
-    }
-
-    /// The reply, or why there is none.
-    fn answer(
-        &self,
-        r: Result<Result<S::Event, ClientError>, RecvError>,
-    ) -> Result<S::Event, ClientError> {
-        r.unwrap_or_else(|_| Err(ClientError::Disconnected(self.reason())))
+        calls.slots.insert(id, Slot::Waiting(waker));
+        Ok(Answer {
+            client: self,
+            id,
+            fresh,
+            taken: false,
+        })
     }
 
     /// Sends call `id` and waits for its reply.
     async fn exchange(
         &self,
-        id: u64,
-        mut reply: Receiver<S::Event>,
+        mut answer: Answer<'_, S>,
         call: S::Call,
     ) -> Result<S::Event, ClientError> {
-        let full = self.try_send(id, call)?;
+        let full = self.try_send(answer.id, call)?;
         if let Some(frame) = full {
-            let wait = self.wait_for_room(id, frame, &mut reply);
+            let wait = self.wait_for_room(frame, &mut answer);
             if let Some(done) = wait.await {
                 return done;
             }
         }
-        self.answer(reply.await)
+        answer.await
     }
 
-    /// Queues call `id` if there is room (`None`); gives the frame back if the queue is full.
+    /// Queues call `id` if there is room (`None`); gives the frame back if the queue is
+    /// full. (On an error the caller drops the call's answer, which frees its slot.)
     fn try_send(&self, id: u64, call: S::Call) -> Result<Option<S::Request>, ClientError> {
         match self.inner.tx.try_send(S::request(id, Some(call), None)) {
             Ok(()) => Ok(None),
             Err(TrySendError::Full(frame)) => Ok(Some(frame)),
-            Err(TrySendError::Closed(_)) => {
-                self.forget(id);
-                Err(ClientError::Disconnected(self.reason()))
-            }
+            Err(TrySendError::Closed(_)) => Err(ClientError::Disconnected(self.reason())),
         }
     }
 
@@ -405,19 +383,16 @@ impl<S: ClientSpec> HubClient<S> {
     /// answer first: the reader's timeout, or the end of the connection.
     async fn wait_for_room(
         &self,
-        id: u64,
         frame: S::Request,
-        reply: &mut Receiver<S::Event>,
+        answer: &mut Answer<'_, S>,
     ) -> Option<Result<S::Event, ClientError>> {
         tokio::select! {
             biased;
-            r = reply => Some(self.answer(r)),
+            r = answer => Some(r),
             sent = self.inner.tx.send(frame) => match sent {
                 Ok(()) => None,
-                Err(_) => {
-                    self.forget(id);
-                    Some(Err(ClientError::Disconnected(self.reason())))
-                }
+                // The caller drops the answer, which frees its slot.
+                Err(_) => Some(Err(ClientError::Disconnected(self.reason()))),
             },
         }
     }
@@ -425,13 +400,7 @@ impl<S: ClientSpec> HubClient<S> {
     /// How many calls wait for their reply.
     #[cfg(test)]
     pub(crate) fn pending_calls(&self) -> usize {
-        self.inner
-            .shared
-            .calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map_or(0, |c| c.waiting.len())
+        lock(&self.inner.shared.calls).slots.len()
     }
 
     /// Sends a fire-and-forget call (id 0): no reply; a failure comes back as an
@@ -448,5 +417,71 @@ impl<S: ClientSpec> HubClient<S> {
             .send(S::request(0, Some(call), None))
             .await
             .map_err(|_| ClientError::Disconnected(self.reason()))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A registered call's answer: polls the call's slot in [`Calls`]. Dropped before it
+/// has the answer, it frees the slot, so a late reply goes nowhere.
+struct Answer<'a, S: ClientSpec> {
+    client: &'a HubClient<S>,
+    id: u64,
+    /// The slot holds the waker of this poll's task, registered in this same pass
+    /// with nothing awaited since: an answer that comes will wake it, so this poll
+    /// need not look.
+    fresh: bool,
+    /// The answer was taken, and the slot with it.
+    taken: bool,
+}
+
+impl<S: ClientSpec> Future for Answer<'_, S> {
+    type Output = Result<S::Event, ClientError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if std::mem::take(&mut this.fresh) {
+            return Poll::Pending;
+        }
+        let mut calls = lock(&this.client.inner.shared.calls);
+        let Entry::Occupied(mut slot) = calls.slots.entry(this.id) else {
+            // Only the answer frees its slot: not a path, a defence.
+            drop(calls);
+            this.taken = true;
+            return Poll::Ready(Err(ClientError::Disconnected(this.client.reason())));
+        };
+        if let Slot::Waiting(waker) = slot.get_mut() {
+            let old = match waker {
+                Some(w) if w.will_wake(cx.waker()) => None,
+                _ => waker.replace(cx.waker().clone()),
+            };
+            // A waker is dropped with no lock held.
+            drop(calls);
+            drop(old);
+            return Poll::Pending;
+        }
+        let Slot::Done(answer) = slot.remove() else {
+            return Poll::Pending;
+        };
+        drop(calls);
+        this.taken = true;
+        Poll::Ready(answer.map_err(|e| *e))
+    }
+}
+
+impl<S: ClientSpec> Drop for Answer<'_, S> {
+    fn drop(&mut self) {
+        if !self.taken {
+            // Dropped after the lock is let go (a waker, or an answer).
+            let slot = {
+                let mut calls = lock(&self.client.inner.shared.calls);
+                let slot = calls.slots.remove(&self.id);
+                calls.trim(self.id);
+                slot
+            };
+            drop(slot);
+        }
     }
 }

@@ -167,17 +167,13 @@ impl<S: ClientSpec> Reader<S> {
                 next_check = Some(at + period);
             }
             if let Some(t) = self.shared.call_timeout {
-                if let Some(calls) = self
-                    .shared
+                self.shared
                     .calls
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .as_mut()
-                {
-                    calls.expire(now, &mut expired);
-                }
-                for waiter in expired.drain(..) {
-                    let _ = waiter.send(Err(ClientError::Timeout(t)));
+                    .expire(now, t, &mut expired);
+                for waker in expired.drain(..) {
+                    waker.wake();
                 }
             }
             timer
@@ -205,8 +201,7 @@ impl<S: ClientSpec> Reader<S> {
                 .calls
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .and_then(|c| c.next_deadline())
+                .next_deadline()
                 .unwrap_or(now + t)
         });
         [next_ping, next_check, call]
@@ -307,26 +302,24 @@ impl<S: ClientSpec> Reader<S> {
             .as_ref()
             .is_some_and(|e| e.scope() == proto::ErrorScope::Frame);
         if parts.id != 0 && !frame_error {
-            let waiter = self
+            let result = match (parts.error, parts.event) {
+                (Some(e), _) => Err(Box::new(ClientError::Status(tonic::Status::new(
+                    tonic::Code::from_i32(e.code),
+                    e.message,
+                )))),
+                (None, Some(event)) => Ok(event),
+                (None, None) => Err(Box::new(ClientError::UnexpectedReply("an empty frame"))),
+            };
+            let answered = self
                 .shared
                 .calls
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .as_mut()
-                .and_then(|c| c.take(parts.id));
-            let Some(waiter) = waiter else {
-                tracing::debug!(id = parts.id, "reply to a call no longer waited for");
-                return;
-            };
-            let result = match (parts.error, parts.event) {
-                (Some(e), _) => Err(ClientError::Status(tonic::Status::new(
-                    tonic::Code::from_i32(e.code),
-                    e.message,
-                ))),
-                (None, Some(event)) => Ok(event),
-                (None, None) => Err(ClientError::UnexpectedReply("an empty frame")),
-            };
-            let _ = waiter.send(result);
+                .answer(parts.id, result);
+            match answered {
+                Ok(waker) => waker.into_iter().for_each(std::task::Waker::wake),
+                Err(_) => tracing::debug!(id = parts.id, "reply to a call no longer waited for"),
+            }
         } else if let Some(e) = parts.error {
             self.handler
                 .on_error(tonic::Code::from_i32(e.code), &e.message);

@@ -10,7 +10,7 @@
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use hub_core::BoxFuture;
@@ -263,14 +263,14 @@ impl<S: ClientSpec> Supervisor<S> {
             attempt: 1,
             cause: cause.clone(),
         };
-        let calls = {
-            let mut slot = lock(&self.reader.shared.calls);
+        let mut wakers = Vec::new();
+        {
+            let mut calls = lock(&self.reader.shared.calls);
             self.reader.shared.state.send_replace(state.clone());
-            slot.take()
-        };
-        for (_, waiter) in calls.into_iter().flat_map(|c| c.waiting) {
-            let _ = waiter.send(Err(ClientError::ConnectionLost(cause.clone())));
+            calls.up = false;
+            calls.fail_all(|| ClientError::ConnectionLost(cause.clone()), &mut wakers);
         }
+        wakers.into_iter().for_each(Waker::wake);
         self.reader.handler.on_state(&state);
     }
 
@@ -366,8 +366,8 @@ impl<S: ClientSpec> Supervisor<S> {
         tracing::info!(?state, connection_id = %info.connection_id, "hub stream up again");
         *lock(&shared.info) = Arc::new(info.clone());
         {
-            let mut slot = lock(&shared.calls);
-            *slot = Some(crate::shared::Calls::new());
+            let mut calls = lock(&shared.calls);
+            calls.up = true;
             shared.state.send_replace(state.clone());
         }
         self.reader.handler.on_state(&state);
@@ -378,16 +378,35 @@ impl<S: ClientSpec> Supervisor<S> {
         tracing::debug!(%reason, "hub connection ended");
         let shared = &self.reader.shared;
         let state = ConnectionState::Closed(reason.clone());
-        let calls = {
-            let mut slot = lock(&shared.calls);
+        let mut wakers = Vec::new();
+        {
+            let mut calls = lock(&shared.calls);
             shared.closed.send_replace(Some(reason.clone()));
             shared.state.send_replace(state.clone());
-            slot.take()
-        };
-        lock(&self.outbox).close();
-        for (_, waiter) in calls.into_iter().flat_map(|c| c.waiting) {
-            let _ = waiter.send(Err(ClientError::Disconnected(reason.clone())));
+            calls.up = false;
+            calls.fail_all(|| ClientError::Disconnected(reason.clone()), &mut wakers);
         }
+        lock(&self.outbox).close();
+        wakers.into_iter().for_each(Waker::wake);
         self.reader.handler.on_state(&state);
+    }
+}
+
+impl<S: ClientSpec> Drop for Supervisor<S> {
+    /// After [`Supervisor::finish`] no call waits. A task dropped before (a panic in
+    /// the reader, the runtime shutting down) fails the calls still waiting, which
+    /// nothing else would answer.
+    fn drop(&mut self) {
+        let shared = &self.reader.shared;
+        let mut wakers = Vec::new();
+        {
+            let reason = shared
+                .closed
+                .borrow()
+                .clone()
+                .unwrap_or_else(crate::error::gone);
+            lock(&shared.calls).fail_all(|| ClientError::Disconnected(reason.clone()), &mut wakers);
+        }
+        wakers.into_iter().for_each(Waker::wake);
     }
 }

@@ -5,19 +5,17 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 use std::time::Duration;
 
 use hub_core::proto::ConnectionInfo;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::{ClientError, CloseStatus};
 use crate::spec::ClientSpec;
 use crate::state::ConnectionState;
-
-/// Where a call's reply goes.
-pub(crate) type Reply<E> = oneshot::Sender<Result<E, ClientError>>;
 
 /// Hashes call ids: they are small, distinct and sequential, so one multiplication
 /// spreads them well (SipHash was 4% of the client's instructions per call).
@@ -42,15 +40,31 @@ impl Hasher for IdHasher {
     }
 }
 
+/// A waiting call's place in [`Calls`]: the caller's future polls it.
+pub(crate) enum Slot<E> {
+    /// No answer yet; the waker of the task awaiting it, once it has polled.
+    Waiting(Option<Waker>),
+    /// The answer, for the caller to take (the error boxed: it is rare and large).
+    Done(Result<E, Box<ClientError>>),
+}
+
 /// The calls waiting for their reply.
+///
+/// Each call has a [`Slot`] here from its registration until its future takes the
+/// answer (or is dropped, which frees the slot: a late reply then goes nowhere). The
+/// reader task puts replies, timeouts and the end of a stream into the slots and
+/// wakes their callers; no channel per call.
 ///
 /// Calls with the client's default timeout are timed by the reader task, not by a
 /// timer each: their deadlines are `now + the same timeout`, taken under this lock, so
 /// they are queued in deadline order and the reader's one timer only has to look at
 /// the front. Calls with another timeout keep a timer of their own.
 pub(crate) struct Calls<E> {
-    /// Waiting calls by id.
-    pub(crate) waiting: HashMap<u64, Reply<E>, BuildHasherDefault<IdHasher>>,
+    /// Whether a stream is up: calls may register. `state` changes under the same
+    /// lock, so a call that finds no stream up finds `Reconnecting` or `Closed` there.
+    pub(crate) up: bool,
+    /// The slots of the calls by id: waiting ones, and answered ones not yet taken.
+    pub(crate) slots: HashMap<u64, Slot<E>, BuildHasherDefault<IdHasher>>,
     /// (deadline, id) of calls timed by the reader, in call (= deadline) order. Ids
     /// no longer waiting are dropped from the front as replies come (the server
     /// answers a connection's calls in order), and by a sweep if they pile up.
@@ -60,45 +74,84 @@ pub(crate) struct Calls<E> {
 impl<E> Calls<E> {
     pub(crate) fn new() -> Self {
         Calls {
-            waiting: HashMap::default(),
+            up: true,
+            slots: HashMap::default(),
             deadlines: VecDeque::new(),
         }
     }
 
-    /// Takes the waiter of call `id`, if it still waits.
-    pub(crate) fn take(&mut self, id: u64) -> Option<Reply<E>> {
-        let waiter = self.waiting.remove(&id)?;
-        self.trim();
-        Some(waiter)
+    /// Answers call `id` if it still waits, and returns the waker to wake (after the
+    /// lock is let go). `Err(answer)`: no call waits for it.
+    pub(crate) fn answer(
+        &mut self,
+        id: u64,
+        answer: Result<E, Box<ClientError>>,
+    ) -> Result<Option<Waker>, Result<E, Box<ClientError>>> {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return Err(answer);
+        };
+        let Slot::Waiting(waker) = slot else {
+            return Err(answer);
+        };
+        let waker = waker.take();
+        *slot = Slot::Done(answer);
+        self.trim(id);
+        Ok(waker)
     }
 
-    /// Drops deadlines of calls no longer waiting: from the front, and all of them if
-    /// they outnumber the waiting calls (replies out of order, calls dropped early).
-    fn trim(&mut self) {
-        while let Some(&(_, id)) = self.deadlines.front() {
-            if self.waiting.contains_key(&id) {
-                break;
-            }
+    /// Call `id` waits no more: drops its deadline if it is the front one (the server
+    /// answers a connection's calls in order, so it usually is), and then sweeps.
+    /// Looks no slot up: a deadline of a call no longer waiting left at the front
+    /// costs the reader one early wake-up, whose expiry drops it.
+    pub(crate) fn trim(&mut self, id: u64) {
+        if self
+            .deadlines
+            .front()
+            .is_some_and(|&(_, front)| front == id)
+        {
             self.deadlines.pop_front();
         }
-        if self.deadlines.len() > 2 * self.waiting.len() + 64 {
-            let waiting = &self.waiting;
-            self.deadlines.retain(|(_, id)| waiting.contains_key(id));
+        self.sweep();
+    }
+
+    /// Drops the deadlines of calls no longer waiting if they outnumber the slots
+    /// (replies out of order, calls dropped early).
+    fn sweep(&mut self) {
+        if self.deadlines.len() > 2 * self.slots.len() + 64 {
+            let slots = &self.slots;
+            self.deadlines
+                .retain(|(_, id)| matches!(slots.get(id), Some(Slot::Waiting(_))));
         }
     }
 
-    /// Takes the waiters of reader-timed calls whose deadline is not after `now`.
-    pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<Reply<E>>) {
+    /// Fails the reader-timed calls whose deadline is not after `now` with `Timeout(t)`,
+    /// and adds their wakers to `out`.
+    pub(crate) fn expire(&mut self, now: Instant, t: Duration, out: &mut Vec<Waker>) {
         while let Some(&(deadline, id)) = self.deadlines.front() {
             if deadline > now {
                 break;
             }
             self.deadlines.pop_front();
-            if let Some(w) = self.waiting.remove(&id) {
-                out.push(w);
+            if let Some(slot) = self.slots.get_mut(&id)
+                && let Slot::Waiting(w) = slot
+            {
+                out.extend(w.take());
+                *slot = Slot::Done(Err(Box::new(ClientError::Timeout(t))));
             }
         }
-        self.trim();
+        self.sweep();
+    }
+
+    /// Fails every waiting call with `error()` and adds their wakers to `out` (the
+    /// stream is gone). Answers not yet taken stay for their callers.
+    pub(crate) fn fail_all(&mut self, error: impl Fn() -> ClientError, out: &mut Vec<Waker>) {
+        self.deadlines.clear();
+        for slot in self.slots.values_mut() {
+            if let Slot::Waiting(w) = slot {
+                out.extend(w.take());
+                *slot = Slot::Done(Err(Box::new(error())));
+            }
+        }
     }
 
     /// The earliest deadline of a reader-timed call still waiting.
@@ -117,10 +170,8 @@ pub(crate) type Positions = HashMap<String, (u64, u64, u64)>;
 pub const MAX_POSITIONS: usize = 128;
 
 pub(crate) struct Shared<S: ClientSpec> {
-    /// Calls waiting for their reply; `None` while no stream is up (reconnecting, or
-    /// closed). `state` changes under this lock, so a call that finds `None` here
-    /// finds `Reconnecting` or `Closed` there.
-    pub(crate) calls: Mutex<Option<Calls<S::Event>>>,
+    /// Calls waiting for their reply (and whether a stream is up to make them on).
+    pub(crate) calls: Mutex<Calls<S::Event>>,
     /// The default call timeout: calls with it are timed by the reader task.
     pub(crate) call_timeout: Option<Duration>,
     /// Why the connection ended, once it has.

@@ -10,7 +10,7 @@
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -348,6 +348,30 @@ async fn a_reply_to_an_unknown_id_reaches_no_call() {
     f.server.reply(req.id, "yours");
     assert_eq!(bounded(call).await.unwrap().unwrap(), "yours");
     // A stray reply is neither a push nor an error frame to the receiver.
+    assert_eq!(f.recorder.got(), vec![]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_call_frees_its_slot_and_its_late_reply_reaches_no_call() {
+    let mut f = connect(quiet()).await;
+    let call = tokio::spawn({
+        let c = f.client.clone();
+        async move { c.call("dropped".into()).await }
+    });
+    let req = f.server.next_call().await;
+    assert_eq!(pending(&f.client), 1);
+    call.abort();
+    assert!(bounded(call).await.unwrap_err().is_cancelled());
+    assert_eq!(pending(&f.client), 0);
+    f.server.reply(req.id, "too late");
+    let next = tokio::spawn({
+        let c = f.client.clone();
+        async move { c.call("next".into()).await }
+    });
+    let req = f.server.next_call().await;
+    f.server.reply(req.id, "yours");
+    assert_eq!(bounded(next).await.unwrap().unwrap(), "yours");
+    assert_eq!(pending(&f.client), 0);
     assert_eq!(f.recorder.got(), vec![]);
 }
 
@@ -818,28 +842,41 @@ async fn a_call_waiting_for_room_in_the_send_queue_still_times_out() {
 
 #[test]
 fn deadlines_of_calls_answered_out_of_order_do_not_pile_up() {
+    use crate::shared::Slot;
     let mut calls = crate::shared::Calls::<String>::new();
     let now = Instant::now();
-    let mut receivers = Vec::new();
     for id in 1..=10_000u64 {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        receivers.push(rx);
-        calls.waiting.insert(id, tx);
+        calls
+            .slots
+            .insert(id, Slot::Waiting(Some(Waker::noop().clone())));
         calls
             .deadlines
             .push_back((now + Duration::from_secs(30), id));
-        // Call 1 is never answered; the others are, as they come.
+        // Call 1 is never answered; the others are, as they come, and take their answer.
         if id > 1 {
-            assert!(calls.take(id).is_some());
+            assert!(matches!(calls.answer(id, Ok("reply".into())), Ok(Some(_))));
         }
-        assert!(calls.deadlines.len() <= 2 * calls.waiting.len() + 64 + 1);
+        assert!(calls.deadlines.len() <= 2 * calls.slots.len() + 64 + 1);
+        if id > 1 {
+            assert!(matches!(calls.slots.remove(&id), Some(Slot::Done(Ok(_)))));
+        }
     }
-    assert_eq!(calls.waiting.len(), 1);
+    assert_eq!(calls.slots.len(), 1);
     assert_eq!(calls.next_deadline(), Some(now + Duration::from_secs(30)));
     let mut expired = Vec::new();
-    calls.expire(now + Duration::from_secs(30), &mut expired);
+    calls.expire(
+        now + Duration::from_secs(30),
+        Duration::from_secs(30),
+        &mut expired,
+    );
     assert_eq!(expired.len(), 1);
-    assert!(calls.waiting.is_empty() && calls.deadlines.is_empty());
+    assert!(calls.deadlines.is_empty());
+    assert!(matches!(
+        calls.slots.get(&1),
+        Some(Slot::Done(Err(e))) if matches!(**e, ClientError::Timeout(_))
+    ));
+    // A reply after the timeout reaches no call.
+    assert!(calls.answer(1, Ok("late".into())).is_err());
 }
 
 // Reconnecting: on a hello that offers a session, a dropped stream is followed by new
