@@ -441,7 +441,14 @@ impl RecordReads {
     /// in the monitor's (ordered) stream first, within `WAIT`.
     async fn count(&self, marker: &str) -> u64 {
         let sent = std::process::Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "ECHO", marker])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "ECHO",
+                marker,
+            ])
             .output()
             .expect("redis-cli ECHO");
         assert!(sent.status.success(), "{sent:?}");
