@@ -106,8 +106,11 @@ pub async fn serve(
     session_grace: Option<Duration>,
 ) -> Result<(), BoxError> {
     // A benchmark measures throughput: no per-connection inbound rate limits (the
-    // defaults refuse a client past 200 calls/s).
+    // defaults refuse a client past 200 calls/s), and no bound on the calls a
+    // connection may queue (the default 64 refuses the rooms publisher, which sends
+    // `publish` fire-and-forget at the schedule's rate, as the peers' servers buffer).
     let config = hub_server::HubConfig::default()
+        .max_queued_calls(1 << 20)
         .inbound_calls(None)
         .inbound_bytes(None)
         .flood(0, std::time::Duration::ZERO)

@@ -12,7 +12,7 @@
 //!   pushing one tick to every room F times a second (the game workload).
 //! - `resume`: N clients on one of S servers sharing sessions over Redis; that server
 //!   is killed (SIGKILL); the time until each client's session is restored elsewhere.
-//! - `serve`, `conn-client`: the child processes the workloads start.
+//! - `serve`, `conn-client`, `rooms-members`: the child processes the workloads start.
 
 mod calls;
 mod conns;
@@ -94,6 +94,9 @@ enum Command {
         #[arg(long)]
         session_grace_s: Option<u64>,
     },
+    /// (child) The members of a rooms run's rooms `r % procs == index`: prints `READY
+    /// <members>`, answers `POLL` and `RESULTS` on stdin; exits when stdin closes.
+    RoomsMembers(rooms::MembersArgs),
     /// (child) Opens N idle connections, prints `READY <ok> <failed>`, holds them
     /// until stdin closes.
     ConnClient {
@@ -145,6 +148,7 @@ async fn run(command: Command) -> Result<(), BoxError> {
                 Kind::Raw => raw::serve(listener).await,
             };
         }
+        Command::RoomsMembers(a) => return rooms::members_child(&a).await,
         Command::ConnClient { kind, addr, n } => {
             proc::exit_on_stdin_eof();
             return conns::client(kind, addr, n).await;

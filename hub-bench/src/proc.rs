@@ -63,6 +63,15 @@ impl BenchChild {
         }
     }
 
+    /// Writes one line to the child's stdin.
+    pub fn send_line(&mut self, line: &str) -> Result<(), BoxError> {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().ok_or("the child's stdin is closed")?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
     /// Waits for a line `LISTEN <addr>` and returns the address.
     pub fn listening(&mut self, within: Duration) -> Result<SocketAddr, BoxError> {
         let line = self.line(within)?;

@@ -120,14 +120,25 @@ fn conns_hub_and_raw_connect() {
 
 #[test]
 fn rooms_over_redis_and_nats_deliver_every_push() {
-    for backplane in ["redis", "nats"] {
-        for shards in ["1", "2"] {
-            rooms_deliver_every_push(backplane, shards);
-        }
+    // Every option in four runs: backplane × shards, each with another schedule,
+    // member placement (child processes or the bench process) and publisher.
+    for (backplane, shards, schedule, procs, publisher) in [
+        ("redis", "1", "spread", "2", "emitter"),
+        ("redis", "2", "burst", "0", "client"),
+        ("nats", "1", "spread", "1", "client"),
+        ("nats", "2", "burst", "0", "emitter"),
+    ] {
+        rooms_deliver_every_push(backplane, shards, schedule, procs, publisher);
     }
 }
 
-fn rooms_deliver_every_push(backplane: &str, shards: &str) {
+fn rooms_deliver_every_push(
+    backplane: &str,
+    shards: &str,
+    schedule: &str,
+    procs: &str,
+    publisher: &str,
+) {
     let v = bench(&[
         "rooms",
         "--rooms",
@@ -146,13 +157,43 @@ fn rooms_deliver_every_push(backplane: &str, shards: &str) {
         backplane,
         "--shards",
         shards,
+        "--schedule",
+        schedule,
+        "--client-procs",
+        procs,
+        "--publisher",
+        publisher,
     ]);
     assert_eq!(v["pushes"], 30, "{v}");
     assert_eq!(v["pushes_complete"], 30, "{v}");
+    assert_eq!(v["broadcasts_completed"], 30, "{v}");
+    assert_eq!(v["complete"], true, "{v}");
     assert_eq!(v["deliveries"], 60, "{v}");
     assert_eq!(v["publish_errors"], 0, "{v}");
-    assert!(v["p99_ms"].is_number(), "{v}");
-    assert!(v["backplane_cpu_s"].is_number(), "{v}");
+    assert_eq!(v["schedule"], schedule, "{v}");
+    assert_eq!(v["publisher"], publisher, "{v}");
+    assert_eq!(v["client_procs"].to_string(), procs, "{v}");
+    let by_server: u64 = v["deliveries_by_server"]
+        .as_array()
+        .expect("deliveries_by_server")
+        .iter()
+        .filter_map(|x| x.as_u64())
+        .sum();
+    assert_eq!(by_server, 60, "{v}");
+    for key in [
+        "p99_ms",
+        "delivery_p99_ms",
+        "backplane_cpu_s",
+        "client_cpu_s",
+    ] {
+        assert!(v[key].is_number(), "{key}: {v}");
+    }
+    assert!(v["kept_up"].is_boolean(), "{v}");
+    assert_eq!(
+        v["redis_cpu_s_per_million_deliveries"].is_number(),
+        backplane == "redis",
+        "{v}"
+    );
     assert!(
         v["backplane_publish_ceiling_per_sec"]
             .as_f64()
