@@ -18,20 +18,113 @@
 #   OUT [target/bench-compare]       where results.jsonl and table.md go
 #   BIN [target/release/hub-bench, built first]   the bench binary (e.g. an older build)
 # Needs redis-server and nats-server (scripts/install-deps.sh), and node/npm for the peers.
+#
+# WORKLOAD=rooms: the rooms workload instead (the game pattern), the hub's `hub-bench
+# rooms` and the peers' `WORKLOAD=rooms run.sh` with the same parameters: 2 servers,
+# Redis, MEMBERS [4] members per room, HZ [20] broadcasts per room per second spread
+# evenly over each second, PAYLOAD [64], SECS [10] of sending, DRAIN_S [3], members in
+# CLIENT_PROCS [2] processes; for each of ROOMS ["500 2000"] (a list) in each of
+# ROUNDS [2] rounds (which goes first alternates by round). HUB_PUBLISHERS ["emitter
+# client"]: the hub's runs, with its emitter and with a client of server 1 calling
+# `publish` (the peers' publisher). Writes $OUT/rooms-results.jsonl and
+# $OUT/rooms-table.md (medians per rooms value, and every round).
+#   e.g. WORKLOAD=rooms ROOMS="500 1000 2000" ROUNDS=2 scripts/bench-compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS="${ROUNDS:-3}"; C="${CLIENTS:-200}"; M="${BROADCASTS:-20000}"; W="${WINDOW:-32}"; P="${PAYLOAD:-64}"
+ROUNDS="${ROUNDS:-$([ "${WORKLOAD:-fanout}" = rooms ] && echo 2 || echo 3)}"; C="${CLIENTS:-200}"; M="${BROADCASTS:-20000}"; W="${WINDOW:-32}"; P="${PAYLOAD:-64}"
 PEER_M="${PEER_BROADCASTS:-2000}"; BACKPLANES="${BACKPLANES:-1}"
 CALL_SECS="${CALL_SECS:-5}"; CONNS="${CONNS:-10000}"
 PEERS="${PEERS-$(cd .. && pwd)/shared/peers/run.sh}"; [ -n "${SKIP_PEERS:-}" ] && PEERS=""
+if [ -n "$PEERS" ] && [ ! -f "$PEERS" ]; then  # a git worktree elsewhere: beside the main checkout
+  main_peers="$(cd "$(git rev-parse --git-common-dir)/../.." 2>/dev/null && pwd)/shared/peers/run.sh"
+  [ -f "$main_peers" ] && PEERS="$main_peers"
+fi
 OUT="${OUT:-target/bench-compare}"; mkdir -p "$OUT"
-results="$OUT/results.jsonl"; : > "$results"
+[ "${WORKLOAD:-fanout}" = rooms ] || { results="$OUT/results.jsonl"; : > "$results"; }
 
 if [ -n "${BIN:-}" ]; then
   B="$BIN"
 else
   cargo build --release -q -p hub-bench
   B=target/release/hub-bench
+fi
+
+if [ "${WORKLOAD:-fanout}" = rooms ]; then
+  ROOMS_LIST="${ROOMS:-500 2000}"; MEMBERS="${MEMBERS:-4}"; HZ="${HZ:-20}"; SECS="${SECS:-10}"
+  DRAIN_S="${DRAIN_S:-3}"; CLIENT_PROCS="${CLIENT_PROCS:-2}"; PUBS="${HUB_PUBLISHERS:-emitter client}"
+  results="$OUT/rooms-results.jsonl"; : > "$results"
+  # tag LABEL LINE: the line with its label, the round and the load average before it.
+  tag() {
+    python3 -c 'import json,sys; d=json.loads(sys.argv[2]); d["label"]=sys.argv[1]; d["round"]=int(sys.argv[3]); d["load_avg_1m"]=float(sys.argv[4]); print(json.dumps(d))' \
+      "$1" "$2" "$r" "$load" >> "$results"
+  }
+  hub_rooms() { # ROOMS
+    local pub line
+    for pub in $PUBS; do
+      load=$(cut -d' ' -f1 /proc/loadavg)
+      if line=$(timeout 900 "$B" rooms --rooms "$1" --members "$MEMBERS" --servers 2 --backplane redis \
+          --hz "$HZ" --payload "$P" --secs "$SECS" --drain-s "$DRAIN_S" --schedule spread \
+          --client-procs "$CLIENT_PROCS" --publisher "$pub"); then
+        tag "hub:$pub@$1" "$line"; echo "  hub ($pub, $1 rooms): $line" >&2
+      else
+        echo "  hub ($pub, $1 rooms): FAILED" >&2
+      fi
+    done
+  }
+  peer_rooms() { # ROOMS
+    local out line
+    [ -n "$PEERS" ] || return 0
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    out=$(WORKLOAD=rooms ROOMS="$1" MEMBERS="$MEMBERS" HZ="$HZ" PAYLOAD="$P" SECS="$SECS" \
+      DRAIN_S="$DRAIN_S" CLIENT_PROCS="$CLIENT_PROCS" timeout "${PEERS_TIMEOUT:-600}" bash "$PEERS" 2>/dev/null) \
+      || echo "  peers: run.sh failed or timed out; keeping the lines it printed" >&2
+    while IFS= read -r line; do
+      case "$line" in "{"*) ;; *) continue ;; esac
+      tag "peer:$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["peer"])' "$line")@$1" "$line"
+      echo "  peer ($1 rooms): $line" >&2
+    done <<< "$out"
+  }
+  for r in $(seq 1 "$ROUNDS"); do
+    for n in ${ROOMS_LIST//,/ }; do
+      echo "== round $r/$ROUNDS, $n rooms (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+      if [ $((r % 2)) = 1 ]; then peer_rooms "$n"; hub_rooms "$n"; else hub_rooms "$n"; peer_rooms "$n"; fi
+    done
+  done
+  python3 - "$results" > "$OUT/rooms-table.md" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = {}
+for d in rows:
+    by.setdefault(d["label"], []).append(d)
+def med(ds, key):
+    vals = [d[key] for d in ds if isinstance(d.get(key), (int, float)) and not isinstance(d.get(key), bool)]
+    return statistics.median(vals) if vals else None
+def fmt(x, nd=1):
+    if x is None: return "–"
+    if isinstance(x, float) and abs(x) >= 1000: return f"{x:,.0f}"
+    return f"{x:,.{nd}f}" if isinstance(x, float) else f"{x:,}"
+def name(d):
+    return d["peer"] if not d["label"].startswith("hub:") else d["peer"] + f", {d.get('client_procs')} member procs"
+order = sorted(by, key=lambda l: (by[l][0]["rooms"], not l.startswith("peer:"), l))
+n_rounds = max((len(v) for v in by.values()), default=0)
+print(f"Medians of {n_rounds} rounds (members {rows[0]['members'] if rows else '–'}, {rows[0]['hz'] if rows else '–'} Hz spread evenly, payload {rows[0]['payload'] if rows else '–'} B, 2 servers, Redis).\n")
+print("| rooms | peer | target/s | offered/s | achieved/s | p50 ms | p99 ms | kept up | complete | server CPU s / M deliveries | redis CPU s / M deliveries | client CPU s | load avg |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+for l in order:
+    ds = by[l]; d0 = ds[0]
+    kept = sum(1 for d in ds if d.get("kept_up")); comp = sum(1 for d in ds if d.get("complete"))
+    loads = [d.get("load_avg_1m") for d in ds if d.get("load_avg_1m") is not None]
+    load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "–"
+    print(f"| {d0['rooms']:,} | {name(d0)} | {fmt(med(ds,'target_broadcasts_per_sec'),0)} | {fmt(med(ds,'offered_broadcasts_per_sec'),0)} | {fmt(med(ds,'achieved_broadcasts_per_sec'),0)} | {fmt(med(ds,'p50_ms'))} | {fmt(med(ds,'p99_ms'))} | {kept}/{len(ds)} | {comp}/{len(ds)} | {fmt(med(ds,'server_cpu_s_per_million_deliveries'),2)} | {fmt(med(ds,'redis_cpu_s_per_million_deliveries'),2)} | {fmt(med(ds,'client_cpu_s'))} | {load} |")
+print()
+print("| per round: achieved/s (p99 ms) | " + " | ".join(f"round {i+1}" for i in range(n_rounds)) + " |")
+print("|---|" + "---|" * n_rounds)
+for l in order:
+    ds = sorted(by[l], key=lambda d: d.get("round", 0))
+    print(f"| {by[l][0]['rooms']:,} {name(by[l][0])} | " + " | ".join(f"{fmt(d.get('achieved_broadcasts_per_sec'),0)} ({fmt(d.get('p99_ms'))})" for d in ds) + " |")
+PY
+  cat "$OUT/rooms-table.md"
+  exit 0
 fi
 
 # run LABEL ARGS...: one bench run, its JSON line tagged with LABEL.
