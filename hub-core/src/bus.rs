@@ -59,6 +59,17 @@ struct State {
     down: bool,
 }
 
+/// The subscriber of a server's own channel among `subs`, if `key` is a server's
+/// channel: one per server and hub (the servers listening on another's channel for
+/// a session restored from there are not it).
+fn own_node<'a>(
+    key: &'a Key,
+    subs: &'a [(NodeId, Inbox)],
+) -> impl Iterator<Item = &'a (NodeId, Inbox)> + 'a {
+    subs.iter()
+        .filter(move |(n, _)| matches!(key, Key::Node(node) if node == n))
+}
+
 /// A member entry: the server holding the member, and the member.
 type Held = (NodeId, MemberInfo);
 
@@ -108,8 +119,8 @@ impl Bus {
             let inboxes: Vec<Inbox> = state
                 .channels
                 .iter()
-                .filter(|((_, key), _)| matches!(key, Key::Node(_)))
-                .flat_map(|(_, subs)| subs.iter().map(|(_, i)| i.clone()))
+                .flat_map(|((_, key), subs)| own_node(key, subs))
+                .map(|(_, i)| i.clone())
                 .collect();
             drop(state);
             for inbox in inboxes {
@@ -119,10 +130,8 @@ impl Bus {
         }
         if back {
             for ((_, key), subscribers) in &state.channels {
-                if matches!(key, Key::Node(_)) {
-                    for (_, inbox) in subscribers {
-                        HubMetrics::incr(&inbox.metrics().backplane_reconnects);
-                    }
+                for (_, inbox) in own_node(key, subscribers) {
+                    HubMetrics::incr(&inbox.metrics().backplane_reconnects);
                 }
             }
         }
@@ -166,8 +175,9 @@ impl Bus {
             let inboxes: Vec<(&'static str, Inbox)> = state
                 .channels
                 .iter()
-                .filter(|((_, key), _)| matches!(key, Key::Node(_)))
-                .flat_map(|((hub, _), subs)| subs.iter().map(|(_, i)| (*hub, i.clone())))
+                .flat_map(|((hub, key), subs)| {
+                    own_node(key, subs).map(move |(_, i)| (*hub, i.clone()))
+                })
                 .collect();
             (lost, inboxes)
         };
@@ -333,6 +343,30 @@ impl Transport for BusTransport {
             && let Some(subs) = state
                 .channels
                 .get_mut(&(self.hub, Key::Group(group.clone())))
+        {
+            subs.retain(|(n, _)| *n != self.node);
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn subscribe_node(&self, node: NodeId) -> BoxFuture<'_, Result<(), GroupError>> {
+        let result = self.bus.up("subscribe").map(|mut state| {
+            let subs = state
+                .channels
+                .entry((self.hub, Key::Node(node)))
+                .or_default();
+            if !subs.iter().any(|(n, _)| *n == self.node) {
+                subs.push((self.node, self.inbox.clone()));
+            }
+        });
+        Box::pin(async move { result })
+    }
+
+    fn unsubscribe_node(&self, node: NodeId) -> BoxFuture<'_, Result<(), GroupError>> {
+        let mut state = self.bus.lock();
+        // A restore may have come in meanwhile: keep the subscription for it.
+        if !self.inbox.is_adopted(node)
+            && let Some(subs) = state.channels.get_mut(&(self.hub, Key::Node(node)))
         {
             subs.retain(|(n, _)| *n != self.node);
         }

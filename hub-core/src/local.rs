@@ -92,7 +92,21 @@ struct State {
 pub struct LocalGroups {
     node: NodeId,
     state: RwLock<State>,
+    /// Connections with ids of this server that another server holds now.
+    moved: std::sync::Mutex<Moved>,
 }
+
+/// The connections with ids of this server that another server took over (their
+/// session was restored there), oldest first, at most `MAX_MOVED`.
+#[derive(Default)]
+struct Moved {
+    to: HashMap<ConnectionId, NodeId>,
+    order: std::collections::VecDeque<ConnectionId>,
+}
+
+/// How many moved connections a server remembers: past it, the oldest is forgotten
+/// (a send to it from this server then fails as not connected, never silently).
+const MAX_MOVED: usize = 65_536;
 
 impl std::fmt::Debug for LocalGroups {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,6 +125,7 @@ impl LocalGroups {
         LocalGroups {
             node,
             state: RwLock::new(State::default()),
+            moved: Default::default(),
         }
     }
 
@@ -129,9 +144,63 @@ impl LocalGroups {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn moved(&self) -> std::sync::MutexGuard<'_, Moved> {
+        self.moved.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that connection `id` of this server is held by server `to` now (its
+    /// session was restored there): sends and asks this server makes to it go to this
+    /// server's own channel, which `to` listens on, and this server leaves the asks
+    /// for it that arrive there to `to`. Ids of other servers are not recorded.
+    pub fn moved_away(&self, id: ConnectionId, to: NodeId) {
+        if id.node != self.node || to == self.node {
+            return;
+        }
+        let mut m = self.moved();
+        if m.to.insert(id, to).is_none() {
+            m.order.push_back(id);
+            while m.order.len() > MAX_MOVED {
+                if let Some(old) = m.order.pop_front() {
+                    m.to.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// The server that holds connection `id` of this server now, if it moved away
+    /// (see [`LocalGroups::moved_away`]).
+    pub fn moved_to(&self, id: ConnectionId) -> Option<NodeId> {
+        if id.node != self.node {
+            return None;
+        }
+        let m = self.moved();
+        if m.to.is_empty() {
+            return None;
+        }
+        m.to.get(&id).copied()
+    }
+
+    /// Whether this server answers for connection `id` when an envelope routed by
+    /// node names it (an ask): it holds it, or the id is this server's and the
+    /// connection did not move to another server. A server listening on another's
+    /// channel (it holds a session restored from there) sees envelopes for that
+    /// server's other connections too, and leaves them alone.
+    pub fn answers_for(&self, id: ConnectionId) -> bool {
+        if self.read().conns.contains_key(&id) {
+            return true;
+        }
+        id.node == self.node && self.moved_to(id).is_none()
+    }
+
     /// Adds a connection (on connect).
     pub fn register(&self, member: Member) {
         let id = member.id;
+        if id.node == self.node {
+            let mut m = self.moved();
+            if m.to.remove(&id).is_some() {
+                m.order.retain(|c| *c != id);
+            }
+        }
         self.write().conns.insert(
             id,
             ConnEntry {

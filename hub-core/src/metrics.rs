@@ -238,6 +238,13 @@ counters! {
     backplane_reconnects,
     /// Backplane operations other than publish that failed (subscribe, presence, counts).
     backplane_errors,
+    /// Times this server began listening on another server's channel, because it
+    /// restored a session whose connection id names that server (sends, asks and
+    /// commands for the id go there).
+    backplane_nodes_adopted,
+    /// Times it stopped again: it held no such connection any more. Adopted less
+    /// released is the number of other servers' channels it listens on now.
+    backplane_nodes_released,
     /// Times a connection's outbound queue went over its budget (`HubConfig::outbound_queue`,
     /// `outbound_queue_bytes`): the start of its grace period. Closes that follow are in
     /// `slow_consumer_disconnects`.

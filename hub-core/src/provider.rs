@@ -354,6 +354,25 @@ pub trait Backplane: Send + Sync + 'static {
         None
     }
 
+    /// This server now holds a connection whose id names server `node` (a session
+    /// restored here from another server's record): listen on `node`'s channel, so
+    /// the sends, asks and commands routed there by the id reach it here. Called once
+    /// per such connection, before the session is claimed, and matched by one
+    /// [`release`](Backplane::release) when the connection ends here; the backplane
+    /// counts them per node and unsubscribes with the last. An error refuses the
+    /// restore. `None`: nothing crosses servers (no session is restored from another).
+    fn adopt<'a>(&'a self, node: NodeId) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        let _ = node;
+        None
+    }
+
+    /// A connection [`adopt`](Backplane::adopt) counted for `node` ended here (or
+    /// moved on to another server, or its restore failed).
+    fn release<'a>(&'a self, node: NodeId) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        let _ = node;
+        None
+    }
+
     /// Whether this backplane keeps session records, so that a session resumes on
     /// another server (the session methods below return `Some`). Default `false`.
     fn shares_sessions(&self) -> bool {

@@ -38,7 +38,10 @@ pub enum Channel<'a> {
     /// receives it, and hands it to its inbox with [`remote::Via::Group`].
     Group(&'a GroupName),
     /// One server's own channel, which it subscribes to for as long as it runs: sends
-    /// to its connections, handed to its inbox with [`remote::Via::Node`].
+    /// to its connections, handed to its inbox with [`remote::Via::Node`]. A server
+    /// that holds a connection whose id names another server (a session restored
+    /// there) subscribes to that server's channel too, while it holds one
+    /// ([`Transport::subscribe_node`]).
     Node(NodeId),
 }
 
@@ -69,6 +72,37 @@ pub trait Transport: Send + Sync + 'static {
     /// it, so a transport that unsubscribes checks that the group is still empty here
     /// ([`Inbox::local`]) and keeps its own record of what it is subscribed to.
     fn unsubscribe<'a>(&'a self, group: &'a GroupName) -> BoxFuture<'a, Result<(), GroupError>>;
+
+    /// Makes sure this server receives the envelopes of server `node`'s channel (another
+    /// server's), handed to the inbox with [`remote::Via::Node`]: this server holds a
+    /// connection whose id names `node` (a session restored here), and sends, asks and
+    /// commands for it are routed to `node`'s channel. Called for every such
+    /// connection, so it resolves at once when already subscribed; once it returns
+    /// `Ok`, envelopes published to that channel after that reach this server.
+    ///
+    /// The default fails: a transport that cannot follow a connection to the server
+    /// holding it refuses to restore sessions from other servers (they resume where
+    /// they were held, or answer `UNKNOWN`), rather than lose its sends unseen.
+    fn subscribe_node(&self, node: NodeId) -> BoxFuture<'_, Result<(), GroupError>> {
+        let name = self.name();
+        Box::pin(async move {
+            Err(GroupError::Unavailable {
+                backplane: name,
+                message: format!(
+                    "this transport cannot listen on the channel of server {node} (a session restored from there)"
+                ),
+                source: None,
+            })
+        })
+    }
+
+    /// Stops receiving server `node`'s channel: this server holds no connection whose
+    /// id names it any more. A restore may race it, so a transport checks
+    /// [`Inbox::is_adopted`] before it unsubscribes. Default: nothing to do.
+    fn unsubscribe_node(&self, node: NodeId) -> BoxFuture<'_, Result<(), GroupError>> {
+        let _ = node;
+        Box::pin(async { Ok(()) })
+    }
 
     /// The largest envelope the transport carries, in bytes, if it has a limit. Larger
     /// envelopes fail with [`GroupError::TooLarge`] before they are published.
@@ -234,6 +268,25 @@ impl<T: Transport, P: Presence> Relay<T, P> {
         &self.inbox
     }
 
+    /// Counts one adopted connection of `node` fewer; unsubscribes from its channel
+    /// with the last (a failure is counted and logged: the subscription only costs
+    /// traffic, the envelopes for connections not held here are left alone).
+    async fn release_node(&self, node: NodeId) {
+        if !self.inbox.release_node(node) {
+            return;
+        }
+        match self.transport.unsubscribe_node(node).await {
+            Ok(()) => {
+                crate::HubMetrics::incr(&self.inbox.metrics().backplane_nodes_released);
+                tracing::debug!(%node, "stopped listening on another server's channel");
+            }
+            Err(e) => {
+                crate::HubMetrics::incr(&self.inbox.metrics().backplane_errors);
+                tracing::warn!(%node, error = %e, "could not stop listening on another server's channel");
+            }
+        }
+    }
+
     /// Checks the size against the transport's limit, then publishes.
     async fn send(&self, channel: Channel<'_>, payload: Bytes) -> Result<(), GroupError> {
         if let Some(max) = self.transport.max_payload()
@@ -306,7 +359,12 @@ impl<T: Transport, P: Presence> Backplane for Relay<T, P> {
             Destination::Group {
                 target: Target::Only(ids),
                 ..
-            } if ids.iter().all(|id| id.node == me) => None,
+            } if ids
+                .iter()
+                .all(|id| id.node == me && self.inbox.local().moved_to(*id).is_none()) =>
+            {
+                None
+            }
             Destination::Group { group, target } if self.transport.numbers_pushes() => Some(
                 Box::pin(
                     writer.numbered(group.as_str(), target, frame, move |payload| {
@@ -319,8 +377,10 @@ impl<T: Transport, P: Presence> Backplane for Relay<T, P> {
             )),
             Destination::Connections(ids) => {
                 // One envelope per server named, on that server's own channel. Ids of
-                // this server are not connected (the runtime served those that are).
-                let split = remote::by_server(me, ids);
+                // this server are not connected (the runtime served those that are),
+                // unless they moved to another server, which listens on this one's
+                // channel for them.
+                let split = remote::by_server_moved(self.inbox.local(), ids);
                 if split.is_empty() {
                     return None;
                 }
@@ -380,6 +440,40 @@ impl<T: Transport, P: Presence> Backplane for Relay<T, P> {
         let target = Target::Only(ids.into());
         let payload = self.inbox.writer().command("", &target, command);
         Some(Box::pin(self.send(Channel::Node(node), payload)))
+    }
+
+    fn adopt<'a>(&'a self, node: NodeId) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        if node == self.inbox.local().node() {
+            return Some(Box::pin(async { Ok(()) }));
+        }
+        Some(Box::pin(async move {
+            let first = self.inbox.adopt_node(node);
+            // Every adoption waits for the subscription (at once when it is there), so
+            // a send after any restore reaches the restored connection.
+            match self.transport.subscribe_node(node).await {
+                Ok(()) => {
+                    if first {
+                        crate::HubMetrics::incr(&self.inbox.metrics().backplane_nodes_adopted);
+                        tracing::debug!(%node, "listening on another server's channel");
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    self.release_node(node).await;
+                    Err(e)
+                }
+            }
+        }))
+    }
+
+    fn release<'a>(&'a self, node: NodeId) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        if node == self.inbox.local().node() {
+            return Some(Box::pin(async { Ok(()) }));
+        }
+        Some(Box::pin(async move {
+            self.release_node(node).await;
+            Ok(())
+        }))
     }
 
     fn shares_sessions(&self) -> bool {

@@ -367,6 +367,9 @@ pub struct Inbox {
     origins: Arc<Mutex<HashMap<String, Recent<u64>>>>,
     /// Set when group offsets are a shared sequence, not contiguous per group.
     shared_offsets: Arc<std::sync::atomic::AtomicBool>,
+    /// The other servers whose channel this server listens on, each with the number
+    /// of connections it holds whose ids name that server (sessions restored here).
+    adopted: Arc<Mutex<HashMap<NodeId, usize>>>,
 }
 
 /// The group offset and epoch a broker prepended to an envelope (`offset = 8`,
@@ -435,7 +438,51 @@ impl Inbox {
             history: Arc::default(),
             origins: Arc::default(),
             shared_offsets: Arc::default(),
+            adopted: Arc::default(),
         }
+    }
+
+    /// Counts one more connection held here whose id names server `node`, another
+    /// server (a session restored here): this server listens on `node`'s channel
+    /// while it holds any. Returns whether it is the first (the transport subscribes
+    /// now).
+    pub fn adopt_node(&self, node: NodeId) -> bool {
+        let mut adopted = gaps::lock(&self.adopted);
+        let n = adopted.entry(node).or_insert(0);
+        *n += 1;
+        *n == 1
+    }
+
+    /// Counts one connection fewer of those [`Inbox::adopt_node`] counted (it ended here or
+    /// moved on). Returns whether it was the last (the transport unsubscribes now,
+    /// unless [`Inbox::is_adopted`] says a new one came meanwhile).
+    pub fn release_node(&self, node: NodeId) -> bool {
+        let mut adopted = gaps::lock(&self.adopted);
+        match adopted.get_mut(&node) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                adopted.remove(&node);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether this server holds a connection whose id names server `node` (another
+    /// server): whether it listens on `node`'s channel.
+    pub fn is_adopted(&self, node: NodeId) -> bool {
+        gaps::lock(&self.adopted).contains_key(&node)
+    }
+
+    /// The other servers whose channel this server listens on, in node order (a
+    /// transport resubscribes them after a reconnect).
+    pub fn adopted(&self) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = gaps::lock(&self.adopted).keys().copied().collect();
+        nodes.sort();
+        nodes
     }
 
     /// This server's envelope writer.
@@ -700,11 +747,17 @@ impl Inbox {
         ) else {
             return Received::Malformed("an ask must name its connections and its asker");
         };
-        let connections = ids
+        // The connections this server answers for: those it holds (an id of another
+        // server too, a session restored here), and its own ids that did not move to
+        // another server (answered "not connected"). The others are another server's.
+        let connections: Vec<ConnectionId> = ids
             .iter()
-            .filter(|id| id.node == self.local.node())
+            .filter(|id| self.local.answers_for(**id))
             .copied()
             .collect();
+        if connections.is_empty() {
+            return Received::Ask;
+        }
         self.events
             .ask_event(crate::ask::AskEvent::Asked(crate::ask::RemoteAsk {
                 id: ask.id,
@@ -753,6 +806,26 @@ pub fn by_server(me: NodeId, ids: &[ConnectionId]) -> BTreeMap<NodeId, Vec<Conne
     let mut out: BTreeMap<NodeId, Vec<ConnectionId>> = BTreeMap::new();
     for id in ids.iter().filter(|id| id.node != me) {
         out.entry(id.node).or_default().push(*id);
+    }
+    out
+}
+
+/// [`by_server`], with the ids of this server that moved to another server (their
+/// session was restored there, [`LocalGroups::moved_to`]) kept, under this server's
+/// own channel, which the server holding them listens on.
+pub fn by_server_moved(
+    local: &LocalGroups,
+    ids: &[ConnectionId],
+) -> BTreeMap<NodeId, Vec<ConnectionId>> {
+    let me = local.node();
+    let mut out = by_server(me, ids);
+    let moved: Vec<ConnectionId> = ids
+        .iter()
+        .filter(|id| id.node == me && local.moved_to(**id).is_some())
+        .copied()
+        .collect();
+    if !moved.is_empty() {
+        out.insert(me, moved);
     }
     out
 }

@@ -426,6 +426,17 @@ impl Backplane for ShardedBackplane {
         self.of(group).hold_group(group)
     }
 
+    // Sends to a server's connections go to its node shard only: a server holding a
+    // connection whose id names another server listens on that server's channel
+    // there.
+    fn adopt<'a>(&'a self, node: NodeId) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        self.shards[self.ring.node(node)].adopt(node)
+    }
+
+    fn release<'a>(&'a self, node: NodeId) -> Option<BoxFuture<'a, Result<(), GroupError>>> {
+        self.shards[self.ring.node(node)].release(node)
+    }
+
     fn shares_sessions(&self) -> bool {
         self.shards.iter().all(|s| s.shares_sessions())
     }

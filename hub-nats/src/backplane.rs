@@ -114,6 +114,7 @@ pub(crate) fn bind(
         cancel: cancel.clone(),
         sessions,
         history,
+        adopted: Default::default(),
     });
     runtime.spawn(crate::tasks::control(
         inner.clone(),
@@ -179,6 +180,17 @@ impl Transport for NatsTransport {
         })
     }
 
+    fn subscribe_node(&self, node: NodeId) -> BoxFuture<'_, Result<(), GroupError>> {
+        Box::pin(self.inner.listen_to_node(node))
+    }
+
+    fn unsubscribe_node(&self, node: NodeId) -> BoxFuture<'_, Result<(), GroupError>> {
+        Box::pin(async move {
+            self.inner.stop_listening_to_node(node).await;
+            Ok(())
+        })
+    }
+
     fn max_payload(&self) -> Option<usize> {
         Some(self.inner.max_payload)
     }
@@ -189,6 +201,7 @@ impl Transport for NatsTransport {
             inner.cancel.cancel();
             let groups = std::mem::take(&mut *lock(&inner.groups));
             drop(groups);
+            drop(std::mem::take(&mut *inner.adopted.lock().await));
             // Push the goodbye and the unsubscribes out before the process goes.
             let _ = tokio::time::timeout(inner.config.op_timeout, inner.client.flush()).await;
             tracing::debug!(hub = inner.hub, "left NATS");

@@ -230,6 +230,7 @@
 //! subjects. [`NatsProvider::client`] gives the connection for the application's
 //! own use.
 
+mod adopted;
 mod backplane;
 mod emitter;
 mod groups;

@@ -143,6 +143,9 @@ pub(crate) struct Inner {
     pub(crate) cancel: CancellationToken,
     /// The hub's session records, when the provider shares sessions.
     pub(crate) sessions: Option<Arc<crate::sessions::SessionStore>>,
+    /// The other servers whose subject this server listens on (it holds a session
+    /// restored from there), each with the guard that stops its reader.
+    pub(crate) adopted: tokio::sync::Mutex<HashMap<NodeId, DropGuard>>,
 }
 
 impl Inner {

@@ -19,7 +19,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::Config;
 use crate::keys::Keys;
-use crate::link::{self, SubOp};
+use crate::link::{self, Sub, SubOp};
 use crate::presence;
 use crate::publish::{self, PubReq};
 use crate::shared::{BACKPLANE, Link, Registration, Shared, unavailable};
@@ -91,8 +91,9 @@ impl RedisTransport {
         ))
     }
 
-    /// Asks the supervisor to (un)subscribe a group's channel; resolves once done.
-    async fn subscription(&self, group: &GroupName, subscribe: bool) -> Result<(), GroupError> {
+    /// Asks the supervisor to (un)subscribe a group's channel or another server's;
+    /// resolves once done.
+    async fn subscription(&self, sub: Sub, subscribe: bool) -> Result<(), GroupError> {
         let op = if subscribe {
             "subscribe"
         } else {
@@ -102,13 +103,14 @@ impl RedisTransport {
             self.shared.conn(op).await?;
         } else if !self.shared.is_up() {
             // Nothing is subscribed on a lost connection, and a reconnect only
-            // resubscribes groups that still have members here.
+            // resubscribes groups that still have members here (and servers still
+            // adopted).
             return Ok(());
         }
         let after = self.shared.cfg.command_timeout;
         let (done, rx) = oneshot::channel();
         let request = SubOp {
-            group: group.clone(),
+            sub,
             subscribe,
             done,
         };
@@ -204,11 +206,19 @@ impl Transport for RedisTransport {
     }
 
     fn subscribe<'a>(&'a self, group: &'a GroupName) -> BoxFuture<'a, Result<(), GroupError>> {
-        Box::pin(self.subscription(group, true))
+        Box::pin(self.subscription(Sub::Group(group.clone()), true))
     }
 
     fn unsubscribe<'a>(&'a self, group: &'a GroupName) -> BoxFuture<'a, Result<(), GroupError>> {
-        Box::pin(self.subscription(group, false))
+        Box::pin(self.subscription(Sub::Group(group.clone()), false))
+    }
+
+    fn subscribe_node(&self, node: NodeId) -> BoxFuture<'_, Result<(), GroupError>> {
+        Box::pin(self.subscription(Sub::Node(node), true))
+    }
+
+    fn unsubscribe_node(&self, node: NodeId) -> BoxFuture<'_, Result<(), GroupError>> {
+        Box::pin(self.subscription(Sub::Node(node), false))
     }
 
     fn max_payload(&self) -> Option<usize> {

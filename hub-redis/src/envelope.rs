@@ -31,7 +31,8 @@ impl LossSignal {
 pub(crate) struct Inbound {
     /// This hub's channel names.
     pub(crate) keys: Keys,
-    /// This server's own channel.
+    /// This server's own channel (another server's is subscribed while this one
+    /// holds a session restored from there).
     pub(crate) node_channel: String,
     /// Delivery, own-origin skipping, counters.
     pub(crate) inbox: Inbox,
@@ -43,6 +44,9 @@ impl Inbound {
         let via = match self.keys.group_of_channel(channel) {
             Some(group) => Via::Group(std::str::from_utf8(group).ok()?),
             None if channel == self.node_channel.as_bytes() => Via::Node,
+            // Another server's channel, subscribed while a session restored here has
+            // an id naming it.
+            None if self.keys.is_node_channel(channel) => Via::Node,
             None => return None,
         };
         Some(self.inbox.receive(payload, via))

@@ -46,6 +46,13 @@ impl Keys {
         format!("{}{node}", self.node_channel_prefix)
     }
 
+    /// Whether `channel` is a server's channel of this hub (`{base}:node:{node}`).
+    pub(crate) fn is_node_channel(&self, channel: &[u8]) -> bool {
+        channel
+            .strip_prefix(self.node_channel_prefix.as_bytes())
+            .is_some_and(|node| !node.is_empty() && node.iter().all(u8::is_ascii_hexdigit))
+    }
+
     /// The Redis channel of a relay [`Channel`].
     pub(crate) fn channel(&self, channel: Channel<'_>) -> String {
         match channel {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::{AcqRel, Release};
 use std::time::Duration;
 
-use hub_core::{GroupError, GroupName, HubMetrics};
+use hub_core::{GroupError, GroupName, HubMetrics, NodeId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -16,11 +16,50 @@ use crate::presence;
 use crate::shared::{Link, Shared, copy_error, unavailable};
 use crate::wire::SubHandle;
 
-/// A request to subscribe to (or unsubscribe from) a group's channel.
+/// A channel this hub subscribes to besides its own server's.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Sub {
+    /// A group's channel: subscribed while the group has members here.
+    Group(GroupName),
+    /// Another server's channel: subscribed while this server holds a connection
+    /// whose id names that server (a session restored here).
+    Node(NodeId),
+}
+
+impl Sub {
+    /// Its Redis channel.
+    fn channel(&self, shared: &Shared) -> String {
+        match self {
+            Sub::Group(g) => shared.keys.group_channel(g.as_str()),
+            Sub::Node(n) => shared.keys.node_channel(*n),
+        }
+    }
+
+    /// Whether this server still wants it: the group has local members, or the
+    /// server is still adopted.
+    fn wanted(&self, shared: &Shared) -> bool {
+        match self {
+            Sub::Group(g) => shared.local.count(g.as_str()) > 0,
+            Sub::Node(n) => shared.inbox.is_adopted(*n),
+        }
+    }
+}
+
+/// What this hub should be subscribed to besides its own channel: the groups with
+/// local members and the servers adopted.
+fn wanted(shared: &Shared) -> HashSet<Sub> {
+    let mut subs: HashSet<Sub> = shared.local.groups().into_iter().map(Sub::Group).collect();
+    subs.extend(shared.inbox.adopted().into_iter().map(Sub::Node));
+    subs
+}
+
+/// A request to subscribe to (or unsubscribe from) a group's channel or another
+/// server's.
 pub(crate) struct SubOp {
-    /// The group.
-    pub(crate) group: GroupName,
-    /// Subscribe (a member joined) or unsubscribe (the last local member left).
+    /// The channel.
+    pub(crate) sub: Sub,
+    /// Subscribe (a member joined, a session was restored) or unsubscribe (the last
+    /// local member left, the last such session ended).
     pub(crate) subscribe: bool,
     /// Answered once Redis confirmed it.
     pub(crate) done: oneshot::Sender<Result<(), GroupError>>,
@@ -65,8 +104,10 @@ pub(crate) async fn supervise(shared: Arc<Shared>, mut ops: mpsc::Receiver<SubOp
                     // What the groups' channels carried while the subscriptions were
                     // down: read from history where kept (else their next push shows
                     // the gap).
-                    for group in &subscribed {
-                        shared.inbox.catch_up(group.as_str());
+                    for sub in &subscribed {
+                        if let Sub::Group(group) = sub {
+                            shared.inbox.catch_up(group.as_str());
+                        }
                     }
                     tracing::info!(
                         hub = shared.hub,
@@ -183,7 +224,7 @@ async fn establish(
     epoch: u64,
     events: &mpsc::Sender<u64>,
     failed: Option<u64>,
-) -> Result<(Conn, SubHandle, HashSet<GroupName>), GroupError> {
+) -> Result<(Conn, SubHandle, HashSet<Sub>), GroupError> {
     let cfg = &shared.cfg;
     let loss = LossSignal {
         epoch,
@@ -201,9 +242,9 @@ async fn establish(
     let cmd = pair.cmd().clone();
     let sub = pair.join(shared.hub_id, loss, inbound);
     let ready = async {
-        let groups: HashSet<GroupName> = shared.local.groups().into_iter().collect();
+        let groups = wanted(shared);
         let mut channels = vec![shared.node_channel.clone()];
-        channels.extend(groups.iter().map(|g| shared.keys.group_channel(g.as_str())));
+        channels.extend(groups.iter().map(|s| s.channel(shared)));
         let after = cfg.command_timeout * (1 + (channels.len() / 1024) as u32);
         shared
             .timed("subscribe", after, sub.subscribe(&channels, cfg.sharded))
@@ -226,7 +267,7 @@ async fn serve(
     epoch: u64,
     cmd: &Conn,
     sub: &SubHandle,
-    subscribed: &mut HashSet<GroupName>,
+    subscribed: &mut HashSet<Sub>,
     ops: &mut mpsc::Receiver<SubOp>,
     events: &mut mpsc::Receiver<u64>,
 ) -> Ended {
@@ -315,34 +356,28 @@ async fn serve(
 async fn apply(
     shared: &Shared,
     sub: &SubHandle,
-    subscribed: &mut HashSet<GroupName>,
+    subscribed: &mut HashSet<Sub>,
     batch: Vec<SubOp>,
 ) -> Result<(), GroupError> {
     let (subs, unsubs): (Vec<SubOp>, Vec<SubOp>) = batch.into_iter().partition(|op| op.subscribe);
-    let wanted: HashSet<&GroupName> = subs.iter().map(|op| &op.group).collect();
-    let mut adding: Vec<GroupName> = wanted
+    let wanted: HashSet<&Sub> = subs.iter().map(|op| &op.sub).collect();
+    let mut adding: Vec<Sub> = wanted
         .iter()
         .filter(|g| !subscribed.contains(**g))
         .map(|g| (*g).clone())
         .collect();
     adding.sort();
-    let mut dropping: Vec<GroupName> = unsubs
+    let mut dropping: Vec<Sub> = unsubs
         .iter()
-        .map(|op| &op.group)
-        .filter(|g| {
-            !wanted.contains(g) && subscribed.contains(*g) && shared.local.count(g.as_str()) == 0
-        })
+        .map(|op| &op.sub)
+        .filter(|g| !wanted.contains(g) && subscribed.contains(*g) && !g.wanted(shared))
         .cloned()
         .collect();
     dropping.sort();
     dropping.dedup();
     let timeout = shared.cfg.command_timeout;
-    let channels = |groups: &[GroupName]| -> Vec<String> {
-        groups
-            .iter()
-            .map(|g| shared.keys.group_channel(g.as_str()))
-            .collect()
-    };
+    let channels =
+        |subs: &[Sub]| -> Vec<String> { subs.iter().map(|s| s.channel(shared)).collect() };
     let added = shared
         .timed(
             "subscribe",
@@ -385,26 +420,23 @@ async fn apply(
 }
 
 /// Makes the subscriptions match the local registry: subscribes groups with local
-/// members that are not subscribed, and unsubscribes groups without any. A safety net
+/// members that are not subscribed, and unsubscribes groups without any (and the
+/// same for the other servers' channels adopted). A safety net
 /// (runs after every connect and heartbeat) for anything the join/leave requests
 /// missed, e.g. a last member leaving while the link was down.
 async fn reconcile(
     shared: &Shared,
     sub: &SubHandle,
-    subscribed: &mut HashSet<GroupName>,
+    subscribed: &mut HashSet<Sub>,
 ) -> Result<(), GroupError> {
-    let local: HashSet<GroupName> = shared.local.groups().into_iter().collect();
-    let missing: Vec<GroupName> = local.difference(subscribed).cloned().collect();
-    let stale: Vec<GroupName> = subscribed.difference(&local).cloned().collect();
+    let local = wanted(shared);
+    let missing: Vec<Sub> = local.difference(subscribed).cloned().collect();
+    let stale: Vec<Sub> = subscribed.difference(&local).cloned().collect();
     if missing.is_empty() && stale.is_empty() {
         return Ok(());
     }
-    let channels = |groups: &[GroupName]| -> Vec<String> {
-        groups
-            .iter()
-            .map(|g| shared.keys.group_channel(g.as_str()))
-            .collect()
-    };
+    let channels =
+        |subs: &[Sub]| -> Vec<String> { subs.iter().map(|s| s.channel(shared)).collect() };
     let timeout = shared.cfg.command_timeout;
     shared
         .timed(

@@ -174,7 +174,11 @@ impl HubCore {
                 ))));
                 continue;
             }
-            if target.node != self.node {
+            // Held here (a session restored here has an id of another server), or
+            // an id of this server not moved away ("not connected" at once), is
+            // local; the rest goes to the channel of the server the id names, which
+            // the server holding it listens on.
+            if !self.local.answers_for(*target) {
                 remote.entry(target.node).or_default().push((i, *target));
                 waits.push(Wait::Done(AskOutcome::TimedOut)); // replaced below
                 continue;

@@ -541,8 +541,13 @@ fn timer_at(slot: &mut Option<Pin<Box<Sleep>>>, at: Instant) -> Pin<&mut Sleep> 
 /// Removes a connection from the registry and tells the backplane about each group it
 /// left. `Context::groups` keeps listing them (for `on_disconnect`).
 pub(crate) async fn leave_everything(core: &HubCore, state: &ConnState) {
-    let _ = state.departed.set(core.local.groups_of(state.id));
+    let first = state.departed.set(core.local.groups_of(state.id)).is_ok();
     let left = core.local.unregister(state.id);
+    if first {
+        // A session restored here from another server: its id's server's channel is
+        // listened on no more for it.
+        crate::session_record::release(core, state.id).await;
+    }
     core.asks.connection_closed(state.id);
     core.count_groups();
     let info = MemberInfo {

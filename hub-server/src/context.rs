@@ -410,7 +410,7 @@ impl Push {
                 .collect(),
         };
         if self.local_only {
-            targets.retain(|(c, _)| c.node == core.node);
+            targets.retain(|(c, _)| core.local.answers_for(*c));
         }
         let timeout = self.ask_timeout.unwrap_or(core.config.ask_timeout);
         let Some(asker) = &self.asker else {

@@ -232,6 +232,9 @@ fn commanded<D: Dispatch>(shared: Arc<HubShared<D>>, command: Commanded) {
     match command.action {
         Action::Takeover { server } => {
             for m in &command.members {
+                // Sends and asks for it from here go to this server's channel, which
+                // the new holder listens on; asks for it arriving there are its.
+                core.local.moved_away(m.connection, server);
                 let held = core
                     .sessions
                     .as_ref()

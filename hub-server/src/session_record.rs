@@ -26,6 +26,20 @@ pub(crate) async fn drop_record(core: &HubCore, id: ConnectionId) {
     }
 }
 
+/// Stops listening on the channel of the server connection `id` names, for it: it
+/// ended here (or its restore failed). Nothing for an id of this server.
+pub(crate) async fn release(core: &HubCore, id: ConnectionId) {
+    if id.node == core.node {
+        return;
+    }
+    if let Some(fut) = core.backplane.release(id.node)
+        && let Err(e) = fut.await
+    {
+        HubMetrics::incr(&core.metrics.backplane_errors);
+        tracing::warn!(hub = core.service, conn = %id, error = %e, "could not stop listening on the channel of the server the connection id names");
+    }
+}
+
 /// A session another server held, now held here: what the new connection is made of.
 pub(crate) struct Restored {
     /// Its record, as written here (this server holds it).
@@ -90,11 +104,25 @@ pub(crate) async fn restore(
         .sessions
         .as_ref()
         .map_or(Duration::ZERO, |s| s.config.grace);
+    // The connection id names the server that opened the session, and what is sent
+    // to the id is routed to that server's channel: listen there first, so that
+    // nothing sent once the session is here misses it. Undone if the claim fails, and
+    // when the connection ends here (`leave_everything`).
+    let adopted = ask.id.node != core.node;
+    if adopted
+        && let Some(adopt) = core.backplane.adopt(ask.id.node)
+        && let Err(e) = adopt.await
+    {
+        return Err(unavailable(e));
+    }
     let claimed = match core.backplane.claim_session(&mine, old, grace) {
-        Some(claim) => claim.await.map_err(unavailable)?,
-        None => false,
+        Some(claim) => claim.await.map_err(unavailable),
+        None => Ok(false),
     };
-    if !claimed {
+    if !matches!(claimed, Ok(true)) && adopted {
+        release(core, ask.id).await;
+    }
+    if !claimed? {
         return Err(Refusal::new(
             ResumeOutcome::Expired,
             "the session ended or was resumed on another server meanwhile",
