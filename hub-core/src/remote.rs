@@ -1668,6 +1668,89 @@ mod tests {
     }
 
     #[test]
+    fn asks_for_moved_and_adopted_connections_go_to_their_holder() {
+        use crate::ask::AskEvent;
+        let local = Arc::new(LocalGroups::new(NodeId(2)));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let events = {
+            let seen = seen.clone();
+            BackplaneEvents::ignored().with_asks(move |e| seen.lock().expect("lock").push(e))
+        };
+        let inbox = Inbox::new(
+            "t.v1.T",
+            local.clone(),
+            Arc::new(HubMetrics::default()),
+            events,
+        );
+        let id = |node, n| ConnectionId {
+            node: NodeId(node),
+            local: n,
+        };
+        // Held here with an id of server 7 (a session restored here); 7's other one.
+        let (outbox, _rx) = Outbox::new(
+            8,
+            SlowConsumerPolicy::Disconnect,
+            Arc::new(HubMetrics::default()),
+        );
+        local.register(Member {
+            id: id(7, 1),
+            user: None,
+            outbox,
+        });
+        // Ours, moved to server 9; ours, gone.
+        local.moved_away(id(2, 1), NodeId(9));
+        assert_eq!(local.moved_to(id(2, 1)), Some(NodeId(9)));
+        let other = EnvelopeWriter::new(NodeId(5));
+        let ask = proto::Ask {
+            id: 1,
+            reply_to: NodeId(5).to_string(),
+            timeout_ms: 100,
+            frame: Bytes::new(),
+        };
+        let all = [id(7, 1), id(7, 2), id(2, 1), id(2, 2)];
+        assert_eq!(
+            inbox.receive(other.ask(&all, &ask), Via::Node),
+            Received::Ask
+        );
+        // Only others' connections: nothing for the runtime.
+        assert_eq!(
+            inbox.receive(other.ask(&[id(7, 2), id(2, 1)], &ask), Via::Node),
+            Received::Ask
+        );
+        let seen = seen.lock().expect("lock");
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        match &seen[0] {
+            AskEvent::Asked(a) => assert_eq!(a.connections, vec![id(7, 1), id(2, 2)]),
+            other => panic!("{other:?}"),
+        }
+        // Sends to ours that moved go to our own channel (the holder listens there).
+        let split = by_server_moved(&local, &all);
+        assert_eq!(split.get(&NodeId(2)), Some(&vec![id(2, 1)]));
+        assert_eq!(split.get(&NodeId(7)), Some(&vec![id(7, 1), id(7, 2)]));
+        // Back here: no longer moved.
+        let (outbox, _rx2) = Outbox::new(
+            8,
+            SlowConsumerPolicy::Disconnect,
+            Arc::new(HubMetrics::default()),
+        );
+        local.register(Member {
+            id: id(2, 1),
+            user: None,
+            outbox,
+        });
+        assert_eq!(local.moved_to(id(2, 1)), None);
+        // Adoptions count per server: the first subscribes, the last unsubscribes.
+        assert!(inbox.adopt_node(NodeId(7)));
+        assert!(!inbox.adopt_node(NodeId(7)));
+        assert_eq!(inbox.adopted(), vec![NodeId(7)]);
+        assert!(!inbox.release_node(NodeId(7)));
+        assert!(inbox.is_adopted(NodeId(7)));
+        assert!(inbox.release_node(NodeId(7)));
+        assert!(!inbox.is_adopted(NodeId(7)));
+        assert!(!inbox.release_node(NodeId(7)));
+    }
+
+    #[test]
     fn asks_answers_and_deaths_reach_the_runtime() {
         use crate::ask::AskEvent;
         let local = Arc::new(LocalGroups::new(NodeId(2)));

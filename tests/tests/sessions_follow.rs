@@ -262,12 +262,7 @@ async fn ends_and_b_lets_go(
         }
     }
     tokio::time::timeout(WAIT, async {
-        loop {
-            match alice.next().await {
-                Ok(Some(_)) => {}
-                _ => break,
-            }
-        }
+        while let Ok(Some(_)) = alice.next().await {}
     })
     .await
     .expect("the stream ends within the wait");
