@@ -363,14 +363,20 @@ async fn a_dropped_call_frees_its_slot_and_its_late_reply_reaches_no_call() {
     call.abort();
     assert!(bounded(call).await.unwrap_err().is_cancelled());
     assert_eq!(pending(&f.client), 0);
-    f.server.reply(req.id, "too late");
+    a_late_reply_reaches_no_call(&mut f, req.id).await;
+}
+
+/// Call `late`'s reply comes after the call was given up: it reaches no call (nor
+/// the receiver), and the next call gets its own reply.
+async fn a_late_reply_reaches_no_call(f: &mut Fixture, late: u64) {
+    f.server.reply(late, "too late");
     let next = tokio::spawn({
         let c = f.client.clone();
         async move { c.call("next".into()).await }
     });
     let req = f.server.next_call().await;
-    f.server.reply(req.id, "yours");
-    assert_eq!(bounded(next).await.unwrap().unwrap(), "yours");
+    f.server.reply(req.id, "on time");
+    assert_eq!(bounded(next).await.unwrap().unwrap(), "on time");
     assert_eq!(pending(&f.client), 0);
     assert_eq!(f.recorder.got(), vec![]);
 }
@@ -463,15 +469,7 @@ async fn a_call_times_out_after_the_default_call_timeout() {
     assert_eq!(started.elapsed(), Duration::from_secs(5));
     // The timed-out call is forgotten: its late reply goes nowhere, the next call works.
     assert_eq!(pending(&f.client), 0);
-    f.server.reply(req.id, "too late");
-    let next = tokio::spawn({
-        let c = f.client.clone();
-        async move { c.call("next".into()).await }
-    });
-    let req = f.server.next_call().await;
-    f.server.reply(req.id, "on time");
-    assert_eq!(bounded(next).await.unwrap().unwrap(), "on time");
-    assert_eq!(f.recorder.got(), vec![]);
+    a_late_reply_reaches_no_call(&mut f, req.id).await;
     assert!(!f.client.is_closed());
 }
 
