@@ -35,6 +35,15 @@ fn config() -> HubConfig {
     ))
 }
 
+/// A typed emitter on the Redis at `url`, as a game loop outside the servers has.
+async fn redis_emitter(url: &str) -> ChatHubEmitter {
+    ChatHubEmitter::new(
+        RedisEmitter::connect_with(redis_options(url))
+            .await
+            .unwrap(),
+    )
+}
+
 fn redis_options(url: &str) -> hub_redis::RedisProviderBuilder {
     RedisProvider::builder()
         .url(url)
@@ -360,11 +369,7 @@ async fn redis_listeners(redis: &RedisServer, id: ConnectionId) -> u64 {
 async fn redis_sends_follow_a_session_restored_after_its_server_died() {
     let redis = RedisServer::start();
     let url = redis.url();
-    let em = ChatHubEmitter::new(
-        RedisEmitter::connect_with(redis_options(&url))
-            .await
-            .unwrap(),
-    );
+    let em = redis_emitter(&url).await;
     after_the_first_died(
         move || std::future::ready(redis_provider(&url)),
         Some(em),
@@ -377,11 +382,7 @@ async fn redis_sends_follow_a_session_restored_after_its_server_died() {
 async fn redis_sends_follow_a_session_taken_over_from_a_live_server() {
     let redis = RedisServer::start();
     let url = redis.url();
-    let em = ChatHubEmitter::new(
-        RedisEmitter::connect_with(redis_options(&url))
-            .await
-            .unwrap(),
-    );
+    let em = redis_emitter(&url).await;
     from_a_live_server(
         || std::future::ready(redis_provider(&url)),
         Some(em),
