@@ -80,33 +80,35 @@ pub async fn run(a: &CallsArgs) -> Result<serde_json::Value, BoxError> {
             let mut tasks = Vec::new();
             for c in clients {
                 // One task per client keeping `in_flight` calls outstanding, as the raw
-                // client does: replies and the next calls are handled in one place.
+                // client does: `in_flight` loops in one task, each making its next call
+                // when its last one is answered (as the game logic sharing a client
+                // does; a future per call pushed into a `FuturesUnordered` would add an
+                // allocation per call, which is the harness's cost, not the client's).
                 let (stop, payload, in_flight) = (stop.clone(), payload.clone(), a.in_flight);
                 tasks.push(tokio::spawn(async move {
-                    let call = |c: BenchHubClient| {
-                        let payload = payload.clone();
+                    let caller = |c: BenchHubClient| {
+                        let (stop, payload) = (stop.clone(), payload.clone());
                         async move {
-                            let sent = now_nanos();
-                            let req = Echo {
-                                sent_at_nanos: sent,
-                                payload,
-                            };
-                            c.echo(req).await.map(|_| now_nanos() - sent)
+                            let mut lat = Vec::new();
+                            while !stop.load(Relaxed) {
+                                let sent = now_nanos();
+                                let req = Echo {
+                                    sent_at_nanos: sent,
+                                    payload: payload.clone(),
+                                };
+                                if c.echo(req).await.is_err() {
+                                    break;
+                                }
+                                lat.push(now_nanos() - sent);
+                            }
+                            lat
                         }
                     };
+                    let mut callers: FuturesUnordered<_> =
+                        (0..in_flight).map(|_| caller(c.clone())).collect();
                     let mut lat = Vec::new();
-                    let mut outstanding = FuturesUnordered::new();
-                    for _ in 0..in_flight {
-                        outstanding.push(call(c.clone()));
-                    }
-                    while let Some(done) = outstanding.next().await {
-                        let Ok(l) = done else {
-                            break;
-                        };
-                        lat.push(l);
-                        if !stop.load(Relaxed) {
-                            outstanding.push(call(c.clone()));
-                        }
+                    while let Some(l) = callers.next().await {
+                        lat.extend(l);
                     }
                     lat
                 }));
