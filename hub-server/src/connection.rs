@@ -102,6 +102,9 @@ struct Conn<D: Dispatch> {
     queue: VecDeque<(u64, u32, D::Call)>,
     /// The call being run.
     running: Option<Running>,
+    /// When the frame being handled arrived (read once for the heartbeat too): the
+    /// start of a call it runs at once. `None` outside `on_frame`.
+    frame_at: Option<Instant>,
     /// What the running call shares with its asks.
     call_state: Option<Arc<CallState>>,
     /// Calls parked while they wait on an answer from this connection's client: they
@@ -138,6 +141,7 @@ pub(crate) async fn run<D: Dispatch>(
         state: state.clone(),
         queue: VecDeque::new(),
         running: None,
+        frame_at: None,
         call_state: None,
         parked: Default::default(),
         ping: None,
@@ -355,7 +359,9 @@ pub(crate) async fn run<D: Dispatch>(
             Event::Frame(msg) => match msg {
                 Some(Ok(frame)) => {
                     last_heard = Instant::now();
+                    conn.frame_at = Some(last_heard);
                     conn.on_frame(frame);
+                    conn.frame_at = None;
                 }
                 None => reading = false,
                 Some(Err(status)) => {
@@ -892,7 +898,9 @@ impl<D: Dispatch> Conn<D> {
             id,
             field,
             name,
-            started: Instant::now(),
+            // A call run as its frame arrives starts then (no second clock read);
+            // one that waited in the queue starts now.
+            started: self.frame_at.take().unwrap_or_else(Instant::now),
             metrics: self.core().metrics.clone(),
         });
     }
