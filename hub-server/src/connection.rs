@@ -28,11 +28,13 @@ use crate::inbound::{InboundLimits, Verdict};
 use crate::session::Attachments;
 use crate::{Context, DisconnectReason, Dispatch, Inbound};
 
-/// What a finished call hands back: its id, call case, name, and its outcome (`Err(())`: it panicked).
+/// What a finished call hands back: its id, call case, name, start, and its outcome
+/// (`Err(())`: it panicked).
 type Finished = (
     u64,
     u32,
     &'static str,
+    Instant,
     Result<Result<Bytes, tonic::Status>, ()>,
 );
 
@@ -49,7 +51,6 @@ struct Running {
     field: u32,
     name: &'static str,
     started: Instant,
-    metrics: Arc<HubMetrics>,
 }
 
 impl Future for Running {
@@ -77,8 +78,7 @@ impl Future for Running {
             Err(_) => Err(()),
         };
         this.done = true;
-        this.metrics.call_seconds.record(this.started.elapsed());
-        Poll::Ready((this.id, this.field, this.name, result))
+        Poll::Ready((this.id, this.field, this.name, this.started, result))
     }
 }
 
@@ -901,12 +901,12 @@ impl<D: Dispatch> Conn<D> {
             // A call run as its frame arrives starts then (no second clock read);
             // one that waited in the queue starts now.
             started: self.frame_at.take().unwrap_or_else(Instant::now),
-            metrics: self.core().metrics.clone(),
         });
     }
 
-    fn finish(&mut self, (id, field, name, result): Finished) {
+    fn finish(&mut self, (id, field, name, started, result): Finished) {
         let metrics = &self.core().metrics;
+        metrics.call_seconds.record(started.elapsed());
         match result {
             Ok(Ok(reply)) => {
                 let max = self.core().max_outbound();
