@@ -324,6 +324,13 @@ counters! {
     /// not decode (no position was read), or it held more than 1,024 positions (the
     /// rest were ignored). Their groups replay from where the session joined them.
     resume_positions_ignored,
+    /// Pushes read from the groups' history and replayed to sessions restored on this
+    /// server (`RESUME_OUTCOME_RESTORED`: the hello's `replayed` is 0 for them, these
+    /// follow it).
+    restored_pushes_replayed,
+    /// Pushes a restored session missed that its groups' history no longer held; each
+    /// group's told to the session (`ServerControl.pushes_lost`).
+    restored_pushes_missed,
     /// Asks sent to one target connection (a group ask counts one per member asked).
     asks,
     /// Of `asks`: answered by the client.

@@ -885,6 +885,8 @@ async fn rejoin(
     .await;
     let replayed: u64 = done.iter().map(|r| r.replayed).sum();
     let missed: u64 = done.iter().map(|r| r.missed).sum();
+    core.metrics.restored_pushes_replayed.add(replayed);
+    core.metrics.restored_pushes_missed.add(missed);
     tracing::debug!(hub = core.service, conn = %conn.id, replayed, missed, "restored session caught up on its groups");
     Ok(())
 }

@@ -282,6 +282,16 @@ async fn moved_after_a_crash(backend: Backend) {
         "bob was done before the crash: the test proves nothing"
     );
     assert!(b.handle.metrics().backplane_pushes_recovered > 0);
+    // The replay is counted (the hello's `replayed` is 0 for a restored session) once
+    // every group's history has been read, just after its last replayed push.
+    tokio::time::timeout(WAIT, async {
+        while b.handle.metrics().restored_pushes_replayed == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the replay to the restored session is counted");
+    assert_eq!(restored.resumption.as_ref().map(|r| r.replayed), Some(0));
 }
 
 /// A client that presents no positions (one that never read `control.position`)
