@@ -529,6 +529,13 @@ fn emitter_tokens(hub: &Hub, rt: &TokenStream) -> TokenStream {
                     #emitter(self.0.named(name))
                 }
 
+                /// Sends pushes to connection ids through each connection's own group,
+                /// as the hub does with `SessionConfig::connection_history`: set it to
+                /// match the hub (`Emitter::connection_groups`).
+                pub fn connection_groups(self, on: bool) -> Self {
+                    #emitter(self.0.connection_groups(on))
+                }
+
                 /// The untyped emitter underneath (raw frames, any destination, flush).
                 pub fn raw(&self) -> &#rt::codegen::Emitter {
                     &self.0

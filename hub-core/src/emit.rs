@@ -92,6 +92,8 @@ pub struct Emitter {
     emit: Arc<dyn Emit>,
     hub: Arc<str>,
     writer: EnvelopeWriter,
+    /// Pushes to connections go through their `$conn/<id>` groups.
+    connection_groups: bool,
 }
 
 impl std::fmt::Debug for Emitter {
@@ -113,7 +115,20 @@ impl Emitter {
             emit,
             hub: Arc::from(hub),
             writer,
+            connection_groups: false,
         }
+    }
+
+    /// Sends pushes to connection ids through each connection's own group,
+    /// `$conn/<id>`, as the hub's servers do with `SessionConfig::connection_history`
+    /// on (set it to match the hub: a push routed one way does not reach a connection
+    /// listening the other way). With group offsets or history in the backend's
+    /// options, such a push then gets the group's offset, and with history a session
+    /// that moves between servers gets it replayed if it missed it. Commands
+    /// (`disconnect`) still go to the server holding the connection. Default off.
+    pub fn connection_groups(mut self, on: bool) -> Self {
+        self.connection_groups = on;
+        self
     }
 
     /// Names this emitter in the origin of its envelopes: `emitter/<name>/<random>`
@@ -147,21 +162,49 @@ impl Emitter {
     /// to one group are numbered and published one after the other. (Not on a
     /// backend whose publish waits for the broker: [`Emit::numbers_pushes`].)
     pub async fn push(&self, dest: &Destination, frame: Bytes) -> Result<(), GroupError> {
-        if let Destination::Group { group, target } = dest
-            && self.emit.numbers_pushes()
-        {
+        match dest {
+            Destination::Connections(ids) if self.connection_groups => {
+                // One push to each connection's group, all at once.
+                let mut groups = Vec::with_capacity(ids.len());
+                for id in ids.iter() {
+                    groups.push(GroupName::reserved("conn", &id.to_string())?);
+                }
+                let sends = groups.iter().map(|group| -> BoxFuture<'_, _> {
+                    Box::pin(self.push_group(group, &Target::All, &frame))
+                });
+                join_all(sends).await
+            }
+            Destination::Group { group, target } => self.push_group(group, target, &frame).await,
+            Destination::Connections(_) => {
+                self.each(dest, |group, target| {
+                    self.writer.frame(group, target, &frame)
+                })
+                .await
+            }
+        }
+    }
+
+    /// A push to the members of `group` that `target` selects: numbered (see
+    /// [`Emitter::push`]) unless the backend says not to.
+    async fn push_group(
+        &self,
+        group: &GroupName,
+        target: &Target,
+        frame: &Bytes,
+    ) -> Result<(), GroupError> {
+        if self.emit.numbers_pushes() {
             return self
                 .writer
-                .numbered(group.as_str(), target, &frame, |envelope| {
+                .numbered(group.as_str(), target, frame, |envelope| {
                     self.emit
                         .publish(&self.hub, Channel::Group(group), envelope)
                 })
                 .await;
         }
-        self.each(dest, |group, target| {
-            self.writer.frame(group, target, &frame)
-        })
-        .await
+        let envelope = self.writer.frame(group.as_str(), target, frame);
+        self.emit
+            .publish(&self.hub, Channel::Group(group), envelope)
+            .await
     }
 
     /// Closes the connections of `dest` on every server, as the hub's

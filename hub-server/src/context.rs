@@ -565,6 +565,35 @@ impl Push {
                 }
                 Ok(d)
             }
+            Destination::Connections(ids)
+                if !self.local_only
+                    && ids
+                        .first()
+                        .is_some_and(|id| core.connection_group(*id).is_some()) =>
+            {
+                // Through each connection's own group (`connection_history`): its
+                // offsets and history, whichever server holds it, this one included.
+                let mut d = Delivery::default();
+                let dests: Vec<Destination> = ids
+                    .iter()
+                    .filter_map(|id| core.connection_group(*id).map(Destination::group))
+                    .collect();
+                let publishes = dests
+                    .iter()
+                    .filter_map(|dest| core.backplane.publish(dest, &frame));
+                let results = futures_util::future::join_all(
+                    publishes.map(|publish| timed(&core.metrics, publish)),
+                )
+                .await;
+                // Each outcome counted; the first failure is the error.
+                let mut first_error = None;
+                for result in results {
+                    if let Err(e) = core.published(result, &mut d) {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                first_error.map_or(Ok(d), Err)
+            }
             Destination::Connections(ids) => {
                 let (mut d, missing) = core.local.deliver_to(ids, &frame);
                 core.metrics.push_fanout.record(f64::from(d.local));

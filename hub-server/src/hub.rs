@@ -123,6 +123,22 @@ impl HubCore {
         Ok(outcome.removed)
     }
 
+    /// The group that pushes to connection `id` go through
+    /// ([`SessionConfig::connection_history`](crate::SessionConfig::connection_history)):
+    /// `$conn/<id>`, on a hub that routes them so and whose backplane keeps that
+    /// group's history. `None`: they go to the server holding the connection.
+    pub(crate) fn connection_group(&self, id: ConnectionId) -> Option<GroupName> {
+        if !self
+            .sessions
+            .as_ref()
+            .is_some_and(|s| s.config.connection_history)
+        {
+            return None;
+        }
+        let group = GroupName::reserved("conn", &id.to_string()).ok()?;
+        self.backplane.echoes_own_pushes(&group).then_some(group)
+    }
+
     /// Whether a session's record keeps where it joined `group`: sessions are shared
     /// and the group's backplane keeps its history.
     fn positions_recorded(&self, group: &GroupName) -> bool {

@@ -714,7 +714,7 @@ async fn accept<D: Dispatch>(
             let positions = resume_positions(&conn.metadata, &core.metrics);
             rejoin(&core, &conn, &r.record, &positions).await
         }
-        None => join_user_group(&core, &conn).await,
+        None => join_own_groups(&core, &conn).await,
     };
     if let Err(e) = joined {
         HubMetrics::incr(&core.metrics.connections_rejected);
@@ -868,6 +868,14 @@ async fn rejoin(
         }
         core.join(&g.group, conn.id, user.clone()).await?;
     }
+    // (Joining twice is a no-op: a record that has the group keeps it as above.)
+    if !record
+        .groups
+        .iter()
+        .any(|g| Some(&g.group) == core.connection_group(conn.id).as_ref())
+    {
+        join_connection_group(core, conn, user.clone()).await?;
+    }
     for (group, why) in unknown {
         HubMetrics::incr(&core.metrics.backplane_gaps);
         let notice = hub_core::frame::pushes_lost_frame(
@@ -921,12 +929,28 @@ fn hello_frame(
     })))
 }
 
-/// Puts an authenticated connection into its user's group, so that user pushes reach it.
-async fn join_user_group(core: &HubCore, conn: &ConnState) -> Result<(), hub_core::GroupError> {
-    let Some(identity) = &conn.identity else {
-        return Ok(());
-    };
-    let group = hub_core::GroupName::reserved("user", identity.user_id())?;
-    core.join(&group, conn.id, Some(identity.user_id().to_owned()))
-        .await
+/// Puts a new connection into its own groups: an authenticated one into its user's,
+/// so that user pushes reach it, and (with `SessionConfig::connection_history`) each
+/// into `$conn/<id>`, which pushes to its id go through.
+async fn join_own_groups(core: &HubCore, conn: &ConnState) -> Result<(), hub_core::GroupError> {
+    let user = conn.identity.as_ref().map(|i| i.user_id().to_owned());
+    if let Some(user) = &user {
+        let group = hub_core::GroupName::reserved("user", user)?;
+        core.join(&group, conn.id, Some(user.clone())).await?;
+    }
+    join_connection_group(core, conn, user).await
+}
+
+/// Joins `$conn/<id>` if pushes to the connection's id go through it (see
+/// [`HubCore::connection_group`]). A session restored from a record written without
+/// it (another setting on its old server) joins it here too.
+async fn join_connection_group(
+    core: &HubCore,
+    conn: &ConnState,
+    user: Option<String>,
+) -> Result<(), hub_core::GroupError> {
+    match core.connection_group(conn.id) {
+        Some(group) => core.join(&group, conn.id, user).await,
+        None => Ok(()),
+    }
 }

@@ -87,6 +87,26 @@ pub struct SessionConfig {
     /// thousands a second: a sustained 1,000 a second of forged resumes is a small
     /// share of it.
     pub restore_lookups: Option<RateLimit>,
+    /// Whether pushes to a connection id (`HubHandle::connection`,
+    /// `Context::connection`, `Context::caller`, and an emitter's with the same
+    /// setting) go through a group of the connection's own, `$conn/<id>`, which every
+    /// connection of the hub joins when it opens, instead of straight to the server
+    /// holding it. With a backplane that keeps group history (Redis `history`, NATS
+    /// JetStream history), those pushes then get the group's offsets and history like
+    /// any group push: a session restored on another server (`RESTORED`) gets the
+    /// ones it missed replayed, once and in order, even those sent while no server
+    /// held it; what history no longer holds is told (`pushes_lost`). Without group
+    /// history on the backplane it changes nothing.
+    ///
+    /// The cost: one more group per connection (a join when it opens: a subscription
+    /// and a presence entry on the backplane, and the group's keys or subjects), and
+    /// each push to a connection makes a round trip through the backplane even to a
+    /// connection on the same server. Every server of the hub, and every emitter
+    /// pushing to its connections (`Emitter::connection_groups`), must agree on it: a
+    /// push routed one way does not reach a connection listening the other way.
+    /// Asks and commands (disconnect) still go to the server holding the connection.
+    /// Default off.
+    pub connection_history: bool,
 }
 
 impl Default for SessionConfig {
@@ -97,6 +117,7 @@ impl Default for SessionConfig {
             max_per_identity: 16,
             max_detached: 10_000,
             restore_lookups: Some(RateLimit::new(1_000, 4_000)),
+            connection_history: false,
         }
     }
 }
@@ -129,6 +150,12 @@ impl SessionConfig {
     /// Sets [`SessionConfig::restore_lookups`].
     pub fn restore_lookups(mut self, limit: Option<RateLimit>) -> Self {
         self.restore_lookups = limit;
+        self
+    }
+
+    /// Sets [`SessionConfig::connection_history`].
+    pub fn connection_history(mut self, on: bool) -> Self {
+        self.connection_history = on;
         self
     }
 }

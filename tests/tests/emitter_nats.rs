@@ -236,3 +236,35 @@ async fn a_stalled_nats_fails_publishes_until_it_answers() {
     // A "back" tried while the probe had not yet seen NATS answer was refused, not sent.
     assert_eq!(seen, accepted);
 }
+
+/// With `SessionConfig::connection_history` on the hub (and group history on
+/// JetStream), pushes to connection ids go through each connection's `$conn/<id>`
+/// group: an emitter set the same way (`connection_groups`) reaches every target as
+/// before.
+#[tokio::test]
+async fn every_target_mode_through_connection_groups() {
+    let nats = NatsServer::start();
+    let history = || {
+        NatsProvider::builder()
+            .operation_timeout(OP_TIMEOUT)
+            .history(100, Duration::from_secs(60))
+    };
+    let config = || {
+        HubConfig::default().sessions(Some(
+            hub_server::SessionConfig::default().connection_history(true),
+        ))
+    };
+    let server = || async {
+        let provider = history().connect(&nats.url()).await.unwrap();
+        TestServer::start(Arc::new(provider), config()).await
+    };
+    let (a, b) = (server().await, server().await);
+    let em = ChatHubEmitter::new(
+        NatsEmitter::connect_with(history(), &nats.url())
+            .await
+            .unwrap(),
+    )
+    .connection_groups(true);
+    emitter::every_target_mode(&a, &b, &em).await;
+    em.flush().await.unwrap();
+}

@@ -129,3 +129,31 @@ async fn a_redis_down_fails_publishes_within_the_timeout() {
     })
     .await;
 }
+
+/// With `SessionConfig::connection_history` on the hub (and group history on Redis),
+/// pushes to connection ids go through each connection's `$conn/<id>` group: an
+/// emitter set the same way (`connection_groups`) reaches every target as before.
+#[tokio::test]
+async fn every_target_mode_through_connection_groups() {
+    let redis = RedisServer::start();
+    let history = || options(&redis).history(100, Duration::from_secs(60));
+    let config = || {
+        HubConfig::default().sessions(Some(
+            hub_server::SessionConfig::default().connection_history(true),
+        ))
+    };
+    let a = TestServer::start(Arc::new(history().build().unwrap()), config()).await;
+    let b = TestServer::start(Arc::new(history().build().unwrap()), config()).await;
+    let em = ChatHubEmitter::new(RedisEmitter::connect_with(history()).await.unwrap())
+        .connection_groups(true);
+    emitter::every_target_mode(&a, &b, &em).await;
+    // The emitter's connection pushes went into the four connections' own groups:
+    // each has a history stream with them in it.
+    let streams = redis.cli(&["--scan", "--pattern", "*:history:*$conn/*"]);
+    let streams: Vec<&str> = streams.lines().collect();
+    assert_eq!(streams.len(), 4, "{streams:?}");
+    for key in streams {
+        let len: u64 = redis.cli(&["XLEN", key]).trim().parse().unwrap();
+        assert!(len >= 1, "{key}: {len}");
+    }
+}

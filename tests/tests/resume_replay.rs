@@ -13,12 +13,12 @@ use std::time::Duration;
 use examples::chat::chat_hub_client::ChatHubClient;
 use examples::chat::chat_request::Call;
 use examples::chat::chat_response::Event;
-use examples::chat::{ChatResponse, JoinRequest, SayRequest};
+use examples::chat::{ChatMessage, ChatResponse, JoinRequest, SayRequest};
 use hub_core::proto::server_control::Kind;
 use hub_core::proto::{ConnectionInfo, Position, PushesLost, ResumeOutcome};
 use hub_nats::NatsProvider;
 use hub_redis::RedisProvider;
-use hub_server::{GroupProvider, HubConfig, SessionConfig};
+use hub_server::{ConnectionId, GroupProvider, HubConfig, SessionConfig};
 use test_support::{NatsServer, RedisServer};
 use tests::raw::{Frame, RawConn};
 use tests::resume::{next_frame, open, open_at, outcome, send, until_reply};
@@ -184,6 +184,11 @@ struct Pair {
 
 impl Pair {
     async fn start(backend: Backend, history: usize) -> Pair {
+        Pair::start_with(backend, history, config).await
+    }
+
+    /// The same, both servers with `config()`.
+    async fn start_with(backend: Backend, history: usize, config: fn() -> HubConfig) -> Pair {
         let broker = Broker::start(backend);
         let url = broker.url();
         let url_a = url.clone();
@@ -436,5 +441,104 @@ async fn trimmed_replay(backend: Backend) {
         seen.lost.iter().all(|l| l.group == "lobby"),
         "{:?}",
         seen.lost
+    );
+}
+
+/// With `SessionConfig::connection_history`, pushes to a connection id go through the
+/// connection's own group (`$conn/<id>`), with its offsets and history: B keeps
+/// pushing to alice's id while A (where she is) is killed and before she resumes on
+/// B. She reads every push exactly once and in order across the move: those sent
+/// while no server held her session are replayed from history on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_to_a_connection_id_reach_it_once_across_its_servers_death() {
+    sends_to_the_id_across_a_crash(Backend::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_pushes_to_a_connection_id_reach_it_once_across_its_servers_death() {
+    sends_to_the_id_across_a_crash(Backend::Nats).await;
+}
+
+async fn sends_to_the_id_across_a_crash(backend: Backend) {
+    fn config() -> HubConfig {
+        HubConfig::default().sessions(Some(
+            SessionConfig::default()
+                .grace(Duration::from_secs(30))
+                .connection_history(true),
+        ))
+    }
+    let Pair {
+        _broker,
+        a,
+        b,
+        token,
+        mut alice,
+        hello,
+        bob: _bob,
+    } = Pair::start_with(backend, 1000, config).await;
+    let id: ConnectionId = hello.connection_id.parse().expect("an id");
+
+    // B pushes d1..d300 to alice's id, one after the other.
+    let said = Arc::new(AtomicU64::new(0));
+    let handle = b.handle.clone();
+    let counter = said.clone();
+    let pushes = tokio::spawn(async move {
+        for i in 1..=300u64 {
+            handle
+                .connection(id)
+                .on_message(ChatMessage {
+                    room: String::new(),
+                    from: "b".into(),
+                    text: format!("d{i}"),
+                })
+                .await
+                .expect("push");
+            counter.store(i, Ordering::Release);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let mut seen = Reader::default();
+    seen.until_said(&mut alice, "d40").await;
+    a.crash();
+    drop(alice);
+    let at_crash = said.load(Ordering::Acquire);
+    // B goes on while alice is between servers.
+    tokio::time::timeout(WAIT, async {
+        while said.load(Ordering::Acquire) < at_crash + 50 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("50 more pushes");
+    let own = format!("$conn/{id}");
+    assert!(
+        seen.positions.contains_key(&own),
+        "the pushes carried positions of {own}: {:?}",
+        seen.positions.keys()
+    );
+    let last_seq = seen.lines.last().expect("lines").0;
+    let (mut alice, restored) = open_at(
+        &b.url(),
+        &token,
+        Some((&hello.resume_credential, last_seq)),
+        &seen.positions(),
+    )
+    .await;
+    assert_eq!(outcome(&restored), ResumeOutcome::Restored, "{restored:?}");
+    assert_eq!(restored.connection_id, hello.connection_id);
+
+    tokio::time::timeout(WAIT * 3, pushes)
+        .await
+        .expect("the pushes finished in time")
+        .expect("the pushes' task");
+    seen.until_said(&mut alice, "d300").await;
+    let want: Vec<String> = (1..=300).map(|i| format!("d{i}")).collect();
+    assert_eq!(seen.texts(), want, "lost: {:?}", seen.lost);
+    assert!(seen.lost.is_empty(), "{:?}", seen.lost);
+    let seqs: Vec<u64> = seen.lines.iter().map(|l| l.0).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert!(
+        at_crash < 300,
+        "the pushes were done before the crash: the test proves nothing"
     );
 }

@@ -654,6 +654,12 @@ pub mod chat_hub_emitter {
         pub fn named(self, name: &str) -> Self {
             ChatHubEmitter(self.0.named(name))
         }
+        /// Sends pushes to connection ids through each connection's own group,
+        /// as the hub does with `SessionConfig::connection_history`: set it to
+        /// match the hub (`Emitter::connection_groups`).
+        pub fn connection_groups(self, on: bool) -> Self {
+            ChatHubEmitter(self.0.connection_groups(on))
+        }
         /// The untyped emitter underneath (raw frames, any destination, flush).
         pub fn raw(&self) -> &::hub_server::codegen::Emitter {
             &self.0
