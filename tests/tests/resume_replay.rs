@@ -451,16 +451,37 @@ async fn trimmed_replay(backend: Backend) {
 /// while no server held her session are replayed from history on B.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_to_a_connection_id_reach_it_once_across_its_servers_death() {
-    sends_to_the_id_across_a_crash(Backend::Redis).await;
+    sends_across_a_crash(Backend::Redis, To::Connection).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_pushes_to_a_connection_id_reach_it_once_across_its_servers_death() {
-    sends_to_the_id_across_a_crash(Backend::Nats).await;
+    sends_across_a_crash(Backend::Nats, To::Connection).await;
 }
 
-async fn sends_to_the_id_across_a_crash(backend: Backend) {
-    fn config() -> HubConfig {
+/// Pushes to a user go through the group `$user/<id>`: with group history they are
+/// recovered the same way, with no setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_to_a_user_reach_it_once_across_its_servers_death() {
+    sends_across_a_crash(Backend::Redis, To::User).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_pushes_to_a_user_reach_it_once_across_its_servers_death() {
+    sends_across_a_crash(Backend::Nats, To::User).await;
+}
+
+/// Whom B pushes to in [`sends_across_a_crash`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum To {
+    /// Alice's connection id, on hubs with `connection_history`.
+    Connection,
+    /// The user alice, on hubs with the default session settings.
+    User,
+}
+
+async fn sends_across_a_crash(backend: Backend, to: To) {
+    fn by_id() -> HubConfig {
         HubConfig::default().sessions(Some(
             SessionConfig::default()
                 .grace(Duration::from_secs(30))
@@ -475,7 +496,7 @@ async fn sends_to_the_id_across_a_crash(backend: Backend) {
         mut alice,
         hello,
         bob: _bob,
-    } = Pair::start_with(backend, 1000, config).await;
+    } = Pair::start_with(backend, 1000, if to == To::User { config } else { by_id }).await;
     let id: ConnectionId = hello.connection_id.parse().expect("an id");
 
     // B pushes d1..d300 to alice's id, one after the other.
@@ -484,15 +505,17 @@ async fn sends_to_the_id_across_a_crash(backend: Backend) {
     let counter = said.clone();
     let pushes = tokio::spawn(async move {
         for i in 1..=300u64 {
-            handle
-                .connection(id)
-                .on_message(ChatMessage {
-                    room: String::new(),
-                    from: "b".into(),
-                    text: format!("d{i}"),
-                })
-                .await
-                .expect("push");
+            let push = match to {
+                To::Connection => handle.connection(id),
+                To::User => handle.user("alice").expect("a user name"),
+            };
+            push.on_message(ChatMessage {
+                room: String::new(),
+                from: "b".into(),
+                text: format!("d{i}"),
+            })
+            .await
+            .expect("push");
             counter.store(i, Ordering::Release);
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -510,7 +533,10 @@ async fn sends_to_the_id_across_a_crash(backend: Backend) {
     })
     .await
     .expect("50 more pushes");
-    let own = format!("$conn/{id}");
+    let own = match to {
+        To::Connection => format!("$conn/{id}"),
+        To::User => "$user/alice".to_owned(),
+    };
     assert!(
         seen.positions.contains_key(&own),
         "the pushes carried positions of {own}: {:?}",
