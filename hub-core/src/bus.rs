@@ -20,13 +20,14 @@
 //! there whose end, unless the hub shut down first, is taken as the server's death,
 //! as a broker takes a lapsed heartbeat.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::history::{GroupHistory, HistoryEntry, HistoryPage, HistoryQuery};
 use crate::relay::{Channel, Presence, Relay, Transport};
 use crate::remote::{Inbox, Via};
 use crate::session::SessionRecord;
@@ -57,6 +58,31 @@ struct State {
     sessions: HashMap<(&'static str, ConnectionId), BusSession>,
     /// Set by [`Bus::set_down`].
     down: bool,
+    /// [`Bus::with_history`]: the most pushes each group keeps.
+    history: Option<usize>,
+    /// Per hub and group, its offsets and last pushes (with history).
+    rings: HashMap<(&'static str, GroupName), Ring>,
+}
+
+/// One group's history on the bus: its epoch, its latest offset, and its last
+/// envelopes by offset (the oldest dropped past the bus's bound).
+struct Ring {
+    epoch: u64,
+    latest: u64,
+    entries: VecDeque<(u64, Bytes)>,
+}
+
+/// `offset` (field 8) and `epoch` (field 9) in front of `envelope`, as a broker
+/// puts them ([`crate::remote::split_offset`] reads them).
+fn with_offset(offset: u64, epoch: u64, envelope: &Bytes) -> Bytes {
+    use prost::encoding::encode_varint;
+    let mut b = bytes::BytesMut::with_capacity(envelope.len() + 22);
+    b.extend_from_slice(&[0x40]);
+    encode_varint(offset, &mut b);
+    b.extend_from_slice(&[0x48]);
+    encode_varint(epoch, &mut b);
+    b.extend_from_slice(envelope);
+    b.freeze()
 }
 
 /// The subscriber of a server's own channel among `subs`, if `key` is a server's
@@ -85,6 +111,9 @@ struct BusSession {
 #[derive(Clone, Default)]
 pub struct Bus {
     state: Arc<Mutex<State>>,
+    /// Held while a group push with history takes its offset and is handed to the
+    /// subscribers, so that they get a group's pushes in offset order.
+    order: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -97,6 +126,19 @@ impl Bus {
     /// An empty bus.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty bus whose groups keep their history, as Redis with `history` does: a
+    /// ring per group of its last `max_len` pushes (at least 1), in this process's
+    /// memory, each numbered with the group's next offset under the group's epoch.
+    /// The hubs on it then get their groups' pushes in offset order (their own
+    /// included) with positions, fill gaps from the rings, and replay to a session
+    /// restored on another server what it missed; what a ring no longer holds is told
+    /// (`pushes_lost`). Kept until the bus is dropped: nothing expires by age.
+    pub fn with_history(max_len: usize) -> Self {
+        let bus = Self::default();
+        bus.lock().history = Some(max_len.max(1));
+        bus
     }
 
     /// A group provider for one hub server on this bus.
@@ -300,6 +342,11 @@ impl Transport for BusTransport {
         channel: Channel<'a>,
         payload: Bytes,
     ) -> BoxFuture<'a, Result<(), GroupError>> {
+        if let Channel::Group(g) = channel
+            && self.bus.lock().history.is_some()
+        {
+            return Box::pin(async move { self.publish_numbered(g, &payload) });
+        }
         let (key, via) = match channel {
             Channel::Group(g) => (Key::Group(g.clone()), Via::Group(g.as_str())),
             Channel::Node(n) => (Key::Node(n), Via::Node),
@@ -321,6 +368,19 @@ impl Transport for BusTransport {
             inbox.receive(payload.clone(), via);
         }
         Box::pin(async { Ok(()) })
+    }
+
+    fn numbers_pushes(&self) -> bool {
+        // With history, the bus numbers group envelopes itself.
+        self.bus.lock().history.is_none()
+    }
+
+    fn history(&self) -> Option<Arc<dyn GroupHistory>> {
+        self.bus.lock().history?;
+        Some(Arc::new(BusHistory {
+            bus: self.bus.clone(),
+            hub: self.hub,
+        }))
     }
 
     fn subscribe<'a>(&'a self, group: &'a GroupName) -> BoxFuture<'a, Result<(), GroupError>> {
@@ -381,6 +441,85 @@ impl Transport for BusTransport {
             }
         }
         Box::pin(async {})
+    }
+}
+
+impl BusTransport {
+    /// A group push on a bus with history: the group's next offset, kept in its ring,
+    /// and handed to every server subscribed (this one too: its members get their
+    /// group's pushes from the bus, in offset order), one push after the other.
+    fn publish_numbered(&self, group: &GroupName, payload: &Bytes) -> Result<(), GroupError> {
+        let _order = self.bus.order.lock().unwrap_or_else(|e| e.into_inner());
+        let (framed, subscribers) = {
+            let mut state = self.bus.up("publish")?;
+            let max = state.history.unwrap_or(1);
+            let ring = state
+                .rings
+                .entry((self.hub, group.clone()))
+                .or_insert_with(|| Ring {
+                    epoch: (rand::random::<u64>() & crate::frame::MAX_SAFE_INTEGER) | 1,
+                    latest: 0,
+                    entries: VecDeque::new(),
+                });
+            ring.latest += 1;
+            let framed = with_offset(ring.latest, ring.epoch, payload);
+            ring.entries.push_back((ring.latest, payload.clone()));
+            while ring.entries.len() > max {
+                ring.entries.pop_front();
+            }
+            let subscribers: Vec<Inbox> = state
+                .channels
+                .get(&(self.hub, Key::Group(group.clone())))
+                .into_iter()
+                .flatten()
+                .map(|(_, inbox)| inbox.clone())
+                .collect();
+            (framed, subscribers)
+        };
+        for inbox in subscribers {
+            inbox.receive(framed.clone(), Via::Group(group.as_str()));
+        }
+        Ok(())
+    }
+}
+
+/// The rings of one hub's groups, read as a group history.
+struct BusHistory {
+    bus: Bus,
+    hub: &'static str,
+}
+
+impl GroupHistory for BusHistory {
+    fn read<'a>(
+        &'a self,
+        group: &'a GroupName,
+        query: HistoryQuery,
+    ) -> BoxFuture<'a, Result<HistoryPage, GroupError>> {
+        let page = self.bus.up("history").map(|state| {
+            let Some(ring) = state.rings.get(&(self.hub, group.clone())) else {
+                return HistoryPage::default();
+            };
+            let entries = if ring.epoch == query.epoch {
+                ring.entries
+                    .iter()
+                    .filter(|(offset, _)| *offset > query.after)
+                    .take(query.limit)
+                    .map(|(offset, envelope)| HistoryEntry {
+                        offset: *offset,
+                        prev: offset - 1,
+                        envelope: envelope.clone(),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            HistoryPage {
+                epoch: ring.epoch,
+                latest: ring.latest,
+                entries,
+            }
+        });
+        Box::pin(async move { page })
     }
 }
 

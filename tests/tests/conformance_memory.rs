@@ -5,18 +5,26 @@
 //! outage is `Bus::set_down`: while down every operation fails with UNAVAILABLE, and
 //! when it is back it has kept its subscriptions and members (a broker that was cut
 //! off rather than one restarted empty; the Redis and NATS topologies test that one).
+//!
+//! The suite runs twice: on a plain bus, and (`history::`) on a bus whose groups keep
+//! their history (`Bus::with_history`: offsets, a ring per group, own pushes echoed).
 
 use std::time::Duration;
 
 use hub_core::bus::Bus;
 use tests::conformance::{self, Capabilities, ProviderFuture, Topology};
 
-struct Memory {
+/// The bus, with a ring of `HISTORY` pushes per group (0: no history).
+struct Memory<const HISTORY: usize> {
     bus: Bus,
 }
 
-impl Topology for Memory {
-    const NAME: &'static str = "memory";
+impl<const HISTORY: usize> Topology for Memory<HISTORY> {
+    const NAME: &'static str = if HISTORY == 0 {
+        "memory"
+    } else {
+        "memory with history"
+    };
     const CAPABILITIES: Capabilities = Capabilities {
         server_crash: true,
         backplane_restart: true,
@@ -25,7 +33,13 @@ impl Topology for Memory {
     };
 
     fn start() -> Self {
-        Memory { bus: Bus::new() }
+        Memory {
+            bus: if HISTORY == 0 {
+                Bus::new()
+            } else {
+                Bus::with_history(HISTORY)
+            },
+        }
     }
 
     fn provider(&self, _server: usize) -> ProviderFuture {
@@ -46,4 +60,8 @@ impl Topology for Memory {
     }
 }
 
-tests::conformance_suite!(Memory; server_crash, backplane_restart);
+tests::conformance_suite!(Memory<0>; server_crash, backplane_restart);
+
+mod history {
+    tests::conformance_suite!(super::Memory<1000>; server_crash, backplane_restart);
+}

@@ -14,6 +14,7 @@ use examples::chat::chat_hub_client::ChatHubClient;
 use examples::chat::chat_request::Call;
 use examples::chat::chat_response::Event;
 use examples::chat::{ChatMessage, ChatResponse, JoinRequest, SayRequest};
+use hub_core::bus::Bus;
 use hub_core::proto::server_control::Kind;
 use hub_core::proto::{ConnectionInfo, Position, PushesLost, ResumeOutcome};
 use hub_nats::NatsProvider;
@@ -37,33 +38,47 @@ fn config() -> HubConfig {
 enum Backend {
     Redis,
     Nats,
+    /// The in-process bus with a ring per group (`Bus::with_history`).
+    Bus,
 }
 
-/// A running broker of either kind.
+/// A running broker of any kind.
 enum Broker {
     Redis(RedisServer),
     Nats(NatsServer),
+    Bus(Bus),
+}
+
+/// What a server's provider connects to.
+#[derive(Clone)]
+enum Source {
+    Redis(String),
+    Nats(String),
+    Bus(Bus),
 }
 
 impl Broker {
-    fn start(backend: Backend) -> Broker {
+    fn start(backend: Backend, history: usize) -> Broker {
         match backend {
             Backend::Redis => Broker::Redis(RedisServer::start()),
             Backend::Nats => Broker::Nats(NatsServer::start()),
+            Backend::Bus => Broker::Bus(Bus::with_history(history)),
         }
     }
 
-    fn url(&self) -> String {
+    fn source(&self) -> Source {
         match self {
-            Broker::Redis(r) => r.url(),
-            Broker::Nats(n) => n.url(),
+            Broker::Redis(r) => Source::Redis(r.url()),
+            Broker::Nats(n) => Source::Nats(n.url()),
+            Broker::Bus(b) => Source::Bus(b.clone()),
         }
     }
 }
 
-async fn provider(backend: Backend, url: &str, history: usize) -> Arc<dyn GroupProvider> {
-    match backend {
-        Backend::Redis => Arc::new(
+async fn provider(source: Source, history: usize) -> Arc<dyn GroupProvider> {
+    match source {
+        Source::Bus(bus) => bus.provider(),
+        Source::Redis(url) => Arc::new(
             RedisProvider::builder()
                 .url(url)
                 .presence_ttl(Duration::from_secs(1))
@@ -74,7 +89,7 @@ async fn provider(backend: Backend, url: &str, history: usize) -> Arc<dyn GroupP
         ),
         // Sessions shared through JetStream, a server presumed dead 1.5 s after its
         // last beat.
-        Backend::Nats => Arc::new(
+        Source::Nats(url) => Arc::new(
             NatsProvider::builder()
                 .options(
                     hub_nats::async_nats::ConnectOptions::new()
@@ -84,7 +99,7 @@ async fn provider(backend: Backend, url: &str, history: usize) -> Arc<dyn GroupP
                 .operation_timeout(Duration::from_secs(2))
                 .share_sessions(true)
                 .history(history, Duration::from_secs(60))
-                .connect(url)
+                .connect(&url)
                 .await
                 .expect("connect to NATS"),
         ),
@@ -189,15 +204,15 @@ impl Pair {
 
     /// The same, both servers with `config()`.
     async fn start_with(backend: Backend, history: usize, config: fn() -> HubConfig) -> Pair {
-        let broker = Broker::start(backend);
-        let url = broker.url();
-        let url_a = url.clone();
+        let broker = Broker::start(backend, history);
+        let source = broker.source();
+        let source_a = source.clone();
         let a = CrashableServer::start(
-            move || async move { provider(backend, &url_a, history).await },
+            move || async move { provider(source_a, history).await },
             config(),
         )
         .await;
-        let b = TestServer::start(provider(backend, &url, history).await, config()).await;
+        let b = TestServer::start(provider(source, history).await, config()).await;
         let token = login(&a.url(), "alice").await;
         let (mut alice, hello) = open(&a.url(), &token, None).await;
         join(&mut alice, "lobby").await;
@@ -230,6 +245,11 @@ async fn a_session_moved_after_its_server_died_misses_no_push_and_sees_none_twic
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_a_session_moved_after_its_server_died_misses_no_push_and_sees_none_twice() {
     moved_after_a_crash(Backend::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_a_session_moved_after_its_server_died_misses_no_push_and_sees_none_twice() {
+    moved_after_a_crash(Backend::Bus).await;
 }
 
 async fn moved_after_a_crash(backend: Backend) {
@@ -312,6 +332,11 @@ async fn nats_without_positions_a_moved_session_replays_from_where_it_joined() {
     without_positions(Backend::Nats, None).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_without_positions_a_moved_session_replays_from_where_it_joined() {
+    without_positions(Backend::Bus, None).await;
+}
+
 /// Positions that are not a `hub.v1.ResumePositions` are ignored, as none: the
 /// resume is not refused, and the replay starts where the session joined.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,6 +401,11 @@ async fn nats_pushes_history_no_longer_holds_are_told_to_the_moved_session() {
     trimmed_replay(Backend::Nats).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_pushes_history_no_longer_holds_are_told_to_the_moved_session() {
+    trimmed_replay(Backend::Bus).await;
+}
+
 async fn trimmed_replay(backend: Backend) {
     // A stream of about 10 entries (Redis's MAXLEN ~ trims by whole nodes: it may
     // keep more; NATS keeps exactly 10 per group).
@@ -427,6 +457,13 @@ async fn trimmed_replay(backend: Backend) {
             assert_eq!(got.len() as u64 + lost, 401, "lost {:?}", seen.lost);
             assert!(lost > 0, "history of about 10 kept all 400");
         }
+        Backend::Bus => {
+            // Contiguous offsets and a ring of exactly 10: m1, the lost m2..m390
+            // told, m391..m400 replayed, m401 live.
+            assert_eq!(lost, 389, "{:?}", seen.lost);
+            assert_eq!(got.len(), 12, "{got:?}");
+            assert_eq!(got[1], "m391", "{got:?}");
+        }
         Backend::Nats => {
             assert_eq!(lost, 0, "{:?}", seen.lost);
             // m1, the 10 the stream keeps (m391 to m400), m401 live.
@@ -459,6 +496,11 @@ async fn nats_pushes_to_a_connection_id_reach_it_once_across_its_servers_death()
     sends_across_a_crash(Backend::Nats, To::Connection).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_pushes_to_a_connection_id_reach_it_once_across_its_servers_death() {
+    sends_across_a_crash(Backend::Bus, To::Connection).await;
+}
+
 /// Pushes to a user go through the group `$user/<id>`: with group history they are
 /// recovered the same way, with no setting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,6 +511,11 @@ async fn pushes_to_a_user_reach_it_once_across_its_servers_death() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_pushes_to_a_user_reach_it_once_across_its_servers_death() {
     sends_across_a_crash(Backend::Nats, To::User).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_pushes_to_a_user_reach_it_once_across_its_servers_death() {
+    sends_across_a_crash(Backend::Bus, To::User).await;
 }
 
 /// Whom B pushes to in [`sends_across_a_crash`].
