@@ -46,6 +46,11 @@ struct Args {
     /// server gets the group pushes it missed (0: no history).
     #[arg(long, default_value_t = 0)]
     history: usize,
+    /// With `--session-grace` and `--history`: pushes to a connection id go through
+    /// the connection's own group (`SessionConfig::connection_history`), so a session
+    /// that moves to another server gets those it missed too. Set it on every server.
+    #[arg(long)]
+    connection_history: bool,
     /// Seconds a group's history is kept after its last push (with `--history`).
     #[arg(long, default_value_t = 120)]
     history_age: u64,
@@ -128,9 +133,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .heartbeat(secs(args.heartbeat_interval), secs(args.heartbeat_timeout))
         .max_message_bytes(args.max_message_bytes)
         .outbound_queue(args.outbound_queue)
-        .sessions(
-            secs(args.session_grace).map(|grace| hub_server::SessionConfig::default().grace(grace)),
-        );
+        .sessions(secs(args.session_grace).map(|grace| {
+            hub_server::SessionConfig::default()
+                .grace(grace)
+                .connection_history(args.connection_history)
+        }));
     let login = args.login == "on";
     let secret = match &args.token_secret {
         Some(s) => TokenSecret::new(s.as_bytes())?,
