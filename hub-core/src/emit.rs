@@ -121,11 +121,13 @@ impl Emitter {
 
     /// Sends pushes to connection ids through each connection's own group,
     /// `$conn/<id>`, as the hub's servers do with `SessionConfig::connection_history`
-    /// on (set it to match the hub: a push routed one way does not reach a connection
-    /// listening the other way). With group offsets or history in the backend's
-    /// options, such a push then gets the group's offset, and with history a session
-    /// that moves between servers gets it replayed if it missed it. Commands
-    /// (`disconnect`) still go to the server holding the connection. Default off.
+    /// on. With group offsets or history in the backend's options, such a push then
+    /// gets the group's offset, and with history a session that moves between servers
+    /// gets it replayed if it missed it. Set it to match the hub: a connection of a hub
+    /// with it off does not listen to `$conn/<id>` (such a push is lost, unseen); with
+    /// it off here and on in the hub, pushes still arrive, without the group's
+    /// history. Commands (`disconnect`) still go to the server holding the
+    /// connection. Default off.
     pub fn connection_groups(mut self, on: bool) -> Self {
         self.connection_groups = on;
         self

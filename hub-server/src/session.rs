@@ -103,7 +103,9 @@ pub struct SessionConfig {
     /// each push to a connection makes a round trip through the backplane even to a
     /// connection on the same server. Every server of the hub, and every emitter
     /// pushing to its connections (`Emitter::connection_groups`), must agree on it: a
-    /// push routed one way does not reach a connection listening the other way.
+    /// push from one with it on goes to `$conn/<id>`, which a connection on a server
+    /// with it off does not listen to (lost, unseen); a push from one with it off
+    /// goes to the holding server, which still delivers it (without history).
     /// Asks and commands (disconnect) still go to the server holding the connection.
     /// Default off.
     pub connection_history: bool,
