@@ -215,3 +215,50 @@ def test_a_stock_client_gets_the_pushes_it_missed_on_another_server_with_history
             await alice.channel.close(grace=None)
 
     run(asyncio.wait_for(scenario(), 4 * WAIT))
+
+
+def test_a_stock_client_gets_the_whispers_it_missed_on_another_server_with_history(
+        generated, chat_servers, redis_url):
+    """Pushes to a user go through its group `$user/<id>`: with `--history` each one
+    carries that group's position too, and a resume on another server that presents it
+    replays the whispers sent while no stream was attached, once each and in order."""
+    flags = (*SESSIONS, "--history", "100",
+             "--token-secret", "the python tests' shared token secret, 32+ bytes")
+    a, b = chat_servers(redis_url, *flags), chat_servers(redis_url, *flags)
+    room = unique("room")
+
+    async def scenario():
+        token = (await generated.login(a, "alice")).token
+        relay = await Relay(a.addr).start()
+        alice = await generated.connect(SimpleNamespace(addr=relay.addr), token=token)
+        bob = await generated.connect(b, "bob", login_at=a)
+        try:
+            await alice.join(room)
+            await bob.join(room)
+            await alice.expect("on_join", room=room, user="bob")
+            await bob.whisper("alice", "before")
+            seen = await alice.expect("on_whisper", text="before")
+            own = "$user/alice"
+            position = alice.hub.positions[own]
+            assert position.epoch and position.offset >= 1, position
+            relay.cut()
+            await bob.whisper("alice", "while away 1")
+            await bob.whisper("alice", "while away 2")
+            again = await generated.connect(
+                b, token=token, metadata_extra=alice.hub.resume_metadata(generated.hub.ResumePositions))
+            try:
+                r = again.hub.info
+                assert r.resumption.outcome == generated.hub.RESUME_OUTCOME_RESTORED, r
+                await bob.whisper("alice", "live")
+                got = [await again.expect("on_whisper", text=t)
+                       for t in ("while away 1", "while away 2", "live")]
+                assert [p.seq for p in got] == [seen.seq + 1, seen.seq + 2, seen.seq + 3]
+                assert again.hub.positions[own].offset > position.offset
+            finally:
+                await again.close()
+        finally:
+            await bob.close()
+            relay.close()
+            await alice.channel.close(grace=None)
+
+    run(asyncio.wait_for(scenario(), 4 * WAIT))
