@@ -98,12 +98,13 @@ pub async fn provider(spec: &str) -> Result<Arc<dyn GroupProvider>, BoxError> {
 
 /// Serves the bench hub on `listener` with `groups` until the process exits; with
 /// `session_grace`, the hub keeps sessions (the default `SessionConfig` but for
-/// its grace) so that a dropped client can resume.
+/// its grace, and `connection_history`) so that a dropped client can resume.
 pub async fn serve(
     listener: TcpListener,
     groups: &str,
     hub: Bench,
     session_grace: Option<Duration>,
+    connection_history: bool,
 ) -> Result<(), BoxError> {
     // A benchmark measures throughput: no per-connection inbound rate limits (the
     // defaults refuse a client past 200 calls/s), and no bound on the calls a
@@ -114,7 +115,11 @@ pub async fn serve(
         .inbound_calls(None)
         .inbound_bytes(None)
         .flood(0, std::time::Duration::ZERO)
-        .sessions(session_grace.map(|g| SessionConfig::default().grace(g)));
+        .sessions(session_grace.map(|g| {
+            SessionConfig::default()
+                .grace(g)
+                .connection_history(connection_history)
+        }));
     let hubs = Hubs::builder()
         .default_groups_arc(provider(groups).await?)
         .config(config)

@@ -93,6 +93,10 @@ enum Command {
         /// over a Redis backplane).
         #[arg(long)]
         session_grace_s: Option<u64>,
+        /// With sessions: pushes to a connection id through its own group
+        /// (`SessionConfig::connection_history`).
+        #[arg(long)]
+        connection_history: bool,
     },
     /// (child) The members of a rooms run's rooms `r % procs == index`: prints `READY
     /// <members>`, answers `POLL` and `RESULTS` on stdin; exits when stdin closes.
@@ -134,6 +138,7 @@ async fn run(command: Command) -> Result<(), BoxError> {
             addr,
             detach_publish,
             session_grace_s,
+            connection_history,
         } => {
             proc::exit_on_stdin_eof();
             proc::raise_nofile_limit();
@@ -143,7 +148,7 @@ async fn run(command: Command) -> Result<(), BoxError> {
                 Kind::Hub => {
                     let bench = hub::Bench { detach_publish };
                     let grace = session_grace_s.map(std::time::Duration::from_secs);
-                    hub::serve(listener, &groups, bench, grace).await
+                    hub::serve(listener, &groups, bench, grace, connection_history).await
                 }
                 Kind::Raw => raw::serve(listener).await,
             };

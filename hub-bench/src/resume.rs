@@ -95,6 +95,11 @@ pub struct ResumeArgs {
     /// time from the kill to that push, and that each client got it exactly once.
     #[arg(long)]
     pub history: bool,
+    /// The servers route pushes to connection ids through each connection's own
+    /// group (`SessionConfig::connection_history`): every connection joins one more
+    /// group when it opens, and a restored session rejoins it.
+    #[arg(long)]
+    pub connection_history: bool,
 }
 
 /// The push round sent while the clients are away (with `--history`); the barrier
@@ -250,12 +255,12 @@ pub async fn run(a: &ResumeArgs) -> Result<serde_json::Value, BoxError> {
     } else {
         url.clone()
     };
-    let (mut servers, addrs) = fanout::start_servers(
-        Kind::Hub,
-        a.servers,
-        &groups_url,
-        &["--session-grace-s", &grace],
-    )?;
+    let mut server_args = vec!["--session-grace-s", grace.as_str()];
+    if a.connection_history {
+        server_args.push("--connection-history");
+    }
+    let (mut servers, addrs) =
+        fanout::start_servers(Kind::Hub, a.servers, &groups_url, &server_args)?;
 
     let board = Arc::new(Board {
         rounds: (0..a.clients).map(|_| AtomicU32::new(0)).collect(),
@@ -452,6 +457,7 @@ pub async fn run(a: &ResumeArgs) -> Result<serde_json::Value, BoxError> {
         "backplane_cpu_s": round(redis_cpu_s, 3),
         "client_cpu_s": round(client_cpu_s, 3),
         "history": a.history,
+        "connection_history": a.connection_history,
         "missed_push": missed,
     }))
 }
