@@ -567,12 +567,13 @@ impl Push {
             }
             Destination::Connections(ids)
                 if !self.local_only
-                    && ids
-                        .first()
-                        .is_some_and(|id| core.connection_group(*id).is_some()) =>
+                    && !ids.is_empty()
+                    && ids.iter().all(|id| core.connection_group(*id).is_some()) =>
             {
                 // Through each connection's own group (`connection_history`): its
                 // offsets and history, whichever server holds it, this one included.
+                // (If any of them has none, a shard without history, all go straight
+                // to their servers below: delivered, without history.)
                 let mut d = Delivery::default();
                 let dests: Vec<Destination> = ids
                     .iter()
