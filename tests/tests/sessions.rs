@@ -469,3 +469,37 @@ async fn an_identity_at_its_limit_gives_up_its_oldest_detached_session() {
     let (_a, h) = open(&server.url(), &token, Some((&hello.resume_credential, 0))).await;
     assert_eq!(outcome(&h), ResumeOutcome::Expired, "{h:?}");
 }
+
+/// `connection_history` on a backplane without group history (here the in-memory
+/// provider) changes nothing: a push to a connection id is delivered straight from
+/// this server's registry, not published.
+#[tokio::test]
+async fn connection_history_without_group_history_changes_nothing() {
+    let server =
+        TestServer::memory(config(SessionConfig::default().connection_history(true))).await;
+    let token = login(&server.url(), "alice").await;
+    let (mut alice, hello) = open(&server.url(), &token, None).await;
+    let id: hub_core::ConnectionId = hello.connection_id.parse().expect("an id");
+    let d = server
+        .handle
+        .connection(id)
+        .on_message(examples::chat::ChatMessage {
+            room: String::new(),
+            from: "test".into(),
+            text: "direct".into(),
+        })
+        .await
+        .expect("push");
+    assert_eq!((d.local, d.published), (1, false), "{d:?}");
+    let got = tokio::time::timeout(WAIT, async {
+        loop {
+            let frame = tests::resume::next_frame(&mut alice).await;
+            if let Some(examples::chat::chat_response::Event::OnMessage(m)) = frame.event {
+                return m.text;
+            }
+        }
+    })
+    .await
+    .expect("the push within the wait");
+    assert_eq!(got, "direct");
+}
