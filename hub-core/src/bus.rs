@@ -29,7 +29,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::history::{GroupHistory, HistoryEntry, HistoryPage, HistoryQuery};
 use crate::relay::{Channel, Presence, Relay, Transport};
-use crate::remote::{Inbox, Via};
+use crate::remote::{Inbox, Via, with_offset};
 use crate::session::SessionRecord;
 use crate::{
     Backplane, BindContext, BoxFuture, ConnectionId, GroupError, GroupName, GroupProvider,
@@ -70,19 +70,6 @@ struct Ring {
     epoch: u64,
     latest: u64,
     entries: VecDeque<(u64, Bytes)>,
-}
-
-/// `offset` (field 8) and `epoch` (field 9) in front of `envelope`, as a broker
-/// puts them ([`crate::remote::split_offset`] reads them).
-fn with_offset(offset: u64, epoch: u64, envelope: &Bytes) -> Bytes {
-    use prost::encoding::encode_varint;
-    let mut b = bytes::BytesMut::with_capacity(envelope.len() + 22);
-    b.extend_from_slice(&[0x40]);
-    encode_varint(offset, &mut b);
-    b.extend_from_slice(&[0x48]);
-    encode_varint(epoch, &mut b);
-    b.extend_from_slice(envelope);
-    b.freeze()
 }
 
 /// The subscriber of a server's own channel among `subs`, if `key` is a server's

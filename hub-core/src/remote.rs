@@ -372,6 +372,18 @@ pub struct Inbox {
     adopted: Arc<Mutex<HashMap<NodeId, usize>>>,
 }
 
+/// `envelope` as a broker with group offsets hands it over: `offset` (field 8) and
+/// `epoch` (field 9), varints, in front (what [`split_offset`] reads back).
+pub fn with_offset(offset: u64, epoch: u64, envelope: &Bytes) -> Bytes {
+    let mut b = BytesMut::with_capacity(envelope.len() + 22);
+    encode_key(8, WireType::Varint, &mut b);
+    encode_varint(offset, &mut b);
+    encode_key(9, WireType::Varint, &mut b);
+    encode_varint(epoch, &mut b);
+    b.put_slice(envelope);
+    b.freeze()
+}
+
 /// The group offset and epoch a broker prepended to an envelope (`offset = 8`,
 /// `epoch = 9`, varints, in that order, before `version`), and the envelope after them.
 pub fn split_offset(payload: &Bytes) -> (Option<(u64, u64)>, Bytes) {
@@ -908,17 +920,6 @@ mod tests {
         assert!(w.is_own(&bytes));
         assert!(!EnvelopeWriter::new(NodeId(8)).is_own(&bytes));
         assert!(bytes.len() - 1 <= w.overhead(1));
-    }
-
-    /// `env` as a broker with group offsets publishes it: offset and epoch first.
-    fn with_offset(offset: u64, epoch: u64, env: &Bytes) -> Bytes {
-        let mut b = BytesMut::new();
-        encode_key(8, WireType::Varint, &mut b);
-        encode_varint(offset, &mut b);
-        encode_key(9, WireType::Varint, &mut b);
-        encode_varint(epoch, &mut b);
-        b.put_slice(env);
-        b.freeze()
     }
 
     fn pushes_lost(f: &Bytes) -> Option<proto::PushesLost> {
