@@ -167,10 +167,8 @@ impl Emitter {
         match dest {
             Destination::Connections(ids) if self.connection_groups => {
                 // One push to each connection's group, all at once.
-                let mut groups = Vec::with_capacity(ids.len());
-                for id in ids.iter() {
-                    groups.push(GroupName::reserved("conn", &id.to_string())?);
-                }
+                let groups: Vec<GroupName> =
+                    ids.iter().map(|id| GroupName::of_connection(*id)).collect();
                 let sends = groups.iter().map(|group| -> BoxFuture<'_, _> {
                     Box::pin(self.push_group(group, &Target::All, &frame))
                 });

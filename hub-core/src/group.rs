@@ -51,6 +51,14 @@ impl GroupName {
         Ok(GroupName(Arc::from(full)))
     }
 
+    /// The reserved group of one connection, `$conn/<id>`: pushes to a connection id
+    /// go through it on hubs that route them so (`SessionConfig::connection_history`
+    /// on the servers, `Emitter::connection_groups` on an emitter).
+    pub fn of_connection(id: crate::ConnectionId) -> Self {
+        // A connection id is short and has no whitespace: always a valid name.
+        GroupName(Arc::from(format!("$conn/{id}")))
+    }
+
     /// Accepts a name that came from another server over a backplane (reserved names included).
     pub fn from_wire(name: &str) -> Result<Self, InvalidGroupName> {
         Self::check(name)?;
@@ -176,5 +184,12 @@ mod tests {
         assert_eq!(g.as_str(), "$user/alice");
         assert_eq!(GroupName::from_wire("$user/alice").unwrap(), g);
         assert!(GroupName::reserved("user", "a b").is_err());
+        let id = crate::ConnectionId {
+            node: crate::NodeId(0x1f),
+            local: 7,
+        };
+        let own = GroupName::of_connection(id);
+        assert_eq!(own, GroupName::reserved("conn", &id.to_string()).unwrap());
+        assert!(own.as_str().starts_with("$conn/") && own.as_str().ends_with("-7"));
     }
 }

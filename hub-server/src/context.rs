@@ -565,20 +565,12 @@ impl Push {
                 }
                 Ok(d)
             }
-            Destination::Connections(ids)
-                if !self.local_only
-                    && !ids.is_empty()
-                    && ids.iter().all(|id| core.connection_group(*id).is_some()) =>
-            {
+            Destination::Connections(ids) if let Some(dests) = self.own_groups(ids) => {
                 // Through each connection's own group (`connection_history`): its
                 // offsets and history, whichever server holds it, this one included.
                 // (If any of them has none, a shard without history, all go straight
                 // to their servers below: delivered, without history.)
                 let mut d = Delivery::default();
-                let dests: Vec<Destination> = ids
-                    .iter()
-                    .filter_map(|id| core.connection_group(*id).map(Destination::group))
-                    .collect();
                 let publishes = dests
                     .iter()
                     .filter_map(|dest| core.backplane.publish(dest, &frame));
@@ -613,6 +605,18 @@ impl Push {
                 Ok(d)
             }
         }
+    }
+
+    /// The groups of their own that pushes to `ids` go through
+    /// ([`HubCore::connection_group`]), if every one has one and the push is not local
+    /// only; `None`: they go straight to the servers holding them.
+    fn own_groups(&self, ids: &[ConnectionId]) -> Option<Vec<Destination>> {
+        if self.local_only || ids.is_empty() {
+            return None;
+        }
+        ids.iter()
+            .map(|id| self.core.connection_group(*id).map(Destination::group))
+            .collect()
     }
 }
 

@@ -135,7 +135,7 @@ impl HubCore {
         {
             return None;
         }
-        let group = GroupName::reserved("conn", &id.to_string()).ok()?;
+        let group = GroupName::of_connection(id);
         self.backplane.echoes_own_pushes(&group).then_some(group)
     }
 

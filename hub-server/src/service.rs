@@ -875,13 +875,12 @@ async fn rejoin(
         }
         core.join(&g.group, conn.id, user.clone()).await?;
     }
-    // (Joining twice is a no-op: a record that has the group keeps it as above.)
-    if !record
-        .groups
-        .iter()
-        .any(|g| Some(&g.group) == core.connection_group(conn.id).as_ref())
+    // A record written without the connection's own group (another setting on its old
+    // server): joined here. (A record that has it joined it above, with its replay.)
+    if let Some(own) = core.connection_group(conn.id)
+        && !record.groups.iter().any(|g| g.group == own)
     {
-        join_connection_group(core, conn, user.clone()).await?;
+        core.join(&own, conn.id, user.clone()).await?;
     }
     for (group, why) in unknown {
         HubMetrics::incr(&core.metrics.backplane_gaps);
@@ -945,17 +944,7 @@ async fn join_own_groups(core: &HubCore, conn: &ConnState) -> Result<(), hub_cor
         let group = hub_core::GroupName::reserved("user", user)?;
         core.join(&group, conn.id, Some(user.clone())).await?;
     }
-    join_connection_group(core, conn, user).await
-}
-
-/// Joins `$conn/<id>` if pushes to the connection's id go through it (see
-/// [`HubCore::connection_group`]). A session restored from a record written without
-/// it (another setting on its old server) joins it here too.
-async fn join_connection_group(
-    core: &HubCore,
-    conn: &ConnState,
-    user: Option<String>,
-) -> Result<(), hub_core::GroupError> {
+    // Joins `$conn/<id>` if pushes to the connection's id go through it.
     match core.connection_group(conn.id) {
         Some(group) => core.join(&group, conn.id, user).await,
         None => Ok(()),
