@@ -173,10 +173,35 @@ def test_a_stock_client_gets_the_pushes_it_missed_on_another_server_with_history
     position (`control.position`); presenting the last one (`hub-resume-positions-bin`,
     what `resume_metadata` builds) to the other server replays there what was said
     while no stream was attached, once each and in order, then the live pushes."""
+    missed_on_another_server(
+        generated, chat_servers, redis_url,
+        push=lambda bob, text: bob.say(text), event="on_message",
+        group=lambda room: room, min_offset=2)
+
+
+def test_a_stock_client_gets_the_whispers_it_missed_on_another_server_with_history(
+        generated, chat_servers, redis_url):
+    """Pushes to a user go through its group `$user/<id>`: with `--history` each one
+    carries that group's position too, and a resume on another server that presents it
+    replays the whispers sent while no stream was attached, once each and in order."""
+    missed_on_another_server(
+        generated, chat_servers, redis_url,
+        push=lambda bob, text: bob.whisper("alice", text), event="on_whisper",
+        group=lambda room: "$user/alice", min_offset=1)
+
+
+def missed_on_another_server(generated, chat_servers, redis_url, *, push, event, group,
+                             min_offset):
+    """Alice (through a relay to server A) and Bob (on B) in a room, with group history;
+    Bob pushes `before` with `push(bob, text)`, alice reads it (`event`) with a position
+    of `group(room)` at least `min_offset`; her relay is cut, Bob pushes two more, she
+    resumes on B with her positions: `RESTORED`, the two replayed and a live one, with
+    consecutive `seq`, and a later position of that group."""
     flags = (*SESSIONS, "--history", "100",
              "--token-secret", "the python tests' shared token secret, 32+ bytes")
     a, b = chat_servers(redis_url, *flags), chat_servers(redis_url, *flags)
     room = unique("room")
+    own = group(room)
 
     async def scenario():
         token = (await generated.login(a, "alice")).token
@@ -188,13 +213,13 @@ def test_a_stock_client_gets_the_pushes_it_missed_on_another_server_with_history
             await alice.join(room)
             await bob.join(room)
             await alice.expect("on_join", room=room, user="bob")
-            await bob.say("before")
-            seen = await alice.expect("on_message", text="before")
-            position = alice.hub.positions[room]
-            assert position.epoch and position.offset >= 2, position
+            await push(bob, "before")
+            seen = await alice.expect(event, text="before")
+            position = alice.hub.positions[own]
+            assert position.epoch and position.offset >= min_offset, position
             relay.cut()
-            await bob.say("while away 1")
-            await bob.say("while away 2")
+            await push(bob, "while away 1")
+            await push(bob, "while away 2")
             again = await generated.connect(
                 b, token=token, metadata_extra=alice.hub.resume_metadata(generated.hub.ResumePositions))
             try:
@@ -202,55 +227,8 @@ def test_a_stock_client_gets_the_pushes_it_missed_on_another_server_with_history
                 assert r.resumption.outcome == generated.hub.RESUME_OUTCOME_RESTORED, r
                 assert "replayed" in r.resumption.reason, r
                 assert r.connection_id == info.connection_id
-                await bob.say("live")
-                got = [await again.expect("on_message", text=t)
-                       for t in ("while away 1", "while away 2", "live")]
-                assert [p.seq for p in got] == [seen.seq + 1, seen.seq + 2, seen.seq + 3]
-                assert again.hub.positions[room].offset > position.offset
-            finally:
-                await again.close()
-        finally:
-            await bob.close()
-            relay.close()
-            await alice.channel.close(grace=None)
-
-    run(asyncio.wait_for(scenario(), 4 * WAIT))
-
-
-def test_a_stock_client_gets_the_whispers_it_missed_on_another_server_with_history(
-        generated, chat_servers, redis_url):
-    """Pushes to a user go through its group `$user/<id>`: with `--history` each one
-    carries that group's position too, and a resume on another server that presents it
-    replays the whispers sent while no stream was attached, once each and in order."""
-    flags = (*SESSIONS, "--history", "100",
-             "--token-secret", "the python tests' shared token secret, 32+ bytes")
-    a, b = chat_servers(redis_url, *flags), chat_servers(redis_url, *flags)
-    room = unique("room")
-
-    async def scenario():
-        token = (await generated.login(a, "alice")).token
-        relay = await Relay(a.addr).start()
-        alice = await generated.connect(SimpleNamespace(addr=relay.addr), token=token)
-        bob = await generated.connect(b, "bob", login_at=a)
-        try:
-            await alice.join(room)
-            await bob.join(room)
-            await alice.expect("on_join", room=room, user="bob")
-            await bob.whisper("alice", "before")
-            seen = await alice.expect("on_whisper", text="before")
-            own = "$user/alice"
-            position = alice.hub.positions[own]
-            assert position.epoch and position.offset >= 1, position
-            relay.cut()
-            await bob.whisper("alice", "while away 1")
-            await bob.whisper("alice", "while away 2")
-            again = await generated.connect(
-                b, token=token, metadata_extra=alice.hub.resume_metadata(generated.hub.ResumePositions))
-            try:
-                r = again.hub.info
-                assert r.resumption.outcome == generated.hub.RESUME_OUTCOME_RESTORED, r
-                await bob.whisper("alice", "live")
-                got = [await again.expect("on_whisper", text=t)
+                await push(bob, "live")
+                got = [await again.expect(event, text=t)
                        for t in ("while away 1", "while away 2", "live")]
                 assert [p.seq for p in got] == [seen.seq + 1, seen.seq + 2, seen.seq + 3]
                 assert again.hub.positions[own].offset > position.offset
