@@ -623,27 +623,27 @@ async fn accept<D: Dispatch>(
                             .groups
                             .iter()
                             .any(|g| core.backplane.echoes_own_pushes(&g.group));
-                        let reason =
+                        let recovered =
                             if replays && core.connection_group(r.record.connection).is_some() {
-                                "restored on this server from the session record: the same \
-                             connection id, identity and groups; the pushes missed (to its \
-                             groups, its user and its connection id) are replayed from the \
-                             groups' history next (what it no longer holds is told with \
-                             pushes_lost)"
+                                "the pushes missed (to its groups, its user and its connection \
+                             id) are replayed from the groups' history next (what it no \
+                             longer holds is told with pushes_lost)"
                             } else if replays {
-                                "restored on this server from the session record: the same \
-                             connection id, identity and groups; the group pushes missed are \
-                             replayed from the groups' history next (what it no longer holds \
-                             is told with pushes_lost); sends to the connection id while no \
-                             stream was attached are not recovered"
+                                "the group pushes missed are replayed from the groups' history \
+                             next (what it no longer holds is told with pushes_lost); sends \
+                             to the connection id while no stream was attached are not \
+                             recovered"
                             } else {
-                                "restored on this server from the session record: the same \
-                             connection id, identity and groups; pushes sent while no \
-                             stream was attached are not recovered (resync them)"
+                                "pushes sent while no stream was attached are not recovered \
+                             (resync them)"
                             };
+                        let reason = format!(
+                            "restored on this server from the session record: the same \
+                             connection id, identity and groups; {recovered}"
+                        );
                         resumption = Some(proto::Resumption {
                             outcome: proto::ResumeOutcome::Restored as i32,
-                            reason: reason.to_owned(),
+                            reason,
                             replayed: 0,
                         });
                         restored = Some(r);
