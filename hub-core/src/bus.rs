@@ -58,8 +58,6 @@ struct State {
     sessions: HashMap<(&'static str, ConnectionId), BusSession>,
     /// Set by [`Bus::set_down`].
     down: bool,
-    /// [`Bus::with_history`]: the most pushes each group keeps.
-    history: Option<usize>,
     /// Per hub and group, its offsets and last pushes (with history).
     rings: HashMap<(&'static str, GroupName), Ring>,
 }
@@ -101,6 +99,8 @@ pub struct Bus {
     /// Held while a group push with history takes its offset and is handed to the
     /// subscribers, so that they get a group's pushes in offset order.
     order: Arc<Mutex<()>>,
+    /// [`Bus::with_history`]: the most pushes each group keeps (set once, when made).
+    history: Option<usize>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -123,9 +123,10 @@ impl Bus {
     /// restored on another server what it missed; what a ring no longer holds is told
     /// (`pushes_lost`). Kept until the bus is dropped: nothing expires by age.
     pub fn with_history(max_len: usize) -> Self {
-        let bus = Self::default();
-        bus.lock().history = Some(max_len.max(1));
-        bus
+        Bus {
+            history: Some(max_len.max(1)),
+            ..Self::default()
+        }
     }
 
     /// A group provider for one hub server on this bus.
@@ -330,7 +331,7 @@ impl Transport for BusTransport {
         payload: Bytes,
     ) -> BoxFuture<'a, Result<(), GroupError>> {
         if let Channel::Group(g) = channel
-            && self.bus.lock().history.is_some()
+            && self.bus.history.is_some()
         {
             return Box::pin(async move { self.publish_numbered(g, &payload) });
         }
@@ -359,11 +360,11 @@ impl Transport for BusTransport {
 
     fn numbers_pushes(&self) -> bool {
         // With history, the bus numbers group envelopes itself.
-        self.bus.lock().history.is_none()
+        self.bus.history.is_none()
     }
 
     fn history(&self) -> Option<Arc<dyn GroupHistory>> {
-        self.bus.lock().history?;
+        self.bus.history?;
         Some(Arc::new(BusHistory {
             bus: self.bus.clone(),
             hub: self.hub,
@@ -439,7 +440,7 @@ impl BusTransport {
         let _order = self.bus.order.lock().unwrap_or_else(|e| e.into_inner());
         let (framed, subscribers) = {
             let mut state = self.bus.up("publish")?;
-            let max = state.history.unwrap_or(1);
+            let max = self.bus.history.unwrap_or(1);
             let ring = state
                 .rings
                 .entry((self.hub, group.clone()))
