@@ -491,15 +491,8 @@ async fn connection_history_without_group_history_changes_nothing() {
         .await
         .expect("push");
     assert_eq!((d.local, d.published), (1, false), "{d:?}");
-    let got = tokio::time::timeout(WAIT, async {
-        loop {
-            let frame = tests::resume::next_frame(&mut alice).await;
-            if let Some(examples::chat::chat_response::Event::OnMessage(m)) = frame.event {
-                return m.text;
-            }
-        }
-    })
-    .await
-    .expect("the push within the wait");
-    assert_eq!(got, "direct");
+    let got = tokio::time::timeout(WAIT, lines(&mut alice, 1))
+        .await
+        .expect("the push within the wait");
+    assert_eq!(got[0].1, "direct");
 }
