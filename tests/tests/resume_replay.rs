@@ -229,6 +229,18 @@ impl Pair {
     }
 }
 
+/// Waits (bounded by [`WAIT`]) until `count` reaches `n`: a sender counting what it
+/// sent has gone on that far.
+async fn until_count(count: &AtomicU64, n: u64) {
+    tokio::time::timeout(WAIT, async {
+        while count.load(Ordering::Acquire) < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the sender did not reach {n} in time"));
+}
+
 fn numbered(from: u64, to: u64) -> Vec<String> {
     (from..=to).map(|i| format!("m{i}")).collect()
 }
@@ -272,13 +284,7 @@ async fn moved_after_a_crash(backend: Backend) {
     let at_crash = said.load(Ordering::Acquire);
 
     // Bob goes on while alice is between servers.
-    tokio::time::timeout(WAIT, async {
-        while said.load(Ordering::Acquire) < at_crash + 50 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("bob said 50 more");
+    until_count(&said, at_crash + 50).await;
     let last_seq = seen.lines.last().expect("lines").0;
     let lobby = seen.positions.get("lobby").cloned().expect("a position");
     assert!(lobby.epoch != 0 && lobby.offset >= 40, "{lobby:?}");
@@ -573,13 +579,7 @@ async fn sends_across_a_crash(backend: Backend, to: To) {
     drop(alice);
     let at_crash = said.load(Ordering::Acquire);
     // B goes on while alice is between servers.
-    tokio::time::timeout(WAIT, async {
-        while said.load(Ordering::Acquire) < at_crash + 50 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("50 more pushes");
+    until_count(&said, at_crash + 50).await;
     let own = match to {
         To::Connection => format!("$conn/{id}"),
         To::User => "$user/alice".to_owned(),
